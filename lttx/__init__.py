@@ -1,0 +1,46 @@
+"""
+LTtx: a data center for distributed Python programs.
+
+Cloud variables, channels and files served by one Twisted daemon::
+
+    import lttx
+    with lttx.connect("127.0.0.1", 2025, token="LTtx") as c:
+        c.put("pos", {"600000.SH": 100})
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402  (the version is needed by submodules first)
+    AuthError,
+    BadRequest,
+    ChecksumMismatch,
+    ConnectError,
+    ConnectionLost,
+    EncodeError,
+    FrameTooLarge,
+    IndexOutOfRange,
+    LTtxError,
+    NotFound,
+    PermissionDenied,
+    ServerError,
+    SlowSubscriber,
+    StorageError,
+    TimeoutError,
+    Unavailable,
+    WrongTypeError,
+)
+
+
+def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Connect a blocking client; see :func:`lttx.client.connect`."""
+    from .client import connect as _connect
+
+    return _connect(*args, **kwargs)
+
+
+__all__ = [
+    "AuthError", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
+    "EncodeError", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
+    "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
+    "Unavailable", "WrongTypeError", "connect", "__version__",
+]

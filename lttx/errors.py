@@ -1,0 +1,149 @@
+"""
+The one hierarchy of LTtx errors.
+
+Every class has a stable wire ``code``.  The server turns an exception into an
+error frame ``[2, id, code, message]`` in one place (the protocol), and the
+client turns the frame back into the same class with :func:`error_from_wire`,
+so ``except lttx.WrongTypeError`` works the same in-process and over the wire.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+
+class LTtxError(Exception):
+    """Base class of every error LTtx raises."""
+
+    code = "error"
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+
+class AuthError(LTtxError):
+    """The token (or a channel password) was wrong, or a request came first."""
+
+    code = "auth"
+
+
+class PermissionDenied(LTtxError):
+    """The token is valid but does not allow this action."""
+
+    code = "forbidden"
+
+
+class BadRequest(LTtxError, ValueError):
+    """The request is malformed: wrong arguments, unknown command, bad name."""
+
+    code = "bad_request"
+
+
+class WrongTypeError(LTtxError, TypeError):
+    """The variable holds a value of another type (``dict_change`` on a list)."""
+
+    code = "wrong_type"
+
+
+class IndexOutOfRange(LTtxError, IndexError):
+    """A list index outside the list, or a pop from an empty list."""
+
+    code = "index"
+
+
+class NotFound(LTtxError, KeyError):
+    """The variable, channel or file does not exist."""
+
+    code = "not_found"
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; a message reads better unquoted.
+        return self.message
+
+
+class FrameTooLarge(LTtxError):
+    """A frame is larger than the daemon's ``--max-frame``."""
+
+    code = "too_large"
+
+
+class EncodeError(LTtxError, ValueError):
+    """A value cannot be encoded (an unsupported type, an int beyond 64 bits)."""
+
+    code = "encode"
+
+
+class SlowSubscriber(LTtxError):
+    """The daemon cut this subscriber off: its queue passed the bound."""
+
+    code = "slow_subscriber"
+
+
+class ChecksumMismatch(LTtxError):
+    """A transferred file's MD5 did not match; no file was kept."""
+
+    code = "checksum"
+
+
+class StorageError(LTtxError):
+    """The daemon could not write (a full disk, a file too large)."""
+
+    code = "storage"
+
+
+class Unavailable(LTtxError):
+    """A back end the daemon needs (the journal, an engine) is unavailable."""
+
+    code = "unavailable"
+
+
+class ServerError(LTtxError):
+    """The daemon failed unexpectedly while serving the request (it logged why)."""
+
+    code = "internal"
+
+
+class ConnectError(LTtxError, ConnectionError):
+    """The client could not connect to any daemon."""
+
+    code = "connect"
+
+
+class ConnectionLost(LTtxError, ConnectionError):
+    """The connection was lost before the reply came (or could not be restored)."""
+
+    code = "connection_lost"
+
+
+class TimeoutError(LTtxError, builtins.TimeoutError):
+    """No reply within the client's timeout."""
+
+    code = "timeout"
+
+
+def _all_subclasses(cls: type[LTtxError]) -> list[type[LTtxError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+# Read-only after import: the wire code of each class, and back.
+ERROR_CLASSES: dict[str, type[LTtxError]] = {
+    cls.code: cls for cls in [LTtxError, *_all_subclasses(LTtxError)]
+}
+
+
+def error_from_wire(code: object, message: object) -> LTtxError:
+    """
+    Build the exception an error frame stands for.
+
+    An unknown code (a newer daemon) becomes a plain :class:`LTtxError` that
+    still carries the code, so nothing is lost.
+    """
+    cls = ERROR_CLASSES.get(code) if isinstance(code, str) else None
+    if cls is None:
+        return LTtxError(f"{message} ({code})")
+    return cls(str(message))

@@ -1,0 +1,118 @@
+"""
+A reactor of its own, running in a background thread, for blocking callers.
+
+This is crochet's pattern done by hand (crochet 2.1.1 calls the deprecated
+``Event.isSet`` and costs a thread hop per call that a publisher cannot
+afford).  Each :class:`EventLoop` builds a private, uninstalled reactor, so
+the blocking client works in a plain script, beside an application's own
+reactor, in a notebook, and in ``trial`` tests; its thread is a daemon thread
+and the reactor is stopped at interpreter exit, so a program that never calls
+``close()`` still exits at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import threading
+import weakref
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Callable, Optional, TypeVar
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
+
+from .errors import LTtxError, TimeoutError
+
+_T = TypeVar("_T")
+
+
+def _private_reactor() -> Any:
+    """A new reactor object, not installed as the global one."""
+    try:
+        from twisted.internet.epollreactor import EPollReactor
+
+        return EPollReactor()
+    except ImportError:  # not Linux
+        from twisted.internet.selectreactor import SelectReactor
+
+        return SelectReactor()
+
+
+def _stop_at_exit(ref: "weakref.ref[EventLoop]") -> None:
+    loop = ref()
+    if loop is not None:
+        loop.stop(wait=0.5)
+
+
+class EventLoop:
+    """A reactor running in its own daemon thread."""
+
+    def __init__(self, reactor: Any = None, name: str = "lttx-reactor") -> None:
+        self.reactor = reactor if reactor is not None else _private_reactor()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        # A partial of its own, so unregistering it leaves other loops' hooks.
+        self._exit_hook = functools.partial(_stop_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
+
+    def _run(self) -> None:
+        self.reactor.run(installSignalHandlers=False)
+
+    @property
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def call_soon(self, f: Callable[..., Any], *args: Any) -> None:
+        """Run ``f(*args)`` in the reactor thread; do not wait."""
+        self.reactor.callFromThread(f, *args)
+
+    def run(self, f: Callable[..., "Deferred[_T] | _T"], *args: Any,
+            timeout: Optional[float] = None) -> _T:
+        """
+        Run ``f(*args)`` in the reactor thread and wait for its result (the
+        result of its Deferred, if it returns one).
+
+        :raises lttx.TimeoutError: after ``timeout`` seconds; the Deferred is
+            cancelled.
+        """
+        if self.in_loop_thread:
+            raise RuntimeError("a blocking LTtx call was made in the reactor thread; "
+                               "use the Deferred-returning client there")
+        if self._stopped:
+            raise LTtxError("the client is closed")
+        future: "Future[_T]" = Future()
+        running: list[Deferred[Any]] = []
+
+        def start() -> None:
+            d = maybeDeferred(f, *args)
+            running.append(d)
+            d.addCallbacks(future.set_result, lambda failure: _set_failure(future, failure))
+
+        self.reactor.callFromThread(start)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            self.reactor.callFromThread(lambda: [d.cancel() for d in running])
+            raise TimeoutError(f"no reply within {timeout} seconds") from None
+
+    def stop(self, wait: float = 5.0) -> None:
+        """Stop the reactor and wait (up to ``wait`` seconds) for the thread."""
+        if self._stopped:
+            return
+        self._stopped = True
+        atexit.unregister(self._exit_hook)
+        if self._thread.is_alive():
+            self.reactor.callFromThread(self._stop_reactor)
+            if not self.in_loop_thread:
+                self._thread.join(wait)
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+
+def _set_failure(future: "Future[Any]", failure: Failure) -> None:
+    future.set_exception(failure.value)

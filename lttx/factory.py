@@ -1,0 +1,54 @@
+"""
+The daemon's factory: it owns what connections share.
+
+The variable store, the channel registry and the authenticator are passed in
+(``makeService`` builds them), so tests build a factory around fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+
+from .auth import TokenAuthenticator
+from .protocol import LTtxServerProtocol
+from .store import IVariableStore
+
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+
+
+class LTtxFactory(ServerFactory):
+    """Builds one :class:`LTtxServerProtocol` per connection."""
+
+    log = Logger()
+    noisy = False  # connections are logged once authenticated, not twice
+
+    def __init__(
+        self,
+        store: IVariableStore,
+        auth: TokenAuthenticator,
+        max_frame: int = DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.store = store
+        self.auth = auth
+        self.max_frame = max_frame
+        self.connections: set[LTtxServerProtocol] = set()
+
+    def buildProtocol(self, addr: IAddress) -> LTtxServerProtocol:
+        return LTtxServerProtocol(self)
+
+    def connection_made(self, protocol: LTtxServerProtocol) -> None:
+        self.connections.add(protocol)
+
+    def connection_lost(self, protocol: LTtxServerProtocol) -> None:
+        if protocol in self.connections:
+            self.connections.remove(protocol)
+            if protocol.authenticated:
+                self.log.info("{peer} disconnected", peer=protocol.peer)
+
+    def status(self) -> dict[str, Any]:
+        """What ``lttx status`` shows of this daemon."""
+        return {"connections": len(self.connections), "variables": len(self.store)}

@@ -1,0 +1,280 @@
+"""
+The daemon's side of one client connection.
+
+Frames are 4-byte big-endian length prefixed (:class:`Int32StringReceiver`);
+each payload is decoded by :mod:`lttx.codec` and dispatched to one small
+``cmd_<name>`` handler.  The protocol keeps only its connection's facts
+(authenticated or not, its peer); the store and everything shared belong to
+the factory.  The message set is documented in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from . import __version__, codec
+from .errors import (
+    AuthError,
+    BadRequest,
+    FrameTooLarge,
+    LTtxError,
+    ServerError,
+)
+from .store import MISSING
+
+if TYPE_CHECKING:
+    from .factory import LTtxFactory
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def command(min_args: int, max_args: Optional[int] = None) -> Callable[[_F], _F]:
+    """Mark a ``cmd_*`` method as a command taking that many arguments."""
+
+    def mark(handler: _F) -> _F:
+        handler.arity = (min_args, min_args if max_args is None else max_args)  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+def _present(value: Any) -> list[Any]:
+    """``[value]`` for a value, ``[]`` for none: tells a stored None from no variable."""
+    return [] if value is MISSING else [value]
+
+
+class LTtxServerProtocol(Int32StringReceiver):
+    """One client connection to the daemon."""
+
+    log = Logger()
+
+    def __init__(self, factory: "LTtxFactory") -> None:
+        self.factory = factory
+        self.MAX_LENGTH = factory.max_frame
+        self.authenticated = False
+        self.peer = "?"
+
+    # -- connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        address = self.transport.getPeer()
+        self.peer = _describe(address)
+        if not self.factory.auth.allows_peer(address):
+            self.log.warn(
+                "refused {peer}: no token is set, so only loopback clients are served "
+                "(protected mode)", peer=self.peer)
+            self._fatal(None, AuthError(
+                "the daemon runs without a token and serves loopback clients only"))
+            return
+        self.factory.connection_made(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.factory.connection_lost(self)
+
+    # -- frames -------------------------------------------------------------
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        # The stream cannot be resynchronised cheaply: say why, then close.
+        self.log.warn("{peer} sent a frame of {length} bytes, over the limit of {limit}",
+                      peer=self.peer, length=length, limit=self.MAX_LENGTH)
+        self._fatal(None, FrameTooLarge(
+            f"frame of {length} bytes is over the limit of {self.MAX_LENGTH} bytes"))
+
+    def stringReceived(self, frame: bytes) -> None:
+        if self.transport.disconnecting:
+            return  # after a fatal error, nothing more is served
+        try:
+            message = codec.decode(frame)
+        except BadRequest as e:
+            if not self.authenticated:
+                self._fatal(None, e)
+            else:
+                # The framing is intact, so the next frame can still be read.
+                self.log.info("{peer}: {error}", peer=self.peer, error=e.message)
+                self.send_error(None, e)
+            return
+        if not isinstance(message, list) or not message:
+            self._protocol_violation(BadRequest("a frame must hold a non-empty array"))
+            return
+        kind = message[0]
+        if kind == codec.REQUEST and len(message) == 4:
+            self._request(message[1], message[2], message[3])
+        elif kind == codec.PUBLISH and len(message) == 4 and self.authenticated:
+            self.publish_received(message[1], message[2], message[3])
+        else:
+            self._protocol_violation(BadRequest(
+                f"not a request or publish frame: kind {kind!r:.20}, {len(message)} elements"))
+
+    def _protocol_violation(self, error: LTtxError) -> None:
+        if self.authenticated:
+            self.log.info("{peer}: {error}", peer=self.peer, error=error.message)
+            self.send_error(None, error)
+        else:
+            self._fatal(None, error)
+
+    def _request(self, request_id: Any, name: Any, args: Any) -> None:
+        if type(request_id) is not int or request_id < 0:
+            self._protocol_violation(BadRequest("a request id must be a non-negative int"))
+            return
+        if not self.authenticated:
+            self._hello(request_id, name, args)
+            return
+        handler = getattr(self, f"cmd_{name}", None) if isinstance(name, str) else None
+        if handler is None or name == "hello":
+            self._reply_error(request_id, name, BadRequest(f"unknown command {name!r:.40}"))
+            return
+        if not isinstance(args, list):
+            self._reply_error(request_id, name, BadRequest("arguments must be an array"))
+            return
+        low, high = handler.arity
+        if not low <= len(args) <= high:
+            expected = str(low) if low == high else f"{low} to {high}"
+            self._reply_error(request_id, name, BadRequest(
+                f"{name} takes {expected} arguments, not {len(args)}"))
+            return
+        try:
+            result = handler(*args)
+        except LTtxError as e:
+            self._reply_error(request_id, name, e)
+            return
+        except Exception:
+            self.log.failure("{peer}: {command} failed", peer=self.peer, command=name)
+            self._reply_error(request_id, name, ServerError(f"{name} failed in the daemon"))
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                lambda value: self.send_reply(request_id, value),
+                lambda failure: self._deferred_error(request_id, name, failure))
+        else:
+            self.send_reply(request_id, result)
+
+    def _deferred_error(self, request_id: int, name: str, failure: Failure) -> None:
+        if failure.check(LTtxError):
+            self._reply_error(request_id, name, failure.value)
+        else:
+            self.log.failure("{peer}: {command} failed", failure, peer=self.peer, command=name)
+            self._reply_error(request_id, name, ServerError(f"{name} failed in the daemon"))
+
+    def _hello(self, request_id: int, name: Any, args: Any) -> None:
+        if name != "hello":
+            self.log.warn("{peer} sent {command!r:.40} before hello", peer=self.peer, command=name)
+            self._fatal(request_id, AuthError("authenticate first: the first frame must be hello"))
+            return
+        token = args[0] if isinstance(args, list) and args else None
+        if not self.factory.auth.check(token):
+            self.log.warn("{peer} failed to authenticate: wrong token", peer=self.peer)
+            self._fatal(request_id, AuthError("wrong token"))
+            return
+        self.authenticated = True
+        self.log.info("{peer} connected", peer=self.peer)
+        self.send_reply(request_id, {
+            "server": "lttx",
+            "version": __version__,
+            "protocol": codec.PROTOCOL_VERSION,
+            "max_frame": self.MAX_LENGTH,
+        })
+
+    # -- replies ------------------------------------------------------------
+
+    def send_frame(self, payload: Any) -> None:
+        """Encode and send one frame."""
+        self.sendString(codec.encode(payload))
+
+    def send_reply(self, request_id: int, result: Any) -> None:
+        if self.transport.disconnecting:
+            return
+        try:
+            frame = codec.encode([codec.REPLY, request_id, result])
+        except LTtxError as e:  # only values the store holds are sent, but say so if not
+            self.send_error(request_id, e)
+            return
+        self.sendString(frame)
+
+    def send_error(self, request_id: Optional[int], error: LTtxError) -> None:
+        self.send_frame([codec.ERROR, request_id, error.code, error.message])
+
+    def _reply_error(self, request_id: int, name: Any, error: LTtxError) -> None:
+        self.log.info("{peer}: {command!r:.40} refused: {code}: {message}",
+                      peer=self.peer, command=name, code=error.code, message=error.message)
+        self.send_error(request_id, error)
+
+    def _fatal(self, request_id: Optional[int], error: LTtxError) -> None:
+        """Send an error, then close: the connection cannot go on."""
+        if not self.transport.disconnecting:
+            self.send_error(request_id, error)
+            self.transport.loseConnection()
+
+    # -- channels (the registry lives in the factory) -----------------------
+
+    def publish_received(self, channel: Any, key: Any, data: Any) -> None:
+        """A publish frame: no reply, like a NATS PUB; errors come as notices."""
+        self.send_frame([codec.NOTICE, BadRequest.code, "channels are not served yet"])
+
+    # -- commands -----------------------------------------------------------
+
+    @command(0)
+    def cmd_ping(self) -> str:
+        return "pong"
+
+    @command(2)
+    def cmd_put(self, name: Any, value: Any) -> Any:
+        return self.factory.store.put(name, value)
+
+    @command(1)
+    def cmd_get(self, name: Any) -> Any:
+        return _map(self.factory.store.get(name), _present)
+
+    @command(1)
+    def cmd_delete(self, name: Any) -> Any:
+        return self.factory.store.delete(name)
+
+    @command(1)
+    def cmd_exists(self, name: Any) -> Any:
+        return self.factory.store.exists(name)
+
+    @command(0, 1)
+    def cmd_keys(self, pattern: Any = "*") -> Any:
+        return self.factory.store.keys(pattern)
+
+    @command(3)
+    def cmd_dict_change(self, name: Any, key: Any, value: Any) -> Any:
+        return self.factory.store.dict_change(name, key, value)
+
+    @command(2)
+    def cmd_get_dict_value(self, name: Any, key: Any) -> Any:
+        return _map(self.factory.store.get_dict_value(name, key), _present)
+
+    @command(2)
+    def cmd_list_append(self, name: Any, item: Any) -> Any:
+        return self.factory.store.list_append(name, item)
+
+    @command(1, 2)
+    def cmd_list_pop(self, name: Any, index: Any = -1) -> Any:
+        return self.factory.store.list_pop(name, index)
+
+    @command(2)
+    def cmd_list_remove(self, name: Any, item: Any) -> Any:
+        return self.factory.store.list_remove(name, item)
+
+    @command(2)
+    def cmd_get_list_value(self, name: Any, index: Any) -> Any:
+        return self.factory.store.get_list_value(name, index)
+
+
+def _map(result: Any, f: Callable[[Any], Any]) -> Any:
+    """Apply ``f`` to a result that may still be a Deferred."""
+    if isinstance(result, Deferred):
+        return result.addCallback(f)
+    return f(result)
+
+
+def _describe(address: Any) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,150 @@
+"""
+The daemon's command line (``twistd lttx --help``) and the service it builds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Optional
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+from twisted.python import usage
+
+from .auth import TokenAuthenticator
+from .factory import DEFAULT_MAX_FRAME, LTtxFactory
+from .store import MemoryStore
+
+FSYNC_POLICIES = ("always", "everysec", "no")
+DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+          "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"64MiB"``, ``"16m"``, ``"1000"`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = match and match.group(2).lower()
+    if not match or unit not in _UNITS:
+        raise usage.UsageError(f"not a size: {text!r} (write e.g. 1048576, 512KiB or 64MiB)")
+    return int(match.group(1)) * _UNITS[unit]
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "LTtx: cloud variables, channels and files for distributed Python programs. "
+        "Clients authenticate with a shared token; without one the daemon serves "
+        "loopback clients only (protected mode)."
+    )
+
+    optParameters = [
+        ["port", "p", 2025, "Listen on this TCP port, on all interfaces.", int],
+        ["token", "t", None, "The shared secret clients must present (or env LTTX_TOKEN)."],
+        ["token-file", None, None, "Read the token from this file (first line)."],
+        ["data-dir", "d", "./lttx-data", "Where variables, the journal and files live. (Not yet used: variables are kept in memory until the durability work lands.)"],
+        ["fsync", None, "everysec",
+         "Durability of variable writes: always, everysec or no. (Not yet used.)"],
+        ["max-frame", None, str(DEFAULT_MAX_FRAME),
+         "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
+        ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
+         "Most bytes queued for one subscriber before the slow-subscriber policy acts. (Not yet used: channels are not served yet.)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        A Twisted server endpoint string to listen on, e.g.
+        tcp:2025:interface=127.0.0.1 or systemd:domain=INET:index=0; repeatable,
+        replaces --port.
+        """
+        self["listen"].append(endpoint)
+
+    def opt_fsync(self, policy: str) -> None:
+        """Durability of variable writes: always, everysec or no."""
+        if policy not in FSYNC_POLICIES:
+            raise usage.UsageError(f"--fsync must be one of {', '.join(FSYNC_POLICIES)}")
+        self["fsync"] = policy
+
+    def postOptions(self) -> None:
+        for name in ("max-frame", "subscriber-buffer"):
+            if isinstance(self[name], str):
+                self[name] = parse_size(self[name])
+            if self[name] < 1024:
+                raise usage.UsageError(f"--{name} must be at least 1024 bytes")
+        if self["token"] and self["token-file"]:
+            raise usage.UsageError("give --token or --token-file, not both")
+        if not 0 <= self["port"] < 65536:
+            raise usage.UsageError("--port must be between 0 and 65535")
+
+
+def read_token(options: Options, environ: dict[str, str]) -> Optional[str]:
+    """The token from --token, --token-file or LTTX_TOKEN, in that order."""
+    if options["token"]:
+        return str(options["token"])
+    if options["token-file"]:
+        try:
+            with open(options["token-file"], encoding="utf-8") as f:
+                token = f.readline().strip()
+        except OSError as e:
+            raise usage.UsageError(f"cannot read --token-file: {e}") from None
+        if not token:
+            raise usage.UsageError(f"--token-file {options['token-file']} is empty")
+        return token
+    return environ.get("LTTX_TOKEN") or None
+
+
+class _LoggingEndpointService(StreamServerEndpointService):
+    """Listens like its parent, and says where, so a port of 0 can be found."""
+
+    log = Logger()
+
+    def __init__(self, description: str, *args: Any) -> None:
+        super().__init__(*args)
+        self.description = description
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        self.log.info("LTtx listening on {description} at {address}",
+                      description=self.description, address=_address(port))
+        return port
+
+
+def _address(port: Any) -> str:
+    host = port.getHost()
+    return f"{host.host}:{host.port}" if hasattr(host, "port") else str(host)
+
+
+def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> IService:
+    """Build the daemon: store, factory and one listening service per endpoint."""
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor  # type: ignore[assignment]
+    log = Logger(namespace="lttx.tap")
+    token = read_token(options, dict(os.environ))
+    auth = TokenAuthenticator(token)
+    if auth.protected_mode:
+        log.warn("no token given: protected mode, serving loopback clients only")
+
+    store = MemoryStore()
+    factory = LTtxFactory(store, auth, max_frame=options["max-frame"])
+
+    top = MultiService()
+    endpoints = options["listen"] or [f"tcp:{options['port']}"]
+    for description in endpoints:
+        endpoint = serverFromString(reactor, description)
+        service = _LoggingEndpointService(description, endpoint, factory)
+        service.setServiceParent(top)
+    return top

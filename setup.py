@@ -1,0 +1,34 @@
+from setuptools import setup
+
+with open("README.md", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="lttx",
+    version="0.1.0",
+    description="A data center for distributed Python programs: cloud variables, "
+                "channels and files served by one Twisted daemon",
+    long_description=long_description,
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # twisted.plugins is a namespace shared with Twisted itself: list it by
+    # hand (find_packages would miss it) and never ship an __init__.py there.
+    packages=["lttx", "twisted.plugins"],
+    package_data={"lttx": ["py.typed"], "twisted.plugins": ["lttx_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=22.10",
+        "service-identity>=21.1",
+        "msgpack>=1.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["hypothesis>=6.0", "redis>=4.0"],
+        "dev": ["hypothesis>=6.0", "redis>=4.0", "flake8", "mypy", "mypy-zope"],
+    },
+    entry_points={"console_scripts": ["lttx = lttx.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Office/Business :: Financial :: Investment",
+    ],
+)
