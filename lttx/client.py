@@ -68,7 +68,7 @@ class ClientProtocol(Int32StringReceiver):
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
         self.connected_deferred: Deferred[None] = Deferred()
-        self.lost: Deferred[Failure] = Deferred()
+        self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         self.connected_deferred.callback(None)
@@ -126,7 +126,7 @@ class ClientProtocol(Int32StringReceiver):
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(ConnectionLost("the connection to the daemon was lost"))
-        self.lost.callback(reason)
+        self.lost.callback(None)
 
 
 class AsyncClient:
