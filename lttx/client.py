@@ -13,11 +13,12 @@ import itertools
 import queue
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -47,6 +48,26 @@ class Message(NamedTuple):
     key: Any
     data: Any
     seq: int
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """Where a client connects and how it authenticates; every connection it
+    opens (commands, file transfers, reconnections) is made from these."""
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    token: Optional[str] = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
+        """The client endpoint to reach the daemon."""
+        return HostnameEndpoint(reactor, self.host, self.port, timeout=self.timeout)
+
+    def hello_args(self, **options: Any) -> list[Any]:
+        """The arguments of the ``hello`` request that opens every connection."""
+        return [self.token, {"client": f"lttx-py/{__version__}",
+                             "protocol": codec.PROTOCOL_VERSION, **options}]
 
 
 def _unwrap(default: Any) -> Callable[[list[Any]], Any]:
@@ -138,9 +159,10 @@ class AsyncClient:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, protocol: ClientProtocol, server_info: dict[str, Any],
-                 messages: Callable[[Message], None]) -> None:
+    def __init__(self, reactor: Any, settings: ConnectionSettings, protocol: ClientProtocol,
+                 server_info: dict[str, Any], messages: Callable[[Message], None]) -> None:
         self.reactor = reactor
+        self.settings = settings
         self.protocol = protocol
         self.server_info = server_info
         self._deliver = messages
@@ -148,8 +170,7 @@ class AsyncClient:
         self._push_flush_scheduled = False
 
     @classmethod
-    def connect(cls, reactor: IReactorTCP, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                token: Optional[str] = None, timeout: float = DEFAULT_TIMEOUT,
+    def connect(cls, reactor: Any, settings: ConnectionSettings,
                 on_message: Optional[Callable[[Message], None]] = None,
                 ) -> "Deferred[AsyncClient]":
         """
@@ -161,24 +182,23 @@ class AsyncClient:
         :raises ConnectError: when the daemon cannot be reached.
         """
         deliver = on_message or (lambda message: None)
-        protocol = ClientProtocol(lambda m: deliver(m), _log_notice)
-        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        protocol = ClientProtocol(deliver, _log_notice)
+        endpoint = settings.endpoint(reactor)
 
         def connect_failed(failure: Failure) -> Failure:
             failure.trap(Exception)
             if failure.check(LTtxError):
                 return failure
-            raise ConnectError(f"cannot connect to LTtx at {host}:{port}: "
+            raise ConnectError(f"cannot connect to LTtx at {settings.host}:{settings.port}: "
                                f"{failure.getErrorMessage()}")
 
         def authenticate(_: Any) -> "Deferred[AsyncClient]":
-            d = protocol.request("hello", token, {"client": f"lttx-py/{__version__}",
-                                                  "protocol": codec.PROTOCOL_VERSION})
+            d = protocol.request("hello", *settings.hello_args())
             return d.addCallback(authenticated)
 
         def authenticated(info: dict[str, Any]) -> AsyncClient:
             protocol.max_frame = int(info.get("max_frame", protocol.max_frame))
-            return cls(reactor, protocol, info, deliver)
+            return cls(reactor, settings, protocol, info, deliver)
 
         d = connectProtocol(endpoint, protocol)
         d.addCallback(authenticate)
@@ -406,12 +426,13 @@ def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[s
     loop = EventLoop()
     messages: "queue.Queue[Message]" = queue.Queue()
     try:
-        client = loop.run(AsyncClient.connect, loop.reactor, host, port, token, timeout,
-                          messages.put, timeout=timeout + 1)
+        settings = ConnectionSettings(host, port, token, timeout)
+        client = loop.run(AsyncClient.connect, loop.reactor, settings, messages.put,
+                          timeout=timeout + 1)
     except BaseException:
         loop.stop()
         raise
     return Client(loop, client, timeout, messages)
 
 
-__all__ = ["AsyncClient", "Client", "ClientProtocol", "Message", "connect"]
+__all__ = ["AsyncClient", "Client", "ClientProtocol", "ConnectionSettings", "Message", "connect"]
