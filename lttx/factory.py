@@ -7,14 +7,17 @@ The variable store, the channel registry and the authenticator are passed in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from . import __version__
 from .auth import TokenAuthenticator
 from .protocol import LTtxServerProtocol
+from .status import IStatusSource, gather_status
 from .store import IVariableStore
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -31,11 +34,27 @@ class LTtxFactory(ServerFactory):
         store: IVariableStore,
         auth: TokenAuthenticator,
         max_frame: int = DEFAULT_MAX_FRAME,
+        clock: Optional[IReactorTime] = None,
+        status_sources: Optional[Mapping[str, IStatusSource]] = None,
     ) -> None:
+        """
+        :param clock: tells the uptime; the global reactor when None.
+        :param status_sources: the components whose ``status()`` the
+            ``status`` request reports, each under its name (``"channels"``,
+            ``"journal"``, ``"files"``); wiring one more is one entry here.
+        """
         self.store = store
         self.auth = auth
         self.max_frame = max_frame
         self.connections: set[LTtxServerProtocol] = set()
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.started = self.clock.seconds()
+        self.status_sources = dict(status_sources or {})
+        clash = set(self.status_sources) & _OWN_STATUS
+        if clash:
+            raise ValueError(f"status source names clash with the daemon's own: {sorted(clash)}")
 
     def buildProtocol(self, addr: IAddress) -> LTtxServerProtocol:
         return LTtxServerProtocol(self)
@@ -49,6 +68,25 @@ class LTtxFactory(ServerFactory):
             if protocol.authenticated:
                 self.log.info("{peer} disconnected", peer=protocol.peer)
 
-    def status(self) -> dict[str, Any]:
-        """What ``lttx status`` shows of this daemon."""
-        return {"connections": len(self.connections), "variables": len(self.store)}
+    def status(self) -> "dict[str, Any] | Deferred[dict[str, Any]]":
+        """
+        What ``lttx status`` shows of this daemon: its own figures, and each
+        status source's ``status()`` under the source's name.
+
+        Everything is read from counters kept anyway, at the moment of the
+        request: nothing on the hot path works for it.  A Deferred only if a
+        source answers with one (a remote engine).
+        """
+        report: dict[str, Any] = {
+            "version": __version__,
+            "uptime": max(0.0, self.clock.seconds() - self.started),
+            "connections": len(self.connections),
+            "variables": len(self.store),
+        }
+        for name, source in self.status_sources.items():
+            report[name] = source.status()
+        return gather_status(report)
+
+
+#: The keys of :meth:`LTtxFactory.status` that no status source may take.
+_OWN_STATUS = frozenset({"version", "uptime", "connections", "variables"})

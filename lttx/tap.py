@@ -139,7 +139,11 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         log.warn("no token given: protected mode, serving loopback clients only")
 
     store = MemoryStore()
-    factory = LTtxFactory(store, auth, max_frame=options["max-frame"])
+    # What `lttx status` reports besides the factory's own figures: one entry
+    # per component that has a status() (channels, journal, files).
+    status_sources: dict[str, Any] = {}
+    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], clock=reactor,
+                          status_sources=status_sources)
 
     top = MultiService()
     endpoints = options["listen"] or [f"tcp:{options['port']}"]

@@ -1,0 +1,258 @@
+"""
+The ``lttx`` command against a real daemon, run as a user runs it: a
+subprocess, its stdout, stderr and exit status.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from typing import Any, Optional
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from lttx import __version__, cli
+
+from .common import PACKAGE_ROOT, TOKEN, Daemon
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LTTX_")}
+    env.update(PYTHONPATH=PACKAGE_ROOT, PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def run_cli(*args: str, env: Optional[dict[str, str]] = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``lttx ARGS`` in a subprocess; its result."""
+    return subprocess.run([sys.executable, "-m", "lttx.cli", *args], capture_output=True,
+                          text=True, env=env if env is not None else cli_env(),
+                          timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CLITestMixin:
+    """Helpers for tests that run ``lttx`` on a daemon."""
+
+    daemon: Daemon
+
+    def lttx(self, *args: str, status: int = 0, **env: str) -> str:
+        """Run ``lttx`` on the test's daemon, check the exit status, give stdout."""
+        environ = cli_env(**{"LTTX_PORT": str(self.daemon.port), "LTTX_TOKEN": TOKEN, **env})
+        result = run_cli(*args, env=environ)
+        self.assertEqual(result.returncode, status,  # type: ignore[attr-defined]
+                         f"lttx {' '.join(args)}: {result.stderr}")
+        if status == 0:
+            self.assertEqual(result.stderr, "")  # type: ignore[attr-defined]
+        else:
+            self.assert_one_error_line(result.stderr)
+        return result.stdout
+
+    def lttx_error(self, *args: str, status: int, **env: str) -> str:
+        """Run a failing ``lttx``; its one stderr line."""
+        environ = cli_env(**{"LTTX_PORT": str(self.daemon.port), "LTTX_TOKEN": TOKEN, **env})
+        result = run_cli(*args, env=environ)
+        self.assertEqual(result.returncode, status,  # type: ignore[attr-defined]
+                         f"lttx {' '.join(args)}: {result.stdout} {result.stderr}")
+        self.assertEqual(result.stdout, "")  # type: ignore[attr-defined]
+        return self.assert_one_error_line(result.stderr)
+
+    def assert_one_error_line(self, stderr: str) -> str:
+        self.assertNotIn("Traceback", stderr)  # type: ignore[attr-defined]
+        lines = stderr.splitlines()
+        self.assertEqual(len(lines), 1, stderr)  # type: ignore[attr-defined]
+        self.assertTrue(lines[0].startswith("lttx"), stderr)  # type: ignore[attr-defined]
+        return lines[0]
+
+
+class VariableCommandsTests(CLITestMixin, TestCase):
+    """get, put, keys, del on a real daemon."""
+
+    def setUp(self) -> None:
+        self.daemon = Daemon(self)
+
+    def test_put_get_keys_del(self) -> None:
+        """A value put from the shell comes back as the same JSON; keys and del work."""
+        value = {"600000.SH": {"name": "浦发银行", "price": 10.23, "bid": [10.22, None]},
+                 "halted": False}
+        self.assertEqual(self.lttx("put", "pos", json.dumps(value)), "")
+        out = self.lttx("get", "pos")
+        self.assertEqual(json.loads(out), value)
+        self.assertIn("浦发银行", out)  # readable, not \\u escapes
+        self.lttx("put", "orders", "[]")
+        self.lttx("put", "note", '"text"')
+        self.assertEqual(self.lttx("keys"), "note\norders\npos\n")
+        self.assertEqual(self.lttx("keys", "p*"), "pos\n")
+        self.assertEqual(json.loads(self.lttx("keys", "--json", "*o*")),
+                         ["note", "orders", "pos"])
+        self.lttx("del", "pos")
+        self.assertEqual(self.lttx("keys"), "note\norders\n")
+
+    def test_bytes_and_odd_keys_round_trip(self) -> None:
+        """Bytes and non-string dict keys, put by a client, print losslessly and put back."""
+        client = self.daemon.connect()
+        value = {"raw": b"\x00\xff", "by_id": {1: "a", 2: b"b"}, "$bytes": "not bytes"}
+        client.put("odd", value)
+        out = self.lttx("get", "odd")
+        self.assertEqual(json.loads(out), {
+            "raw": {"$bytes": "AP8="},
+            "by_id": {"$map": [[1, "a"], [2, {"$bytes": "Yg=="}]]},
+            "$bytes": "not bytes"})
+        self.lttx("put", "copy", out.strip())
+        self.assertEqual(client.get("copy"), value)
+        client.put("tricky", {"$bytes": "AP8="})  # a dict that looks like bytes
+        self.lttx("put", "tricky2", self.lttx("get", "tricky").strip())
+        self.assertEqual(client.get("tricky2"), {"$bytes": "AP8="})
+
+    def test_options_override_environment(self) -> None:
+        """--host/--port/--token work before or after the command, over the environment."""
+        args = ["--port", str(self.daemon.port), "--token", TOKEN]
+        env = cli_env(LTTX_PORT="1", LTTX_TOKEN="wrong")
+        self.assertEqual(run_cli("put", "a", "1", *args, env=env).returncode, 0)
+        result = run_cli(*args, "--host", "127.0.0.1", "get", "a", env=env)
+        self.assertEqual((result.returncode, result.stdout), (0, "1\n"), result.stderr)
+
+    def test_not_found(self) -> None:
+        """get and del of a missing variable: one line, status 5; a stored null is found."""
+        line = self.lttx_error("get", "nothing", status=cli.EXIT_NOT_FOUND)
+        self.assertEqual(line, "lttx: no variable named 'nothing'")
+        self.lttx_error("del", "nothing", status=cli.EXIT_NOT_FOUND)
+        self.lttx("put", "none", "null")
+        self.assertEqual(self.lttx("get", "none"), "null\n")
+
+    def test_refused_request(self) -> None:
+        """A request LTtx refuses (a value over --max-frame): its message, status 1."""
+        self.daemon = Daemon(self, "--max-frame", "64KiB")
+        line = self.lttx_error("put", "big", json.dumps("x" * 100_000), status=cli.EXIT_ERROR)
+        self.assertRegex(line, r"^lttx: put needs a frame of \d+ bytes, over the daemon's limit")
+
+    def test_bad_json_is_a_usage_error(self) -> None:
+        """Invalid JSON for put: one line naming the problem, status 2, nothing sent."""
+        line = self.lttx_error("put", "x", "{oops", status=cli.EXIT_USAGE)
+        self.assertIn("not valid JSON", line)
+        line = self.lttx_error("put", "x", '{"$bytes": "***"}', status=cli.EXIT_USAGE)
+        self.assertIn("base64", line)
+        self.assertEqual(self.lttx("keys"), "")
+
+    def test_bad_token(self) -> None:
+        """A wrong token: one clear line, status 4, no traceback."""
+        line = self.lttx_error("get", "x", status=cli.EXIT_AUTH, LTTX_TOKEN="wrong")
+        self.assertEqual(line, "lttx: wrong token")
+        self.daemon.wait_for_log("failed to authenticate: wrong token")
+
+    def test_status(self) -> None:
+        """status --json reports the figures; the human form shows them."""
+        client = self.daemon.connect()
+        client.put("a", 1)
+        client.put("b", 2)
+        report = json.loads(self.lttx("status", "--json"))
+        self.assertEqual(report["version"], __version__)
+        self.assertEqual(report["variables"], 2)
+        self.assertGreaterEqual(report["connections"], 2)  # this client and lttx's own
+        self.assertGreater(report["uptime"], 0)
+        text = self.lttx("status")
+        self.assertIn(f"LTtx {__version__} at 127.0.0.1:{self.daemon.port}, up ", text)
+        self.assertRegex(text, r"(?m)^variables\s+2$")
+        self.assertRegex(text, r"(?m)^connections\s+\d+$")
+
+
+class ConnectionErrorTests(CLITestMixin, TestCase):
+    """When no daemon answers."""
+
+    def test_daemon_down(self) -> None:
+        """Nothing listening: one line saying where, status 3, for every command."""
+        env = cli_env(LTTX_PORT=str(free_port()))
+        for args in (["get", "x"], ["status"], ["keys"]):
+            result = run_cli(*args, env=env)
+            self.assertEqual(result.returncode, cli.EXIT_CONNECTION, result.stderr)
+            line = self.assert_one_error_line(result.stderr)
+            self.assertIn("cannot connect to LTtx at 127.0.0.1:", line)
+
+    def test_daemon_stopped_after_use(self) -> None:
+        """A daemon that was there and is stopped: the same clear error."""
+        self.daemon = Daemon(self)
+        self.lttx("put", "a", "1")
+        self.daemon.stop()
+        self.lttx_error("get", "a", status=cli.EXIT_CONNECTION)
+
+    def test_usage_errors(self) -> None:
+        """Missing arguments, unknown commands, a bad port: one line, status 2."""
+        for args, env in ((["get"], {}), (["frobnicate"], {}), ([], {}),
+                          (["keys"], {"LTTX_PORT": "http"}),
+                          (["keys", "--port", "70000"], {})):
+            result = run_cli(*args, env=cli_env(**env))
+            self.assertEqual(result.returncode, cli.EXIT_USAGE, (args, result.stderr))
+            self.assert_one_error_line(result.stderr)
+
+    def test_help_and_version(self) -> None:
+        """--help lists every command; --version prints the version."""
+        result = run_cli("--help")
+        self.assertEqual(result.returncode, 0)
+        for command in ("get", "put", "keys", "del", "sub", "push", "upload", "download",
+                        "files", "status"):
+            self.assertRegex(result.stdout, rf"(?m)^\s+{command}\s")
+        self.assertEqual(run_cli("--version").stdout, f"lttx {__version__}\n")
+
+
+class ValuesAsJSONTests(SynchronousTestCase):
+    """The JSON form of stored values."""
+
+    def test_round_trip(self) -> None:
+        """Every value the protocol carries survives to_json, JSON and from_json."""
+        values: list[Any] = [
+            None, True, 0, -2**63, 2**64 - 1, 1.5, "", "浦发", b"", b"\x00\xff" * 10,
+            [], {}, [b"x", {"a": [1, {"b": b"y"}]}], {1: 2, "a": None},
+            {None: 1, True: 2, 1.5: 3, b"k": 4}, {"$bytes": "x"}, {"$map": []},
+            {"$bytes": "x", "other": 1},
+        ]
+        for value in values:
+            text = cli.dumps(value)
+            self.assertNotIn("\n", text)
+            self.assertEqual(cli.from_json(json.loads(text)), value, text)
+
+
+class RenderStatusTests(SynchronousTestCase):
+    """The human form of ``lttx status``."""
+
+    def test_render(self) -> None:
+        """Own figures, a table per channel, sizes and rates made readable."""
+        report = {
+            "version": "1.2.3", "uptime": 3725.2, "connections": 12, "variables": 340,
+            "channels": {
+                "channels": {"hq_center": {"subscribers": 3, "messages": 120000,
+                                           "rate": 10250.04},
+                             "orders": {"subscribers": 1, "messages": 7, "rate": 0.0}},
+                "slow_subscribers_cut_off": 1, "conflated_dropped": 5,
+            },
+            "journal": {"bytes": 3 * 1024 * 1024},
+            "files": {"count": 2, "bytes": 2048},
+        }
+        text = cli.render_status(report, "127.0.0.1:2025")
+        lines = text.splitlines()
+        self.assertEqual(lines[0], "LTtx 1.2.3 at 127.0.0.1:2025, up 1h 2m 5s")
+        self.assertRegex(text, r"(?m)^connections\s+12$")
+        self.assertRegex(text, r"(?m)^variables\s+340$")
+        self.assertRegex(text, r"(?m)^\s+slow subscribers cut off\s+1$")
+        self.assertRegex(text, r"(?m)^\s+conflated dropped\s+5$")
+        self.assertRegex(text, r"(?m)^\s+channel\s+subscribers\s+messages\s+rate$")
+        self.assertRegex(text, r"(?m)^\s+hq_center\s+3\s+120000\s+10250.0/s$")
+        self.assertRegex(text, r"(?m)^\s+orders\s+1\s+7\s+0.0/s$")
+        self.assertRegex(text, r"(?m)^journal:\n\s+bytes\s+3.0 MiB$")
+        self.assertRegex(text, r"(?m)^files:\n\s+count\s+2\n\s+bytes\s+2.0 KiB$")
+
+    def test_main_in_process(self) -> None:
+        """main() writes to the streams it is given and returns the status."""
+        out, err = io.StringIO(), io.StringIO()
+        status = cli.main(["put", "x", "{bad", "--port", "1"], out=out, err=err)
+        self.assertEqual(status, cli.EXIT_USAGE)
+        self.assertEqual(out.getvalue(), "")
+        self.assertIn("not valid JSON", err.getvalue())
