@@ -27,7 +27,8 @@ from .common import TOKEN
 def connected_client(test: SynchronousTestCase, max_frame: int = 1024 * 1024,
                      store: Any = None) -> tuple[AsyncClient, iosim.IOPump, list[Any]]:
     """An authenticated AsyncClient wired to a real server protocol in memory."""
-    factory = LTtxFactory(store or MemoryStore(), TokenAuthenticator(TOKEN), max_frame=max_frame)
+    factory = LTtxFactory(store if store is not None else MemoryStore(), TokenAuthenticator(TOKEN),
+                          max_frame=max_frame)
     server = factory.buildProtocol(None)
     notices: list[Any] = []
     messages: list[Message] = []
