@@ -152,9 +152,11 @@ class CommandTests(SynchronousTestCase):
              "wrong_type", "dict_change needs a dict, but 'l' holds a list"),
             (["get_dict_value", ["l", "k"]],
              "wrong_type", "get_dict_value needs a dict, but 'l' holds a list"),
-            (["list_append", ["d", 1]], "wrong_type", "list_append needs a list, but 'd' holds a dict"),
+            (["list_append", ["d", 1]],
+             "wrong_type", "list_append needs a list, but 'd' holds a dict"),
             (["list_pop", ["d"]], "wrong_type", "list_pop needs a list, but 'd' holds a dict"),
-            (["list_remove", ["d", 1]], "wrong_type", "list_remove needs a list, but 'd' holds a dict"),
+            (["list_remove", ["d", 1]],
+             "wrong_type", "list_remove needs a list, but 'd' holds a dict"),
             (["get_list_value", ["d", 0]],
              "wrong_type", "get_list_value needs a list, but 'd' holds a dict"),
             (["list_pop", ["l", 5]], "index", "index 5 out of range for 'l' of length 1"),
@@ -191,7 +193,8 @@ class CommandTests(SynchronousTestCase):
         self.transport.clear()
         self.proto.dataReceived(struct.pack("!I", 2) + b"\x01\x02" + frame([0, 3, "ping", []]))
         self.assertEqual(frames_of(self.transport.value()), [
-            [E, None, "bad_request", "undecodable payload: ExtraData: unpack(b) received extra data."],
+            [E, None, "bad_request",
+             "undecodable payload: ExtraData: unpack(b) received extra data."],
             [R, 3, "pong"]])
         self.assertFalse(self.transport.disconnecting)
 

@@ -99,8 +99,8 @@ class StoreMachine(RuleBasedStateMachine):
             actual: Any = getattr(self.store, op)(name, *copy.deepcopy(args))
         except LTtxError as e:
             actual = type(e)
-        assert (expected is actual) or strict_equal(actual, expected), (op, name, args,
-                                                                         expected, actual)
+        assert (expected is actual) or strict_equal(actual, expected), \
+            (op, name, args, expected, actual)
 
     @rule(name=names, value=values)
     def put(self, name: str, value: Any) -> None:
