@@ -242,7 +242,8 @@ def render_status(status: dict[str, Any], where: str) -> str:
     status = dict(status)
     version = status.pop("version", "?")
     uptime = status.pop("uptime", None)
-    lines = [f"LTtx {version} at {where}, up {_duration(uptime)}"]
+    up = "" if uptime is None else f", up {_duration(uptime)}"
+    lines = [f"LTtx {version} at {where}{up}"]
     own = [(k, status.pop(k)) for k in ("connections", "variables") if k in status]
     components = [(k, v) for k, v in status.items() if isinstance(v, (dict, list))]
     others = [(k, v) for k, v in status.items() if not isinstance(v, (dict, list))]

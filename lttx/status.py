@@ -4,22 +4,20 @@ What the ``status`` request reports, gathered from the daemon's components.
 Each component that has something to show (the channel registry, the
 journal, the file store) offers ``status() -> dict``; the factory keeps them
 by name and asks them only when a client asks it, so a status request costs
-the hot path nothing.  Rates are computed here from counters the components
-keep anyway: a :class:`RateMeter` samples the counters on a timer (once a
-second, whatever the message rate) and divides differences by time.
+the hot path nothing.  Rates come from the components too, computed from
+counters they keep anyway (the channel registry samples its sequence
+numbers on a timer, not per message).
 
-Plain Python, no reactor import: the clock is passed in.
+Plain Python, no reactor import.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
-from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Interface
 
 
 class IStatusSource(Interface):
@@ -57,57 +55,4 @@ def gather_status(report: dict[str, Any]) -> "dict[str, Any] | Deferred[dict[str
     return d.addCallbacks(fill, first_failure)
 
 
-@implementer(IStatusSource)
-class RateMeter:
-    """
-    Per-second rates of counters that only grow (messages published on each
-    channel), averaged over the last ``window`` seconds.
-
-    :meth:`sample` is called on a timer; :meth:`rates` (and :meth:`status`)
-    only divide what the samples hold.  Between two samples nothing runs, so
-    a million messages a second cost the meter what one message does.
-
-    :param clock: tells the time of each sample.
-    :param counters: returns the current value of every counter by name.
-    :param window: seconds of samples kept; rates are averaged over them.
-    """
-
-    def __init__(self, clock: IReactorTime, counters: Callable[[], Mapping[str, int]],
-                 window: float = 10.0) -> None:
-        self.clock = clock
-        self.counters = counters
-        self.window = window
-        self._samples: deque[tuple[float, dict[str, int]]] = deque()
-
-    def sample(self) -> None:
-        """Record the counters now, and forget samples older than the window."""
-        now = self.clock.seconds()
-        self._samples.append((now, dict(self.counters())))
-        # Keep one sample at or beyond the window's start, so the rate spans it all.
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
-            self._samples.popleft()
-
-    def rates(self) -> dict[str, float]:
-        """
-        Counts per second between the oldest and the newest sample, by name;
-        empty until two samples exist.  A counter that went down (a channel
-        closed and opened again) counts from zero.
-        """
-        if len(self._samples) < 2:
-            return {}
-        (t0, first), (t1, last) = self._samples[0], self._samples[-1]
-        elapsed = t1 - t0
-        if elapsed <= 0:
-            return {}
-        rates = {}
-        for name, value in last.items():
-            before = first.get(name, 0)
-            grown = value - before if value >= before else value
-            rates[name] = grown / elapsed
-        return rates
-
-    def status(self) -> dict[str, float]:
-        return self.rates()
-
-
-__all__ = ["IStatusSource", "RateMeter", "gather_status"]
+__all__ = ["IStatusSource", "gather_status"]

@@ -249,6 +249,13 @@ class RenderStatusTests(SynchronousTestCase):
         self.assertRegex(text, r"(?m)^journal:\n\s+bytes\s+3.0 MiB$")
         self.assertRegex(text, r"(?m)^files:\n\s+count\s+2\n\s+bytes\s+2.0 KiB$")
 
+    def test_render_without_uptime_or_components(self) -> None:
+        """A report without uptime or components still renders."""
+        text = cli.render_status({"version": "1", "uptime": None, "connections": 0,
+                                  "variables": 0, "files": {}}, "h:1")
+        self.assertEqual(text.splitlines()[0], "LTtx 1 at h:1")
+        self.assertIn("files:\n  (none)", text)
+
     def test_main_in_process(self) -> None:
         """main() writes to the streams it is given and returns the status."""
         out, err = io.StringIO(), io.StringIO()

@@ -13,7 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase
 from lttx import __version__, codec
 from lttx.auth import TokenAuthenticator
 from lttx.factory import LTtxFactory
-from lttx.status import RateMeter
 from lttx.store import MemoryStore
 
 from .common import TOKEN, frame, frames_of, server_protocol
@@ -57,6 +56,14 @@ class StatusRequestTests(SynchronousTestCase):
             "version": __version__, "uptime": 90.5, "connections": 2, "variables": 2,
             "journal": {"bytes": 4096}, "files": {"count": 2, "bytes": 10}}]])
         self.assertEqual((journal.asked, files.asked), (1, 1))
+
+    def test_no_clock_no_uptime(self) -> None:
+        """A factory built without a clock reports no uptime rather than a made-up one."""
+        proto, transport = server_protocol()
+        proto.dataReceived(frame([codec.REQUEST, 1, "status", []]))
+        [[_, _, report]] = frames_of(transport.value())
+        self.assertIsNone(report["uptime"])
+        self.assertEqual(report["connections"], 1)
 
     def test_status_takes_no_arguments(self) -> None:
         """An argument is a bad_request error frame; the connection goes on."""
@@ -102,43 +109,3 @@ class StatusRequestTests(SynchronousTestCase):
         for i in range(100):
             proto.dataReceived(frame([codec.REQUEST, i, "put", ["x", i]]))
         self.assertEqual(source.asked, 0)
-
-
-class RateMeterTests(SynchronousTestCase):
-    """Rates from counters sampled on a timer."""
-
-    def test_rates_over_the_window(self) -> None:
-        """Counts per second between the oldest and newest sample in the window."""
-        clock = Clock()
-        counters = {"hq": 0}
-        meter = RateMeter(clock, lambda: counters, window=10)
-        self.assertEqual(meter.rates(), {})
-        meter.sample()
-        self.assertEqual(meter.rates(), {})
-        for second in range(1, 21):
-            clock.advance(1)
-            counters["hq"] += 100 if second <= 10 else 300
-            meter.sample()
-        # The last 10 seconds ran at 300/s; the first 10 at 100/s are forgotten.
-        self.assertEqual(meter.rates(), {"hq": 300.0})
-        self.assertEqual(meter.status(), {"hq": 300.0})
-
-    def test_new_and_restarted_counters(self) -> None:
-        """A counter born mid-window counts from zero; one that went down, too."""
-        clock = Clock()
-        counters = {"a": 1000}
-        meter = RateMeter(clock, lambda: counters, window=10)
-        meter.sample()
-        clock.advance(2)
-        counters.update(a=40, b=10)
-        meter.sample()
-        self.assertEqual(meter.rates(), {"a": 20.0, "b": 5.0})
-
-    def test_sampling_reads_counters_only(self) -> None:
-        """Samples are bounded by the window, however long the meter runs."""
-        clock = Clock()
-        meter = RateMeter(clock, lambda: {"x": 1}, window=5)
-        for _ in range(1000):
-            clock.advance(1)
-            meter.sample()
-        self.assertLessEqual(len(meter._samples), 7)
