@@ -180,7 +180,7 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3f}".rstrip("0").rstrip(".")
     if isinstance(value, (list, dict)):
-        return json.dumps(to_json(value), ensure_ascii=False)
+        return json.dumps(to_json(value), ensure_ascii=False) if value else "none"
     return str(value)
 
 
@@ -213,15 +213,19 @@ def _section(value: Any, indent: str, name: str = "") -> list[str]:
         if value and all(isinstance(v, dict) for v in value.values()):
             return _table([(str(k), v) for k, v in value.items()], name or "name", indent)
         lines: list[str] = []
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) and v:
+                if str(k) == name or _singular(str(k)) == name:
+                    # channels: {channels: {...}} reads as one table, not two headings.
+                    lines.extend(_section(v, indent, name=name))
+                else:
+                    lines.append(f"{indent}{_label(str(k))}:")
+                    lines.extend(_section(v, indent + "  ", name=_singular(str(k))))
         scalars = [(k, v) for k, v in value.items() if not isinstance(v, (dict, list))
                    or not v]
         width = max((len(_label(str(k))) for k, _ in scalars), default=0)
         for k, v in scalars:
             lines.append(f"{indent}{_label(str(k)).ljust(width)}  {_cell(str(k), v)}")
-        for k, v in value.items():
-            if isinstance(v, (dict, list)) and v:
-                lines.append(f"{indent}{_label(str(k))}:")
-                lines.extend(_section(v, indent + "  ", name=_singular(str(k))))
         return lines
     if isinstance(value, list):
         if value and all(isinstance(v, dict) for v in value):
