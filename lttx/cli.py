@@ -371,9 +371,8 @@ def cmd_sub(ctx: Context) -> int:
 def cmd_push(ctx: Context) -> int:
     args = ctx.args
     data = parse_json_argument(args.data, "DATA") if args.json else args.data
-    key = parse_json_argument(args.key, "KEY") if args.json else args.key
     with ctx.connect() as client:
-        client.push(key, data, args.channel)
+        client.push(args.key, data, args.channel)
         # push does not wait; close() hands the frame to the transport and
         # closes only after it has been written.
     return EXIT_OK
@@ -477,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("key")
     sub.add_argument("data")
     sub.add_argument("--json", action="store_true",
-                     help="KEY and DATA are JSON values (default: strings)")
+                     help="DATA is a JSON value (default: a string)")
 
     def progress_options(sub: Any) -> None:
         bars = sub.add_mutually_exclusive_group()
