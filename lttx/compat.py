@@ -131,13 +131,14 @@ class txl:  # noqa: N801  (the original's name, kept so old scripts run)
         """The original's connection for ``push_plus``: the same as :meth:`start_tx`."""
         self.start_tx()
 
-    def start_txg(self, channel_list: str, pwd: str = "") -> None:
+    def start_txg(self, channel_list: "str | list[str]", pwd: str = "") -> None:
         """
-        Receive the messages of ``channel_list`` (``"a@b"`` for several) in
-        :attr:`Q`; ``pwd`` is the channels' password (set by their first
-        subscriber).  Calling it again adds channels.
+        Receive the messages of ``channel_list`` (``"a@b"`` for several; a
+        list works too) in :attr:`Q`; ``pwd`` is the channels' password (set
+        by their first subscriber).  Calling it again adds channels.
         """
-        channels = [c for c in channel_list.split("@") if c]
+        names = channel_list if isinstance(channel_list, list) else channel_list.split("@")
+        channels = [c for c in names if c]
         if not channels:
             raise ValueError("start_txg needs at least one channel name")
         client = self._connection()

@@ -49,7 +49,8 @@ def gather_status(report: dict[str, Any]) -> "dict[str, Any] | Deferred[dict[str
     def first_failure(failure: Failure) -> Failure:
         # The source's own failure, not gatherResults' wrapper of it.
         failure.trap(FirstError)
-        return failure.value.subFailure  # type: ignore[no-any-return]
+        first: FirstError = failure.value  # type: ignore[assignment]
+        return first.subFailure
 
     d: "Deferred[list[Any]]" = gatherResults([value for _, value in waiting], consumeErrors=True)
     return d.addCallbacks(fill, first_failure)
