@@ -38,9 +38,18 @@ def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
     return _connect(*args, **kwargs)
 
 
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    # lttx.Message without importing Twisted at ``import lttx``.
+    if name == "Message":
+        from .client import Message
+
+        return Message
+    raise AttributeError(f"module 'lttx' has no attribute {name!r}")
+
+
 __all__ = [
     "AuthError", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
     "EncodeError", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "Unavailable", "WrongTypeError", "connect", "__version__",
+    "Unavailable", "WrongTypeError", "Message", "connect", "__version__",
 ]
