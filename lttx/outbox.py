@@ -39,7 +39,8 @@ class Outbox:
     :param transport: the connection; the outbox registers itself on it as a
         streaming producer.
     :param limit: most bytes of plain frames held while the transport is paused.
-    :param on_overflow: called (once) with a reason when ``limit`` is passed.
+    :param on_overflow: called (once, at the next :meth:`flush`) with a reason
+        when ``limit`` is passed.
     :param on_close: called with a reason by :meth:`close` (the registry
         dropping this subscriber); it writes the notice and disconnects.
     """
@@ -98,15 +99,21 @@ class Outbox:
             if self.queued_bytes > self.peak_bytes:
                 self.peak_bytes = self.queued_bytes
             if self.plain_bytes > self.limit:
+                # Reported at flush, after the registry's fan-out loop, which
+                # must not see its subscribers change under it.
                 self.overflowed = True
                 self._clear()
-                self._on_overflow(f"more than {self.limit} bytes queued for it "
-                                  "while it did not read")
+                return True
             return False
         return was_empty
 
     def flush(self) -> None:
         """Write what is queued, in one write or in chunks until the transport pauses."""
+        if self.overflowed and not self.stopped:
+            self.stopped = True
+            self._on_overflow(f"more than {self.limit} bytes queued for it "
+                              "while it did not read")
+            return
         if self.paused or self.stopped or not self.queued_bytes:
             return
         if self.queued_bytes <= CHUNK:

@@ -66,6 +66,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.peer = "?"
         self.outbox: Optional[Outbox] = None  # made by the first subscribe
         self._refused_publishes = 0
+        self._lost = False
 
     # -- connection ---------------------------------------------------------
 
@@ -82,6 +83,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
         if self.outbox is not None:
             self.factory.channels.remove(self.outbox)
         self.factory.connection_lost(self)
@@ -261,7 +263,9 @@ class LTtxServerProtocol(Int32StringReceiver):
             clock.callLater(CUT_OFF_GRACE, self._abort_if_open)
 
     def _abort_if_open(self) -> None:
-        if self.transport.connected:
+        if not self._lost:
+            self.log.info("{peer} did not read its cut-off notice within {grace} s; aborted",
+                          peer=self.peer, grace=CUT_OFF_GRACE)
             self.transport.abortConnection()
 
     @command(1, 3)
