@@ -207,9 +207,8 @@ class AsyncClient:
         :raises ConnectError: when the daemon cannot be reached.
         """
         deliver = on_message or (lambda message: None)
-        d = _open(reactor, settings)
-        d.addCallback(lambda opened: cls(reactor, settings, opened[0], opened[1], deliver))
-        return d
+        return _open(reactor, settings).addCallback(
+            lambda opened: cls(reactor, settings, opened[0], opened[1], deliver))
 
     # -- the connection -----------------------------------------------------
 

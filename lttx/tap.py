@@ -54,7 +54,8 @@ class Options(usage.Options):
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-         "Most bytes queued for one subscriber before the slow-subscriber policy acts: past it, the subscriber is cut off (conflating subscriptions are never cut off)."],
+         "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
+         "past it, the subscriber is cut off (conflating subscriptions never are)."],
     ]
 
     def __init__(self) -> None:

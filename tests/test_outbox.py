@@ -198,8 +198,9 @@ class ProtocolChannelTests(SynchronousTestCase):
     def test_refused_publish_is_a_notice(self) -> None:
         """A publish with a bad key gets a NOTICE, and the connection goes on."""
         self.pub.dataReceived(frame([codec.PUBLISH, "hq", {"k": 1}, 1]))
-        self.assertEqual(frames_of(self.pub_t.value()), [[codec.NOTICE, "bad_request",
-            "a message key must be a str, bytes, number, bool or nil, not dict"]])
+        self.assertEqual(frames_of(self.pub_t.value()), [
+            [codec.NOTICE, "bad_request",
+             "a message key must be a str, bytes, number, bool or nil, not dict"]])
         self.pub_t.clear()
         self.pub.dataReceived(frame([codec.REQUEST, 2, "ping", []]))
         self.assertEqual(frames_of(self.pub_t.value()), [[codec.REPLY, 2, "pong"]])
