@@ -16,11 +16,13 @@ from twisted.logger import Logger
 
 from . import __version__
 from .auth import TokenAuthenticator
+from .channels import ChannelRegistry
 from .protocol import LTtxServerProtocol
 from .status import IStatusSource, gather_status
 from .store import IVariableStore
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
 
 class LTtxFactory(ServerFactory):
@@ -34,6 +36,8 @@ class LTtxFactory(ServerFactory):
         store: IVariableStore,
         auth: TokenAuthenticator,
         max_frame: int = DEFAULT_MAX_FRAME,
+        channels: Optional[ChannelRegistry] = None,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
         clock: Optional[IReactorTime] = None,
         status_sources: Optional[Mapping[str, IStatusSource]] = None,
     ) -> None:
@@ -42,14 +46,18 @@ class LTtxFactory(ServerFactory):
         :param status_sources: the components whose ``status()`` the
             ``status`` request reports, each under its name (``"channels"``,
             ``"journal"``, ``"files"``); wiring one more is one entry here.
+            The channel registry is one without being named.
         """
         self.store = store
         self.auth = auth
         self.max_frame = max_frame
-        self.connections: set[LTtxServerProtocol] = set()
+        self.channels = channels if channels is not None else ChannelRegistry()
+        self.subscriber_buffer = subscriber_buffer
+        # Times the abort of a cut-off subscriber that does not read; None: never.
         self.clock = clock
+        self.connections: set[LTtxServerProtocol] = set()
         self.started = None if clock is None else clock.seconds()
-        self.status_sources = dict(status_sources or {})
+        self.status_sources = {"channels": self.channels, **(status_sources or {})}
         clash = set(self.status_sources) & _OWN_STATUS
         if clash:
             raise ValueError(f"status source names clash with the daemon's own: {sorted(clash)}")

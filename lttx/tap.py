@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Optional
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .auth import TokenAuthenticator
+from .channels import ChannelRegistry
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
 from .store import MemoryStore
 
@@ -55,8 +56,8 @@ class Options(usage.Options):
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-         "Most bytes queued for one subscriber before the slow-subscriber policy acts. "
-         "(Not yet used: channels are not served yet.)"],
+         "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
+         "past it, the subscriber is cut off (conflating subscriptions never are)."],
     ]
 
     def __init__(self) -> None:
@@ -142,13 +143,19 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         log.warn("no token given: protected mode, serving loopback clients only")
 
     store = MemoryStore()
-    # What `lttx status` reports besides the factory's own figures: one entry
-    # per component that has a status() (channels, journal, files).
+    channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
+    # What `lttx status` reports besides the factory's own figures and the
+    # channels: one entry per component that has a status() (journal, files).
     status_sources: dict[str, Any] = {}
-    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], clock=reactor,
+    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
+                          subscriber_buffer=options["subscriber-buffer"],
+                          clock=reactor,  # type: ignore[arg-type]
                           status_sources=status_sources)
 
     top = MultiService()
+    rates = TimerService(1.0, channels.sample)
+    rates.clock = reactor
+    rates.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)

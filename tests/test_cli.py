@@ -8,10 +8,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Optional
+import threading
+from typing import IO, Any, Optional
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -163,6 +166,107 @@ class VariableCommandsTests(CLITestMixin, TestCase):
         self.assertIn(f"LTtx {__version__} at 127.0.0.1:{self.daemon.port}, up ", text)
         self.assertRegex(text, r"(?m)^variables\s+2$")
         self.assertRegex(text, r"(?m)^connections\s+\d+$")
+
+
+class LineReader:
+    """The lines a subprocess writes on one stream, read by a thread, so a
+    test waits for one with a bounded timeout."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: "queue.Queue[str]" = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put("")  # end of stream
+
+    def next(self, timeout: float = 30) -> str:
+        return self.lines.get(timeout=timeout)
+
+
+class ChannelCommandsTests(CLITestMixin, TestCase):
+    """sub and push on a real daemon."""
+
+    def setUp(self) -> None:
+        self.daemon = Daemon(self)
+
+    def start_sub(self, *args: str) -> tuple["subprocess.Popen[str]", LineReader, LineReader]:
+        env = cli_env(LTTX_PORT=str(self.daemon.port), LTTX_TOKEN=TOKEN)
+        process = subprocess.Popen([sys.executable, "-m", "lttx.cli", "sub", *args],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=env)
+        self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
+        out, err = LineReader(process.stdout), LineReader(process.stderr)  # type: ignore
+        self.assertIn("subscribed to", err.next())
+        return process, out, err
+
+    def test_sub_prints_json_lines(self) -> None:
+        """sub prints one JSON line per message as it arrives, and --count ends it."""
+        process, out, _ = self.start_sub("hq_center@orders", "--count", "3")
+        publisher = self.daemon.connect()
+        publisher.push("600000.SH", "10.23|10.24", "hq_center")
+        self.assertEqual(json.loads(out.next()), {
+            "channel": "hq_center", "seq": 1, "key": "600000.SH", "data": "10.23|10.24"})
+        publisher.push("o1", {"side": "买", "raw": b"\x01"}, "orders")
+        publisher.push(7, None, "hq_center")
+        self.assertEqual(json.loads(out.next()), {
+            "channel": "orders", "seq": 1, "key": "o1",
+            "data": {"side": "买", "raw": {"$bytes": "AQ=="}}})
+        self.assertEqual(json.loads(out.next()), {
+            "channel": "hq_center", "seq": 2, "key": 7, "data": None})
+        self.assertEqual(process.wait(30), 0)
+        self.assertEqual(out.next(), "")
+
+    def test_sub_ends_cleanly_on_ctrl_c(self) -> None:
+        """SIGINT ends sub with status 0 and no traceback, after what it printed."""
+        process, out, err = self.start_sub("chat")
+        self.daemon.connect().push("me", "hello", "chat")
+        self.assertEqual(json.loads(out.next())["data"], "hello")
+        process.send_signal(signal.SIGINT)
+        self.assertEqual(process.wait(30), 0)
+        self.assertEqual(err.next(), "")  # nothing more on stderr
+        self.daemon.wait_for_log("disconnected")
+
+    def test_sub_wrong_password(self) -> None:
+        """sub with a wrong channel password: one line, status 4."""
+        self.daemon.connect().subscribe("private", password="pw")
+        line = self.lttx_error("sub", "private", "--password", "wrong", status=cli.EXIT_AUTH)
+        self.assertIn("password", line)
+
+    def test_push(self) -> None:
+        """push sends a string message, or a JSON value with --json, and returns."""
+        client = self.daemon.connect()
+        client.subscribe("hq_center")
+        self.assertEqual(self.lttx("push", "hq_center", "600000.SH", "10.23"), "")
+        message = client.Q.get(timeout=15)
+        self.assertEqual(tuple(message), ("hq_center", "600000.SH", "10.23", 1))
+        self.lttx("push", "--json", "hq_center", "600000", '{"p": [10.23, 10.24]}')
+        message = client.Q.get(timeout=15)
+        self.assertEqual((message.key, message.data), ("600000", {"p": [10.23, 10.24]}))
+        self.lttx_error("push", "--json", "hq_center", "k", "{", status=cli.EXIT_USAGE)
+
+    def test_status_shows_channels(self) -> None:
+        """status reports each channel's subscribers and messages, in JSON and for people."""
+        client = self.daemon.connect()
+        other = self.daemon.connect()
+        client.subscribe("hq_center")
+        other.subscribe("hq_center@orders", conflate=True)
+        for i in range(10):
+            client.push("600000.SH", str(i), "hq_center")
+        for _ in range(10):
+            client.Q.get(timeout=15)
+        report = json.loads(self.lttx("status", "--json"))
+        channels = report["channels"]["channels"]
+        self.assertEqual((channels["hq_center"]["subscribers"], channels["hq_center"]["messages"]),
+                         (2, 10))
+        self.assertEqual(channels["orders"]["subscribers"], 1)
+        self.assertEqual(report["channels"]["slow_subscribers_cut_off"], 0)
+        text = self.lttx("status")
+        self.assertRegex(text, r"(?m)^  channel\s+subscribers\s+conflating\s+messages\s+rate")
+        self.assertRegex(text, r"(?m)^  hq_center\s+2\s+1\s+10\s+[\d.]+/s")
+        self.assertRegex(text, r"(?m)^  slow subscribers cut off\s+0$")
+        self.assertRegex(text, r"(?m)^  conflated drops\s+\d+$")
 
 
 class ConnectionErrorTests(CLITestMixin, TestCase):

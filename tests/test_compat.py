@@ -4,14 +4,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 
 from twisted.trial.unittest import TestCase
 
 import lttx
 from lttx.compat import txl
 
-from .common import TOKEN, Daemon
+from .common import PACKAGE_ROOT, TOKEN, Daemon
 
 
 class CompatVariablesTests(TestCase):
@@ -90,3 +93,107 @@ class CompatConnectionTests(TestCase):
             port = s.getsockname()[1]
         tx1 = txl("127.0.0.1", port, TOKEN, timeout=5, retry_for=0)
         self.assertRaises(lttx.ConnectError, tx1.start_tx)
+
+
+#: The original LTtx README's usage example (使用示例/基础使用示例.py), as a
+#: user would run it: only the import line changed (and the address, which
+#: the test's daemon picks), the demo's waits and endless printing thread
+#: replaced by reading the 10,000 messages back.
+ORIGINAL_EXAMPLE = """\
+import time
+from lttx.compat import *
+
+tx1 = txl('127.0.0.1', {port}, {token!r})
+tx1.start_tx()
+
+tem_list = [1, '2', 4, {{'a': 'cc', 'b': 80}}]
+tx1.put('test_list', tem_list)
+cc = tx1.get('test_list')
+print(cc, type(cc))
+
+tx1.start_txg('test')
+tx1.push('消息头', 'this is a test,这是一条测试消息', 'test')
+print(tx1.Q.get())
+
+num = 10000
+for i in range(num):
+    tx1.push('test', str(i), 'test')
+for i in range(num):
+    print(tx1.Q.get())
+"""
+
+
+class CompatChannelsTests(TestCase):
+    """start_txg, push and Q as the original had them."""
+
+    def test_original_readme_example(self) -> None:
+        """The original example runs unchanged but for its import; 10,000 pushes
+        arrive in Q as "key|data" strings, in order; the script exits by itself."""
+        daemon = Daemon(self)
+        script = ORIGINAL_EXAMPLE.format(port=daemon.port, token=TOKEN)
+        env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, env=env, timeout=120)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.splitlines()
+        self.assertEqual(lines[0], "[1, '2', 4, {'a': 'cc', 'b': 80}] <class 'list'>")
+        self.assertEqual(lines[1], "消息头|this is a test,这是一条测试消息")
+        self.assertEqual(lines[2:], [f"test|{i}" for i in range(10000)])
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_q_formats_any_value_as_the_original(self) -> None:
+        """Non-string data reaches Q as the original's "%s|%s" made it; a
+        subscriber using the new client gets the value itself."""
+        daemon = Daemon(self)
+        tx1 = txl("127.0.0.1", daemon.port, TOKEN, timeout=15)
+        self.addCleanup(tx1.close)
+        tx1.start_txg("a@b")
+        other = daemon.connect()
+        other.subscribe("b")
+        tx1.push("k", {"x": 1}, "a")
+        tx1.push_plus(600000, 10.5, "b")
+        self.assertEqual(tx1.Q.get(timeout=15), "k|{'x': 1}")
+        self.assertEqual(tx1.Q.get(timeout=15), "600000|10.5")
+        message = other.Q.get(timeout=15)
+        self.assertEqual((message.key, message.data), (600000, 10.5))
+
+    def test_close_txg_stops_messages(self) -> None:
+        """After close_txg nothing more reaches Q; variables still work."""
+        daemon = Daemon(self)
+        tx1 = txl("127.0.0.1", daemon.port, TOKEN, timeout=15)
+        self.addCleanup(tx1.close)
+        tx1.start_tx()
+        tx1.start_txg("c", pwd="secret")
+        tx1.push("first", "1", "c")
+        self.assertEqual(tx1.Q.get(timeout=15), "first|1")
+        self.assertEqual(tx1.close_txg()["code"], 0)
+        tx1.push("second", "2", "c")
+        tx1.put("after", 1)  # answered after the push: the push was handled first
+        self.assertEqual(tx1.get("after"), 1)
+        self.assertTrue(tx1.Q.empty())
+
+    def test_wrong_channel_password(self) -> None:
+        """start_txg with another password than the channel's raises AuthError."""
+        daemon = Daemon(self)
+        owner = daemon.connect()
+        owner.subscribe("private", password="pw")
+        tx1 = txl("127.0.0.1", daemon.port, TOKEN, timeout=15)
+        self.addCleanup(tx1.close)
+        self.assertRaises(lttx.AuthError, tx1.start_txg, "private", pwd="wrong")
+
+    def test_daemon_restart_resubscribes(self) -> None:
+        """A daemon restarted under a subscribed client: it resubscribes by
+        itself and receives what is pushed after the restart."""
+        daemon = Daemon(self)
+        tx1 = txl("127.0.0.1", daemon.port, TOKEN, timeout=15)
+        self.addCleanup(tx1.close)
+        tx1.start_txg("hq_center")
+        tx1.push("before", "1", "hq_center")
+        self.assertEqual(tx1.Q.get(timeout=15), "before|1")
+        daemon.stop()
+        daemon.listen = [f"tcp:{daemon.port}:interface=127.0.0.1"]  # the same port again
+        daemon.start()
+        daemon.wait_for_log(r"subscribed to .*hq_center")
+        publisher = daemon.connect()
+        publisher.push("after", "2", "hq_center")
+        self.assertEqual(tx1.Q.get(timeout=15), "after|2")

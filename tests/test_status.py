@@ -39,8 +39,8 @@ class StatusRequestTests(SynchronousTestCase):
     """``status`` through the server protocol, frame by frame."""
 
     def test_status_reply_frame(self) -> None:
-        """The reply holds version, uptime from the clock, connections, variables
-        and each source's report under its name."""
+        """The reply holds version, uptime from the clock, connections, variables,
+        the channels and each source's report under its name."""
         clock = Clock()
         clock.advance(1000)
         journal = FakeSource({"bytes": 4096})
@@ -54,6 +54,7 @@ class StatusRequestTests(SynchronousTestCase):
         proto.dataReceived(frame([codec.REQUEST, 7, "status", []]))
         self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 7, {
             "version": __version__, "uptime": 90.5, "connections": 2, "variables": 2,
+            "channels": factory.channels.status(),
             "journal": {"bytes": 4096}, "files": {"count": 2, "bytes": 10}}]])
         self.assertEqual((journal.asked, files.asked), (1, 1))
 
