@@ -7,7 +7,7 @@ The variable store, the channel registry and the authenticator are passed in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import ServerFactory
@@ -16,6 +16,9 @@ from twisted.logger import Logger
 from .auth import TokenAuthenticator
 from .protocol import LTtxServerProtocol
 from .store import IVariableStore
+
+if TYPE_CHECKING:
+    from .filetransfer import FileService
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
@@ -31,10 +34,12 @@ class LTtxFactory(ServerFactory):
         store: IVariableStore,
         auth: TokenAuthenticator,
         max_frame: int = DEFAULT_MAX_FRAME,
+        files: "Optional[FileService]" = None,
     ) -> None:
         self.store = store
         self.auth = auth
         self.max_frame = max_frame
+        self.files = files
         self.connections: set[LTtxServerProtocol] = set()
 
     def buildProtocol(self, addr: IAddress) -> LTtxServerProtocol:
@@ -51,4 +56,7 @@ class LTtxFactory(ServerFactory):
 
     def status(self) -> dict[str, Any]:
         """What ``lttx status`` shows of this daemon."""
-        return {"connections": len(self.connections), "variables": len(self.store)}
+        status = {"connections": len(self.connections), "variables": len(self.store)}
+        if self.files is not None:
+            status["files"] = self.files.status()
+        return status

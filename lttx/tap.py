@@ -17,6 +17,7 @@ from twisted.python import usage
 
 from .auth import TokenAuthenticator
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
+from .filetransfer import FileService, thread_runner
 from .store import MemoryStore
 
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -52,6 +53,8 @@ class Options(usage.Options):
          "Durability of variable writes: always, everysec or no. (Not yet used.)"],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
+        ["max-file-size", None, "0",
+         "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
          "Most bytes queued for one subscriber before the slow-subscriber policy acts. (Not yet used: channels are not served yet.)"],
     ]
@@ -80,6 +83,8 @@ class Options(usage.Options):
                 self[name] = parse_size(self[name])
             if self[name] < 1024:
                 raise usage.UsageError(f"--{name} must be at least 1024 bytes")
+        if isinstance(self["max-file-size"], str):
+            self["max-file-size"] = parse_size(self["max-file-size"])
         if self["token"] and self["token-file"]:
             raise usage.UsageError("give --token or --token-file, not both")
         if not 0 <= self["port"] < 65536:
@@ -139,9 +144,12 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         log.warn("no token given: protected mode, serving loopback clients only")
 
     store = MemoryStore()
-    factory = LTtxFactory(store, auth, max_frame=options["max-frame"])
-
     top = MultiService()
+    files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
+                        max_file_size=options["max-file-size"])
+    files.setServiceParent(top)
+    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], files=files)
+
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)
