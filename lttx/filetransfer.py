@@ -450,11 +450,13 @@ class FileSession:
         upload, download = self.upload, self.download
         self._close()
         if upload is not None:
-            self.log.info(
-                "{peer}: upload of {name} interrupted at {received} of {size} bytes "
-                "(kept for resume)", peer=self.peer, name=upload.name,
-                received=upload.received, size=upload.size)
-            self._end_upload(upload, keep=True)
+            def interrupted() -> None:
+                # Logged once the partial is written and closed, so a resume can start.
+                self.log.info(
+                    "{peer}: upload of {name} interrupted at {received} of {size} bytes "
+                    "(kept for resume)", peer=self.peer, name=upload.name,
+                    received=upload.received, size=upload.size)
+            self._end_upload(upload, keep=True, then=interrupted)
         if download is not None:
             if download.sender is not None:
                 _stop_sender(download.sender)
@@ -605,7 +607,8 @@ class FileSession:
         """Drop an upload that cannot be kept: its partial file goes."""
         self._end_upload(upload, keep=False)
 
-    def _end_upload(self, upload: _Upload, keep: bool) -> None:
+    def _end_upload(self, upload: _Upload, keep: bool,
+                    then: Callable[[], None] = lambda: None) -> None:
         """Close the upload's file once its writes are done; free its name."""
         def done(_: Any) -> None:
             if upload.writer is not None and not upload.writer.file.closed:
@@ -613,9 +616,11 @@ class FileSession:
             if not keep:
                 _unlink_quietly(upload.partial)
             self.service.uploading.discard(upload.name)
+            then()
 
         if upload.writer is None:
-            # Still opening: the open callback closes the file; the name is freed there.
+            # Still opening: the open callback closes the file and frees the name.
+            then()
             return
         upload.writer.drained().addBoth(done)
 
