@@ -71,6 +71,8 @@ CHUNK_SIZE = 256 * 1024
 WRITE_HIGH_WATER = 8 * 1024 * 1024
 #: ... and resumes once the backlog is down to this.
 WRITE_LOW_WATER = 2 * 1024 * 1024
+#: Bytes read from the socket at once on a file connection.
+READ_SIZE = 1024 * 1024
 #: The hidden folder, inside the files folder, holding uploads in progress.
 PARTIAL_DIR = ".partial"
 #: The longest file name, in UTF-8 bytes (NAME_MAX of common file systems).
@@ -158,6 +160,13 @@ def _write_chunks(file: Any, md5: Any, chunks: list[bytes]) -> None:
     for chunk in chunks:
         md5.update(chunk)
         file.write(chunk)
+
+
+def _read_big(transport: Any) -> None:
+    """Read up to 1 MiB per recv on a file connection instead of Twisted's 64 KiB:
+    far fewer calls, and far less re-joining of partial frames by the receiver."""
+    if isinstance(getattr(transport, "bufferSize", None), int):
+        transport.bufferSize = READ_SIZE
 
 
 def _unlink_quietly(path: str) -> None:
@@ -376,6 +385,7 @@ class FileSession:
         self.download: Optional[_Download] = None
         self.closed = False
         service.sessions.add(self)
+        _read_big(protocol.transport)
 
     # -- frames ---------------------------------------------------------------
 
@@ -757,6 +767,9 @@ class FileClientProtocol(Int32StringReceiver):
         self.on_error: Callable[[LTtxError], None] = lambda error: None
         self.lost: Deferred[None] = Deferred()
 
+    def connectionMade(self) -> None:
+        _read_big(self.transport)
+
     def request(self, command: str, *args: Any, data_follows: bool = False) -> "Deferred[Any]":
         """
         Send a request; the Deferred fires with its result.
@@ -1017,6 +1030,8 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
     :raises ChecksumMismatch: if the bytes received are not the daemon's file.
     """
     check_name(name)
+    if dest.endswith(("/", os.sep)):
+        os.makedirs(dest, exist_ok=True)
     target = _download_target(name, dest)
     partial = _client_partial(target)
     run = _in_thread(reactor)
@@ -1046,6 +1061,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         bar = _Progress(progress, name, size, start)
         watchdog = _Watchdog(reactor, settings.timeout, protocol)
         done: Deferred[None] = Deferred()
+
         def write_failed(failure: Failure) -> None:
             protocol.error = (_storage_error(failure.value, target)
                               if failure.check(OSError) else LTtxError(str(failure.value)))
