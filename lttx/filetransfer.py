@@ -75,6 +75,8 @@ WRITE_LOW_WATER = 2 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 #: The hidden folder, inside the files folder, holding uploads in progress.
 PARTIAL_DIR = ".partial"
+#: A partial upload left untouched this long is removed when the daemon starts.
+PARTIAL_MAX_AGE = 7 * 24 * 3600
 #: The longest file name, in UTF-8 bytes (NAME_MAX of common file systems).
 MAX_NAME_BYTES = 255
 
@@ -282,7 +284,23 @@ class FileService(Service):
 
     def startService(self) -> None:
         os.makedirs(self.partial_directory, exist_ok=True)
+        self.remove_stale_partials(time.time())
         super().startService()
+
+    def remove_stale_partials(self, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
+        """Remove partial uploads untouched for ``max_age`` seconds; how many went."""
+        removed = 0
+        with os.scandir(self.partial_directory) as entries:
+            for entry in entries:
+                if entry.name in self.uploading or not entry.is_file(follow_symlinks=False):
+                    continue
+                if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                    _unlink_quietly(entry.path)
+                    removed += 1
+        if removed:
+            self.log.info("removed {count} partial uploads older than {days:.0f} days",
+                          count=removed, days=max_age / 86400)
+        return removed
 
     def session(self, protocol: "LTtxServerProtocol") -> "FileSession":
         """The file-transfer session of one authenticated connection."""
@@ -337,6 +355,7 @@ class FileService(Service):
             "bytes": sum(f["size"] for f in files),
             "uploads": sum(1 for s in self.sessions if s.upload is not None),
             "downloads": sum(1 for s in self.sessions if s.download is not None),
+            "partials": len(os.listdir(self.partial_directory)),
         }
 
 

@@ -401,7 +401,8 @@ class ListDeleteStatusTests(SessionTestCase):
         [reply] = self.sent(transport)
         self.assertEqual([(f["name"], f["size"]) for f in reply[2]], [("a.csv", 1), ("b.csv", 2)])
         self.assertEqual(self.factory.status()["files"],
-                         {"files": 2, "bytes": 3, "uploads": 0, "downloads": 0})
+                         {"files": 2, "bytes": 3, "uploads": 0, "downloads": 0,
+                          "partials": 1})
         self.request(proto, 2, "delete", "a.csv")
         self.request(proto, 3, "delete", "a.csv")
         self.assertEqual(self.sent(transport), [[codec.REPLY, 2, True], [codec.REPLY, 3, False]])
@@ -444,3 +445,17 @@ class OptionsTests(SynchronousTestCase):
         error = _storage_error(OSError(errno.ENOSPC, "No space"), "x")
         self.assertIsInstance(error, StorageError)
         self.assertEqual(error.message, "disk full: no space left to write x")
+
+
+class StalePartialTests(SessionTestCase):
+
+    def test_old_partials_are_removed_recent_ones_kept(self) -> None:
+        """Partials untouched past the age limit go; recent ones stay for resume."""
+        partial_dir = os.path.join(self.directory, ".partial")
+        for name, age in (("old", 8 * 86400), ("new", 3600)):
+            path = os.path.join(partial_dir, name)
+            with open(path, "wb") as f:
+                f.write(b"x")
+            os.utime(path, (1_000_000 - age, 1_000_000 - age))
+        self.assertEqual(self.service.remove_stale_partials(1_000_000), 1)
+        self.assertEqual(self.partials(), ["new"])
