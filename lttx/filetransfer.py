@@ -936,20 +936,16 @@ def open_file_connection(reactor: Any, settings: "ConnectionSettings") -> Any:
 
 
 def _close(protocol: FileClientProtocol) -> "Deferred[None]":
-    if protocol.transport is not None and protocol.transport.connected:
+    if not protocol.lost.called:
         protocol.transport.loseConnection()
         return protocol.lost
     return succeed(None)
 
 
-def _in_thread(reactor: Any) -> RunInThread:
-    return thread_runner(reactor)
-
-
 @inlineCallbacks
 def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
               name: Optional[str] = None, progress: bool = False,
-              resume: bool = True) -> Any:
+              resume: bool = True, run_in_thread: Optional[RunInThread] = None) -> Any:
     """
     Upload ``path`` as ``name`` (its base name by default).
 
@@ -960,9 +956,11 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
     :raises BadFileName: for a name the daemon refuses.
     :raises ChecksumMismatch: if the daemon received other bytes than were sent.
     :raises StorageError: over ``--max-file-size``, or the daemon's disk is full.
+    :param run_in_thread: runs file hashing off the reactor thread (default: the
+        reactor's thread pool).
     """
     name = os.path.basename(path) if name is None else name
-    run = _in_thread(reactor)
+    run = run_in_thread or thread_runner(reactor)
     file = open(path, "rb")
     protocol = None
     try:
@@ -1036,7 +1034,8 @@ def _client_partial(target: str) -> str:
 
 @inlineCallbacks
 def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str = ".",
-              progress: bool = False, resume: bool = True) -> Any:
+              progress: bool = False, resume: bool = True,
+              run_in_thread: Optional[RunInThread] = None) -> Any:
     """
     Download ``name`` into the folder ``dest`` (or to the file path ``dest``).
 
@@ -1053,7 +1052,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         os.makedirs(dest, exist_ok=True)
     target = _download_target(name, dest)
     partial = _client_partial(target)
-    run = _in_thread(reactor)
+    run = run_in_thread or thread_runner(reactor)
     offset, prefix_md5, md5 = 0, None, hashlib.md5()
     if resume and os.path.exists(partial):
         offset = os.path.getsize(partial)

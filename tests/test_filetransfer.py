@@ -7,20 +7,24 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import struct
+import sys
 from typing import Any, Callable
 
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, maybeDeferred
-from twisted.internet.testing import StringTransport
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from lttx import codec
 from lttx.auth import TokenAuthenticator
-from lttx.errors import BadFileName, StorageError
+from lttx.client import ConnectionSettings
+from lttx.errors import BadFileName, ChecksumMismatch, NotFound, StorageError
 from lttx.factory import LTtxFactory
 from lttx.filetransfer import (
     CHUNK_SIZE,
@@ -28,6 +32,10 @@ from lttx.filetransfer import (
     FileService,
     _write_chunks,
     check_name,
+    delete_file,
+    list_files,
+    recv_file,
+    send_file,
     synchronous_runner,
 )
 from lttx.store import MemoryStore
@@ -459,3 +467,142 @@ class StalePartialTests(SessionTestCase):
             os.utime(path, (1_000_000 - age, 1_000_000 - age))
         self.assertEqual(self.service.remove_stale_partials(1_000_000), 1)
         self.assertEqual(self.partials(), ["new"])
+
+
+class _MemoryEndpoint:
+    """Connects a client protocol to a new server protocol of ``factory`` in memory."""
+
+    def __init__(self, factory: LTtxFactory, pumps: list[Any], clock: Any,
+                 tamper: Callable[[bytes], bytes]) -> None:
+        self.factory, self.pumps, self.clock, self.tamper = factory, pumps, clock, tamper
+
+    def connect(self, protocol_factory: Any) -> "Deferred[Any]":
+        client = protocol_factory.buildProtocol(None)
+        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        server_io = iosim.makeFakeServer(server)
+        client_io = iosim.makeFakeClient(client)
+        pump = iosim.connect(server, server_io, client, client_io, greet=False,
+                             clock=self.clock)
+        original = server_io.getOutBuffer
+        server_io.getOutBuffer = lambda: (lambda data: data and self.tamper(data))(original())
+        self.pumps.append(pump)
+        return succeed(client)
+
+
+class _MemorySettings:
+    """ConnectionSettings whose connections go to an in-memory daemon."""
+
+    host, port, token, timeout = "memory", 0, TOKEN, 30.0
+
+    def __init__(self, endpoint: _MemoryEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def endpoint(self, reactor: Any) -> _MemoryEndpoint:
+        return self._endpoint
+
+    def hello_args(self, **options: Any) -> list[Any]:
+        return ConnectionSettings(token=TOKEN).hello_args(**options)
+
+
+class ClientInMemoryTests(SessionTestCase):
+    """The real client functions against the real file session, pumped in memory."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.clock = MemoryReactorClock()
+        self.pumps: list[Any] = []
+        self.tamper: Callable[[bytes], bytes] = lambda data: data
+        endpoint = _MemoryEndpoint(self.factory, self.pumps, self.clock,
+                                   lambda data: self.tamper(data))
+        self.settings = _MemorySettings(endpoint)
+        self.work = self.mktemp()
+        os.makedirs(self.work)
+
+    def run_until_done(self, d: "Deferred[Any]") -> None:
+        for _ in range(10_000):
+            if d.called:
+                return
+            moved = [pump.pump() for pump in self.pumps]
+            if not any(moved):
+                self.clock.advance(0)
+        self.fail("the transfer did not finish")
+
+    def source(self, data: bytes) -> str:
+        path = os.path.join(self.work, "source.bin")
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def test_round_trip_with_progress_bar(self) -> None:
+        """send_file then recv_file through the session: same bytes, a tqdm bar with a rate."""
+        data = os.urandom(3 * CHUNK_SIZE + 5)
+        stderr = io.StringIO()
+        self.patch(sys, "stderr", stderr)
+        d = send_file(self.clock, self.settings, self.source(data), "x.bin", progress=True,
+                      run_in_thread=synchronous_runner)
+        self.run_until_done(d)
+        self.assertEqual(self.successResultOf(d),
+                         {"name": "x.bin", "size": len(data), "md5": md5(data)})
+        self.assertIn("B/s", stderr.getvalue())
+        dest = os.path.join(self.work, "down")
+        d = recv_file(self.clock, self.settings, "x.bin", dest + "/",
+                      run_in_thread=synchronous_runner)
+        self.run_until_done(d)
+        result = self.successResultOf(d)
+        self.assertEqual(result["md5"], md5(data))
+        with open(result["path"], "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(os.listdir(dest), ["x.bin"])
+
+    def test_full_disk_reaches_the_client_as_storage_error(self) -> None:
+        """The daemon's disk fills mid-upload: send_file fails with StorageError, no file."""
+        def runner(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+            if f is _write_chunks:
+                return fail(OSError(errno.ENOSPC, "No space left on device"))
+            return maybeDeferred(f, *args)
+
+        self.runner = runner
+        d = send_file(self.clock, self.settings, self.source(b"d" * (2 * CHUNK_SIZE)),
+                      run_in_thread=synchronous_runner)
+        self.run_until_done(d)
+        failure = self.failureResultOf(d, StorageError)
+        self.assertIn("disk full", failure.getErrorMessage())
+        self.assertEqual(self.visible(), [])
+        self.assertEqual(self.partials(), [])
+
+    def test_corrupted_download_leaves_nothing(self) -> None:
+        """A byte flipped on the way down: ChecksumMismatch, and nothing at the destination."""
+        data = b"q" * 5000
+        with open(os.path.join(self.directory, "q.bin"), "wb") as f:
+            f.write(data)
+
+        def flip(chunk: bytes) -> bytes:
+            return chunk.replace(b"qqqq", b"qqqr", 1)
+
+        self.tamper = flip
+        dest = os.path.join(self.work, "dest")
+        os.makedirs(dest)
+        d = recv_file(self.clock, self.settings, "q.bin", dest,
+                      run_in_thread=synchronous_runner)
+        self.run_until_done(d)
+        self.failureResultOf(d, ChecksumMismatch)
+        self.assertEqual(os.listdir(dest), [])
+
+    def test_missing_file_leaves_nothing(self) -> None:
+        """recv_file of a name the daemon lacks: NotFound, no file at all."""
+        d = recv_file(self.clock, self.settings, "none", self.work,
+                      run_in_thread=synchronous_runner)
+        self.run_until_done(d)
+        self.failureResultOf(d, NotFound)
+        self.assertEqual(os.listdir(self.work), [])
+
+    def test_list_and_delete(self) -> None:
+        """list_files and delete_file through a file connection."""
+        with open(os.path.join(self.directory, "a"), "wb") as f:
+            f.write(b"1")
+        d = list_files(self.clock, self.settings)
+        self.run_until_done(d)
+        self.assertEqual([f["name"] for f in self.successResultOf(d)], ["a"])
+        d = delete_file(self.clock, self.settings, "a")
+        self.run_until_done(d)
+        self.assertTrue(self.successResultOf(d))
