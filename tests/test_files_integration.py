@@ -379,3 +379,34 @@ class InterruptedTransferTests(FilesTestCase):
         self.assertIn("interrupted", line)
         self.assertEqual(self.client.list_files(), [])
         self.assertEqual(self.visible_files(), [])
+
+
+class ShutdownTests(FilesTestCase):
+
+    def test_sigterm_mid_upload_discards_the_file_in_flight(self) -> None:
+        """SIGTERM during an upload: the daemon exits cleanly, no file appears, the client
+        gets a typed error."""
+        source = self.path("t.bin")
+        make_file(source, 512 * MiB)
+        self.addCleanup(os.unlink, source)
+        errors: list[BaseException] = []
+        done = threading.Event()
+
+        def upload() -> None:
+            try:
+                self.client.send_file(source)
+            except lttx.LTtxError as e:
+                errors.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=upload, daemon=True).start()
+        self.daemon.wait_for_log(r"upload of t\.bin started")
+        # twistd shuts down cleanly, then exits with the signal's status (as Twisted does).
+        self.assertIn(self.daemon.stop(), (0, -15))
+        self.daemon.wait_for_log(r"Server Shut Down")
+        self.assertTrue(done.wait(30))
+        self.assertIsInstance(errors[0], lttx.ConnectionLost)
+        self.assertEqual(self.visible_files(), [])
+        self.assertNotIn("Traceback", self.daemon.log_text())
+        self.assertNotIn("Unhandled", self.daemon.log_text())
