@@ -81,6 +81,9 @@ PARTIAL_MAX_AGE = 7 * 24 * 3600
 MAX_NAME_BYTES = 255
 
 _PREFIX = struct.Struct("!I")
+#: Bytes per second a slow disk still hashes or syncs: how long the client
+#: waits, beyond its timeout, for replies that hash a prefix or fsync a file.
+_SLOW_DISK = 20 * 1024 * 1024
 _HASH_BLOCK = 1024 * 1024
 
 RunInThread = Callable[..., "Deferred[Any]"]
@@ -774,8 +777,10 @@ class FileClientProtocol(Int32StringReceiver):
 
     log = Logger()
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: Any, timeout: float) -> None:
         self.MAX_LENGTH = 2**31
+        self.reactor = reactor
+        self.timeout = timeout
         self._next_id = 0
         self._pending: dict[int, Deferred[Any]] = {}
         self._raw_after: Optional[int] = None
@@ -789,12 +794,17 @@ class FileClientProtocol(Int32StringReceiver):
     def connectionMade(self) -> None:
         _read_big(self.transport)
 
-    def request(self, command: str, *args: Any, data_follows: bool = False) -> "Deferred[Any]":
+    def request(self, command: str, *args: Any, data_follows: bool = False,
+                extra_time: float = 0.0) -> "Deferred[Any]":
         """
         Send a request; the Deferred fires with its result.
 
         :param data_follows: the reply (``{"size", "offset"}``) is followed by
             ``size - offset`` bytes of raw frames, given to :attr:`raw_sink`.
+        :param extra_time: seconds allowed beyond the client's timeout (for a
+            reply that waits on hashing or syncing a big file).
+        :raises TimeoutError: (as a failure) without a reply in time; the
+            connection is then aborted, since its state is unknown.
         """
         if self.error is not None:
             return fail(self.error)
@@ -802,12 +812,21 @@ class FileClientProtocol(Int32StringReceiver):
             return fail(ConnectionLost("the file connection was lost"))
         self._next_id += 1
         request_id = self._next_id
-        d: Deferred[Any] = Deferred()
+        d: Deferred[Any] = Deferred(lambda _: self._pending.pop(request_id, None))
         self._pending[request_id] = d
         if data_follows:
             self._raw_after = request_id
         self.sendString(codec.encode([codec.REQUEST, request_id, command, list(args)]))
-        return d
+        return d.addTimeout(self.timeout + extra_time, self.reactor,
+                            onTimeoutCancel=lambda result, seconds: self._timed_out(
+                                command, seconds))
+
+    def _timed_out(self, command: str, seconds: float) -> None:
+        error = TimeoutError(f"no reply to {command} within {seconds:.0f} seconds")
+        if self.error is None:
+            self.error = error
+        self.transport.abortConnection()
+        raise error
 
     def set_sink(self, sink: Callable[[bytes], None]) -> None:
         self.raw_sink = sink
@@ -921,7 +940,7 @@ class _Watchdog:
 @inlineCallbacks
 def open_file_connection(reactor: Any, settings: "ConnectionSettings") -> Any:
     """Connect and authenticate a file connection; fires with its protocol."""
-    protocol = FileClientProtocol()
+    protocol = FileClientProtocol(reactor, settings.timeout)
     try:
         yield connectProtocol(settings.endpoint(reactor), protocol)
     except Exception as e:  # noqa: BLE001 - every way of not connecting is a ConnectError
@@ -972,7 +991,8 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
             if 0 < partial["offset"] <= size:
                 offset = partial["offset"]
                 md5, prefix_md5 = yield run(hash_file_prefix, path, offset)
-        reply = yield protocol.request("upload", name, size, offset, prefix_md5)
+        reply = yield protocol.request("upload", name, size, offset, prefix_md5,
+                                       extra_time=offset / _SLOW_DISK)
         if reply["offset"] != offset:
             md5 = hashlib.md5()
         offset = reply["offset"]
@@ -993,7 +1013,8 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
             if offset < size:
                 yield sender.beginFileTransfer(file, protocol.transport, frame)
             ours = md5.hexdigest()
-            result = yield protocol.request("upload_end", ours)
+            result = yield protocol.request("upload_end", ours,
+                                            extra_time=(size - offset) / _SLOW_DISK)
         except LTtxError:
             raise
         except Exception:
@@ -1065,7 +1086,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
     try:
         try:
             header = yield protocol.request("download", name, offset, prefix_md5,
-                                            data_follows=True)
+                                            data_follows=True, extra_time=offset / _SLOW_DISK)
         except NotFound:
             _unlink_quietly(partial)  # a partial of a file that is gone is of no use
             raise

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -25,6 +26,7 @@ from lttx import codec
 from lttx.auth import TokenAuthenticator
 from lttx.client import ConnectionSettings
 from lttx.errors import BadFileName, ChecksumMismatch, NotFound, StorageError
+from lttx.errors import TimeoutError as LTtxTimeoutError
 from lttx.factory import LTtxFactory
 from lttx.filetransfer import (
     CHUNK_SIZE,
@@ -519,13 +521,14 @@ class ClientInMemoryTests(SessionTestCase):
         os.makedirs(self.work)
 
     def run_until_done(self, d: "Deferred[Any]") -> None:
-        for _ in range(10_000):
-            if d.called:
+        self.run_until_done_or(d, lambda: self.fail("the transfer did not finish"))
+
+    def run_until_done_or(self, d: "Deferred[Any]", otherwise: Callable[[], None]) -> None:
+        """Pump until ``d`` fires or nothing moves any more."""
+        while not d.called:
+            if not any([pump.pump() for pump in self.pumps]):
+                otherwise()
                 return
-            moved = [pump.pump() for pump in self.pumps]
-            if not any(moved):
-                self.clock.advance(0)
-        self.fail("the transfer did not finish")
 
     def source(self, data: bytes) -> str:
         path = os.path.join(self.work, "source.bin")
@@ -606,3 +609,18 @@ class ClientInMemoryTests(SessionTestCase):
         d = delete_file(self.clock, self.settings, "a")
         self.run_until_done(d)
         self.assertTrue(self.successResultOf(d))
+
+    def test_silent_daemon_is_a_timeout(self) -> None:
+        """A daemon that never answers: the call fails with TimeoutError after the timeout."""
+        class Silent(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                pass
+
+        silent = _MemoryEndpoint(Factory.forProtocol(Silent), self.pumps, self.clock,
+                                 lambda data: data)
+        d = list_files(self.clock, _MemorySettings(silent))
+        self.run_until_done_or(d, lambda: None)
+        self.assertNoResult(d)
+        self.clock.advance(31)
+        self.run_until_done(d)
+        self.failureResultOf(d, LTtxTimeoutError)
