@@ -405,6 +405,7 @@ class FileSession:
         self.peer = protocol.peer
         self.upload: Optional[_Upload] = None
         self.download: Optional[_Download] = None
+        self.opening_download = False
         self.closed = False
         service.sessions.add(self)
         _read_big(protocol.transport)
@@ -448,6 +449,11 @@ class FileSession:
         except LTtxError as e:
             self._refuse(request_id, name, e)
             return
+        except Exception:
+            # A bug or an unforeseen OS error: say so, keep serving.
+            self.log.failure("{peer}: file {command} failed", peer=self.peer, command=name)
+            self._refuse(request_id, name, ServerError(f"{name} failed in the daemon"))
+            return
         if isinstance(result, Deferred):
             result.addCallbacks(lambda value: self._reply(request_id, value),
                                 lambda failure: self._failed(request_id, name, failure))
@@ -473,15 +479,17 @@ class FileSession:
             self.protocol.send_error(request_id, error)
 
     def _fatal(self, request_id: Optional[int], error: LTtxError) -> None:
+        """Send an error and close; :meth:`connection_lost` ends what is left."""
         self._refuse(request_id, "transfer", error)
         self.protocol.transport.loseConnection()
-        self._close()
+        self.closed = True
 
     def connection_lost(self) -> None:
         """The connection is gone: end its transfer (a partial upload is kept for resume)."""
         upload, download = self.upload, self.download
         self._close()
-        if upload is not None:
+        if upload is not None and not upload.ending:
+            # (An upload whose upload_end is pending is finished by that chain.)
             def interrupted() -> None:
                 # Logged once the partial is written and closed, so a resume can start.
                 self.log.info(
@@ -504,7 +512,7 @@ class FileSession:
         self.service.sessions.discard(self)
 
     def _busy(self) -> None:
-        if self.upload is not None or self.download is not None:
+        if self.upload is not None or self.download is not None or self.opening_download:
             raise BadRequest("one transfer at a time on a file connection")
 
     # -- list and delete -----------------------------------------------------
@@ -513,7 +521,10 @@ class FileSession:
         return self.service.list()
 
     def cmd_delete(self, request_id: int, name: Any) -> bool:
-        deleted = self.service.delete(name)
+        try:
+            deleted = self.service.delete(name)
+        except OSError as e:
+            raise StorageError(f"cannot delete {name}: {e.strerror or e}") from None
         if deleted:
             self.log.info("{peer} deleted file {name}", peer=self.peer, name=name)
         return deleted
@@ -591,8 +602,9 @@ class FileSession:
         if not failure.check(OSError):
             self.log.failure("{peer}: writing {name} failed", failure, peer=self.peer,
                              name=upload.name)
+        current = self.upload is upload
         self._discard(upload)
-        if self.upload is upload:
+        if current:
             self._fatal(None, error)
 
     def cmd_upload_end(self, request_id: int, md5_hex: Any) -> "Deferred[dict[str, Any]]":
@@ -629,8 +641,6 @@ class FileSession:
 
     def _upload_end_failed(self, upload: _Upload, failure: Failure) -> Failure:
         self._discard(upload)
-        if self.upload is upload:
-            self.upload = None
         if failure.check(OSError):
             return Failure(_storage_error(failure.value, upload.name))
         return failure
@@ -638,6 +648,8 @@ class FileSession:
     def _discard(self, upload: _Upload) -> None:
         """Drop an upload that cannot be kept: its partial file goes."""
         self._end_upload(upload, keep=False)
+        if self.upload is upload:
+            self.upload = None
 
     def _end_upload(self, upload: _Upload, keep: bool,
                     then: Callable[[], None] = lambda: None) -> None:
@@ -667,10 +679,16 @@ class FileSession:
             raise BadRequest("download prefix_md5 must be a hex string or nil")
         self._busy()
         path = self.service.path_of(name)
+        self.opening_download = True
         d = self.service.run_in_thread(_open_for_download, path, offset, prefix_md5)
+        d.addBoth(self._download_opened)
         d.addCallbacks(lambda opened: self._start_download(request_id, name, *opened),
                        lambda failure: self._download_open_failed(name, failure))
         return d
+
+    def _download_opened(self, result: Any) -> Any:
+        self.opening_download = False
+        return result
 
     def _download_open_failed(self, name: str, failure: Failure) -> Failure:
         if failure.check(FileNotFoundError, IsADirectoryError, NotADirectoryError):

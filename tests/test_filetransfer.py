@@ -448,6 +448,21 @@ class OptionsTests(SynchronousTestCase):
         options.parseOptions(["--max-file-size", "2GiB"])
         self.assertEqual(options["max-file-size"], 2 * 1024**3)
 
+    def test_make_service_serves_files_from_the_data_dir(self) -> None:
+        """makeService builds a file service on <data-dir>/files with --max-file-size."""
+        from lttx.tap import makeService
+
+        data_dir = self.mktemp()
+        options = Options()
+        options.parseOptions(["--data-dir", data_dir, "--max-file-size", "5MiB",
+                              "--listen", "tcp:0:interface=127.0.0.1", "--token", TOKEN])
+        top = makeService(options, reactor=MemoryReactorClock())
+        [files] = [s for s in top if isinstance(s, FileService)]
+        self.assertEqual(files.directory, os.path.abspath(os.path.join(data_dir, "files")))
+        self.assertEqual(files.max_file_size, 5 * 1024 * 1024)
+        files.startService()
+        self.assertTrue(os.path.isdir(os.path.join(data_dir, "files", ".partial")))
+
     def test_storage_error_message_for_full_disk(self) -> None:
         """ENOSPC reads as a full disk."""
         from lttx.filetransfer import _storage_error
@@ -624,3 +639,21 @@ class ClientInMemoryTests(SessionTestCase):
         self.clock.advance(31)
         self.run_until_done(d)
         self.failureResultOf(d, LTtxTimeoutError)
+
+
+class OneTransferAtATimeTests(SessionTestCase):
+
+    def test_pipelined_second_download_is_refused(self) -> None:
+        """A second download sent while the first is still opening is refused, not mixed in."""
+        self.runner = runner = ManualRunner()
+        with open(os.path.join(self.directory, "a"), "wb") as f:
+            f.write(b"a" * 10)
+        proto, transport = self.connect()
+        self.request(proto, 1, "download", "a", 0, None)
+        self.request(proto, 2, "download", "a", 0, None)
+        self.assertEqual(self.sent(transport)[0][:3], [codec.ERROR, 2, "bad_request"])
+        runner.run_all()
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+        self.assertEqual(transport.value(), frame(
+            [codec.REPLY, 1, {"name": "a", "size": 10, "offset": 0}]) + raw(b"a" * 10))
