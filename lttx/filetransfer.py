@@ -1018,10 +1018,13 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
         bar = _Progress(progress, name, size, offset)
         watchdog = _Watchdog(reactor, settings.timeout, protocol)
 
+        sent = [offset]
+
         def frame(chunk: bytes) -> bytes:
             md5.update(chunk)
             bar.update(len(chunk))
             watchdog.touch()
+            sent[0] += len(chunk)
             return _PREFIX.pack(len(chunk)) + chunk
 
         sender = FileSender()
@@ -1029,7 +1032,12 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
         protocol.on_error = lambda error: _stop_sender(sender)
         try:
             if offset < size:
-                yield sender.beginFileTransfer(file, protocol.transport, frame)
+                # Exactly the size announced, even if the file grows meanwhile.
+                yield sender.beginFileTransfer(_Limited(file, size - offset),
+                                               protocol.transport, frame)
+            if sent[0] != size:
+                raise LTtxError(f"{path} shrank from {size} to {sent[0]} bytes while "
+                                "being sent; nothing was stored")
             ours = md5.hexdigest()
             result = yield protocol.request("upload_end", ours,
                                             extra_time=(size - offset) / _SLOW_DISK)
@@ -1049,6 +1057,19 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
         file.close()
         if protocol is not None:
             yield _close(protocol)
+
+
+class _Limited:
+    """A file's next ``left`` bytes, for a FileSender."""
+
+    def __init__(self, file: Any, left: int) -> None:
+        self.file = file
+        self.left = left
+
+    def read(self, size: int) -> bytes:
+        data = self.file.read(min(size, self.left))
+        self.left -= len(data)
+        return bytes(data)
 
 
 def _stop_sender(sender: FileSender) -> None:
@@ -1090,6 +1111,9 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
     if dest.endswith(("/", os.sep)):
         os.makedirs(dest, exist_ok=True)
     target = _download_target(name, dest)
+    folder = os.path.dirname(target) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, "no such folder to download into", folder)
     partial = _client_partial(target)
     run = run_in_thread or thread_runner(reactor)
     offset, prefix_md5, md5 = 0, None, hashlib.md5()
@@ -1099,6 +1123,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             md5, prefix_md5 = yield run(hash_file_prefix, partial, offset)
     protocol = yield open_file_connection(reactor, settings)
     file = None
+    writer: Optional[StreamWriter] = None
     watchdog = None
     bar = None
     try:
@@ -1168,6 +1193,10 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             watchdog.stop()
         if bar is not None:
             bar.close()
+        if writer is not None:
+            # Let queued writes finish (their error, if any, was reported) before
+            # closing: the partial kept for a resume holds exactly what arrived.
+            yield writer.drained().addErrback(lambda failure: None)
         if file is not None and not file.closed:
             file.close()
         yield _close(protocol)
