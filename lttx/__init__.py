@@ -31,18 +31,12 @@ from .errors import (  # noqa: E402  (the version is needed by submodules first)
     Unavailable,
     WrongTypeError,
 )
-
-
-def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Connect a blocking client; see :func:`lttx.client.connect`."""
-    from .client import connect as _connect
-
-    return _connect(*args, **kwargs)
+from .client import Client, Message, connect  # noqa: E402
 
 
 __all__ = [
     "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
     "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "Unavailable", "WrongTypeError", "connect", "__version__",
+    "Unavailable", "WrongTypeError", "Client", "Message", "connect", "__version__",
 ]

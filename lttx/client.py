@@ -25,7 +25,6 @@ from twisted.python.failure import Failure
 
 from . import __version__, codec, filetransfer
 from .errors import (
-    AuthError,
     BadRequest,
     ConnectError,
     ConnectionLost,
@@ -34,7 +33,6 @@ from .errors import (
     error_from_wire,
 )
 from .eventloop import EventLoop
-from .store import MISSING
 
 DEFAULT_PORT = 2025
 DEFAULT_TIMEOUT = 30.0
