@@ -1,12 +1,17 @@
+#!/usr/bin/env python3
 """
-File transfer throughput, by hand: upload and download of one file (1 GiB by
-default) through a real ``twistd -n lttx`` on 127.0.0.1, next to a plain
-``socket.sendfile`` copy over loopback (written to disk by the receiver) in
-the same run, so the ratio means something on any machine.
+File transfer throughput: upload and download of one file (1 GiB by default)
+through a real ``twistd -n lttx`` on 127.0.0.1 with the blocking client, next
+to a plain ``socket.sendfile`` copy over loopback measured in the same run.
 
-    python3 benchmarks/files.py [--size-mib 1024] [--keep]
+    python3 benchmarks/files.py [--size-mib 1024]
 
-Every step is bounded (a transfer slower than 5 MiB/s aborts the run).
+The baseline is the least a copy over TCP can cost: the kernel's sendfile on
+one side, ``recv_into`` and ``write`` on the other, the copy fsynced as LTtx
+fsyncs an upload.  LTtx adds framing, MD5 on both ends, the hidden partial
+file and its rename; the ratios say what those cost.  Also reported: how much
+the daemon's RSS grew during the transfers (it should not follow file size).
+Bounded: a step slower than 5 MiB/s gives up.
 """
 
 from __future__ import annotations
@@ -14,26 +19,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import re
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lttx  # noqa: E402
+from common import DaemonProcess, table  # noqa: E402
 
 MiB = 1024 * 1024
-TOKEN = "bench"
+CHUNK = 256 * 1024
 
 
 def make_file(path: str, size: int) -> str:
+    """``size`` pseudo-random bytes in 1 MiB blocks (each block numbered); their MD5."""
     md5 = hashlib.md5()
     block = os.urandom(MiB)
     with open(path, "wb") as f:
@@ -44,32 +48,9 @@ def make_file(path: str, size: int) -> str:
     return md5.hexdigest()
 
 
-def start_daemon(data_dir: str) -> tuple[subprocess.Popen[str], int]:
-    cmd = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()",
-           "-n", "--pidfile=", "lttx", "--data-dir", data_dir, "--token", TOKEN,
-           "--listen", "tcp:0:interface=127.0.0.1"]
-    env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env)
-    deadline = time.monotonic() + 30
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = re.search(r"LTtx listening on .* at [\d.]+:(\d+)", line)
-        if match:
-            # Keep draining the log so the daemon never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in process.stdout],  # type: ignore
-                             daemon=True).start()
-            return process, int(match.group(1))
-        if time.monotonic() > deadline:
-            break
-    process.kill()
-    raise SystemExit("the daemon did not start")
-
-
-def sendfile_copy(source: str, dest: str) -> float:
+def sendfile_copy(source: str, dest: str, timeout: float) -> float:
     """Seconds to copy ``source`` to ``dest`` over loopback with socket.sendfile."""
     listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
     done = threading.Event()
 
     def receive() -> None:
@@ -86,64 +67,76 @@ def sendfile_copy(source: str, dest: str) -> float:
             os.fsync(f.fileno())
         done.set()
 
-    CHUNK = 256 * 1024
     threading.Thread(target=receive, daemon=True).start()
     started = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port)) as sock, open(source, "rb") as f:
+    with socket.create_connection(("127.0.0.1", listener.getsockname()[1])) as sock, \
+            open(source, "rb") as f:
         sock.sendfile(f)
-    if not done.wait(600):
-        raise SystemExit("sendfile copy did not finish")
+    if not done.wait(timeout):
+        raise SystemExit("the sendfile copy did not finish in time")
     listener.close()
     return time.perf_counter() - started
 
 
+class PeakRss:
+    """Samples a daemon's RSS every 20 ms while active."""
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        self.daemon = daemon
+        self.baseline = self.peak = daemon.rss_kib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self.daemon.rss_kib())
+
+    def growth_mib(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return (self.peak - self.baseline) / 1024
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
     size = args.size_mib * MiB
     timeout = max(60.0, size / (5 * MiB))
-    work = tempfile.mkdtemp(prefix="lttx-bench-files-")
-    daemon = None
-    try:
+    with tempfile.TemporaryDirectory(prefix="lttx-bench-files-") as work:
         source = os.path.join(work, "source.bin")
         print(f"writing a {args.size_mib} MiB file ...", flush=True)
         expected = make_file(source, size)
 
-        seconds = sendfile_copy(source, os.path.join(work, "sendfile-copy.bin"))
-        baseline = size / MiB / seconds
-        os.unlink(os.path.join(work, "sendfile-copy.bin"))
+        copy = os.path.join(work, "sendfile-copy.bin")
+        baseline = size / MiB / sendfile_copy(source, copy, timeout)
+        os.unlink(copy)
 
-        daemon, port = start_daemon(os.path.join(work, "data"))
-        client = lttx.connect("127.0.0.1", port, token=TOKEN, timeout=timeout)
-        started = time.perf_counter()
-        sent = client.send_file(source, resume=False)
-        upload = size / MiB / (time.perf_counter() - started)
-        assert sent["md5"] == expected, sent
-        os.makedirs(os.path.join(work, "down"))
-        started = time.perf_counter()
-        received = client.recv_file("source.bin", os.path.join(work, "down"), resume=False)
-        download = size / MiB / (time.perf_counter() - started)
-        assert received["md5"] == expected, received
-        client.close()
+        with DaemonProcess(data_dir=os.path.join(work, "data")) as daemon:
+            client = lttx.connect("127.0.0.1", daemon.port, token=daemon.token,
+                                  timeout=timeout)
+            rss = PeakRss(daemon)
+            started = time.perf_counter()
+            sent = client.send_file(source, resume=False)
+            upload = size / MiB / (time.perf_counter() - started)
+            assert sent["md5"] == expected, sent
+            started = time.perf_counter()
+            received = client.recv_file("source.bin", os.path.join(work, "down") + "/",
+                                        resume=False)
+            download = size / MiB / (time.perf_counter() - started)
+            assert received["md5"] == expected, received
+            growth = rss.growth_mib()
+            client.close()
 
-        print(f"file of {args.size_mib} MiB over 127.0.0.1 ({os.cpu_count()} CPUs)")
-        print(f"  socket.sendfile copy (baseline): {baseline:8.1f} MiB/s")
-        print(f"  lttx upload   (send_file)      : {upload:8.1f} MiB/s  "
-              f"= {upload / baseline:.2f} x baseline")
-        print(f"  lttx download (recv_file)      : {download:8.1f} MiB/s  "
-              f"= {download / baseline:.2f} x baseline")
-        print("  (both ends write to the same disk; both lttx directions include MD5 on "
-              "each end and an fsync)")
-    finally:
-        if daemon is not None:
-            daemon.terminate()
-            daemon.wait(20)
-        if args.keep:
-            print("kept", work)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{args.size_mib} MiB over 127.0.0.1, {os.cpu_count()} CPUs, "
+          "both ends on one disk\n")
+    print(table([
+        ["socket.sendfile copy (baseline)", f"{baseline:.1f}", "1.00"],
+        ["lttx upload (send_file)", f"{upload:.1f}", f"{upload / baseline:.2f}"],
+        ["lttx download (recv_file)", f"{download:.1f}", f"{download / baseline:.2f}"],
+    ], ["transfer", "MiB/s", "x baseline"]))
+    print(f"\ndaemon RSS growth during both transfers: {growth:.1f} MiB")
 
 
 if __name__ == "__main__":
