@@ -147,12 +147,12 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         log.warn("no token given: protected mode, serving loopback clients only")
 
     store = MemoryStore()
-    top = MultiService()
     files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
                         max_file_size=options["max-file-size"])
-    files.setServiceParent(top)
     factory = LTtxFactory(store, auth, max_frame=options["max-frame"], files=files)
 
+    top = MultiService()
+    files.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)
