@@ -799,6 +799,7 @@ class FileClientProtocol(Int32StringReceiver):
         self.MAX_LENGTH = 2**31
         self.reactor = reactor
         self.timeout = timeout
+        self.max_frame = CHUNK_SIZE  # the daemon's limit, once hello tells it
         self._next_id = 0
         self._pending: dict[int, Deferred[Any]] = {}
         self._raw_after: Optional[int] = None
@@ -965,10 +966,11 @@ def open_file_connection(reactor: Any, settings: "ConnectionSettings") -> Any:
         raise ConnectError(f"cannot connect to LTtx at {settings.host}:{settings.port}: "
                            f"{e}") from None
     try:
-        yield protocol.request("hello", *settings.hello_args(mode="file"))
+        info = yield protocol.request("hello", *settings.hello_args(mode="file"))
     except BaseException:
         protocol.transport.loseConnection()
         raise
+    protocol.max_frame = int(info.get("max_frame", protocol.max_frame))
     return protocol
 
 
@@ -1028,7 +1030,7 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
             return _PREFIX.pack(len(chunk)) + chunk
 
         sender = FileSender()
-        sender.CHUNK_SIZE = CHUNK_SIZE
+        sender.CHUNK_SIZE = min(CHUNK_SIZE, protocol.max_frame)
         protocol.on_error = lambda error: _stop_sender(sender)
         try:
             if offset < size:

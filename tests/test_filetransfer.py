@@ -572,6 +572,16 @@ class ClientInMemoryTests(SessionTestCase):
             self.assertEqual(f.read(), data)
         self.assertEqual(os.listdir(dest), ["x.bin"])
 
+    def test_upload_frames_fit_a_small_max_frame(self) -> None:
+        """With --max-frame below the chunk size, the client sends smaller raw frames."""
+        self.factory.max_frame = 4096
+        data = os.urandom(50_000)
+        d = send_file(self.clock, self.settings, self.source(data), "s.bin",
+                      run_in_thread=synchronous_runner)
+        self.run_until_done(d)
+        self.assertEqual(self.successResultOf(d)["md5"], md5(data))
+        self.assertEqual(self.stored("s.bin"), data)
+
     def test_full_disk_reaches_the_client_as_storage_error(self) -> None:
         """The daemon's disk fills mid-upload: send_file fails with StorageError, no file."""
         def runner(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
