@@ -25,7 +25,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import __version__, codec
+from . import __version__, codec, filetransfer
 from .errors import (
     AuthError,
     BadRequest,
@@ -454,6 +454,28 @@ class AsyncClient:
             # The user's code failed; the connection and later messages go on.
             self.log.failure("a message callback failed on {channel}", channel=message.channel)
 
+    # -- files (each call on a connection of its own; see lttx.filetransfer) -
+
+    def send_file(self, path: str, name: Optional[str] = None, progress: bool = False,
+                  resume: bool = True) -> "Deferred[dict[str, Any]]":
+        """Upload a file; fires with ``{"name", "size", "md5"}``.
+        See :func:`lttx.filetransfer.send_file`."""
+        return filetransfer.send_file(self.reactor, self.settings, path, name, progress, resume)
+
+    def recv_file(self, name: str, dest: str = ".", progress: bool = False,
+                  resume: bool = True) -> "Deferred[dict[str, Any]]":
+        """Download a file; fires with ``{"name", "size", "md5", "path"}``.
+        See :func:`lttx.filetransfer.recv_file`."""
+        return filetransfer.recv_file(self.reactor, self.settings, name, dest, progress, resume)
+
+    def list_files(self) -> "Deferred[list[dict[str, Any]]]":
+        """The daemon's files: ``[{"name", "size", "mtime"}, ...]`` by name."""
+        return filetransfer.list_files(self.reactor, self.settings)
+
+    def delete_file(self, name: str) -> "Deferred[bool]":
+        """Delete a stored file; fires with whether it existed."""
+        return filetransfer.delete_file(self.reactor, self.settings, name)
+
     # -- pushes -------------------------------------------------------------
 
     def push(self, key: Any, data: Any, channel: str) -> None:
@@ -736,6 +758,42 @@ class Client:
                                         channel=message.channel)
 
     # -- pushes -------------------------------------------------------------
+
+    def send_file(self, path: str, name: Optional[str] = None, progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Upload ``path`` (as ``name``, its base name by default); returns
+        ``{"name", "size", "md5"}`` once the daemon has checked the MD5 and
+        put the file in place.  An interrupted upload of the same file resumes
+        from the byte the daemon holds.  ``progress=True`` shows a tqdm bar.
+        The transfer has no overall time limit; it fails after ``timeout``
+        seconds without progress.
+
+        :raises BadFileName: for a name the daemon refuses.
+        :raises ChecksumMismatch: if the bytes did not arrive intact (no file kept).
+        :raises StorageError: over ``--max-file-size`` or with the daemon's disk full.
+        """
+        return self._loop.run(self._client.send_file, path, name, progress, resume)
+
+    def recv_file(self, name: str, dest: str = ".", progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Download ``name`` into the folder ``dest`` (or to the file path
+        ``dest``); returns ``{"name", "size", "md5", "path"}``.  The file
+        appears only once its MD5 matches; an interrupted download resumes.
+
+        :raises NotFound: if the daemon has no such file (nothing is written).
+        :raises ChecksumMismatch: if the bytes did not arrive intact (nothing kept).
+        """
+        return self._loop.run(self._client.recv_file, name, dest, progress, resume)
+
+    def list_files(self) -> list[dict[str, Any]]:
+        """The daemon's files: ``[{"name", "size", "mtime"}, ...]`` by name."""
+        return self._call(self._client.list_files)
+
+    def delete_file(self, name: str) -> bool:
+        """Delete a stored file; whether it existed."""
+        return self._call(self._client.delete_file, name)
 
     def push(self, key: Any, data: Any, channel: str) -> None:
         """

@@ -68,6 +68,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.outbox: Optional[Outbox] = None  # made by the first subscribe
         self._refused_publishes = 0
         self._lost = False
+        self.file_session: Optional[Any] = None  # a FileSession on a file connection
 
     # -- connection ---------------------------------------------------------
 
@@ -87,6 +88,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         self._lost = True
         if self.outbox is not None:
             self.factory.channels.remove(self.outbox)
+        if self.file_session is not None:
+            self.file_session.connection_lost()
         self.factory.connection_lost(self)
 
     # -- frames -------------------------------------------------------------
@@ -107,6 +110,9 @@ class LTtxServerProtocol(Int32StringReceiver):
     def stringReceived(self, frame: bytes) -> None:
         if self.transport.disconnecting:
             return  # after a fatal error, nothing more is served
+        if self.file_session is not None:  # a file connection (lttx.filetransfer)
+            self.file_session.frame_received(frame)
+            return
         try:
             message = codec.decode(frame)
         except BadRequest as e:
@@ -189,6 +195,12 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.log.warn("{peer} failed to authenticate: wrong token", peer=self.peer)
             self._fatal(request_id, AuthError("wrong token"))
             return
+        options = args[1] if isinstance(args, list) and len(args) > 1 else None
+        if isinstance(options, dict) and options.get("mode") == "file":
+            if self.factory.files is None:
+                self._fatal(request_id, BadRequest("this daemon does not serve files"))
+                return
+            self.file_session = self.factory.files.session(self)
         self.authenticated = True
         self.log.info("{peer} connected", peer=self.peer)
         self.send_reply(request_id, {

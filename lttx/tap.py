@@ -18,6 +18,7 @@ from twisted.python import usage
 from .auth import TokenAuthenticator
 from .channels import ChannelRegistry
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
+from .filetransfer import FileService, thread_runner
 from .store import MemoryStore
 
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -55,6 +56,8 @@ class Options(usage.Options):
          "Durability of variable writes: always, everysec or no. (Not yet used.)"],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
+        ["max-file-size", None, "0",
+         "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
          "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
          "past it, the subscriber is cut off (conflating subscriptions never are)."],
@@ -84,6 +87,8 @@ class Options(usage.Options):
                 self[name] = parse_size(self[name])
             if self[name] < 1024:
                 raise usage.UsageError(f"--{name} must be at least 1024 bytes")
+        if isinstance(self["max-file-size"], str):
+            self["max-file-size"] = parse_size(self["max-file-size"])
         if self["token"] and self["token-file"]:
             raise usage.UsageError("give --token or --token-file, not both")
         if not 0 <= self["port"] < 65536:
@@ -144,14 +149,17 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
 
     store = MemoryStore()
     channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
+    files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
+                        max_file_size=options["max-file-size"])
     factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
                           subscriber_buffer=options["subscriber-buffer"],
-                          clock=reactor)  # type: ignore[arg-type]
+                          clock=reactor, files=files)  # type: ignore[arg-type]
 
     top = MultiService()
     rates = TimerService(1.0, channels.sample)
     rates.clock = reactor
     rates.setServiceParent(top)
+    files.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)
