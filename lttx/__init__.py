@@ -26,6 +26,7 @@ from .errors import (  # noqa: E402  (the version is needed by submodules first)
     SlowSubscriber,
     StorageError,
     TimeoutError,
+    TLSError,
     Unavailable,
     WrongTypeError,
 )
@@ -36,5 +37,6 @@ __all__ = [
     "AuthError", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
     "EncodeError", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "Unavailable", "WrongTypeError", "Client", "Message", "connect", "__version__",
+    "TLSError", "Unavailable", "WrongTypeError", "Client", "Message", "connect",
+    "__version__",
 ]

@@ -84,6 +84,9 @@ class Daemon:
     collected as they come, so tests can wait for one (no sleeps).
     """
 
+    #: File descriptors the daemon inherits (a socket, for socket activation).
+    pass_fds: tuple[int, ...] = ()
+
     def __init__(self, testcase: TestCase, *args: str, token: Optional[str] = TOKEN,
                  data_dir: Optional[str] = None, listen: Optional[list[str]] = None,
                  start: bool = True) -> None:
@@ -114,7 +117,7 @@ class Daemon:
         self._eof = False
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=env)
+            env=env, pass_fds=self.pass_fds)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         self.testcase.addCleanup(self.stop)
         line = self.wait_for_log(r"LTtx listening on .* at [\d.]+:(\d+)", timeout)
