@@ -28,6 +28,7 @@ from .errors import (
     ServerError,
 )
 from .store import MISSING
+from .tls import tls_failure
 
 if TYPE_CHECKING:
     from .factory import LTtxFactory
@@ -101,6 +102,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        problem = None if self.authenticated else tls_failure(reason)
+        if problem is not None:
+            self.log.info("{peer}: TLS handshake failed: {problem}",
+                          peer=self.peer, problem=problem)
         self.factory.connection_lost(self)
 
     # -- frames -------------------------------------------------------------

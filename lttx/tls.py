@@ -112,6 +112,15 @@ def handshake_error(reason: Failure, hostname: str, port: int,
     return TLSError(f"TLS handshake with {where} failed: {reason.getErrorMessage()}")
 
 
+def tls_failure(reason: Optional[Failure]) -> Optional[str]:
+    """What OpenSSL said, if a connection was lost to a TLS error (for the
+    daemon's log: a client that does not trust its certificate, or that
+    speaks plain TCP to a TLS port); None otherwise."""
+    if reason is None or not reason.check(SSL.Error):
+        return None
+    return _openssl_reason(reason.value)
+
+
 def _openssl_reason(error: BaseException) -> str:
     # OpenSSL.SSL.Error carries [(library, function, reason), ...].
     try:

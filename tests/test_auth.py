@@ -243,6 +243,17 @@ class CommandRightsTests(SynchronousTestCase):
         self.assertEqual(self.request(proto, transport, 9, "keys", ["*"]),
                          [codec.REPLY, 9, ["orders_1", "orders_d"]])
 
+    def test_documented_frames(self) -> None:
+        """The refused put shown in hex in docs/protocol.md is what the daemon sends."""
+        proto, transport, _ = self.connect("tok-reader")
+        request = bytes.fromhex("00 00 00 0d 94 00 07 a3 70 75 74 92 a3 70 6f 73 00")
+        for i in range(len(request)):  # one byte at a time: framing holds
+            proto.dataReceived(request[i:i + 1])
+        self.assertEqual(transport.value(), bytes.fromhex(
+            "00 00 00 35 94 02 07 a9 66 6f 72 62 69 64 64 65 6e d9 26 74 68 65 20 74 6f 6b"
+            " 65 6e 20 27 72 65 61 64 65 72 27 20 6d 61 79 20 6e 6f 74 20 77 72 69 74 65 20"
+            " 27 70 6f 73 27"))
+
     def test_token_without_variable_rights(self) -> None:
         """A publish-only token may ping but not touch or list variables."""
         proto, transport, _ = self.connect("tok-feed")

@@ -55,8 +55,8 @@ class TLSTests(TestCase):
         self.assertIn("wrong host name", message)
         self.assertIn("'127.0.0.1'", message)
         self.assertIsInstance(caught.exception, lttx.ConnectError)
-        self.assertNotIn("connected", "\n".join(
-            line for line in daemon.lines if "127.0.0.1" in line and "listening" not in line))
+        # hello was never sent: the daemon authenticated no one.
+        self.assertEqual([line for line in daemon.lines if line.endswith(" connected")], [])
 
     def test_wrong_ca_is_refused(self) -> None:
         """A certificate signed by a CA the client does not trust fails with a TLSError."""
@@ -69,6 +69,8 @@ class TLSTests(TestCase):
         message = str(caught.exception)
         self.assertIn("untrusted certificate", message)
         self.assertIn(other_ca, message)
+        # The client's alert tells the daemon why; it says so in one line.
+        daemon.wait_for_log(r"127\.0\.0\.1:\d+: TLS handshake failed: .*unknown ca")
 
     def test_ca_bundle_with_the_right_ca_is_trusted(self) -> None:
         """A CA file holding several certificates trusts each of them."""
@@ -94,3 +96,9 @@ class TLSTests(TestCase):
         with self.assertRaises(lttx.TLSError) as caught:
             daemon.connect(tls=True, ca=self.ca_path)
         self.assertIn("is the daemon listening with TLS", str(caught.exception))
+
+    def test_plain_client_against_tls_daemon(self) -> None:
+        """A client without tls=True on a TLS port loses its connection; the daemon logs why."""
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
+        self.assertRaises(lttx.ConnectionLost, daemon.connect, timeout=5)
+        daemon.wait_for_log(r"127\.0\.0\.1:\d+: TLS handshake failed: ")
