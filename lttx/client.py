@@ -70,7 +70,8 @@ class ConnectionSettings:
 
         :raises TLSError: (now) if the ``ca`` file cannot be read.
         """
-        endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=self.timeout)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, self.host, self.port, timeout=self.timeout)
         if self.tls:
             endpoint = tls_endpoint(reactor, endpoint, self.host, self.port, self.ca)
         return endpoint

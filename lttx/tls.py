@@ -121,11 +121,11 @@ def tls_failure(reason: Optional[Failure]) -> Optional[str]:
     return _openssl_reason(reason.value)
 
 
-def _openssl_reason(error: BaseException) -> str:
+def _openssl_reason(error: Any) -> str:
     # OpenSSL.SSL.Error carries [(library, function, reason), ...].
     try:
         return "; ".join(str(entry[-1]) for entry in error.args[0]) or str(error)
-    except (IndexError, TypeError):
+    except (AttributeError, IndexError, TypeError):
         return str(error)
 
 
@@ -146,8 +146,13 @@ class _VerifiedTLSEndpoint:
             self._creator, True, _HandshakeFactory(factory, self._describe),
             clock=self._reactor)
         tls_factory.noisy = False
-        d = self._wrapped.connect(tls_factory)
-        return d.addCallback(lambda tls: tls.wrappedProtocol.handshake)
+        d: Deferred[Any] = self._wrapped.connect(tls_factory)
+
+        def handshake(tls: Any) -> "Deferred[IProtocol]":
+            watcher: _HandshakeWatcher = tls.wrappedProtocol
+            return watcher.handshake
+
+        return d.addCallback(handshake)
 
 
 class _HandshakeFactory(Factory):
@@ -181,8 +186,10 @@ class _HandshakeWatcher(Protocol):
         self.handshake: Deferred[IProtocol] = Deferred(self._cancel)
 
     def _cancel(self, d: "Deferred[IProtocol]") -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
+        # The TLS layer (an ITCPTransport) can abort, even mid-handshake.
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport

@@ -169,13 +169,13 @@ class AuthenticatorTests(SynchronousTestCase):
 class CommandRightsTests(SynchronousTestCase):
     """Each variable command is allowed or refused by the token's rights, exactly."""
 
-    READS = [
+    READS: list[tuple[list[Any], Any]] = [
         (["get", ["pos"]], [{"a": 1}]),
         (["exists", ["pos"]], True),
         (["get_dict_value", ["pos", "a"]], [1]),
         (["get_list_value", ["orders_1", 0]], 10),
     ]
-    WRITES = [
+    WRITES: list[list[Any]] = [
         ["put", ["pos", 1]],
         ["delete", ["pos"]],
         ["dict_change", ["pos", "b", 2]],
@@ -281,7 +281,8 @@ class CommandRightsTests(SynchronousTestCase):
 
     def test_refusal_is_logged_once(self) -> None:
         """A refused command gives one log line naming the token's role, no traceback."""
-        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        events = EventLoggingObserver.createWithCleanup(
+            self, globalLogPublisher)  # type: ignore[arg-type]
         proto, transport, _ = self.connect("tok-reader")
         self.request(proto, transport, 1, "put", ["pos", 1])
         lines = [formatEvent(e) for e in events]
@@ -374,7 +375,7 @@ class TokenFileOptionTests(SynchronousTestCase):
         self.assertEqual(auth.token_count, 4)
         self.assertIsNone(auth.authenticate("ignored"))
         service = tap.makeService(options, MemoryReactor())
-        self.assertEqual(len(list(service)), 1)
+        self.assertEqual(len(list(service)), 1)  # type: ignore[call-overload]
 
     def test_broken_roles_file_is_a_usage_error(self) -> None:
         """twistd refuses to start on a broken roles file, saying what is wrong."""

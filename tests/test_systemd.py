@@ -140,7 +140,7 @@ class UnitFileTests(TestCase):
         options = tap.Options()
         options.parseOptions(lttx_args(exec_start(UNITS / "lttx.service", credentials)))
         service = tap.makeService(options, MemoryReactor())
-        self.assertEqual(len(list(service)), 1)
+        self.assertEqual(len(list(service)), 1)  # type: ignore[call-overload]
 
     def test_tls_drop_in(self) -> None:
         """The TLS drop-in replaces ExecStart with an ssl: endpoint whose files load."""
@@ -160,7 +160,7 @@ class UnitFileTests(TestCase):
             f"ssl:2025:privateKey={credentials}/key.pem:certKey={credentials}/cert.pem"])
         # makeService parses the endpoint string, which loads the key and certificate.
         service = tap.makeService(options, MemoryReactor())
-        self.assertEqual(len(list(service)), 1)
+        self.assertEqual(len(list(service)), 1)  # type: ignore[call-overload]
 
     def test_bad_exec_start_would_be_caught(self) -> None:
         """The check above is real: an unknown option is refused by the parser."""
