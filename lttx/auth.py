@@ -195,10 +195,12 @@ class TokenAuthenticator:
 
     def __init__(self, token: Optional[str] = None,
                  roles: Optional[Sequence[tuple[str, Grant]]] = None) -> None:
+        if roles is not None and token:
+            raise ValueError("give a token or roles, not both")
+        #: Whether the tokens come with roles (and so have names worth logging).
+        self.named_tokens = roles is not None
         if roles is None:
             roles = [(token, Grant.everything())] if token else []
-        elif token:
-            raise ValueError("give a token or roles, not both")
         self._roles = [(secret.encode("utf-8"), grant) for secret, grant in roles]
 
     @classmethod

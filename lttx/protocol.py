@@ -206,10 +206,10 @@ class LTtxServerProtocol(Int32StringReceiver):
             return
         self.authenticated = True
         self.grant = grant
-        if grant.unlimited:
-            self.log.info("{peer} connected", peer=self.peer)
-        else:
+        if self.factory.auth.named_tokens:
             self.log.info("{peer} connected as {role}", peer=self.peer, role=grant.name)
+        else:
+            self.log.info("{peer} connected", peer=self.peer)
         self.send_reply(request_id, {
             "server": "lttx",
             "version": __version__,

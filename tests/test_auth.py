@@ -145,10 +145,12 @@ class AuthenticatorTests(SynchronousTestCase):
         self.assertIsNone(auth.authenticate(None))
         self.assertIsNone(auth.authenticate(["secret"]))
         self.assertFalse(auth.protected_mode)
+        self.assertFalse(auth.named_tokens)
 
     def test_each_token_gets_its_grant(self) -> None:
         auth = roles_authenticator()
         self.assertEqual(auth.token_count, 5)
+        self.assertTrue(auth.named_tokens)
         self.assertEqual(auth.authenticate("tok-feed").name, "feed")  # type: ignore[union-attr]
         self.assertEqual(auth.authenticate("tok-admin").name, "admin")  # type: ignore[union-attr]
         self.assertIsNone(auth.authenticate("tok-fee"))
@@ -418,4 +420,5 @@ class RolesIntegrationTests(TestCase):
         self.assertEqual(orders.list_append("orders_1", {"id": 1}), 1)
         self.assertEqual(orders.keys(), ["orders_1"])
         self.assertRaises(lttx.AuthError, daemon.connect, token="tok-nobody")
-        daemon.wait_for_log(r"connected as reader")
+        daemon.wait_for_log(r"connected as reader$")
+        daemon.wait_for_log(r"connected as admin$")
