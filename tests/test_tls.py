@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
 
 import lttx
+from lttx.client import AsyncClient, ConnectionSettings
 
 from .certs import CA, ssl_endpoint
 from .common import Daemon
@@ -102,3 +105,31 @@ class TLSTests(TestCase):
         daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
         self.assertRaises(lttx.ConnectionLost, daemon.connect, timeout=5)
         daemon.wait_for_log(r"127\.0\.0\.1:\d+: TLS handshake failed: ")
+
+    def test_cancelled_handshake_closes_the_connection(self) -> "Deferred[None]":
+        """Cancelling a connect stuck in the handshake aborts the TCP connection."""
+        from twisted.internet import reactor
+
+        hello: Deferred[None] = Deferred()
+        lost: Deferred[None] = Deferred()
+
+        class Silent(Protocol):
+            # Takes the ClientHello and never answers it.
+            def dataReceived(self, data: bytes) -> None:
+                if not hello.called:
+                    hello.callback(None)
+
+            def connectionLost(self, reason: object = None) -> None:
+                lost.callback(None)
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        settings = ConnectionSettings("127.0.0.1", port.getHost().port, "t", 5,
+                                      tls=True, ca=self.ca_path)
+        connecting = AsyncClient.connect(reactor, settings)
+        hello.addCallback(lambda _: connecting.cancel())
+        # The client reports a cancelled connect as a ConnectError.
+        failed = self.assertFailure(connecting, lttx.ConnectError)
+        return failed.addCallback(lambda _: lost)
+
+    test_cancelled_handshake_closes_the_connection.timeout = 30  # type: ignore[attr-defined]
