@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,6 +27,25 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
+def _ca_certificate(name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+                    issuer_key: ec.EllipticCurvePrivateKey, path_length: int) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name(name)).issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True,
+            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
 @dataclass
 class CA:
     """A certificate authority that signs server certificates."""
@@ -36,23 +56,16 @@ class CA:
 
     @classmethod
     def create(cls, name: str) -> "CA":
+        """A self-signed root CA."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name)).issuer_name(_name(name))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(name, key, certificate)
+        return cls(name, key, _ca_certificate(name, key, _name(name), key, path_length=1))
+
+    def intermediate(self, name: str) -> "CA":
+        """A CA that this one signs, which signs server certificates itself."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = _ca_certificate(name, key, self.certificate.subject, self.key,
+                                      path_length=0)
+        return CA(name, key, certificate)
 
     def write(self, folder: str) -> str:
         """Write the CA certificate as ``<folder>/<name>.pem``; its path."""
@@ -94,9 +107,11 @@ class CA:
         return key_path, cert_path
 
 
-def ssl_endpoint(key_path: str, cert_path: str) -> str:
+def ssl_endpoint(key_path: str, cert_path: str, chain_path: Optional[str] = None) -> str:
     """A daemon ``--listen`` string for TLS on a free port of 127.0.0.1."""
-    return f"ssl:0:privateKey={_escape(key_path)}:certKey={_escape(cert_path)}:interface=127.0.0.1"
+    chain = f":extraCertChain={_escape(chain_path)}" if chain_path else ""
+    return (f"ssl:0:privateKey={_escape(key_path)}:certKey={_escape(cert_path)}{chain}"
+            ":interface=127.0.0.1")
 
 
 def _escape(path: str) -> str:

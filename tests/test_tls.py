@@ -85,6 +85,20 @@ class TLSTests(TestCase):
         client = daemon.connect(tls=True, ca=bundle)
         self.assertEqual(client.ping(), "pong")
 
+    def test_intermediate_ca_chain(self) -> None:
+        """A certificate from an intermediate CA, sent with extraCertChain, is trusted
+        by a client that knows only the root CA; without the chain it is not."""
+        intermediate = self.ca.intermediate("intermediate-ca")
+        key, cert = intermediate.issue(self.folder, "server", ["localhost"], ["127.0.0.1"])
+        chain = intermediate.write(self.folder)
+        daemon = Daemon(self, listen=[ssl_endpoint(key, cert, chain)])
+        client = daemon.connect(tls=True, ca=self.ca_path)
+        self.assertEqual(client.ping(), "pong")
+        without_chain = Daemon(self, listen=[ssl_endpoint(key, cert)])
+        with self.assertRaises(lttx.TLSError) as caught:
+            without_chain.connect(tls=True, ca=self.ca_path)
+        self.assertIn("untrusted certificate", str(caught.exception))
+
     def test_unreadable_ca_file(self) -> None:
         """A missing CA file is a TLSError naming it, before any connection."""
         daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
