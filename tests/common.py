@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
@@ -36,6 +37,11 @@ TOKEN = "test-token"
 
 # twistd as a module, so the subprocess uses this interpreter.
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]
+
+
+def listeners(service: Any) -> list[StreamServerEndpointService]:
+    """The listening services among the children of makeService's service."""
+    return [s for s in service if isinstance(s, StreamServerEndpointService)]
 
 
 def frame(payload: Any) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import EventLoggingObserver, MemoryReactor, StringTransport
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -24,7 +24,7 @@ from lttx.factory import LTtxFactory
 from lttx.protocol import COMMAND_RIGHTS, LTtxServerProtocol, command
 from lttx.store import MemoryStore
 
-from .common import Daemon, frame, frames_of, server_protocol
+from .common import Daemon, frame, frames_of, listeners, server_protocol
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "contrib" / "tokens.example.json"
 
@@ -376,8 +376,8 @@ class TokenFileOptionTests(SynchronousTestCase):
         auth = tap.make_authenticator(options, {"LTTX_TOKEN": "ignored"})
         self.assertEqual(auth.token_count, 4)
         self.assertIsNone(auth.authenticate("ignored"))
-        service = tap.makeService(options, MemoryReactor())
-        self.assertEqual(len(list(service)), 1)  # type: ignore[call-overload]
+        service = tap.makeService(options, MemoryReactorClock())
+        self.assertEqual(len(listeners(service)), 1)
 
     def test_broken_roles_file_is_a_usage_error(self) -> None:
         """twistd refuses to start on a broken roles file, saying what is wrong."""

@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, TestCase
 
 from lttx import tap
 
 from .certs import CA
-from .common import PACKAGE_ROOT, TOKEN, TWISTD, Daemon
+from .common import PACKAGE_ROOT, TOKEN, TWISTD, Daemon, listeners
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 INSTALLED_TWISTD = "/opt/lttx/bin/twistd"
@@ -139,8 +139,8 @@ class UnitFileTests(TestCase):
         credentials = write_credentials(self.mktemp(), TOKEN + "\n")
         options = tap.Options()
         options.parseOptions(lttx_args(exec_start(UNITS / "lttx.service", credentials)))
-        service = tap.makeService(options, MemoryReactor())
-        self.assertEqual(len(list(service)), 1)  # type: ignore[call-overload]
+        service = tap.makeService(options, MemoryReactorClock())
+        self.assertEqual(len(listeners(service)), 1)
 
     def test_tls_drop_in(self) -> None:
         """The TLS drop-in replaces ExecStart with an ssl: endpoint whose files load."""
@@ -159,8 +159,8 @@ class UnitFileTests(TestCase):
         self.assertEqual(options["listen"], [
             f"ssl:2025:privateKey={credentials}/key.pem:certKey={credentials}/cert.pem"])
         # makeService parses the endpoint string, which loads the key and certificate.
-        service = tap.makeService(options, MemoryReactor())
-        self.assertEqual(len(list(service)), 1)  # type: ignore[call-overload]
+        service = tap.makeService(options, MemoryReactorClock())
+        self.assertEqual(len(listeners(service)), 1)
 
     def test_bad_exec_start_would_be_caught(self) -> None:
         """The check above is real: an unknown option is refused by the parser."""
