@@ -28,6 +28,7 @@ from .errors import (  # noqa: E402  (the version is needed by submodules first)
     SlowSubscriber,
     StorageError,
     TimeoutError,
+    TLSError,
     Unavailable,
     WrongTypeError,
 )
@@ -38,5 +39,6 @@ __all__ = [
     "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
     "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "Unavailable", "WrongTypeError", "Client", "Message", "connect", "__version__",
+    "TLSError", "Unavailable", "WrongTypeError", "Client", "Message", "connect",
+    "__version__",
 ]

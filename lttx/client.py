@@ -38,6 +38,7 @@ from .errors import (
 )
 from .channels import split_channels
 from .eventloop import EventLoop
+from .tls import tls_endpoint
 
 DEFAULT_PORT = 2025
 DEFAULT_TIMEOUT = 30.0
@@ -68,10 +69,23 @@ class ConnectionSettings:
     port: int = DEFAULT_PORT
     token: Optional[str] = None
     timeout: float = DEFAULT_TIMEOUT
+    #: Speak TLS, verifying the daemon's certificate and that it is for ``host``.
+    tls: bool = False
+    #: PEM file of the CA(s) to trust with ``tls``; None trusts the system's CAs.
+    ca: Optional[str] = None
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
-        """The client endpoint to reach the daemon."""
-        return HostnameEndpoint(reactor, self.host, self.port, timeout=self.timeout)
+        """
+        The client endpoint to reach the daemon.  With ``tls`` its connection
+        is ready only after the certificate was verified.
+
+        :raises TLSError: (now) if the ``ca`` file cannot be read.
+        """
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, self.host, self.port, timeout=self.timeout)
+        if self.tls:
+            endpoint = tls_endpoint(reactor, endpoint, self.host, self.port, self.ca)
+        return endpoint
 
     def hello_args(self, **options: Any) -> list[Any]:
         """The arguments of the ``hello`` request that opens every connection."""
@@ -908,7 +922,8 @@ class Client:
 
 
 def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
-            timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER) -> Client:
+            timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER,
+            tls: bool = False, ca: Optional[str] = None) -> Client:
     """
     Connect a blocking client to an LTtx daemon.
 
@@ -919,13 +934,17 @@ def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[s
     :param timeout: seconds to wait for each reply, and for the connection.
     :param push_buffer: bytes of pushes held while the connection cannot
         take them before :meth:`Client.push` blocks.
+    :param tls: speak TLS (the daemon listens on an ``ssl:`` endpoint); the
+        daemon's certificate must be signed by a trusted CA and be for ``host``.
+    :param ca: a PEM file of the CA(s) to trust; None trusts the system's CAs.
     :raises AuthError: on a wrong token.
+    :raises TLSError: when the certificate is not trusted or not for ``host``.
     :raises ConnectError: when the daemon cannot be reached.
     """
     loop = EventLoop()
     messages: "queue.Queue[Message]" = queue.Queue()
     try:
-        settings = ConnectionSettings(host, port, token, timeout)
+        settings = ConnectionSettings(host, port, token, timeout, tls=tls, ca=ca)
         client = loop.run(AsyncClient.connect, loop.reactor, settings, messages.put,
                           timeout=timeout + 1)
     except BaseException:

@@ -123,6 +123,13 @@ class ConnectError(LTtxError, ConnectionError):
     code = "connect"
 
 
+class TLSError(ConnectError):
+    """The TLS handshake failed: the daemon's certificate is not signed by a
+    trusted CA, or not for the host name connected to (the message says which)."""
+
+    code = "tls"
+
+
 class ConnectionLost(LTtxError, ConnectionError):
     """The connection was lost before the reply came (or could not be restored)."""
 
