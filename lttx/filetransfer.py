@@ -518,9 +518,13 @@ class FileSession:
     # -- list and delete -----------------------------------------------------
 
     def cmd_list(self, request_id: int) -> list[dict[str, Any]]:
-        return self.service.list()
+        self.protocol.authorize("download")
+        grant = self.protocol.grant
+        # A token sees only the files it may download.
+        return [f for f in self.service.list() if grant.allows("download", f["name"])]
 
     def cmd_delete(self, request_id: int, name: Any) -> bool:
+        self.protocol.authorize("upload", name)
         try:
             deleted = self.service.delete(name)
         except OSError as e:
@@ -534,6 +538,7 @@ class FileSession:
     def cmd_partial(self, request_id: int, name: Any) -> dict[str, int]:
         """How many bytes of an interrupted upload of ``name`` the daemon holds."""
         name = check_name(name)
+        self.protocol.authorize("upload", name)
         if name in self.service.uploading:
             raise FileBusy(f"{name} is being uploaded by another connection")
         try:
@@ -545,6 +550,7 @@ class FileSession:
     def cmd_upload(self, request_id: int, name: Any, size: Any, offset: Any = 0,
                    prefix_md5: Any = None) -> "Deferred[dict[str, int]]":
         name = check_name(name)
+        self.protocol.authorize("upload", name)
         if type(size) is not int or size < 0:
             raise BadRequest("upload size must be a non-negative int")
         if type(offset) is not int or not 0 <= offset <= size:
@@ -673,6 +679,7 @@ class FileSession:
     def cmd_download(self, request_id: int, name: Any, offset: Any = 0,
                      prefix_md5: Any = None) -> "Deferred[object]":
         name = check_name(name)
+        self.protocol.authorize("download", name)
         if type(offset) is not int or offset < 0:
             raise BadRequest("download offset must be a non-negative int")
         if prefix_md5 is not None and not isinstance(prefix_md5, str):

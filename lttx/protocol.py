@@ -72,6 +72,9 @@ COMMAND_RIGHTS: dict[str, Optional[tuple[str, Optional[int]]]] = {
     "list_append": ("write", 0),
     "list_pop": ("write", 0),
     "list_remove": ("write", 0),
+    # The handlers check each channel of the list themselves.
+    "subscribe": None,
+    "unsubscribe": None,
 }
 
 
@@ -312,6 +315,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         # head and kind is reused as is, so data is never encoded again.
         encoded = payload[2:] if payload is not None and payload[:2] == PUBLISH_HEAD else None
         try:
+            if not self.grant.unlimited:
+                self.authorize("publish", channel)
             self.factory.channels.publish(channel, key, data, encoded)
         except LTtxError as e:
             # One log line per connection, not one per refused message.
@@ -352,6 +357,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         if not isinstance(options, dict):
             raise BadRequest("subscribe options must be a map")
         conflate = bool(options.get("conflate", False))
+        for name in names:
+            self.authorize("subscribe", name)
         if self.outbox is None:
             self.outbox = Outbox(self.transport, self.factory.subscriber_buffer,
                                  self._slow_subscriber, self._cut_off)
