@@ -7,7 +7,7 @@ The variable store, the channel registry and the authenticator are passed in
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -20,6 +20,9 @@ from .channels import ChannelRegistry
 from .protocol import LTtxServerProtocol
 from .status import IStatusSource, gather_status
 from .store import IVariableStore
+
+if TYPE_CHECKING:
+    from .filetransfer import FileService
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
@@ -39,6 +42,7 @@ class LTtxFactory(ServerFactory):
         channels: Optional[ChannelRegistry] = None,
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
         clock: Optional[IReactorTime] = None,
+        files: "Optional[FileService]" = None,
         status_sources: Optional[Mapping[str, IStatusSource]] = None,
     ) -> None:
         """
@@ -46,7 +50,7 @@ class LTtxFactory(ServerFactory):
         :param status_sources: the components whose ``status()`` the
             ``status`` request reports, each under its name (``"channels"``,
             ``"journal"``, ``"files"``); wiring one more is one entry here.
-            The channel registry is one without being named.
+            The channel registry and the file service are ones without being named.
         """
         self.store = store
         self.auth = auth
@@ -55,9 +59,13 @@ class LTtxFactory(ServerFactory):
         self.subscriber_buffer = subscriber_buffer
         # Times the abort of a cut-off subscriber that does not read; None: never.
         self.clock = clock
+        self.files = files
         self.connections: set[LTtxServerProtocol] = set()
         self.started = None if clock is None else clock.seconds()
-        self.status_sources = {"channels": self.channels, **(status_sources or {})}
+        self.status_sources: dict[str, IStatusSource] = {"channels": self.channels}
+        if files is not None:
+            self.status_sources["files"] = files
+        self.status_sources.update(status_sources or {})
         clash = set(self.status_sources) & _OWN_STATUS
         if clash:
             raise ValueError(f"status source names clash with the daemon's own: {sorted(clash)}")

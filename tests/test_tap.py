@@ -53,7 +53,9 @@ class OptionsTests(SynchronousTestCase):
                          "from-file")
         self.assertEqual(read_token(parse(), {"LTTX_TOKEN": "env"}), "env")
         self.assertIsNone(read_token(parse(), {}))
-        self.assertRaises(usage.UsageError, read_token, parse("--token-file", path + "x"), {})
+        # A missing file is refused when the options are parsed (twistd prints
+        # a usage error, not a traceback from makeService).
+        self.assertRaises(usage.UsageError, parse, "--token-file", path + "x")
 
 
 class MakeServiceTests(SynchronousTestCase):
