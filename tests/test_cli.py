@@ -5,6 +5,7 @@ subprocess, its stdout, stderr and exit status.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -268,6 +269,60 @@ class ChannelCommandsTests(CLITestMixin, TestCase):
         self.assertRegex(text, r"(?m)^  hq_center\s+2\s+1\s+10\s+[\d.]+/s")
         self.assertRegex(text, r"(?m)^  slow subscribers cut off\s+0$")
         self.assertRegex(text, r"(?m)^  conflated drops\s+\d+$")
+
+
+class FileCommandsTests(CLITestMixin, TestCase):
+    """upload, download and files on a real daemon."""
+
+    def setUp(self) -> None:
+        self.daemon = Daemon(self)
+
+    def test_upload_files_download(self) -> None:
+        """A file uploaded from the shell is listed and comes back byte for byte."""
+        source = self.mktemp()
+        content = os.urandom(300_000)
+        with open(source, "wb") as f:
+            f.write(content)
+        info = json.loads(self.lttx("upload", source, "--name", "report.csv"))
+        self.assertEqual(info, {"name": "report.csv", "size": 300_000,
+                                "md5": hashlib.md5(content).hexdigest()})
+        listing = self.lttx("files")
+        self.assertRegex(listing, r"^\s+300000  \d{4}-\d\d-\d\d \d\d:\d\d:\d\d  report.csv\n$")
+        [entry] = json.loads(self.lttx("files", "--json"))
+        self.assertEqual((entry["name"], entry["size"]), ("report.csv", 300_000))
+        dest = self.mktemp()
+        os.mkdir(dest)
+        info = json.loads(self.lttx("download", "report.csv", dest))
+        self.assertEqual(info["path"], os.path.join(dest, "report.csv"))
+        with open(info["path"], "rb") as f:
+            self.assertEqual(f.read(), content)
+        report = json.loads(self.lttx("status", "--json"))
+        self.assertEqual((report["files"]["files"], report["files"]["bytes"]), (1, 300_000))
+
+    def test_progress_bars(self) -> None:
+        """--progress draws a tqdm bar on stderr; stdout still holds only the JSON."""
+        source = self.mktemp()
+        with open(source, "wb") as f:
+            f.write(b"x" * 100_000)
+        environ = cli_env(LTTX_PORT=str(self.daemon.port), LTTX_TOKEN=TOKEN)
+        download = ["download", "--progress", os.path.basename(source), self.mktemp()]
+        for args in (["upload", "--progress", source], download):
+            result = run_cli(*args, env=environ)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(json.loads(result.stdout)["size"], 100_000)
+            self.assertIn("100%", result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
+
+    def test_file_errors(self) -> None:
+        """A missing local or remote file: status 5; a refused name: status 1; one line each."""
+        line = self.lttx_error("upload", "/no/such/file.csv", status=cli.EXIT_NOT_FOUND)
+        self.assertEqual(line, "lttx: no such file: /no/such/file.csv")
+        self.lttx_error("download", "nothing.csv", self.mktemp(), status=cli.EXIT_NOT_FOUND)
+        source = self.mktemp()
+        with open(source, "wb") as f:
+            f.write(b"x")
+        self.lttx_error("upload", source, "--name", "../escape", status=cli.EXIT_ERROR)
+        self.assertEqual(self.lttx("files"), "")
 
 
 class ConnectionErrorTests(CLITestMixin, TestCase):

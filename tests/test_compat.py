@@ -197,3 +197,29 @@ class CompatChannelsTests(TestCase):
         publisher = daemon.connect()
         publisher.push("after", "2", "hq_center")
         self.assertEqual(tx1.Q.get(timeout=15), "after|2")
+
+
+class CompatFilesTests(TestCase):
+    """send_file and recv_file with the original's arguments and answers."""
+
+    def test_send_and_receive(self) -> None:
+        """send_file uploads under the base name; recv_file makes the folder and
+        answers (0, msg), or (-1, msg) for a file the daemon does not have."""
+        daemon = Daemon(self)
+        tx1 = txl("127.0.0.1", daemon.port, TOKEN, timeout=15)
+        self.addCleanup(tx1.close)
+        folder = self.mktemp()
+        os.mkdir(folder)
+        path = os.path.join(folder, "show.py")
+        with open(path, "wb") as f:
+            f.write(b"print('hello')\n" * 1000)
+        info = tx1.send_file(path, show_on=False)
+        self.assertEqual((info["name"], info["size"]), ("show.py", 15000))
+        dest = os.path.join(self.mktemp(), "new_data")  # does not exist yet
+        code, msg = tx1.recv_file("show.py", dest)
+        self.assertEqual(code, 0, msg)
+        with open(os.path.join(dest, "show.py"), "rb") as f:
+            self.assertEqual(f.read(), b"print('hello')\n" * 1000)
+        code, msg = tx1.recv_file("nothing.py", dest)
+        self.assertEqual(code, -1)
+        self.assertIn("nothing.py", msg)
