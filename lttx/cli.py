@@ -15,7 +15,8 @@ The ``lttx`` command: LTtx for people and shell scripts.
     lttx status [--json]
 
 The daemon's address and token come from ``--host``/``--port``/``--token``
-or the environment (``LTTX_HOST``, ``LTTX_PORT``, ``LTTX_TOKEN``).
+or the environment (``LTTX_HOST``, ``LTTX_PORT``, ``LTTX_TOKEN``); ``--tls``
+and ``--ca PEM`` (``LTTX_TLS=1``, ``LTTX_CA``) reach a daemon on TLS.
 
 Values are printed as JSON, one document per line.  JSON has no bytes and no
 non-string keys, so two objects stand for them, in output and in ``put``
@@ -273,6 +274,9 @@ class Context:
         self.out = out
         self.err = err
         self.host, self.port, self.token, self.timeout = _address(args)
+        self.ca: Optional[str] = getattr(args, "ca", None) or os.environ.get("LTTX_CA") or None
+        self.tls = bool(getattr(args, "tls", False) or self.ca
+                        or os.environ.get("LTTX_TLS", "") not in ("", "0"))
 
     @property
     def where(self) -> str:
@@ -281,7 +285,8 @@ class Context:
     def connect(self) -> Any:
         from .client import connect
 
-        return connect(self.host, self.port, token=self.token, timeout=self.timeout)
+        return connect(self.host, self.port, token=self.token, timeout=self.timeout,
+                       tls=self.tls, ca=self.ca)
 
     def print(self, line: str) -> None:
         self.out.write(line + "\n")
@@ -437,6 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the daemon's token (env LTTX_TOKEN)")
     group.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
                        help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})")
+    group.add_argument("--tls", action="store_true", default=argparse.SUPPRESS,
+                       help="speak TLS to a daemon on an ssl: endpoint (env LTTX_TLS=1)")
+    group.add_argument("--ca", default=argparse.SUPPRESS, metavar="PEM",
+                       help="trust the CA(s) in this file instead of the system's "
+                            "(env LTTX_CA; implies --tls)")
 
     parser = _Parser(
         prog="lttx", parents=[common],

@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lttx import __version__, cli
 
+from .certs import CA, ssl_endpoint
 from .common import PACKAGE_ROOT, TOKEN, Daemon
 
 
@@ -323,6 +324,25 @@ class FileCommandsTests(CLITestMixin, TestCase):
             f.write(b"x")
         self.lttx_error("upload", source, "--name", "../escape", status=cli.EXIT_ERROR)
         self.assertEqual(self.lttx("files"), "")
+
+
+class TLSCommandsTests(CLITestMixin, TestCase):
+    """lttx against a daemon on an ssl: endpoint."""
+
+    def test_tls(self) -> None:
+        """--ca (implying --tls) reaches the daemon; a wrong CA is one line, status 3."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        ca = CA.create("test-ca")
+        ca_path = ca.write(folder)
+        key, cert = ca.issue(folder, "server", ["localhost"], ["127.0.0.1"])
+        self.daemon = Daemon(self, listen=[ssl_endpoint(key, cert)])
+        self.lttx("--ca", ca_path, "put", "pos", "100")
+        self.assertEqual(self.lttx("--tls", "--ca", ca_path, "get", "pos"), "100\n")
+        other_folder = self.mktemp()
+        os.makedirs(other_folder)
+        other_ca = CA.create("other-ca").write(other_folder)
+        self.lttx_error("get", "pos", status=cli.EXIT_CONNECTION, LTTX_CA=other_ca)
 
 
 class ConnectionErrorTests(CLITestMixin, TestCase):
