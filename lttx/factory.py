@@ -18,7 +18,7 @@ from . import __version__
 from .auth import TokenAuthenticator
 from .channels import ChannelRegistry
 from .protocol import LTtxServerProtocol
-from .status import IStatusSource, gather_status
+from .status import StatusSource, gather_status
 from .store import IVariableStore
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class LTtxFactory(ServerFactory):
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
         clock: Optional[IReactorTime] = None,
         files: "Optional[FileService]" = None,
-        status_sources: Optional[Mapping[str, IStatusSource]] = None,
+        status_sources: Optional[Mapping[str, StatusSource]] = None,
     ) -> None:
         """
         :param clock: tells the uptime (the status report has none without).
@@ -62,7 +62,7 @@ class LTtxFactory(ServerFactory):
         self.files = files
         self.connections: set[LTtxServerProtocol] = set()
         self.started = None if clock is None else clock.seconds()
-        self.status_sources: dict[str, IStatusSource] = {"channels": self.channels}
+        self.status_sources: dict[str, StatusSource] = {"channels": self.channels}
         if files is not None:
             self.status_sources["files"] = files
         self.status_sources.update(status_sources or {})

@@ -13,17 +13,20 @@ Plain Python, no reactor import.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
 from twisted.python.failure import Failure
-from zope.interface import Interface
 
 
-class IStatusSource(Interface):
-    """A component whose figures ``lttx status`` shows."""
+class StatusSource(Protocol):
+    """
+    A component whose figures ``lttx status`` shows: anything with a
+    ``status()`` method (a structural type, so a component needs no
+    declaration to be wired in).
+    """
 
-    def status() -> Any:
+    def status(self) -> Any:
         """
         A dict of plain values (str, int, float, bool, None, lists and dicts
         of them), or a Deferred firing with one.  Computed when called, from
@@ -56,4 +59,4 @@ def gather_status(report: dict[str, Any]) -> "dict[str, Any] | Deferred[dict[str
     return d.addCallbacks(fill, first_failure)
 
 
-__all__ = ["IStatusSource", "gather_status"]
+__all__ = ["StatusSource", "gather_status"]
