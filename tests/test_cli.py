@@ -326,6 +326,28 @@ class FileCommandsTests(CLITestMixin, TestCase):
         self.assertEqual(self.lttx("files"), "")
 
 
+class RolesCommandsTests(CLITestMixin, TestCase):
+    """lttx with a token that may do less than everything."""
+
+    def test_permission_denied(self) -> None:
+        """What the token may not do is one line naming it, status 4; the rest works."""
+        roles = self.mktemp()
+        with open(roles, "w") as f:
+            json.dump({"tokens": [
+                {"name": "admin", "token": TOKEN, "rights": ["all"]},
+                {"name": "reader", "token": "reader-token", "rights": ["read"]}]}, f)
+        self.daemon = Daemon(self, "--token-file", roles, token=None)
+        self.lttx("put", "pos", "1")
+        result = run_cli("--token", "reader-token", "--port", str(self.daemon.port),
+                         "get", "pos", env=cli_env())
+        self.assertEqual((result.returncode, result.stdout), (0, "1\n"), result.stderr)
+        line = self.lttx_error("put", "pos", "2", status=cli.EXIT_AUTH,
+                               LTTX_TOKEN="reader-token")
+        self.assertEqual(line, "lttx: the token 'reader' may not write 'pos'")
+        line = self.lttx_error("status", status=cli.EXIT_AUTH, LTTX_TOKEN="reader-token")
+        self.assertIn("may not use status", line)
+
+
 class TLSCommandsTests(CLITestMixin, TestCase):
     """lttx against a daemon on an ssl: endpoint."""
 
