@@ -4,7 +4,10 @@ The ``status`` request: the factory's report, its sources, the rate meter.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
+from unittest import SkipTest
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -33,6 +36,23 @@ class FakeSource:
 def make_factory(clock: Clock, **sources: Any) -> LTtxFactory:
     return LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock,
                        status_sources=sources)
+
+
+class StatusDocumentationTests(SynchronousTestCase):
+    """docs/protocol.md shows the status frames as they are on the wire."""
+
+    def test_example_frames(self) -> None:
+        """The hex lines of the status section are the request and reply they name."""
+        docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "protocol.md")
+        if not os.path.exists(docs):
+            raise SkipTest("docs/ is not installed beside the tests")
+        with open(docs, encoding="utf-8") as f:
+            section = f.read().split("\n## status\n", 1)[1]
+        lines = re.findall(r"^((?:[0-9a-f]{2} )+[0-9a-f]{2})$", section, re.M)[:2]
+        self.assertEqual([bytes.fromhex(line) for line in lines], [
+            frame([codec.REQUEST, 9, "status", []]),
+            frame([codec.REPLY, 9, {"version": "0.1.0", "uptime": 3600.5, "connections": 2,
+                                    "variables": 1}])])
 
 
 class StatusRequestTests(SynchronousTestCase):
