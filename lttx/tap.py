@@ -16,8 +16,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .auth import TokenAuthenticator
+from .durable import DurableStore
+from .errors import RecoveryError
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
-from .store import MemoryStore
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
@@ -47,9 +48,10 @@ class Options(usage.Options):
         ["port", "p", 2025, "Listen on this TCP port, on all interfaces.", int],
         ["token", "t", None, "The shared secret clients must present (or env LTTX_TOKEN)."],
         ["token-file", None, None, "Read the token from this file (first line)."],
-        ["data-dir", "d", "./lttx-data", "Where variables, the journal and files live. (Not yet used: variables are kept in memory until the durability work lands.)"],
+        ["data-dir", "d", "./lttx-data", "Where variables, the journal and files live."],
         ["fsync", None, "everysec",
-         "Durability of variable writes: always, everysec or no. (Not yet used.)"],
+         "Durability of variable writes: always (each write on disk before its reply), "
+         "everysec (fsync once a second) or no (the OS flushes)."],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
@@ -138,10 +140,18 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     if auth.protected_mode:
         log.warn("no token given: protected mode, serving loopback clients only")
 
-    store = MemoryStore()
+    top = MultiService()
+    try:
+        os.makedirs(options["data-dir"], exist_ok=True)
+        store = DurableStore.open(
+            os.path.join(options["data-dir"], "variables"), options["fsync"], reactor)
+    except (OSError, RecoveryError) as e:
+        raise SystemExit(f"lttx: refusing to start: {e}") from None
+    # First under the MultiService: it runs before any listener accepts a
+    # write; its stopService flushes and fsyncs the journal at SIGTERM.
+    store.setServiceParent(top)
     factory = LTtxFactory(store, auth, max_frame=options["max-frame"])
 
-    top = MultiService()
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)
