@@ -13,12 +13,13 @@ meanings:
     queued in the same reactor turn, or while an fsync is running, share the
     next fsync (group commit), so throughput grows with concurrency.
 ``everysec``
-    Records are written to the OS each reactor turn and fsynced once a
-    second: a crash of the daemon loses nothing, a power loss or kernel
-    crash up to about a second of writes.
+    Each write's reply waits for its record to be written to the OS (not
+    synced); the journal is fsynced once a second.  A crash of the daemon
+    loses no acknowledged write; a power loss or kernel crash up to about a
+    second of them.
 ``no``
-    Records are written to the OS each reactor turn; the OS decides when to
-    flush them.
+    As ``everysec``, but never fsynced while running: the OS decides when
+    (on Linux within about 30 s).
 
 Only applied changes are journalled: a refused operation changes nothing and
 writes nothing.
@@ -206,6 +207,7 @@ class DurableStore(Service):
         compact_growth: float = DEFAULT_COMPACT_GROWTH,
         snapshot_chunk: int = DEFAULT_SNAPSHOT_CHUNK,
         compaction_slice: float = DEFAULT_COMPACTION_SLICE,
+        compaction_gap: float = 0.0,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
@@ -222,6 +224,9 @@ class DurableStore(Service):
         self._compact_growth = compact_growth
         self._snapshot_chunk = snapshot_chunk
         self._compaction_slice = compaction_slice
+        # Between slices the reactor serves its I/O; a gap of 0 still yields
+        # a full reactor iteration (tests use a gap to step slice by slice).
+        self._compaction_gap = compaction_gap
 
         self._journal_bytes = journal.size
         self._snapshot_bytes = snapshot_bytes
@@ -240,6 +245,7 @@ class DurableStore(Service):
         self._drain_waiters: list[Deferred[None]] = []
         self._failure: Optional[Failure] = None
         self._closing = False
+        self._stop_waiters: list[Deferred[None]] = []
         self._fsyncs = 0
         self._compaction: Optional[_Compaction] = None
         self._last_compaction: Optional[dict[str, Any]] = None
@@ -291,6 +297,12 @@ class DurableStore(Service):
 
     def stopService(self) -> "Deferred[None]":
         """Refuse further writes, flush and fsync the journal, release the directory."""
+        if self._closing:  # stopped already (or stopping): the files are closed once
+            d: Deferred[None] = Deferred()
+            self._stop_waiters.append(d)
+            if self._lock_fd < 0:
+                self._fire_stopped()
+            return d
         super().stopService()
         self._closing = True
         if self._ticker is not None and self._ticker.running:
@@ -302,7 +314,7 @@ class DurableStore(Service):
                 self._compaction.task.stop()
             except TaskDone:
                 pass  # encoded already: it is being sealed, which the lane waits for
-        self._schedule()
+        self._flush()  # now, not at the end of the turn: nothing else is coming
         d = self._drained()
         d.addCallback(lambda _: self._journal_lane.run(self._close_file))
         # The snapshot lane finishes (or removes) the snapshot before the exit.
@@ -327,6 +339,12 @@ class DurableStore(Service):
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        self._fire_stopped()
+
+    def _fire_stopped(self) -> None:
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # -- reads ----------------------------------------------------------------
 
@@ -411,10 +429,11 @@ class DurableStore(Service):
         self._buffer.append(record)
         self._unsynced = True
         self._journal_bytes += len(record)
-        reply: Any = result
-        if self.policy == "always":
-            reply = Deferred()
-            self._waiters.append((reply, result))
+        # Every policy replies once the record is in the OS (so a crash of the
+        # daemon loses no acknowledged write, as with Redis, which writes its
+        # AOF buffer before sending replies); ``always`` also waits for fsync.
+        reply: Deferred[Any] = Deferred()
+        self._waiters.append((reply, result))
         self._schedule()
         self._maybe_compact()
         return reply
@@ -570,7 +589,7 @@ class DurableStore(Service):
             step()
             if self._compaction is not None:
                 self._compaction.note_pause(time.perf_counter() - started)
-        return self._clock.callLater(0, timed)
+        return self._clock.callLater(self._compaction_gap, timed)
 
     def _encode_snapshot(self, compaction: _Compaction) -> Iterator[Optional[Deferred[Any]]]:
         """Cooperative: encode a chunk per step, hand it to the snapshot lane."""
