@@ -147,7 +147,7 @@ class RecordReader:
             if length > size - start:
                 self.damage = Damage(offset, f"a record of {length} bytes cut short")
                 return
-            payload = view[start:start + length]
+            payload = data[start:start + length]
             if zlib.crc32(payload, zlib.crc32(view[offset:offset + 4])) != crc:
                 self.damage = Damage(offset, "a checksum mismatch")
                 return
