@@ -331,6 +331,9 @@ class DurableStore(Service):
     def _stopped(self, result: Any) -> None:
         if isinstance(result, Failure):
             self.log.failure("the journal could not be closed cleanly", result)
+        elif self._failure is not None:
+            self.log.warn("journal closed after a write failure: the changes refused "
+                          "since were not written")
         else:
             self.log.info("journal flushed and synced ({size} bytes); variables are safe",
                           size=result)
@@ -463,6 +466,9 @@ class DurableStore(Service):
             self._flush_call = None
         if self._in_flight:
             return
+        if self._failure is not None:
+            self._refuse_queued()
+            return
         if not self._has_work():
             self._fire_drained()
             return
@@ -514,10 +520,21 @@ class DurableStore(Service):
         self._failure = failure
         self.log.failure("the journal could not be written; variable writes are refused "
                          "from now on", failure)
-        error = StorageError(f"the journal could not be written: {failure.getErrorMessage()}")
-        for d, _ in waiters + self._waiters:
+        self._waiters = waiters + self._waiters
+        if rotated is not None:
+            self._rotated = rotated
+        self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """After a write failure: fail whatever waits for the disk, drop the queue."""
+        assert self._failure is not None
+        error = StorageError(
+            f"the journal could not be written: {self._failure.getErrorMessage()}")
+        waiters, rotated = self._waiters, self._rotated
+        self._before_rotation, self._buffer, self._waiters = [], [], []
+        self._rotate_to, self._rotated, self._sync_requested = None, None, False
+        for d, _ in waiters:
             d.errback(error)
-        self._waiters = []
         if rotated is not None:
             rotated.errback(error)
         self._fire_drained()

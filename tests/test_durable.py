@@ -191,12 +191,19 @@ class PolicyTests(SynchronousTestCase):
         store = self.store("always")
         d = store.put("x", 1)
         self.clock.advance(0)
+        queued = store.put("z", 3)  # waits behind the job in flight
         f, args, job = self.lane.jobs.pop(0)
         job.errback(OSError(28, "No space left on device"))
-        self.assertIn("No space left", self.failureResultOf(d, StorageError).value.message)
+        for waiting in (d, queued):
+            self.assertIn("No space left",
+                          self.failureResultOf(waiting, StorageError).value.message)
         error = self.assertRaises(StorageError, store.put, "y", 2)
         self.assertIn("refused until the daemon is restarted", error.message)
         self.assertIs(store.get("y"), MISSING)
+        self.assertEqual(self.lane.jobs, [])
+        stopped = store.stopService()
+        self.lane.release_all()  # only the close job
+        self.successResultOf(stopped)
         self.flushLoggedErrors(OSError)
 
 
@@ -366,6 +373,32 @@ class CompactionTests(SynchronousTestCase):
         self.failureResultOf(done, StorageError)
         self.assertNotIn(snapshot_name(2) + ".tmp", os.listdir(self.dir))
         self.assertEqual(contents(self.reopen(store)), expected)
+
+    def test_failed_compaction_keeps_every_change(self) -> None:
+        """A snapshot that cannot be written is removed; the journals recover everything."""
+        class FailingOnce(ImmediateLane):
+            failed = False
+
+            def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+                if getattr(f, "__name__", "") == "write" and not self.failed:
+                    self.failed = True
+                    return maybeDeferred(_raise, OSError(28, "No space left on device"))
+                return super().run(f, *args)
+
+        store = open_store(self.dir, "no", self.clock, snapshot_lane=FailingOnce())
+        store.put("a", [1])
+        self.failureResultOf(compacted(store, self.clock), StorageError)
+        self.flushLoggedErrors(OSError)
+        store.list_append("a", 2)
+        self.assertEqual(sorted(os.listdir(self.dir)),
+                         [journal_name(1), journal_name(2), "lock"])
+        self.successResultOf(compacted(store, self.clock))  # the next one works
+        store.list_append("a", 3)
+        self.assertEqual(contents(self.reopen(store)), {"a": [1, 2, 3]})
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 NAMES = st.sampled_from(["a", "b", "c"])
