@@ -105,6 +105,13 @@ class StorageError(LTtxError):
     code = "storage"
 
 
+class RecoveryError(StorageError):
+    """The data directory cannot be loaded as it is (a corrupt snapshot, a newer
+    format); the daemon refuses to start rather than lose variables."""
+
+    code = "recovery"
+
+
 class Unavailable(LTtxError):
     """A back end the daemon needs (the journal, an engine) is unavailable."""
 

@@ -370,7 +370,7 @@ class TokenFileOptionTests(SynchronousTestCase):
     def test_roles_file(self) -> None:
         """A file holding a JSON object is a roles file; makeService uses its tokens."""
         options = tap.Options()
-        options.parseOptions(["--token-file", str(EXAMPLE)])
+        options.parseOptions(["--token-file", str(EXAMPLE), "--data-dir", self.mktemp()])
         self.assertEqual([grant.name for _, grant in options["roles"]],
                          ["admin", "md-feed", "strategy", "reports"])
         auth = tap.make_authenticator(options, {"LTTX_TOKEN": "ignored"})
