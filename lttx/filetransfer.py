@@ -38,7 +38,14 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    fail,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -290,6 +297,16 @@ class FileService(Service):
         self.remove_stale_partials(time.time())
         super().startService()
 
+    def stopService(self) -> "Deferred[Any]":
+        """
+        The daemon stops (SIGTERM): uploads in flight are discarded, as the spec
+        says; twistd waits for the returned Deferred, so their partials are gone
+        before it exits.
+        """
+        super().stopService()
+        return gatherResults([session.stop("the daemon is stopping")
+                              for session in list(self.sessions)])
+
     def remove_stale_partials(self, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
         """Remove partial uploads untouched for ``max_age`` seconds; how many went."""
         removed = 0
@@ -504,6 +521,21 @@ class FileSession:
                 self.log.info("{peer}: download of {name} interrupted", peer=self.peer,
                               name=download.name)
             download.file.close()
+
+    def stop(self, reason: str) -> "Deferred[None]":
+        """Discard an upload in flight (its partial too) and close the connection."""
+        upload = self.upload
+        stopped: Deferred[None] = succeed(None)
+        if upload is not None and not upload.ending:
+            self.log.info("{peer}: upload of {name} discarded at {received} of {size} "
+                          "bytes: {reason}", peer=self.peer, name=upload.name,
+                          received=upload.received, size=upload.size, reason=reason)
+            stopped = Deferred()
+            self.upload = None
+            self._end_upload(upload, keep=False, then=lambda: stopped.callback(None))
+        self.closed = True
+        self.protocol.transport.loseConnection()
+        return stopped
 
     def _close(self) -> None:
         self.closed = True

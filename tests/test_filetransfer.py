@@ -238,6 +238,17 @@ class UploadTests(SessionTestCase):
         self.assertEqual(self.service.uploading, set())
         self.assertEqual(self.service.status()["uploads"], 0)
 
+    def test_stop_discards_uploads_in_flight(self) -> None:
+        """Stopping the service discards an upload in flight, partial included, and closes."""
+        proto, transport = self.connect()
+        self.request(proto, 1, "upload", "s.bin", 100, 0, None)
+        proto.dataReceived(raw(b"a" * 40))
+        d = self.service.stopService()
+        self.successResultOf(d)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.partials(), [])
+        self.assertEqual(self.service.uploading, set())
+
     def test_second_upload_of_a_name_is_busy(self) -> None:
         """Two uploads of one name cannot interleave: the second is refused as busy."""
         first, _ = self.connect()
