@@ -37,6 +37,11 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+try:
+    import fcntl
+except ImportError:  # Windows: downloads to one target are not locked against each other
+    fcntl = None  # type: ignore[assignment]
+
 from twisted.application.service import Service
 from twisted.internet.defer import (
     Deferred,
@@ -1140,6 +1145,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
     :raises NotFound: if the daemon has no such file (nothing is written).
     :raises BadFileName: for a name that is not a plain file name.
     :raises ChecksumMismatch: if the bytes received are not the daemon's file.
+    :raises FileBusy: if another download to the same target is running.
     """
     check_name(name)
     if dest.endswith(("/", os.sep)):
@@ -1150,17 +1156,20 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         raise FileNotFoundError(errno.ENOENT, "no such folder to download into", folder)
     partial = _client_partial(target)
     run = run_in_thread or thread_runner(reactor)
-    offset, prefix_md5, md5 = 0, None, hashlib.md5()
-    if resume and os.path.exists(partial):
-        offset = os.path.getsize(partial)
-        if offset:
-            md5, prefix_md5 = yield run(hash_file_prefix, partial, offset)
-    protocol = yield open_file_connection(reactor, settings)
-    file = None
+    # Held (locked) from here to the rename: two downloads to one target, from
+    # threads or processes, cannot write the same partial.
+    file = _open_locked(partial, target)
+    protocol = None
     writer: Optional[StreamWriter] = None
     watchdog = None
     bar = None
+    replaced = False
     try:
+        offset = os.fstat(file.fileno()).st_size if resume else 0
+        prefix_md5, md5 = None, hashlib.md5()
+        if offset:
+            md5, prefix_md5 = yield run(hash_file_prefix, partial, offset)
+        protocol = yield open_file_connection(reactor, settings)
         try:
             header = yield protocol.request("download", name, offset, prefix_md5,
                                             data_follows=True, extra_time=offset / _SLOW_DISK)
@@ -1171,7 +1180,6 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         size, start = header["size"], header["offset"]
         if start != offset:
             md5 = hashlib.md5()
-        file = open(partial, "r+b" if start else "wb")
         file.seek(start)
         file.truncate()
         bar = _Progress(progress, name, size, start)
@@ -1179,6 +1187,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         done: Deferred[None] = Deferred()
 
         def write_failed(failure: Failure) -> None:
+            assert protocol is not None
             protocol.error = (_storage_error(failure.value, target)
                               if failure.check(OSError) else LTtxError(str(failure.value)))
             protocol.transport.loseConnection()
@@ -1187,6 +1196,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         left = [size - start]
 
         def received(chunk: bytes) -> None:
+            assert writer is not None and bar is not None and watchdog is not None
             writer.write(chunk)
             bar.update(len(chunk))
             watchdog.touch()
@@ -1210,7 +1220,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             raise
         try:
             yield writer.drained()
-            yield run(_sync_and_close, file)
+            yield run(_sync, file)
         except OSError as e:
             _unlink_quietly(partial)
             raise _storage_error(e, partial) from None
@@ -1221,6 +1231,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             _unlink_quietly(partial)
             raise
         os.replace(partial, target)
+        replaced = True
         return {"name": name, "size": size, "md5": ours, "path": target}
     finally:
         if watchdog is not None:
@@ -1231,9 +1242,29 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             # Let queued writes finish (their error, if any, was reported) before
             # closing: the partial kept for a resume holds exactly what arrived.
             yield writer.drained().addErrback(lambda failure: None)
-        if file is not None and not file.closed:
+        if not replaced and not file.closed and os.fstat(file.fileno()).st_size == 0:
+            _unlink_quietly(partial)  # nothing arrived: nothing to resume from
+        file.close()  # releases the lock
+        if protocol is not None:
+            yield _close(protocol)
+
+
+def _open_locked(partial: str, target: str) -> Any:
+    """Open (or create) a download's partial file and lock it, or refuse."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+    file = os.fdopen(fd, "r+b")
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             file.close()
-        yield _close(protocol)
+            raise FileBusy(f"another download to {target} is running") from None
+    return file
+
+
+def _sync(file: Any) -> None:
+    file.flush()
+    os.fsync(file.fileno())
 
 
 @inlineCallbacks

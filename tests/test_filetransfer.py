@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lttx import codec
 from lttx.auth import TokenAuthenticator
 from lttx.client import ConnectionSettings
-from lttx.errors import BadFileName, ChecksumMismatch, NotFound, StorageError
+from lttx.errors import BadFileName, ChecksumMismatch, FileBusy, NotFound, StorageError
 from lttx.errors import TimeoutError as LTtxTimeoutError
 from lttx.factory import LTtxFactory
 from lttx.filetransfer import (
@@ -626,6 +626,20 @@ class ClientInMemoryTests(SessionTestCase):
         self.run_until_done(d)
         self.failureResultOf(d, ChecksumMismatch)
         self.assertEqual(os.listdir(dest), [])
+
+    def test_two_downloads_to_one_target_do_not_mix(self) -> None:
+        """A second download to a target being downloaded to is FileBusy; the first is intact."""
+        data = os.urandom(2 * CHUNK_SIZE)
+        with open(os.path.join(self.directory, "w.bin"), "wb") as f:
+            f.write(data)
+        first = recv_file(self.clock, self.settings, "w.bin", self.work,
+                          run_in_thread=synchronous_runner)
+        second = recv_file(self.clock, self.settings, "w.bin", self.work,
+                           run_in_thread=synchronous_runner)
+        self.failureResultOf(second, FileBusy)
+        self.run_until_done(first)
+        self.assertEqual(self.successResultOf(first)["md5"], md5(data))
+        self.assertEqual(os.listdir(self.work), ["w.bin"])
 
     def test_missing_file_leaves_nothing(self) -> None:
         """recv_file of a name the daemon lacks: NotFound, no file at all."""
