@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Optional
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .auth import TokenAuthenticator
+from .channels import ChannelRegistry
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
 from .filetransfer import FileService, thread_runner
 from .store import MemoryStore
@@ -58,8 +59,8 @@ class Options(usage.Options):
         ["max-file-size", None, "0",
          "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-         "Most bytes queued for one subscriber before the slow-subscriber policy acts. "
-         "(Not yet used: channels are not served yet.)"],
+         "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
+         "past it, the subscriber is cut off (conflating subscriptions never are)."],
     ]
 
     def __init__(self) -> None:
@@ -147,11 +148,17 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         log.warn("no token given: protected mode, serving loopback clients only")
 
     store = MemoryStore()
+    channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
     files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
                         max_file_size=options["max-file-size"])
-    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], files=files)
+    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
+                          subscriber_buffer=options["subscriber-buffer"],
+                          clock=reactor, files=files)  # type: ignore[arg-type]
 
     top = MultiService()
+    rates = TimerService(1.0, channels.sample)
+    rates.clock = reactor
+    rates.setServiceParent(top)
     files.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
