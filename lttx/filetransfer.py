@@ -35,7 +35,7 @@ import inspect
 import os
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 try:
     import fcntl
@@ -143,12 +143,14 @@ def synchronous_runner(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
     return maybeDeferred(f, *args)
 
 
-def _storage_error(error: OSError, what: str) -> StorageError:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+def _storage_error(error: Optional[BaseException], what: str) -> StorageError:
+    """The StorageError a failed write (an OSError, normally) stands for."""
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(f"disk full: no space left to write {what}")
-    if error.errno == errno.EFBIG:
+    if code == errno.EFBIG:
         return StorageError(f"{what} is larger than the file system allows")
-    return StorageError(f"cannot write {what}: {error.strerror or error}")
+    return StorageError(f"cannot write {what}: {getattr(error, 'strerror', None) or error}")
 
 
 def _hash_prefix(file: Any, length: int, md5: Any) -> str:
@@ -488,7 +490,7 @@ class FileSession:
 
     def _failed(self, request_id: int, name: str, failure: Failure) -> None:
         if failure.check(LTtxError):
-            self._refuse(request_id, name, failure.value)
+            self._refuse(request_id, name, cast(LTtxError, failure.value))
         else:
             self.log.failure("{peer}: file {command} failed", failure, peer=self.peer,
                              command=name)
@@ -644,7 +646,7 @@ class FileSession:
         if current:
             self._fatal(None, error)
 
-    def cmd_upload_end(self, request_id: int, md5_hex: Any) -> "Deferred[dict[str, Any]]":
+    def cmd_upload_end(self, request_id: int, md5_hex: Any) -> "Deferred[Any]":
         upload = self.upload
         if upload is None or upload.writer is None or upload.received < upload.size:
             raise BadRequest("upload_end comes after all the data of an upload")
@@ -731,7 +733,8 @@ class FileSession:
         if failure.check(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return Failure(NotFound(f"no file named {name}"))
         if failure.check(OSError):
-            return Failure(StorageError(f"cannot read {name}: {failure.value.strerror}"))
+            return Failure(StorageError(
+                f"cannot read {name}: {getattr(failure.value, 'strerror', failure.value)}"))
         return failure
 
     def _start_download(self, request_id: int, name: str, file: Any, size: int,
@@ -868,7 +871,11 @@ class FileClientProtocol(Int32StringReceiver):
             return fail(ConnectionLost("the file connection was lost"))
         self._next_id += 1
         request_id = self._next_id
-        d: Deferred[Any] = Deferred(lambda _: self._pending.pop(request_id, None))
+
+        def forget(_: Deferred[Any]) -> None:
+            self._pending.pop(request_id, None)
+
+        d: Deferred[Any] = Deferred(forget)
         self._pending[request_id] = d
         if data_follows:
             self._raw_after = request_id
