@@ -48,7 +48,8 @@ class BadFileName(BadRequest):
 
 
 class FileBusy(LTtxError):
-    """Another connection is uploading a file of that name right now."""
+    """Another connection is uploading a file of that name right now (or, in
+    the client, another download to the same target is running)."""
 
     code = "busy"
 
