@@ -5,14 +5,21 @@ with ``tls=True, ca=...``; certificates are made for each test run.
 
 from __future__ import annotations
 
+import io
 import os
+import threading
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.internet.ssl import PrivateCertificate
+from twisted.protocols.basic import FileSender
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import lttx
 from lttx.client import AsyncClient, ConnectionSettings
+from lttx.eventloop import EventLoop
 
 from .certs import CA, ssl_endpoint
 from .common import Daemon
@@ -147,3 +154,49 @@ class TLSTests(TestCase):
         return failed.addCallback(lambda _: lost)
 
     test_cancelled_handshake_closes_the_connection.timeout = 30  # type: ignore[attr-defined]
+
+
+class PrivateReactorTLSTests(SynchronousTestCase):
+    """TLS under the blocking client, whose reactor is not the global one."""
+
+    def test_pull_producer_streams_over_tls(self) -> None:
+        """A FileSender (a pull producer, as file uploads use) streams through the
+        client's TLS layer on a private reactor, with the global reactor stopped."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        ca = CA.create("ca")
+        key, cert = ca.issue(folder, "server", ["localhost"], ["127.0.0.1"])
+        size = 3 * 1024 * 1024
+        received = threading.Event()
+
+        class Sink(Protocol):
+            count = 0
+
+            def dataReceived(self, data: bytes) -> None:
+                Sink.count += len(data)
+                if Sink.count >= size:
+                    received.set()
+
+        server_loop = EventLoop(name="test-server")
+        self.addCleanup(server_loop.stop)
+        server_options = PrivateCertificate.loadPEM(
+            open(key, "rb").read() + open(cert, "rb").read()).options()
+        server_factory = TLSMemoryBIOFactory(server_options, False, Factory.forProtocol(Sink),
+                                             clock=server_loop.reactor)
+        port = server_loop.run(server_loop.reactor.listenTCP, 0, server_factory,
+                               50, "127.0.0.1", timeout=10)
+        self.addCleanup(server_loop.run, port.stopListening, timeout=10)
+
+        client_loop = EventLoop(name="test-client")
+        self.addCleanup(client_loop.stop)
+        settings = ConnectionSettings("127.0.0.1", port.getHost().port, tls=True,
+                                      ca=ca.write(folder))
+
+        def send() -> "Deferred[object]":
+            connecting = connectProtocol(settings.endpoint(client_loop.reactor), Protocol())
+            return connecting.addCallback(lambda protocol: FileSender().beginFileTransfer(
+                io.BytesIO(b"x" * size), protocol.transport))
+
+        client_loop.run(send, timeout=30)
+        self.assertTrue(received.wait(30), f"{Sink.count} of {size} bytes arrived")
+        self.assertEqual(Sink.count, size)
