@@ -190,7 +190,8 @@ class _TLSProtocol(TLSMemoryBIOProtocol):
         if streaming or self._lostTLSConnection:
             super().registerProducer(producer, streaming)
             return
-        push = _ReactorPullToPush(producer, self, self.factory.cooperator)
+        factory: Any = self.factory  # a _TLSFactory
+        push = _ReactorPullToPush(producer, self, factory.cooperator)
         # The parent registers it as a push producer, and stops it on
         # unregisterProducer since it is a _PullToPush.
         super().registerProducer(push, True)

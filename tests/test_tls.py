@@ -8,10 +8,11 @@ from __future__ import annotations
 import io
 import os
 import threading
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.internet.ssl import PrivateCertificate
 from twisted.protocols.basic import FileSender
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -143,9 +144,11 @@ class TLSTests(TestCase):
             def connectionLost(self, reason: object = None) -> None:
                 lost.callback(None)
 
-        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        factory: Any = ServerFactory.forProtocol(Silent)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        settings = ConnectionSettings("127.0.0.1", port.getHost().port, "t", 5,
+        address: Any = port.getHost()
+        settings = ConnectionSettings("127.0.0.1", address.port, "t", 5,
                                       tls=True, ca=self.ca_path)
         connecting = AsyncClient.connect(reactor, settings)
         hello.addCallback(lambda _: connecting.cancel())
@@ -197,6 +200,6 @@ class PrivateReactorTLSTests(SynchronousTestCase):
             return connecting.addCallback(lambda protocol: FileSender().beginFileTransfer(
                 io.BytesIO(b"x" * size), protocol.transport))
 
-        client_loop.run(send, timeout=30)
+        client_loop.run(send, timeout=30)  # type: ignore[arg-type]
         self.assertTrue(received.wait(30), f"{Sink.count} of {size} bytes arrived")
         self.assertEqual(Sink.count, size)
