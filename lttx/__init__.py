@@ -12,11 +12,13 @@ __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402  (the version is needed by submodules first)
     AuthError,
+    BadFileName,
     BadRequest,
     ChecksumMismatch,
     ConnectError,
     ConnectionLost,
     EncodeError,
+    FileBusy,
     FrameTooLarge,
     IndexOutOfRange,
     LTtxError,
@@ -34,8 +36,8 @@ from .client import Client, Message, connect  # noqa: E402
 
 
 __all__ = [
-    "AuthError", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
-    "EncodeError", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
+    "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
+    "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
     "TLSError", "Unavailable", "WrongTypeError", "Client", "Message", "connect",
     "__version__",

@@ -40,6 +40,19 @@ class BadRequest(LTtxError, ValueError):
     code = "bad_request"
 
 
+class BadFileName(BadRequest):
+    """A file name that is not a plain name: a path separator, ``..``, a NUL,
+    a leading dot, empty, or longer than 255 bytes."""
+
+    code = "bad_file_name"
+
+
+class FileBusy(LTtxError):
+    """Another connection is uploading a file of that name right now."""
+
+    code = "busy"
+
+
 class WrongTypeError(LTtxError, TypeError):
     """The variable holds a value of another type (``dict_change`` on a list)."""
 

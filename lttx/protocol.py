@@ -26,7 +26,10 @@ from .errors import (
     LTtxError,
     PermissionDenied,
     ServerError,
+    SlowSubscriber,
 )
+from .channels import PUBLISH_HEAD, split_channels
+from .outbox import Outbox
 from .store import MISSING
 from .tls import tls_failure
 
@@ -34,6 +37,9 @@ if TYPE_CHECKING:
     from .factory import LTtxFactory
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: Seconds a cut-off subscriber has to read its notice before it is aborted.
+CUT_OFF_GRACE = 5.0
 
 
 def command(min_args: int, max_args: Optional[int] = None) -> Callable[[_F], _F]:
@@ -66,6 +72,8 @@ COMMAND_RIGHTS: dict[str, Optional[tuple[str, Optional[int]]]] = {
     "list_append": ("write", 0),
     "list_pop": ("write", 0),
     "list_remove": ("write", 0),
+    "subscribe": None,  # cmd_subscribe authorizes each channel itself
+    "unsubscribe": None,  # leaving a channel needs no right
 }
 
 
@@ -86,6 +94,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
         self.peer = "?"
+        self.outbox: Optional[Outbox] = None  # made by the first subscribe
+        self._refused_publishes = 0
+        self._lost = False
+        self.file_session: Optional[Any] = None  # a FileSession on a file connection
 
     # -- connection ---------------------------------------------------------
 
@@ -106,6 +118,11 @@ class LTtxServerProtocol(Int32StringReceiver):
         if problem is not None:
             self.log.info("{peer}: TLS handshake failed: {problem}",
                           peer=self.peer, problem=problem)
+        self._lost = True
+        if self.outbox is not None:
+            self.factory.channels.remove(self.outbox)
+        if self.file_session is not None:
+            self.file_session.connection_lost()
         self.factory.connection_lost(self)
 
     # -- frames -------------------------------------------------------------
@@ -117,9 +134,18 @@ class LTtxServerProtocol(Int32StringReceiver):
         self._fatal(None, FrameTooLarge(
             f"frame of {length} bytes is over the limit of {self.MAX_LENGTH} bytes"))
 
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # The publishes of this chunk are queued in the subscribers'
+        # outboxes: one write per subscriber for the whole chunk.
+        self.factory.channels.flush()
+
     def stringReceived(self, frame: bytes) -> None:
         if self.transport.disconnecting:
             return  # after a fatal error, nothing more is served
+        if self.file_session is not None:  # a file connection (lttx.filetransfer)
+            self.file_session.frame_received(frame)
+            return
         try:
             message = codec.decode(frame)
         except BadRequest as e:
@@ -137,7 +163,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         if kind == codec.REQUEST and len(message) == 4:
             self._request(message[1], message[2], message[3])
         elif kind == codec.PUBLISH and len(message) == 4 and self.authenticated:
-            self.publish_received(message[1], message[2], message[3])
+            self.publish_received(message[1], message[2], message[3], frame)
         else:
             self._protocol_violation(BadRequest(
                 f"not a request or publish frame: kind {kind!r:.20}, {len(message)} elements"))
@@ -204,6 +230,12 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.log.warn("{peer} failed to authenticate: wrong token", peer=self.peer)
             self._fatal(request_id, AuthError("wrong token"))
             return
+        options = args[1] if isinstance(args, list) and len(args) > 1 else None
+        if isinstance(options, dict) and options.get("mode") == "file":
+            if self.factory.files is None:
+                self._fatal(request_id, BadRequest("this daemon does not serve files"))
+                return
+            self.file_session = self.factory.files.session(self)
         self.authenticated = True
         self.grant = grant
         if self.factory.auth.named_tokens:
@@ -262,7 +294,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.send_frame([codec.ERROR, request_id, error.code, error.message])
 
     def _reply_error(self, request_id: int, name: Any, error: LTtxError) -> None:
-        # Not a field named "message": the legacy log bridge replaces it with ().
+        # Not a field named "message": a legacy log observer (trial's) replaces
+        # it with () in the event every observer shares.
         self.log.info("{peer}: {command!r:.40} refused: {code}: {reason}",
                       peer=self.peer, command=name, code=error.code, reason=error.message)
         self.send_error(request_id, error)
@@ -275,9 +308,74 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     # -- channels (the registry lives in the factory) -----------------------
 
-    def publish_received(self, channel: Any, key: Any, data: Any) -> None:
+    def publish_received(self, channel: Any, key: Any, data: Any,
+                         payload: Optional[bytes] = None) -> None:
         """A publish frame: no reply, like a NATS PUB; errors come as notices."""
-        self.send_frame([codec.NOTICE, BadRequest.code, "channels are not served yet"])
+        # The payload is [5, channel, key, data]: its tail after the array
+        # head and kind is reused as is, so data is never encoded again.
+        encoded = payload[2:] if payload is not None and payload[:2] == PUBLISH_HEAD else None
+        try:
+            self.authorize("publish", channel)
+            self.factory.channels.publish(channel, key, data, encoded)
+        except LTtxError as e:
+            # One log line per connection, not one per refused message.
+            if not self._refused_publishes:
+                self.log.info("{peer}: publish refused: {code}: {message}",
+                              peer=self.peer, code=e.code, message=e.message)
+            self._refused_publishes += 1
+            self.send_frame([codec.NOTICE, e.code, e.message])
+
+    def _slow_subscriber(self, reason: str) -> None:
+        assert self.outbox is not None
+        self.factory.channels.cut_off(self.outbox, reason, who=self.peer)
+
+    def _cut_off(self, reason: str) -> None:
+        """The registry dropped this subscriber: say why, then close."""
+        if self.transport.disconnecting:
+            return
+        self.transport.unregisterProducer()
+        self.send_frame([codec.NOTICE, SlowSubscriber.code, f"slow subscriber: {reason}"])
+        self.transport.loseConnection()
+        # A subscriber that does not read would hold the connection open
+        # forever waiting for the notice to drain: abort it after a grace.
+        clock = self.factory.clock
+        if clock is not None:
+            clock.callLater(CUT_OFF_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self._lost:
+            self.log.info("{peer} did not read its cut-off notice within {grace} s; aborted",
+                          peer=self.peer, grace=CUT_OFF_GRACE)
+            self.transport.abortConnection()
+
+    @command(1, 3)
+    def cmd_subscribe(self, channels: Any, password: Any = None, options: Any = None) -> Any:
+        names = split_channels(channels)
+        for name in names:
+            self.authorize("subscribe", name)
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise BadRequest("subscribe options must be a map")
+        conflate = bool(options.get("conflate", False))
+        if self.outbox is None:
+            self.outbox = Outbox(self.transport, self.factory.subscriber_buffer,
+                                 self._slow_subscriber, self._cut_off)
+        result = self.factory.channels.subscribe(self.outbox, names, password, conflate)
+        self.log.info("{peer} subscribed to {channels}{conflating}", peer=self.peer,
+                      channels=", ".join(names), conflating=" (conflating)" if conflate else "")
+        return result
+
+    @command(1)
+    def cmd_unsubscribe(self, channels: Any) -> Any:
+        names = split_channels(channels)
+        if self.outbox is None:
+            return []
+        left = self.factory.channels.unsubscribe(self.outbox, names)
+        if left:
+            self.log.info("{peer} unsubscribed from {channels}", peer=self.peer,
+                          channels=", ".join(left))
+        return left
 
     # -- commands -----------------------------------------------------------
 

@@ -8,7 +8,7 @@ import os
 import re
 from typing import Any, Optional
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
@@ -16,7 +16,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
+from .channels import ChannelRegistry
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
+from .filetransfer import FileService, thread_runner
 from .store import MemoryStore
 
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -60,9 +62,11 @@ class Options(usage.Options):
          "Durability of variable writes: always, everysec or no. (Not yet used.)"],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
+        ["max-file-size", None, "0",
+         "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-         "Most bytes queued for one subscriber before the slow-subscriber policy acts. "
-         "(Not yet used: channels are not served yet.)"],
+         "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
+         "past it, the subscriber is cut off (conflating subscriptions never are)."],
     ]
 
     def __init__(self) -> None:
@@ -89,6 +93,8 @@ class Options(usage.Options):
                 self[name] = parse_size(self[name])
             if self[name] < 1024:
                 raise usage.UsageError(f"--{name} must be at least 1024 bytes")
+        if isinstance(self["max-file-size"], str):
+            self["max-file-size"] = parse_size(self["max-file-size"])
         if self["token"] and self["token-file"]:
             raise usage.UsageError("give --token or --token-file, not both")
         self["roles"] = read_roles(self["token-file"]) if self["token-file"] else None
@@ -182,9 +188,18 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
                  count=auth.token_count, path=options["token-file"])
 
     store = MemoryStore()
-    factory = LTtxFactory(store, auth, max_frame=options["max-frame"])
+    channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
+    files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
+                        max_file_size=options["max-file-size"])
+    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
+                          subscriber_buffer=options["subscriber-buffer"],
+                          clock=reactor, files=files)  # type: ignore[arg-type]
 
     top = MultiService()
+    rates = TimerService(1.0, channels.sample)
+    rates.clock = reactor
+    rates.setServiceParent(top)
+    files.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)

@@ -80,7 +80,8 @@ class AsyncClientTests(SynchronousTestCase):
         self.failureResultOf(client.put("s", {1, 2}), lttx.EncodeError)
 
     def test_lost_connection_fails_pending_requests(self) -> None:
-        """Requests in flight when the connection drops fail with ConnectionLost."""
+        """Requests in flight when the connection drops fail with ConnectionLost;
+        later ones wait for the reconnection, then fail after the timeout."""
         class NeverAnswers(MemoryStore):
             def get(self, name: str) -> Deferred[Any]:
                 return Deferred()
@@ -92,7 +93,11 @@ class AsyncClientTests(SynchronousTestCase):
         client.protocol.transport.loseConnection()
         pump.flush()
         self.failureResultOf(d, lttx.ConnectionLost)
-        self.failureResultOf(client.get("a"), lttx.ConnectionLost)
+        # A call made while disconnected waits for the reconnection, at most the timeout.
+        later = client.get("a")
+        self.assertNoResult(later)
+        client.test_reactor.advance(client.settings.timeout)  # type: ignore[attr-defined]
+        self.failureResultOf(later, lttx.ConnectionLost)
 
     def test_pushes_are_written_together(self) -> None:
         """Pushes made in one reactor turn leave in a single write."""

@@ -5,6 +5,7 @@ with ``tls=True, ca=...``; certificates are made for each test run.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import threading
@@ -106,6 +107,20 @@ class TLSTests(TestCase):
         with self.assertRaises(lttx.TLSError) as caught:
             without_chain.connect(tls=True, ca=self.ca_path)
         self.assertIn("untrusted certificate", str(caught.exception))
+
+    def test_file_transfer_over_tls(self) -> None:
+        """send_file and recv_file use the client's TLS settings on their own connections."""
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
+        client = daemon.connect(tls=True, ca=self.ca_path)
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        source = os.path.join(self.folder, "ticks.bin")
+        with open(source, "wb") as f:
+            f.write(data)
+        self.assertEqual(client.send_file(source)["md5"], hashlib.md5(data).hexdigest())
+        downloads = os.path.join(self.folder, "downloads")
+        os.makedirs(downloads)
+        with open(client.recv_file("ticks.bin", downloads)["path"], "rb") as f:
+            self.assertEqual(f.read(), data)
 
     def test_unreadable_ca_file(self) -> None:
         """A missing CA file is a TLSError naming it, before any connection."""
