@@ -304,6 +304,9 @@ class LTtxServerProtocol(Int32StringReceiver):
         """Send an error, then close: the connection cannot go on."""
         if not self.transport.disconnecting:
             self.send_error(request_id, error)
+            if self.outbox is not None:
+                # A TLS transport closes only once its producer (the outbox) is gone.
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     # -- channels (the registry lives in the factory) -----------------------

@@ -470,8 +470,7 @@ class RolesIntegrationTests(TestCase):
         folder = self.mktemp()
         os.makedirs(folder)
         for name in ("report_1.csv", "secret.csv"):
-            with open(os.path.join(folder, name), "wb") as f:
-                f.write(name.encode() * 1000)
+            Path(folder, name).write_bytes(name.encode() * 1000)
         admin = daemon.connect(token="tok-admin")
         admin.send_file(os.path.join(folder, "secret.csv"))
         files = daemon.connect(token="tok-files")

@@ -8,10 +8,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
 import threading
-from typing import Any
+from typing import Any, Generator
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.protocol import Factory, Protocol, ServerFactory
 from twisted.internet.ssl import PrivateCertificate
@@ -121,6 +122,41 @@ class TLSTests(TestCase):
         os.makedirs(downloads)
         with open(client.recv_file("ticks.bin", downloads)["path"], "rb") as f:
             self.assertEqual(f.read(), data)
+
+    @inlineCallbacks
+    def test_close_over_tls(self) -> Generator[Any, Any, None]:
+        """The Twisted-native client's close() ends a TLS connection without waiting on
+        the daemon (a TLS transport holds the close while a producer is registered)."""
+        from twisted.internet import reactor
+
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
+        settings = ConnectionSettings("127.0.0.1", daemon.port, daemon.token, 10,
+                                      tls=True, ca=self.ca_path)
+        client = yield AsyncClient.connect(reactor, settings)
+        self.assertEqual((yield client.ping()), "pong")
+        yield client.close()
+        self.assertFalse(client.connected)
+
+    test_close_over_tls.timeout = 8  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_daemon_closes_a_tls_subscriber_on_a_fatal_error(self) -> Generator[Any, Any, None]:
+        """A subscriber (its outbox is the transport's producer) that sends a frame
+        over the limit is disconnected over TLS too, not left open."""
+        from twisted.internet import reactor
+
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"], "--max-frame", "64KiB")
+        settings = ConnectionSettings("127.0.0.1", daemon.port, daemon.token, 10,
+                                      tls=True, ca=self.ca_path)
+        client = yield AsyncClient.connect(reactor, settings)
+        self.addCleanup(client.close)
+        yield client.subscribe("hq_center")
+        protocol = client.protocol
+        protocol.transport.write(struct.pack("!I", 10_000_000))
+        yield protocol.lost
+        daemon.wait_for_log(r"sent a frame of 10000000 bytes, over the limit")
+
+    test_daemon_closes_a_tls_subscriber_on_a_fatal_error.timeout = 8  # type: ignore[attr-defined]
 
     def test_unreadable_ca_file(self) -> None:
         """A missing CA file is a TLSError naming it, before any connection."""
