@@ -158,6 +158,23 @@ class TLSTests(TestCase):
 
     test_daemon_closes_a_tls_subscriber_on_a_fatal_error.timeout = 8  # type: ignore[attr-defined]
 
+    def test_reconnection_uses_tls(self) -> None:
+        """After a daemon restart the client reconnects over TLS (verifying the
+        certificate again) and resubscribes."""
+        key, cert = self.ca.issue(self.folder, "server", ["localhost"], ["127.0.0.1"])
+        first = Daemon(self, listen=[ssl_endpoint(key, cert)])
+        subscriber = first.connect(tls=True, ca=self.ca_path)
+        subscriber.subscribe("hq_center")
+        port = first.port
+        first.stop()
+        listen = ssl_endpoint(key, cert).replace("ssl:0:", f"ssl:{port}:")
+        second = Daemon(self, listen=[listen])
+        self.assertEqual(subscriber.ping(), "pong")  # waits for the reconnection
+        second.wait_for_log("subscribed to hq_center")
+        second.connect(tls=True, ca=self.ca_path).push("600000.SH", 10.23, "hq_center")
+        self.assertEqual(subscriber.Q.get(timeout=10),
+                         lttx.Message("hq_center", "600000.SH", 10.23, 1))
+
     def test_unreadable_ca_file(self) -> None:
         """A missing CA file is a TLSError naming it, before any connection."""
         daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
