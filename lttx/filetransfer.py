@@ -518,13 +518,13 @@ class FileSession:
     # -- list and delete -----------------------------------------------------
 
     def cmd_list(self, request_id: int) -> list[dict[str, Any]]:
-        # Listing is part of downloading; a token sees the files it may download.
         self.protocol.authorize("download")
         grant = self.protocol.grant
+        # A token sees only the files it may download.
         return [f for f in self.service.list() if grant.allows("download", f["name"])]
 
     def cmd_delete(self, request_id: int, name: Any) -> bool:
-        self.protocol.authorize("upload", name)  # deleting is part of uploading
+        self.protocol.authorize("upload", name)
         try:
             deleted = self.service.delete(name)
         except OSError as e:

@@ -72,8 +72,9 @@ COMMAND_RIGHTS: dict[str, Optional[tuple[str, Optional[int]]]] = {
     "list_append": ("write", 0),
     "list_pop": ("write", 0),
     "list_remove": ("write", 0),
-    "subscribe": None,  # cmd_subscribe authorizes each channel itself
-    "unsubscribe": None,  # leaving a channel needs no right
+    # The handlers check each channel of the list themselves.
+    "subscribe": None,
+    "unsubscribe": None,
 }
 
 
@@ -114,15 +115,15 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        problem = None if self.authenticated else tls_failure(reason)
-        if problem is not None:
-            self.log.info("{peer}: TLS handshake failed: {problem}",
-                          peer=self.peer, problem=problem)
         self._lost = True
         if self.outbox is not None:
             self.factory.channels.remove(self.outbox)
         if self.file_session is not None:
             self.file_session.connection_lost()
+        problem = None if self.authenticated else tls_failure(reason)
+        if problem is not None:
+            self.log.info("{peer}: TLS handshake failed: {problem}",
+                          peer=self.peer, problem=problem)
         self.factory.connection_lost(self)
 
     # -- frames -------------------------------------------------------------
@@ -318,7 +319,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         # head and kind is reused as is, so data is never encoded again.
         encoded = payload[2:] if payload is not None and payload[:2] == PUBLISH_HEAD else None
         try:
-            self.authorize("publish", channel)
+            if not self.grant.unlimited:
+                self.authorize("publish", channel)
             self.factory.channels.publish(channel, key, data, encoded)
         except LTtxError as e:
             # One log line per connection, not one per refused message.
@@ -354,13 +356,13 @@ class LTtxServerProtocol(Int32StringReceiver):
     @command(1, 3)
     def cmd_subscribe(self, channels: Any, password: Any = None, options: Any = None) -> Any:
         names = split_channels(channels)
-        for name in names:
-            self.authorize("subscribe", name)
         if options is None:
             options = {}
         if not isinstance(options, dict):
             raise BadRequest("subscribe options must be a map")
         conflate = bool(options.get("conflate", False))
+        for name in names:
+            self.authorize("subscribe", name)
         if self.outbox is None:
             self.outbox = Outbox(self.transport, self.factory.subscriber_buffer,
                                  self._slow_subscriber, self._cut_off)

@@ -493,3 +493,35 @@ class RolesIntegrationTests(TestCase):
             reader.list_files()
         self.assertEqual(str(caught.exception), "the token 'reader' may not download anything")
         self.assertEqual([f["name"] for f in admin.list_files()], ["secret.csv"])
+
+    def test_channel_and_file_rights_through_the_daemon(self) -> None:
+        """publish/subscribe/upload/download rights hold on the real daemon."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(ROLES, f)
+        daemon = Daemon(self, "--token-file", path, token=None)
+        files = daemon.connect(token="tok-files")
+        feed = daemon.connect(token="tok-feed")
+
+        self.assertRaises(lttx.PermissionDenied, files.subscribe, "chat")
+        files.subscribe("hq_sh")
+        feed.push("600000.SH", "refused", "chat")      # outside the feed's rights
+        feed.push("600000.SH", "10.23", "hq_sh")
+        message = files.Q.get(timeout=15)
+        self.assertEqual((message.channel, message.key, message.data),
+                         ("hq_sh", "600000.SH", "10.23"))
+        daemon.wait_for_log(r"publish refused: forbidden: the token 'feed' may not publish 'chat'")
+
+        report = Path(self.mktemp())
+        report.write_bytes(b"pnl,1\n")
+        self.assertEqual(files.send_file(str(report), name="report_1.csv")["size"], 6)
+        with self.assertRaises(lttx.PermissionDenied):
+            files.send_file(str(report), name="secret.csv")
+        admin = daemon.connect(token="tok-admin")
+        admin.send_file(str(report), name="other.csv")
+        self.assertEqual([f["name"] for f in files.list_files()], ["report_1.csv"])
+        self.assertRaises(lttx.PermissionDenied, files.recv_file, "other.csv", self.mktemp())
+        self.assertRaises(lttx.PermissionDenied, files.delete_file, "other.csv")
+        self.assertRaises(lttx.PermissionDenied, feed.list_files)
+        self.assertEqual(sorted(f["name"] for f in admin.list_files()),
+                         ["other.csv", "report_1.csv"])
