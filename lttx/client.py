@@ -577,6 +577,8 @@ class AsyncClient:
         protocol = self.protocol
         if protocol is not None and protocol.transport is not None and protocol.transport.connected:
             self._flush_pushes(force=True)
+            # A TLS transport closes only once its producer is gone (TCP does not wait).
+            protocol.transport.unregisterProducer()
             protocol.transport.loseConnection()
             return protocol.lost.addCallback(lambda _: None)
         return succeed(None)
