@@ -582,8 +582,7 @@ class AsyncClient:
         protocol = self.protocol
         if protocol is not None and protocol.transport is not None and protocol.transport.connected:
             self._flush_pushes(force=True)
-            # A TLS transport sends its close alert only once no producer is
-            # registered; without this, close() waited for the timeout on TLS.
+            # A TLS transport closes only once its producer is gone (TCP does not wait).
             protocol.transport.unregisterProducer()
             protocol.transport.loseConnection()
             return protocol.lost.addCallback(lambda _: None)

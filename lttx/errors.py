@@ -48,7 +48,8 @@ class BadFileName(BadRequest):
 
 
 class FileBusy(LTtxError):
-    """Another connection is uploading a file of that name right now."""
+    """Another connection is uploading a file of that name right now (or, in
+    the client, another download to the same target is running)."""
 
     code = "busy"
 
@@ -103,6 +104,13 @@ class StorageError(LTtxError):
     """The daemon could not write (a full disk, a file too large)."""
 
     code = "storage"
+
+
+class RecoveryError(StorageError):
+    """The data directory cannot be loaded as it is (a corrupt snapshot, a newer
+    format); the daemon refuses to start rather than lose variables."""
+
+    code = "recovery"
 
 
 class Unavailable(LTtxError):

@@ -35,10 +35,22 @@ import inspect
 import os
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
+
+try:
+    import fcntl
+except ImportError:  # Windows: downloads to one target are not locked against each other
+    fcntl = None  # type: ignore[assignment]
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
+from twisted.internet.defer import (
+    Deferred,
+    fail,
+    gatherResults,
+    inlineCallbacks,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -131,12 +143,14 @@ def synchronous_runner(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
     return maybeDeferred(f, *args)
 
 
-def _storage_error(error: OSError, what: str) -> StorageError:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+def _storage_error(error: Optional[BaseException], what: str) -> StorageError:
+    """The StorageError a failed write (an OSError, normally) stands for."""
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return StorageError(f"disk full: no space left to write {what}")
-    if error.errno == errno.EFBIG:
+    if code == errno.EFBIG:
         return StorageError(f"{what} is larger than the file system allows")
-    return StorageError(f"cannot write {what}: {error.strerror or error}")
+    return StorageError(f"cannot write {what}: {getattr(error, 'strerror', None) or error}")
 
 
 def _hash_prefix(file: Any, length: int, md5: Any) -> str:
@@ -289,6 +303,16 @@ class FileService(Service):
         os.makedirs(self.partial_directory, exist_ok=True)
         self.remove_stale_partials(time.time())
         super().startService()
+
+    def stopService(self) -> "Deferred[Any]":
+        """
+        The daemon stops (SIGTERM): uploads in flight are discarded, as the spec
+        says; twistd waits for the returned Deferred, so their partials are gone
+        before it exits.
+        """
+        super().stopService()
+        return gatherResults([session.stop("the daemon is stopping")
+                              for session in list(self.sessions)])
 
     def remove_stale_partials(self, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
         """Remove partial uploads untouched for ``max_age`` seconds; how many went."""
@@ -466,7 +490,7 @@ class FileSession:
 
     def _failed(self, request_id: int, name: str, failure: Failure) -> None:
         if failure.check(LTtxError):
-            self._refuse(request_id, name, failure.value)
+            self._refuse(request_id, name, cast(LTtxError, failure.value))
         else:
             self.log.failure("{peer}: file {command} failed", failure, peer=self.peer,
                              command=name)
@@ -504,6 +528,21 @@ class FileSession:
                 self.log.info("{peer}: download of {name} interrupted", peer=self.peer,
                               name=download.name)
             download.file.close()
+
+    def stop(self, reason: str) -> "Deferred[None]":
+        """Discard an upload in flight (its partial too) and close the connection."""
+        upload = self.upload
+        stopped: Deferred[None] = succeed(None)
+        if upload is not None and not upload.ending:
+            self.log.info("{peer}: upload of {name} discarded at {received} of {size} "
+                          "bytes: {reason}", peer=self.peer, name=upload.name,
+                          received=upload.received, size=upload.size, reason=reason)
+            stopped = Deferred()
+            self.upload = None
+            self._end_upload(upload, keep=False, then=lambda: stopped.callback(None))
+        self.closed = True
+        self.protocol.transport.loseConnection()
+        return stopped
 
     def _close(self) -> None:
         self.closed = True
@@ -613,7 +652,7 @@ class FileSession:
         if current:
             self._fatal(None, error)
 
-    def cmd_upload_end(self, request_id: int, md5_hex: Any) -> "Deferred[dict[str, Any]]":
+    def cmd_upload_end(self, request_id: int, md5_hex: Any) -> "Deferred[Any]":
         upload = self.upload
         if upload is None or upload.writer is None or upload.received < upload.size:
             raise BadRequest("upload_end comes after all the data of an upload")
@@ -701,7 +740,8 @@ class FileSession:
         if failure.check(FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return Failure(NotFound(f"no file named {name}"))
         if failure.check(OSError):
-            return Failure(StorageError(f"cannot read {name}: {failure.value.strerror}"))
+            return Failure(StorageError(
+                f"cannot read {name}: {getattr(failure.value, 'strerror', failure.value)}"))
         return failure
 
     def _start_download(self, request_id: int, name: str, file: Any, size: int,
@@ -838,7 +878,11 @@ class FileClientProtocol(Int32StringReceiver):
             return fail(ConnectionLost("the file connection was lost"))
         self._next_id += 1
         request_id = self._next_id
-        d: Deferred[Any] = Deferred(lambda _: self._pending.pop(request_id, None))
+
+        def forget(_: Deferred[Any]) -> None:
+            self._pending.pop(request_id, None)
+
+        d: Deferred[Any] = Deferred(forget)
         self._pending[request_id] = d
         if data_follows:
             self._raw_after = request_id
@@ -1115,6 +1159,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
     :raises NotFound: if the daemon has no such file (nothing is written).
     :raises BadFileName: for a name that is not a plain file name.
     :raises ChecksumMismatch: if the bytes received are not the daemon's file.
+    :raises FileBusy: if another download to the same target is running.
     """
     check_name(name)
     if dest.endswith(("/", os.sep)):
@@ -1125,17 +1170,20 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         raise FileNotFoundError(errno.ENOENT, "no such folder to download into", folder)
     partial = _client_partial(target)
     run = run_in_thread or thread_runner(reactor)
-    offset, prefix_md5, md5 = 0, None, hashlib.md5()
-    if resume and os.path.exists(partial):
-        offset = os.path.getsize(partial)
-        if offset:
-            md5, prefix_md5 = yield run(hash_file_prefix, partial, offset)
-    protocol = yield open_file_connection(reactor, settings)
-    file = None
+    # Held (locked) from here to the rename: two downloads to one target, from
+    # threads or processes, cannot write the same partial.
+    file = _open_locked(partial, target)
+    protocol = None
     writer: Optional[StreamWriter] = None
     watchdog = None
     bar = None
+    replaced = False
     try:
+        offset = os.fstat(file.fileno()).st_size if resume else 0
+        prefix_md5, md5 = None, hashlib.md5()
+        if offset:
+            md5, prefix_md5 = yield run(hash_file_prefix, partial, offset)
+        protocol = yield open_file_connection(reactor, settings)
         try:
             header = yield protocol.request("download", name, offset, prefix_md5,
                                             data_follows=True, extra_time=offset / _SLOW_DISK)
@@ -1146,7 +1194,6 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         size, start = header["size"], header["offset"]
         if start != offset:
             md5 = hashlib.md5()
-        file = open(partial, "r+b" if start else "wb")
         file.seek(start)
         file.truncate()
         bar = _Progress(progress, name, size, start)
@@ -1154,6 +1201,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         done: Deferred[None] = Deferred()
 
         def write_failed(failure: Failure) -> None:
+            assert protocol is not None
             protocol.error = (_storage_error(failure.value, target)
                               if failure.check(OSError) else LTtxError(str(failure.value)))
             protocol.transport.loseConnection()
@@ -1162,6 +1210,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         left = [size - start]
 
         def received(chunk: bytes) -> None:
+            assert writer is not None and bar is not None and watchdog is not None
             writer.write(chunk)
             bar.update(len(chunk))
             watchdog.touch()
@@ -1185,7 +1234,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             raise
         try:
             yield writer.drained()
-            yield run(_sync_and_close, file)
+            yield run(_sync, file)
         except OSError as e:
             _unlink_quietly(partial)
             raise _storage_error(e, partial) from None
@@ -1196,6 +1245,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             _unlink_quietly(partial)
             raise
         os.replace(partial, target)
+        replaced = True
         return {"name": name, "size": size, "md5": ours, "path": target}
     finally:
         if watchdog is not None:
@@ -1206,9 +1256,29 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             # Let queued writes finish (their error, if any, was reported) before
             # closing: the partial kept for a resume holds exactly what arrived.
             yield writer.drained().addErrback(lambda failure: None)
-        if file is not None and not file.closed:
+        if not replaced and not file.closed and os.fstat(file.fileno()).st_size == 0:
+            _unlink_quietly(partial)  # nothing arrived: nothing to resume from
+        file.close()  # releases the lock
+        if protocol is not None:
+            yield _close(protocol)
+
+
+def _open_locked(partial: str, target: str) -> Any:
+    """Open (or create) a download's partial file and lock it, or refuse."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+    file = os.fdopen(fd, "r+b")
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             file.close()
-        yield _close(protocol)
+            raise FileBusy(f"another download to {target} is running") from None
+    return file
+
+
+def _sync(file: Any) -> None:
+    file.flush()
+    os.fsync(file.fileno())
 
 
 @inlineCallbacks

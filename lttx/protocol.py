@@ -295,7 +295,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.send_frame([codec.ERROR, request_id, error.code, error.message])
 
     def _reply_error(self, request_id: int, name: Any, error: LTtxError) -> None:
-        # Not a field named "message": the legacy log bridge replaces it with ().
+        # Not a field named "message": a legacy log observer (trial's) replaces
+        # it with () in the event every observer shares.
         self.log.info("{peer}: {command!r:.40} refused: {code}: {reason}",
                       peer=self.peer, command=name, code=error.code, reason=error.message)
         self.send_error(request_id, error)
@@ -304,6 +305,9 @@ class LTtxServerProtocol(Int32StringReceiver):
         """Send an error, then close: the connection cannot go on."""
         if not self.transport.disconnecting:
             self.send_error(request_id, error)
+            if self.outbox is not None:
+                # A TLS transport closes only once its producer (the outbox) is gone.
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     # -- channels (the registry lives in the factory) -----------------------

@@ -17,9 +17,10 @@ from twisted.python import usage
 
 from .auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
 from .channels import ChannelRegistry
+from .durable import DurableStore
+from .errors import RecoveryError
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
 from .filetransfer import FileService, thread_runner
-from .store import MemoryStore
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
@@ -55,11 +56,10 @@ class Options(usage.Options):
          '{"tokens": [{"name": "feed", "token": "...", "rights": ["publish:hq_*", '
          '"read"]}]}. Actions: read, write (variables), publish, subscribe (channels), '
          "upload, download (files), all; ACTION:GLOB limits one to matching names."],
-        ["data-dir", "d", "./lttx-data",
-         "Where variables, the journal and files live. "
-         "(Not yet used: variables are kept in memory until the durability work lands.)"],
+        ["data-dir", "d", "./lttx-data", "Where variables, the journal and files live."],
         ["fsync", None, "everysec",
-         "Durability of variable writes: always, everysec or no. (Not yet used.)"],
+         "Durability of variable writes: always (each write on disk before its reply), "
+         "everysec (fsync once a second) or no (the OS flushes)."],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
         ["max-file-size", None, "0",
@@ -187,19 +187,27 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         log.info("{count} tokens with roles from {path}",
                  count=auth.token_count, path=options["token-file"])
 
-    store = MemoryStore()
+    top = MultiService()
+    try:
+        os.makedirs(options["data-dir"], exist_ok=True)
+        store = DurableStore.open(
+            os.path.join(options["data-dir"], "variables"), options["fsync"], reactor)
+    except (OSError, RecoveryError) as e:
+        raise SystemExit(f"lttx: refusing to start: {e}") from None
+    # First under the MultiService: it runs before any listener accepts a
+    # write; its stopService flushes and fsyncs the journal at SIGTERM.
+    store.setServiceParent(top)
     channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
     files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
                         max_file_size=options["max-file-size"])
     # What `lttx status` reports besides the factory's own figures, the
-    # channels and the files: one entry per component with a status() (journal).
-    status_sources: dict[str, Any] = {}
+    # channels and the files: one entry per component with a status().
+    status_sources: dict[str, Any] = {"journal": store}
     factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
                           subscriber_buffer=options["subscriber-buffer"],
                           clock=reactor, files=files,  # type: ignore[arg-type]
                           status_sources=status_sources)
 
-    top = MultiService()
     rates = TimerService(1.0, channels.sample)
     rates.clock = reactor
     rates.setServiceParent(top)

@@ -34,7 +34,9 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.internet._producer_helpers import _PullToPush
+from twisted.internet.task import Cooperator
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -142,10 +144,8 @@ class _VerifiedTLSEndpoint:
         self._describe = describe
 
     def connect(self, factory: IProtocolFactory) -> "Deferred[IProtocol]":
-        tls_factory = TLSMemoryBIOFactory(
-            self._creator, True, _HandshakeFactory(factory, self._describe),
-            clock=self._reactor)
-        tls_factory.noisy = False
+        tls_factory = _TLSFactory(self._reactor, self._creator,
+                                  _HandshakeFactory(factory, self._describe))
         d: Deferred[Any] = self._wrapped.connect(tls_factory)
 
         def handshake(tls: Any) -> "Deferred[IProtocol]":
@@ -153,6 +153,49 @@ class _VerifiedTLSEndpoint:
             return watcher.handshake
 
         return d.addCallback(handshake)
+
+
+class _TLSFactory(TLSMemoryBIOFactory):
+    """
+    Client TLS whose timers and producers run on the given reactor.
+
+    Twisted's TLS layer batches writes with the global reactor's clock unless
+    told otherwise, and drives a pull producer (``FileSender``) with the
+    global cooperator; neither runs under the blocking client, whose reactor
+    is a private one.
+    """
+
+    noisy = False  # the client logs its connections itself
+
+    def __init__(self, reactor: IReactorTime, creator: IOpenSSLClientConnectionCreator,
+                 factory: IProtocolFactory) -> None:
+        super().__init__(creator, True, factory, clock=reactor)
+        self.cooperator = Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+        self.protocol = _TLSProtocol
+
+
+class _ReactorPullToPush(_PullToPush):
+    """Twisted's pull-to-push adapter, driven by a cooperator of our choosing."""
+
+    def __init__(self, producer: Any, consumer: Any, cooperator: Cooperator) -> None:
+        super().__init__(producer, consumer)
+        self._cooperator = cooperator
+
+    def startStreaming(self) -> None:
+        self._coopTask = self._cooperator.cooperate(self._pull())
+
+
+class _TLSProtocol(TLSMemoryBIOProtocol):
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if streaming or self._lostTLSConnection:
+            super().registerProducer(producer, streaming)
+            return
+        factory: Any = self.factory  # a _TLSFactory
+        push = _ReactorPullToPush(producer, self, factory.cooperator)
+        # The parent registers it as a push producer, and stops it on
+        # unregisterProducer since it is a _PullToPush.
+        super().registerProducer(push, True)
+        push.startStreaming()
 
 
 class _HandshakeFactory(Factory):

@@ -295,6 +295,44 @@ class CommandRightsTests(SynchronousTestCase):
         self.assertFalse([e for e in events if e.get("log_failure")])
 
 
+class ChannelRightsTests(SynchronousTestCase):
+    """subscribe and publish follow the token's channel patterns, exactly."""
+
+    def setUp(self) -> None:
+        self.factory = LTtxFactory(MemoryStore(), roles_authenticator())
+        self.feed, self.feed_out = server_protocol(token="tok-feed", factory=self.factory)
+        self.sub, self.sub_out = server_protocol(token="tok-files", factory=self.factory,
+                                                 peer=("127.0.0.1", 40001))
+
+    def test_subscribe_needs_the_right_for_every_channel(self) -> None:
+        """One channel outside the token's patterns refuses the whole request."""
+        self.sub.dataReceived(frame([codec.REQUEST, 1, "subscribe", ["hq_center@orders"]]))
+        self.assertEqual(frames_of(self.sub_out.value()), [[
+            codec.ERROR, 1, "forbidden", "the token 'files' may not subscribe 'orders'"]])
+        self.sub_out.clear()
+        self.sub.dataReceived(frame([codec.REQUEST, 2, "subscribe", [["hq_center"]]]))
+        self.assertEqual(frames_of(self.sub_out.value()), [[codec.REPLY, 2, {"hq_center": 1}]])
+        self.sub_out.clear()
+        self.feed.dataReceived(frame([codec.REQUEST, 3, "subscribe", ["hq_center"]]))
+        self.assertEqual(frames_of(self.feed_out.value()), [[
+            codec.ERROR, 3, "forbidden", "the token 'feed' may not subscribe 'hq_center'"]])
+
+    def test_publish_outside_the_patterns_is_a_notice(self) -> None:
+        """A refused publish gets a forbidden notice and reaches no subscriber."""
+        self.sub.dataReceived(frame([codec.REQUEST, 1, "subscribe", ["hq_center"]]))
+        self.sub_out.clear()
+        self.feed.dataReceived(frame([codec.PUBLISH, "hq_center", "600000.SH", 10.23])
+                               + frame([codec.PUBLISH, "orders", "k", 1]))
+        self.assertEqual(frames_of(self.feed_out.value()), [[
+            codec.NOTICE, "forbidden", "the token 'feed' may not publish 'orders'"]])
+        self.assertEqual(frames_of(self.sub_out.value()),
+                         [[codec.MESSAGE, "hq_center", "600000.SH", 10.23, 1]])
+
+    def test_unsubscribe_needs_no_right(self) -> None:
+        self.feed.dataReceived(frame([codec.REQUEST, 1, "unsubscribe", ["hq_center"]]))
+        self.assertEqual(frames_of(self.feed_out.value()), [[codec.REPLY, 1, []]])
+
+
 class _ProtocolWithExtraCommand(LTtxServerProtocol):
     @command(0)
     def cmd_status_like(self) -> str:
@@ -370,7 +408,7 @@ class TokenFileOptionTests(SynchronousTestCase):
     def test_roles_file(self) -> None:
         """A file holding a JSON object is a roles file; makeService uses its tokens."""
         options = tap.Options()
-        options.parseOptions(["--token-file", str(EXAMPLE)])
+        options.parseOptions(["--token-file", str(EXAMPLE), "--data-dir", self.mktemp()])
         self.assertEqual([grant.name for _, grant in options["roles"]],
                          ["admin", "md-feed", "strategy", "reports"])
         auth = tap.make_authenticator(options, {"LTTX_TOKEN": "ignored"})
@@ -422,6 +460,39 @@ class RolesIntegrationTests(TestCase):
         self.assertRaises(lttx.AuthError, daemon.connect, token="tok-nobody")
         daemon.wait_for_log(r"connected as reader$")
         daemon.wait_for_log(r"connected as admin$")
+
+    def test_file_rights_through_the_daemon(self) -> None:
+        """upload/download patterns govern send_file, recv_file, list_files and delete_file."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(ROLES, f)
+        daemon = Daemon(self, "--token-file", path, token=None)
+        folder = self.mktemp()
+        os.makedirs(folder)
+        for name in ("report_1.csv", "secret.csv"):
+            Path(folder, name).write_bytes(name.encode() * 1000)
+        admin = daemon.connect(token="tok-admin")
+        admin.send_file(os.path.join(folder, "secret.csv"))
+        files = daemon.connect(token="tok-files")
+        self.assertEqual(files.send_file(os.path.join(folder, "report_1.csv"))["size"], 12000)
+        with self.assertRaises(lttx.PermissionDenied) as caught:
+            files.send_file(os.path.join(folder, "secret.csv"), name="secret2.csv")
+        self.assertEqual(str(caught.exception), "the token 'files' may not upload 'secret2.csv'")
+        self.assertEqual([f["name"] for f in files.list_files()], ["report_1.csv"])
+        self.assertEqual([f["name"] for f in admin.list_files()],
+                         ["report_1.csv", "secret.csv"])
+        downloads = self.mktemp()
+        os.makedirs(downloads)
+        self.assertEqual(files.recv_file("report_1.csv", downloads)["size"], 12000)
+        self.assertRaises(lttx.PermissionDenied, files.recv_file, "secret.csv", downloads)
+        self.assertEqual(sorted(os.listdir(downloads)), ["report_1.csv"])
+        self.assertRaises(lttx.PermissionDenied, files.delete_file, "secret.csv")
+        self.assertTrue(files.delete_file("report_1.csv"))
+        reader = daemon.connect(token="tok-reader")
+        with self.assertRaises(lttx.PermissionDenied) as caught:
+            reader.list_files()
+        self.assertEqual(str(caught.exception), "the token 'reader' may not download anything")
+        self.assertEqual([f["name"] for f in admin.list_files()], ["secret.csv"])
 
     def test_channel_and_file_rights_through_the_daemon(self) -> None:
         """publish/subscribe/upload/download rights hold on the real daemon."""

@@ -384,8 +384,8 @@ class InterruptedTransferTests(FilesTestCase):
 class ShutdownTests(FilesTestCase):
 
     def test_sigterm_mid_upload_discards_the_file_in_flight(self) -> None:
-        """SIGTERM during an upload: the daemon exits cleanly, no file appears, the client
-        gets a typed error."""
+        """SIGTERM during an upload: the daemon exits cleanly, the file in flight is
+        discarded (no file, no partial), the client gets a typed error."""
         source = self.path("t.bin")
         make_file(source, 512 * MiB)
         self.addCleanup(os.unlink, source)
@@ -407,6 +407,9 @@ class ShutdownTests(FilesTestCase):
         self.daemon.wait_for_log(r"Server Shut Down")
         self.assertTrue(done.wait(30))
         self.assertIsInstance(errors[0], lttx.ConnectionLost)
+        self.daemon.wait_for_log(r"upload of t\.bin discarded at \d+ of \d+ bytes: "
+                                 "the daemon is stopping")
         self.assertEqual(self.visible_files(), [])
+        self.assertEqual(self.partial_files(), [])
         self.assertNotIn("Traceback", self.daemon.log_text())
         self.assertNotIn("Unhandled", self.daemon.log_text())

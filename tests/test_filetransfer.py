@@ -25,7 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lttx import codec
 from lttx.auth import TokenAuthenticator
 from lttx.client import ConnectionSettings
-from lttx.errors import BadFileName, ChecksumMismatch, NotFound, StorageError
+from lttx.errors import BadFileName, ChecksumMismatch, FileBusy, NotFound, StorageError
 from lttx.errors import TimeoutError as LTtxTimeoutError
 from lttx.factory import LTtxFactory
 from lttx.filetransfer import (
@@ -237,6 +237,17 @@ class UploadTests(SessionTestCase):
         self.assertEqual(self.partials(), ["h.bin"])
         self.assertEqual(self.service.uploading, set())
         self.assertEqual(self.service.status()["uploads"], 0)
+
+    def test_stop_discards_uploads_in_flight(self) -> None:
+        """Stopping the service discards an upload in flight, partial included, and closes."""
+        proto, transport = self.connect()
+        self.request(proto, 1, "upload", "s.bin", 100, 0, None)
+        proto.dataReceived(raw(b"a" * 40))
+        d = self.service.stopService()
+        self.successResultOf(d)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.partials(), [])
+        self.assertEqual(self.service.uploading, set())
 
     def test_second_upload_of_a_name_is_busy(self) -> None:
         """Two uploads of one name cannot interleave: the second is refused as busy."""
@@ -615,6 +626,20 @@ class ClientInMemoryTests(SessionTestCase):
         self.run_until_done(d)
         self.failureResultOf(d, ChecksumMismatch)
         self.assertEqual(os.listdir(dest), [])
+
+    def test_two_downloads_to_one_target_do_not_mix(self) -> None:
+        """A second download to a target being downloaded to is FileBusy; the first is intact."""
+        data = os.urandom(2 * CHUNK_SIZE)
+        with open(os.path.join(self.directory, "w.bin"), "wb") as f:
+            f.write(data)
+        first = recv_file(self.clock, self.settings, "w.bin", self.work,
+                          run_in_thread=synchronous_runner)
+        second = recv_file(self.clock, self.settings, "w.bin", self.work,
+                           run_in_thread=synchronous_runner)
+        self.failureResultOf(second, FileBusy)
+        self.run_until_done(first)
+        self.assertEqual(self.successResultOf(first)["md5"], md5(data))
+        self.assertEqual(os.listdir(self.work), ["w.bin"])
 
     def test_missing_file_leaves_nothing(self) -> None:
         """recv_file of a name the daemon lacks: NotFound, no file at all."""

@@ -139,6 +139,7 @@ class UnitFileTests(TestCase):
         credentials = write_credentials(self.mktemp(), TOKEN + "\n")
         options = tap.Options()
         options.parseOptions(lttx_args(exec_start(UNITS / "lttx.service", credentials)))
+        options["data-dir"] = self.mktemp()  # not this machine's /var/lib/lttx
         service = tap.makeService(options, MemoryReactorClock())
         self.assertEqual(len(listeners(service)), 1)
 
@@ -159,6 +160,7 @@ class UnitFileTests(TestCase):
         self.assertEqual(options["listen"], [
             f"ssl:2025:privateKey={credentials}/key.pem:certKey={credentials}/cert.pem"])
         # makeService parses the endpoint string, which loads the key and certificate.
+        options["data-dir"] = self.mktemp()  # not this machine's /var/lib/lttx
         service = tap.makeService(options, MemoryReactorClock())
         self.assertEqual(len(listeners(service)), 1)
 

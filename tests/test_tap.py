@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.tap import Options, makeService, parse_size, read_token
+
+from .common import listeners
 
 
 def parse(*argv: str) -> Options:
@@ -58,6 +58,15 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, parse, "--token-file", path + "x")
 
 
+def start_listeners(test: SynchronousTestCase, service: object) -> None:
+    # Only the listeners: the durable store's I/O threads need a real reactor,
+    # and its service is tested on one in tests.test_durable.
+    for listener in listeners(service):
+        listener.privilegedStartService()
+        listener.startService()
+        test.addCleanup(listener.stopService)
+
+
 class MakeServiceTests(SynchronousTestCase):
     def test_one_listener_per_endpoint(self) -> None:
         """Each --listen becomes a listening port on the given reactor."""
@@ -65,19 +74,13 @@ class MakeServiceTests(SynchronousTestCase):
         options = parse("--listen", "tcp:2025:interface=127.0.0.1", "--listen", "tcp:2026",
                         "--token", "t", "--data-dir", self.mktemp())
         service = makeService(options, reactor)
-        listeners = [s for s in IServiceCollection(service)
-                     if isinstance(s, StreamServerEndpointService)]
-        self.assertEqual(len(listeners), 2)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
+        self.assertEqual(len(listeners(service)), 2)
+        start_listeners(self, service)
         self.assertEqual(sorted((port, interface) for port, _, _, interface in reactor.tcpServers),
                          [(2025, "127.0.0.1"), (2026, "")])
 
     def test_port_when_no_listen(self) -> None:
         reactor = MemoryReactorClock()
         service = makeService(parse("--port", "3000", "--data-dir", self.mktemp()), reactor)
-        service.privilegedStartService()
-        service.startService()
-        self.addCleanup(service.stopService)
+        start_listeners(self, service)
         self.assertEqual([port for port, *_ in reactor.tcpServers], [3000])

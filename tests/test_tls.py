@@ -5,14 +5,24 @@ with ``tls=True, ca=...``; certificates are made for each test run.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import struct
+import threading
+from typing import Any, Generator
 
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
-from twisted.trial.unittest import TestCase
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.protocol import Factory, Protocol, ServerFactory
+from twisted.internet.ssl import PrivateCertificate
+from twisted.protocols.basic import FileSender
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import lttx
 from lttx.client import AsyncClient, ConnectionSettings
+from lttx.eventloop import EventLoop
 
 from .certs import CA, ssl_endpoint
 from .common import Daemon
@@ -116,6 +126,72 @@ class TLSTests(TestCase):
             without_chain.connect(tls=True, ca=self.ca_path)
         self.assertIn("untrusted certificate", str(caught.exception))
 
+    def test_file_transfer_over_tls(self) -> None:
+        """send_file and recv_file use the client's TLS settings on their own connections."""
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
+        client = daemon.connect(tls=True, ca=self.ca_path)
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        source = os.path.join(self.folder, "ticks.bin")
+        with open(source, "wb") as f:
+            f.write(data)
+        self.assertEqual(client.send_file(source)["md5"], hashlib.md5(data).hexdigest())
+        downloads = os.path.join(self.folder, "downloads")
+        os.makedirs(downloads)
+        with open(client.recv_file("ticks.bin", downloads)["path"], "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    @inlineCallbacks
+    def test_close_over_tls(self) -> Generator[Any, Any, None]:
+        """The Twisted-native client's close() ends a TLS connection without waiting on
+        the daemon (a TLS transport holds the close while a producer is registered)."""
+        from twisted.internet import reactor
+
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
+        settings = ConnectionSettings("127.0.0.1", daemon.port, daemon.token, 10,
+                                      tls=True, ca=self.ca_path)
+        client = yield AsyncClient.connect(reactor, settings)
+        self.assertEqual((yield client.ping()), "pong")
+        yield client.close()
+        self.assertFalse(client.connected)
+
+    test_close_over_tls.timeout = 8  # type: ignore[attr-defined]
+
+    @inlineCallbacks
+    def test_daemon_closes_a_tls_subscriber_on_a_fatal_error(self) -> Generator[Any, Any, None]:
+        """A subscriber (its outbox is the transport's producer) that sends a frame
+        over the limit is disconnected over TLS too, not left open."""
+        from twisted.internet import reactor
+
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"], "--max-frame", "64KiB")
+        settings = ConnectionSettings("127.0.0.1", daemon.port, daemon.token, 10,
+                                      tls=True, ca=self.ca_path)
+        client = yield AsyncClient.connect(reactor, settings)
+        self.addCleanup(client.close)
+        yield client.subscribe("hq_center")
+        protocol = client.protocol
+        protocol.transport.write(struct.pack("!I", 10_000_000))
+        yield protocol.lost
+        daemon.wait_for_log(r"sent a frame of 10000000 bytes, over the limit")
+
+    test_daemon_closes_a_tls_subscriber_on_a_fatal_error.timeout = 8  # type: ignore[attr-defined]
+
+    def test_reconnection_uses_tls(self) -> None:
+        """After a daemon restart the client reconnects over TLS (verifying the
+        certificate again) and resubscribes."""
+        key, cert = self.ca.issue(self.folder, "server", ["localhost"], ["127.0.0.1"])
+        first = Daemon(self, listen=[ssl_endpoint(key, cert)])
+        subscriber = first.connect(tls=True, ca=self.ca_path)
+        subscriber.subscribe("hq_center")
+        port = first.port
+        first.stop()
+        listen = ssl_endpoint(key, cert).replace("ssl:0:", f"ssl:{port}:")
+        second = Daemon(self, listen=[listen])
+        self.assertEqual(subscriber.ping(), "pong")  # waits for the reconnection
+        second.wait_for_log("subscribed to hq_center")
+        second.connect(tls=True, ca=self.ca_path).push("600000.SH", 10.23, "hq_center")
+        self.assertEqual(subscriber.Q.get(timeout=10),
+                         lttx.Message("hq_center", "600000.SH", 10.23, 1))
+
     def test_unreadable_ca_file(self) -> None:
         """A missing CA file is a TLSError naming it, before any connection."""
         daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
@@ -153,9 +229,11 @@ class TLSTests(TestCase):
             def connectionLost(self, reason: object = None) -> None:
                 lost.callback(None)
 
-        port = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        factory: Any = ServerFactory.forProtocol(Silent)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        settings = ConnectionSettings("127.0.0.1", port.getHost().port, "t", 5,
+        address: Any = port.getHost()
+        settings = ConnectionSettings("127.0.0.1", address.port, "t", 5,
                                       tls=True, ca=self.ca_path)
         connecting = AsyncClient.connect(reactor, settings)
         hello.addCallback(lambda _: connecting.cancel())
@@ -164,3 +242,49 @@ class TLSTests(TestCase):
         return failed.addCallback(lambda _: lost)
 
     test_cancelled_handshake_closes_the_connection.timeout = 30  # type: ignore[attr-defined]
+
+
+class PrivateReactorTLSTests(SynchronousTestCase):
+    """TLS under the blocking client, whose reactor is not the global one."""
+
+    def test_pull_producer_streams_over_tls(self) -> None:
+        """A FileSender (a pull producer, as file uploads use) streams through the
+        client's TLS layer on a private reactor, with the global reactor stopped."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        ca = CA.create("ca")
+        key, cert = ca.issue(folder, "server", ["localhost"], ["127.0.0.1"])
+        size = 3 * 1024 * 1024
+        received = threading.Event()
+
+        class Sink(Protocol):
+            count = 0
+
+            def dataReceived(self, data: bytes) -> None:
+                Sink.count += len(data)
+                if Sink.count >= size:
+                    received.set()
+
+        server_loop = EventLoop(name="test-server")
+        self.addCleanup(server_loop.stop)
+        server_options = PrivateCertificate.loadPEM(
+            open(key, "rb").read() + open(cert, "rb").read()).options()
+        server_factory = TLSMemoryBIOFactory(server_options, False, Factory.forProtocol(Sink),
+                                             clock=server_loop.reactor)
+        port = server_loop.run(server_loop.reactor.listenTCP, 0, server_factory,
+                               50, "127.0.0.1", timeout=10)
+        self.addCleanup(server_loop.run, port.stopListening, timeout=10)
+
+        client_loop = EventLoop(name="test-client")
+        self.addCleanup(client_loop.stop)
+        settings = ConnectionSettings("127.0.0.1", port.getHost().port, tls=True,
+                                      ca=ca.write(folder))
+
+        def send() -> "Deferred[object]":
+            connecting = connectProtocol(settings.endpoint(client_loop.reactor), Protocol())
+            return connecting.addCallback(lambda protocol: FileSender().beginFileTransfer(
+                io.BytesIO(b"x" * size), protocol.transport))
+
+        client_loop.run(send, timeout=30)  # type: ignore[arg-type]
+        self.assertTrue(received.wait(30), f"{Sink.count} of {size} bytes arrived")
+        self.assertEqual(Sink.count, size)

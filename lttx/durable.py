@@ -1,0 +1,689 @@
+"""
+Durable cloud variables: a :class:`MemoryStore` whose every applied change
+is appended to a journal in the data directory, and compacted into snapshots.
+
+The store applies a change in memory on the reactor thread, encodes it as a
+journal record, and queues the record; disk I/O runs in a thread of its own
+(a *lane*: one job at a time, in order), never on the reactor.  The
+``--fsync`` policy decides when records reach the disk, with Redis's
+meanings:
+
+``always``
+    Each write's reply waits for the fsync covering its record.  Records
+    queued in the same reactor turn, or while an fsync is running, share the
+    next fsync (group commit), so throughput grows with concurrency.
+``everysec``
+    Each write's reply waits for its record to be written to the OS (not
+    synced); the journal is fsynced once a second.  A crash of the daemon
+    loses no acknowledged write; a power loss or kernel crash up to about a
+    second of them.
+``no``
+    As ``everysec``, but never fsynced while running: the OS decides when
+    (on Linux within about 30 s).
+
+Only applied changes are journalled: a refused operation changes nothing and
+writes nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Cooperator, LoopingCall, TaskDone, TaskStopped
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from .errors import RecoveryError, StorageError, Unavailable
+from .journal import (
+    DELETE,
+    DICT_CHANGE,
+    HEADER_SIZE,
+    LIST_APPEND,
+    LIST_POP,
+    LIST_REMOVE,
+    PUT,
+    SNAPSHOT_ITEMS,
+    AppendFile,
+    SnapshotWriter,
+    encode_record,
+    recover,
+    remove_generations_before,
+)
+from .store import MISSING, IVariableStore, MemoryStore, check_dict_key, check_name
+
+FSYNC_POLICIES = ("always", "everysec", "no")
+
+#: Compact when the journal is past this size and past ``growth`` times the
+#: last snapshot (Redis: auto-aof-rewrite-min-size 64mb, percentage 100).
+DEFAULT_COMPACT_MIN_BYTES = 64 * 1024 * 1024
+DEFAULT_COMPACT_GROWTH = 1.0
+#: Variables per snapshot record, and how long one compaction slice may hold
+#: the reactor before yielding to it.
+DEFAULT_SNAPSHOT_CHUNK = 1000
+DEFAULT_COMPACTION_SLICE = 0.01
+#: Encoded snapshot bytes handed to the writer thread before the encoder waits
+#: for it (bounds the memory a compaction uses on a slow disk).
+SNAPSHOT_BACKLOG = 16 * 1024 * 1024
+
+
+class ThreadLane:
+    """Runs blocking jobs one after another in a thread of its own."""
+
+    def __init__(self, reactor: Any, name: str) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+        self._started = False
+
+    def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        """Run ``f(*args)`` after every job run before it; its result."""
+        if not self._started:
+            self._pool.start()
+            self._started = True
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def stop(self) -> None:
+        """Join the thread (call once every job has finished)."""
+        if self._started:
+            self._pool.stop()
+            self._started = False
+
+
+def _lock(directory: str) -> int:
+    """Hold ``directory/lock``: two daemons appending to one journal corrupt it."""
+    path = os.path.join(directory, "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RecoveryError(f"{directory} is in use by another LTtx daemon "
+                            f"(it holds {path})") from None
+    return fd
+
+
+def _deadline(seconds: float) -> Callable[[], bool]:
+    end = time.perf_counter() + seconds
+    return lambda: time.perf_counter() >= end
+
+
+class _Compaction:
+    """
+    One snapshot being written, of the state at the instant the journal was
+    rotated.
+
+    Consistency while values keep changing: at that instant the store's
+    name -> value mapping is copied (shallow, ~30 ms for a million names), so
+    puts and deletes afterwards do not show in the copy.  Only the in-place
+    operations (``dict_change``, ``list_*``) mutate a value the copy shares,
+    and they mutate only its top level.  So before the first in-place change
+    to a shared value, the store hands it to :meth:`preserve`, which keeps a
+    shallow copy of it (copy-on-write); the encoder, running in slices
+    between reactor turns, takes the preserved copy when there is one.  A
+    value replaced by ``put`` is never mutated again, so the copy's reference
+    stays valid.
+    """
+
+    def __init__(self, directory: str, generation: int, frozen: dict[str, Any],
+                 chunk: int, started_at: float) -> None:
+        self.generation = generation
+        self.frozen = frozen
+        self.preimages: dict[str, Any] = {}
+        self.chunk = chunk
+        self.writer = SnapshotWriter(directory, generation)
+        self.started = time.perf_counter()
+        self.started_at = started_at
+        self.longest_pause = 0.0
+        self.error: Optional[Failure] = None
+        self.task: Any = None
+        self.waiters: list[Deferred[None]] = []
+
+    def preserve(self, name: str, current: Any) -> None:
+        if (name not in self.preimages and type(current) in (dict, list)
+                and self.frozen.get(name, MISSING) is current):
+            self.preimages[name] = current.copy()
+
+    def note_pause(self, seconds: float) -> None:
+        self.longest_pause = max(self.longest_pause, seconds)
+
+    def note_error(self, failure: Failure) -> None:
+        if self.error is None:
+            self.error = failure
+
+    def records(self) -> Iterator[bytes]:
+        """The snapshot's item records, encoded a chunk at a time."""
+        preimages = self.preimages
+        batch: list[Any] = []
+        for name, value in self.frozen.items():
+            batch.append(name)
+            batch.append(preimages.get(name, value))
+            if len(batch) >= 2 * self.chunk:
+                yield encode_record([SNAPSHOT_ITEMS, batch])
+                batch = []
+        if batch:
+            yield encode_record([SNAPSHOT_ITEMS, batch])
+
+
+def _first_failure(results: list[tuple[bool, Any]]) -> None:
+    for success, result in results:
+        if not success:
+            result.raiseException()
+
+
+@implementer(IVariableStore)
+class DurableStore(Service):
+    """
+    The daemon's variable store: a :class:`MemoryStore` plus its journal.
+
+    Build it with :meth:`open`, which recovers the state from the data
+    directory.  It is a Service: :meth:`stopService` flushes and fsyncs the
+    journal before the daemon exits.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        directory: str,
+        fsync: str,
+        clock: IReactorTime,
+        memory: MemoryStore,
+        journal: AppendFile,
+        generation: int,
+        journal_lane: Any,
+        snapshot_lane: Any,
+        *,
+        snapshot_bytes: int = 0,
+        lock_fd: int = -1,
+        compact_min_bytes: int = DEFAULT_COMPACT_MIN_BYTES,
+        compact_growth: float = DEFAULT_COMPACT_GROWTH,
+        snapshot_chunk: int = DEFAULT_SNAPSHOT_CHUNK,
+        compaction_slice: float = DEFAULT_COMPACTION_SLICE,
+        compaction_gap: float = 0.0,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
+        self.directory = directory
+        self.policy = fsync
+        self._clock = clock
+        self._memory = memory
+        self._file = journal  # used by lane jobs only, one at a time
+        self._generation = generation
+        self._journal_lane = journal_lane
+        self._snapshot_lane = snapshot_lane
+        self._lock_fd = lock_fd
+        self._compact_min_bytes = compact_min_bytes
+        self._compact_growth = compact_growth
+        self._snapshot_chunk = snapshot_chunk
+        self._compaction_slice = compaction_slice
+        # Between slices the reactor serves its I/O; a gap of 0 still yields
+        # a full reactor iteration (tests use a gap to step slice by slice).
+        self._compaction_gap = compaction_gap
+
+        self._journal_bytes = journal.size
+        self._snapshot_bytes = snapshot_bytes
+        self._base_bytes = snapshot_bytes
+        # Records for the current journal, and, while a rotation waits for
+        # the lane, the records that still belong to the journal before it.
+        self._buffer: list[bytes] = []
+        self._before_rotation: list[bytes] = []
+        self._rotate_to: Optional[int] = None
+        self._rotated: Optional[Deferred[None]] = None
+        self._waiters: list[tuple[Deferred[Any], Any]] = []
+        self._sync_requested = False
+        self._unsynced = False
+        self._in_flight = False
+        self._flush_call: Any = None
+        self._drain_waiters: list[Deferred[None]] = []
+        self._failure: Optional[Failure] = None
+        self._closing = False
+        self._stop_waiters: list[Deferred[None]] = []
+        self._fsyncs = 0
+        self._compaction: Optional[_Compaction] = None
+        self._last_compaction: Optional[dict[str, Any]] = None
+        self._ticker: Optional[LoopingCall] = None
+        self._cooperator = Cooperator(
+            terminationPredicateFactory=lambda: _deadline(self._compaction_slice),
+            scheduler=self._schedule_slice)
+
+    @classmethod
+    def open(cls, directory: str, fsync: str, reactor: Any, journal_lane: Any = None,
+             snapshot_lane: Any = None, **tuning: Any) -> "DurableStore":
+        """
+        Recover the variables kept in ``directory`` (created if absent).
+
+        :param reactor: an :class:`IReactorTime`; also runs the I/O threads
+            unless both lanes are given.
+        :raises RecoveryError: the directory is locked by another daemon, or
+            cannot be loaded without losing variables.
+        """
+        os.makedirs(directory, exist_ok=True)
+        lock_fd = _lock(directory)
+        memory = MemoryStore()
+        try:
+            recovered = recover(directory, memory)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        cls.log.info(
+            "variables: recovered {variables} from {directory} in {seconds:.2f}s "
+            "(snapshot {snapshot_bytes} bytes, {records} journal records); fsync {policy}",
+            variables=len(memory), directory=directory, seconds=recovered.seconds,
+            snapshot_bytes=recovered.snapshot_bytes, records=recovered.journal_records,
+            policy=fsync)
+        return cls(
+            directory, fsync, reactor, memory, recovered.journal, recovered.generation,
+            journal_lane or ThreadLane(reactor, "lttx-journal"),
+            snapshot_lane or ThreadLane(reactor, "lttx-snapshot"),
+            snapshot_bytes=recovered.snapshot_bytes, lock_fd=lock_fd, **tuning)
+
+    # -- service --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.policy == "everysec":
+            self._ticker = LoopingCall(self._every_second)
+            self._ticker.clock = self._clock
+            self._ticker.start(1.0, now=False)
+        self._maybe_compact()
+
+    def stopService(self) -> "Deferred[None]":
+        """Refuse further writes, flush and fsync the journal, release the directory."""
+        if self._closing:  # stopped already (or stopping): the files are closed once
+            d: Deferred[None] = Deferred()
+            self._stop_waiters.append(d)
+            if self._lock_fd < 0:
+                self._fire_stopped()
+            return d
+        super().stopService()
+        self._closing = True
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if self._compaction is not None and self._compaction.task is not None:
+            # A large snapshot can take seconds; the journals already hold
+            # every change, so drop it rather than delay the exit.
+            try:
+                self._compaction.task.stop()
+            except TaskDone:
+                pass  # encoded already: it is being sealed, which the lane waits for
+        self._flush()  # now, not at the end of the turn: nothing else is coming
+        d = self._drained()
+        d.addCallback(lambda _: self._journal_lane.run(self._close_file))
+        # The snapshot lane finishes (or removes) the snapshot before the exit.
+        d.addCallback(lambda size: self._snapshot_lane.run(lambda: size))
+        d.addBoth(self._stopped)
+        return d
+
+    def _close_file(self) -> int:
+        if self._failure is None:
+            self._file.sync()
+        self._file.close()
+        return self._file.size
+
+    def _stopped(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("the journal could not be closed cleanly", result)
+        elif self._failure is not None:
+            self.log.warn("journal closed after a write failure: the changes refused "
+                          "since were not written")
+        else:
+            self.log.info("journal flushed and synced ({size} bytes); variables are safe",
+                          size=result)
+        self._journal_lane.stop()
+        self._snapshot_lane.stop()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        self._fire_stopped()
+
+    def _fire_stopped(self) -> None:
+        waiters, self._stop_waiters = self._stop_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- reads ----------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._memory)
+
+    def get(self, name: str) -> Any:
+        return self._memory.get(name)
+
+    def exists(self, name: str) -> bool:
+        return self._memory.exists(name)
+
+    def keys(self, pattern: str = "*") -> list[str]:
+        return self._memory.keys(pattern)
+
+    def get_dict_value(self, name: str, key: Any) -> Any:
+        return self._memory.get_dict_value(name, key)
+
+    def get_list_value(self, name: str, index: int) -> Any:
+        return self._memory.get_list_value(name, index)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """Every (name, value)."""
+        return self._memory.items()
+
+    # -- writes: validate and encode, apply, journal ----------------------------
+
+    def put(self, name: str, value: Any) -> Any:
+        self._writable()
+        # Encoding first: a value that cannot be journalled is refused unapplied.
+        record = encode_record([PUT, check_name(name), value])
+        self._memory.put(name, value)
+        return self._append(record, None)
+
+    def delete(self, name: str) -> Any:
+        self._writable()
+        if not self._memory.delete(name):
+            return False
+        return self._append(encode_record([DELETE, name]), True)
+
+    def dict_change(self, name: str, key: Any, value: Any) -> Any:
+        self._writable()
+        record = encode_record([DICT_CHANGE, check_name(name), check_dict_key(key), value])
+        self._preserve(name)
+        self._memory.dict_change(name, key, value)
+        return self._append(record, None)
+
+    def list_append(self, name: str, item: Any) -> Any:
+        self._writable()
+        record = encode_record([LIST_APPEND, check_name(name), item])
+        self._preserve(name)
+        return self._append(record, self._memory.list_append(name, item))
+
+    def list_pop(self, name: str, index: int = -1) -> Any:
+        self._writable()
+        self._preserve(check_name(name))
+        item = self._memory.list_pop(name, index)
+        return self._append(encode_record([LIST_POP, name, index]), item)
+
+    def list_remove(self, name: str, item: Any) -> Any:
+        self._writable()
+        record = encode_record([LIST_REMOVE, check_name(name), item])
+        self._preserve(name)
+        if not self._memory.list_remove(name, item):
+            return False
+        return self._append(record, True)
+
+    def _writable(self) -> None:
+        if self._failure is not None:
+            raise StorageError(
+                "the journal could not be written "
+                f"({self._failure.getErrorMessage()}); writes are refused until the "
+                "daemon is restarted")
+        if self._closing:
+            raise Unavailable("the daemon is shutting down")
+
+    def _preserve(self, name: str) -> None:
+        if self._compaction is not None:
+            self._compaction.preserve(name, self._memory.get(name))
+
+    def _append(self, record: bytes, result: Any) -> Any:
+        self._buffer.append(record)
+        self._unsynced = True
+        self._journal_bytes += len(record)
+        # Every policy replies once the record is in the OS (so a crash of the
+        # daemon loses no acknowledged write, as with Redis, which writes its
+        # AOF buffer before sending replies); ``always`` also waits for fsync.
+        reply: Deferred[Any] = Deferred()
+        self._waiters.append((reply, result))
+        self._schedule()
+        self._maybe_compact()
+        return reply
+
+    # -- the journal lane -------------------------------------------------------
+
+    def _every_second(self) -> None:
+        if self._unsynced:
+            self._sync_requested = True
+            self._schedule()
+
+    def _has_work(self) -> bool:
+        return bool(self._buffer or self._before_rotation or self._sync_requested
+                    or self._rotate_to is not None)
+
+    def _schedule(self) -> None:
+        # The first record of a reactor turn schedules the flush for the end
+        # of the turn, so the records of every connection served in that turn
+        # share one job (and, with ``always``, one fsync).
+        if self._flush_call is None and not self._in_flight:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self._in_flight:
+            return
+        if self._failure is not None:
+            self._refuse_queued()
+            return
+        if not self._has_work():
+            self._fire_drained()
+            return
+        before = b"".join(self._before_rotation)
+        after = b"".join(self._buffer)
+        rotate_to, rotated = self._rotate_to, self._rotated
+        sync = self._sync_requested or rotate_to is not None or (
+            self.policy == "always" and bool(before or after))
+        waiters = self._waiters
+        self._before_rotation, self._buffer, self._waiters = [], [], []
+        self._rotate_to, self._rotated = None, None
+        self._sync_requested = False
+        if sync:
+            self._unsynced = False  # this job's fsync covers everything queued so far
+        self._in_flight = True
+        d = self._journal_lane.run(self._write, before, rotate_to, after, sync)
+        d.addCallbacks(self._written, self._write_failed,
+                       callbackArgs=(sync, waiters, rotated), errbackArgs=(waiters, rotated))
+
+    def _write(self, before: bytes, rotate_to: Optional[int], after: bytes,
+               sync: bool) -> None:
+        """In the lane's thread: append, rotate, append, fsync."""
+        if before:
+            self._file.write(before)
+        if rotate_to is not None:
+            self._file.sync()
+            self._file.close()
+            self._file = AppendFile.create(self.directory, rotate_to)
+        if after:
+            self._file.write(after)
+        if sync:
+            self._file.sync()
+
+    def _written(self, _: None, sync: bool, waiters: list[tuple[Deferred[Any], Any]],
+                 rotated: Optional[Deferred[None]]) -> None:
+        self._in_flight = False
+        if sync:
+            self._fsyncs += 1
+        for d, result in waiters:
+            d.callback(result)
+        if rotated is not None:
+            rotated.callback(None)
+        # Whatever arrived while this job ran goes out now, as one job.
+        self._flush()
+
+    def _write_failed(self, failure: Failure, waiters: list[tuple[Deferred[Any], Any]],
+                      rotated: Optional[Deferred[None]]) -> None:
+        self._in_flight = False
+        self._failure = failure
+        self.log.failure("the journal could not be written; variable writes are refused "
+                         "from now on", failure)
+        self._waiters = waiters + self._waiters
+        if rotated is not None:
+            self._rotated = rotated
+        self._refuse_queued()
+
+    def _refuse_queued(self) -> None:
+        """After a write failure: fail whatever waits for the disk, drop the queue."""
+        assert self._failure is not None
+        error = StorageError(
+            f"the journal could not be written: {self._failure.getErrorMessage()}")
+        waiters, rotated = self._waiters, self._rotated
+        self._before_rotation, self._buffer, self._waiters = [], [], []
+        self._rotate_to, self._rotated, self._sync_requested = None, None, False
+        for d, _ in waiters:
+            d.errback(error)
+        if rotated is not None:
+            rotated.errback(error)
+        self._fire_drained()
+
+    def _drained(self) -> "Deferred[None]":
+        if not self._in_flight and not self._has_work():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._drain_waiters.append(d)
+        return d
+
+    def _fire_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    # -- compaction ---------------------------------------------------------------
+
+    def _maybe_compact(self) -> None:
+        threshold = max(self._compact_min_bytes, self._compact_growth * self._base_bytes)
+        if (self._compaction is None and not self._closing and self._failure is None
+                and self._journal_bytes >= threshold):
+            # A failure is logged by _compaction_failed; nobody else waits here.
+            self.compact().addErrback(lambda _: None)
+
+    def compact(self) -> "Deferred[None]":
+        """
+        Write a snapshot of the current state and drop the journal it replaces.
+
+        Fires when the snapshot is on disk (at once with the running
+        compaction's result if one runs).
+        """
+        done: Deferred[None] = Deferred()
+        if self._compaction is not None:
+            self._compaction.waiters.append(done)
+            return done
+        if self._failure is not None or self._closing:
+            done.errback(Unavailable("the journal is closed"))
+            return done
+        started = time.perf_counter()
+        # Rotate: records from now on go to the next journal; the snapshot is
+        # of the state after every record of the current one.
+        generation = self._generation + 1
+        self._generation = generation
+        self._before_rotation, self._buffer = self._buffer, []
+        self._rotate_to = generation
+        rotated: Deferred[None] = Deferred()
+        self._rotated = rotated
+        self._journal_bytes = HEADER_SIZE
+        compaction = _Compaction(self.directory, generation, self._memory.copy_values(),
+                                 self._snapshot_chunk, self._clock.seconds())
+        compaction.waiters.append(done)
+        self._compaction = compaction
+        self._schedule()
+        compaction.task = self._cooperator.cooperate(self._encode_snapshot(compaction))
+        compaction.note_pause(time.perf_counter() - started)
+        # Both the rotation and the encoding must be over before sealing (or,
+        # on failure, before another compaction may rotate again).
+        finished = DeferredList([rotated, compaction.task.whenDone()], consumeErrors=True)
+        finished.addCallback(_first_failure)
+        finished.addCallback(lambda _: self._snapshot_lane.run(self._seal, compaction))
+        finished.addCallbacks(self._compacted, self._compaction_failed,
+                              callbackArgs=(compaction,), errbackArgs=(compaction,))
+        return done
+
+    def _schedule_slice(self, step: Callable[[], None]) -> Any:
+        def timed() -> None:
+            started = time.perf_counter()
+            step()
+            if self._compaction is not None:
+                self._compaction.note_pause(time.perf_counter() - started)
+        return self._clock.callLater(self._compaction_gap, timed)
+
+    def _encode_snapshot(self, compaction: _Compaction) -> Iterator[Optional[Deferred[Any]]]:
+        """Cooperative: encode a chunk per step, hand it to the snapshot lane."""
+        lane = self._snapshot_lane
+        lane.run(compaction.writer.open).addErrback(compaction.note_error)
+        backlog = 0
+        for record in compaction.records():
+            written = lane.run(compaction.writer.write, record)
+            written.addErrback(compaction.note_error)
+            backlog += len(record)
+            if backlog >= SNAPSHOT_BACKLOG:
+                backlog = 0
+                yield written  # let the writer thread catch up
+            else:
+                yield None
+        compaction.preimages = {}
+        yield lane.run(lambda: None)  # every write above has finished
+        if compaction.error is not None:
+            compaction.error.raiseException()
+
+    def _seal(self, compaction: _Compaction) -> tuple[int, list[str]]:
+        """In the snapshot lane: finish the snapshot, then drop what it replaces."""
+        size = compaction.writer.finish(len(compaction.frozen))
+        return size, remove_generations_before(self.directory, compaction.generation)
+
+    def _compacted(self, result: tuple[int, list[str]], compaction: _Compaction) -> None:
+        size, removed = result
+        self._compaction = None
+        self._snapshot_bytes = self._base_bytes = size
+        seconds = time.perf_counter() - compaction.started
+        self._last_compaction = {
+            "at": compaction.started_at,
+            "generation": compaction.generation,
+            "variables": len(compaction.frozen),
+            "snapshot_bytes": size,
+            "seconds": seconds,
+            "longest_pause": compaction.longest_pause,
+        }
+        self.log.info(
+            "compaction to generation {generation}: {variables} variables, snapshot "
+            "{snapshot_bytes} bytes in {seconds:.2f}s, longest reactor pause "
+            "{pause_ms:.1f} ms; removed {removed}", generation=compaction.generation,
+            variables=len(compaction.frozen), snapshot_bytes=size, seconds=seconds,
+            pause_ms=compaction.longest_pause * 1000, removed=", ".join(removed) or "nothing")
+        for d in compaction.waiters:
+            d.callback(None)
+        self._maybe_compact()
+
+    def _compaction_failed(self, failure: Failure, compaction: _Compaction) -> None:
+        self._compaction = None
+        if failure.check(TaskStopped):
+            self.log.info("compaction to generation {generation} abandoned at shutdown; "
+                          "the journals hold every change", generation=compaction.generation)
+        else:
+            self.log.failure("compaction to generation {generation} failed; the journals "
+                             "hold every change", failure, generation=compaction.generation)
+        self._snapshot_lane.run(compaction.writer.abort).addErrback(
+            lambda f: self.log.failure("could not remove {path}", f,
+                                       path=compaction.writer.temporary))
+        for d in compaction.waiters:
+            d.errback(StorageError(f"compaction failed: {failure.getErrorMessage()}"))
+
+    # -- status -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What ``lttx status`` shows of the variables and their files."""
+        return {
+            "variables": len(self._memory),
+            "fsync": self.policy,
+            "journal_bytes": self._journal_bytes,
+            "snapshot_bytes": self._snapshot_bytes,
+            "generation": self._generation,
+            "compacting": self._compaction is not None,
+            "last_compaction": dict(self._last_compaction) if self._last_compaction else None,
+            "journal_fsyncs": self._fsyncs,
+            "writable": self._failure is None and not self._closing,
+        }
+
+
+__all__ = ["DurableStore", "FSYNC_POLICIES", "ThreadLane"]
