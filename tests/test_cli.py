@@ -165,8 +165,11 @@ class VariableCommandsTests(CLITestMixin, TestCase):
         self.assertEqual(report["variables"], 2)
         self.assertGreaterEqual(report["connections"], 2)  # this client and lttx's own
         self.assertGreater(report["uptime"], 0)
+        self.assertGreater(report["journal"]["journal_bytes"], 0)
+        self.assertEqual(report["journal"]["fsync"], "everysec")
         text = self.lttx("status")
         self.assertIn(f"LTtx {__version__} at 127.0.0.1:{self.daemon.port}, up ", text)
+        self.assertRegex(text, r"(?m)^journal:\n(  .*\n)*  journal bytes\s+\d+ B$")
         self.assertRegex(text, r"(?m)^variables\s+2$")
         self.assertRegex(text, r"(?m)^connections\s+\d+$")
 
