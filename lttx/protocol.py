@@ -80,6 +80,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._fatal(None, AuthError(
                 "the daemon runs without a token and serves loopback clients only"))
             return
+        _no_delay(self.transport)
         self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -351,6 +352,13 @@ def _map(result: Any, f: Callable[[Any], Any]) -> Any:
     if isinstance(result, Deferred):
         return result.addCallback(f)
     return f(result)
+
+
+def _no_delay(transport: Any) -> None:
+    """Disable Nagle: a message must not wait 40 ms for a delayed ACK."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
 
 
 def _describe(address: Any) -> str:
