@@ -424,6 +424,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer messages")
     args = parser.parse_args()
     n1, n10 = (50_000, 10_000) if args.quick else (200_000, 40_000)
+    # SIGTERM (e.g. from timeout(1)) still stops the servers started here.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     servers = Servers(["--subscriber-buffer", "4MiB"])
     table: list[dict[str, Any]] = []
     systems = [s for s in ("lttx", "raw", "redis") if s in servers.ports]
@@ -440,19 +442,20 @@ def main() -> None:
                 result = scenario(servers, system, **kwargs)  # type: ignore[arg-type]
                 result["scenario"] = title
                 table.append(result)
+                live = kwargs["subscribers"] - kwargs.get("frozen", 0)  # type: ignore[operator]
                 line = (f"  {system:6s} delivered {result['delivered_per_s']:>10,.0f} msg/s  "
                         f"published {result['publish_per_s']:>10,.0f} msg/s  "
-                        f"received {result['received']:>8,}/{result['sent'] * (kwargs['subscribers'] - kwargs.get('frozen', 0)):<8,}")
+                        f"received {result['received']:>8,}/{result['sent'] * live:<8,}")
                 if "p50_us" in result and result["p50_us"] is not None:
                     line += f"  p50 {result['p50_us']:,.0f} us  p99 {result['p99_us']:,.0f} us"
                 if "daemon_rss_growth_kib" in result:
                     line += f"  daemon RSS +{result['daemon_rss_growth_kib'] / 1024:.1f} MiB"
                 print(line, flush=True)
             by = {r["system"]: r for r in table if r["scenario"] == title}
-            if "lttx" in by and "raw" in by and by["raw"]["delivered_per_s"]:
-                print(f"  lttx / raw   = {by['lttx']['delivered_per_s'] / by['raw']['delivered_per_s']:.2f}")
-            if "lttx" in by and "redis" in by and by["redis"]["delivered_per_s"]:
-                print(f"  lttx / redis = {by['lttx']['delivered_per_s'] / by['redis']['delivered_per_s']:.2f}")
+            for other in ("raw", "redis"):
+                if "lttx" in by and other in by and by[other]["delivered_per_s"]:
+                    ratio = by["lttx"]["delivered_per_s"] / by[other]["delivered_per_s"]
+                    print(f"  lttx / {other:5s} = {ratio:.2f}")
         cut = sum("cut off" in line for line in servers.lttx_log)
         print(f"\nLTtx slow subscribers cut off during the run: {cut}")
     finally:

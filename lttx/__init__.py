@@ -29,27 +29,12 @@ from .errors import (  # noqa: E402  (the version is needed by submodules first)
     Unavailable,
     WrongTypeError,
 )
-
-
-def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Connect a blocking client; see :func:`lttx.client.connect`."""
-    from .client import connect as _connect
-
-    return _connect(*args, **kwargs)
-
-
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
-    # lttx.Message without importing Twisted at ``import lttx``.
-    if name == "Message":
-        from .client import Message
-
-        return Message
-    raise AttributeError(f"module 'lttx' has no attribute {name!r}")
+from .client import Client, Message, connect  # noqa: E402
 
 
 __all__ = [
     "AuthError", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
     "EncodeError", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "Unavailable", "WrongTypeError", "Message", "connect", "__version__",
+    "Unavailable", "WrongTypeError", "Client", "Message", "connect", "__version__",
 ]

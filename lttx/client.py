@@ -39,7 +39,6 @@ from .errors import (
 )
 from .channels import split_channels
 from .eventloop import EventLoop
-from .store import MISSING
 
 DEFAULT_PORT = 2025
 DEFAULT_TIMEOUT = 30.0

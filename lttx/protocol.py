@@ -43,7 +43,8 @@ def command(min_args: int, max_args: Optional[int] = None) -> Callable[[_F], _F]
     """Mark a ``cmd_*`` method as a command taking that many arguments."""
 
     def mark(handler: _F) -> _F:
-        handler.arity = (min_args, min_args if max_args is None else max_args)  # type: ignore[attr-defined]
+        arity = (min_args, min_args if max_args is None else max_args)
+        handler.arity = arity  # type: ignore[attr-defined]
         return handler
 
     return mark

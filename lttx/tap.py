@@ -48,7 +48,9 @@ class Options(usage.Options):
         ["port", "p", 2025, "Listen on this TCP port, on all interfaces.", int],
         ["token", "t", None, "The shared secret clients must present (or env LTTX_TOKEN)."],
         ["token-file", None, None, "Read the token from this file (first line)."],
-        ["data-dir", "d", "./lttx-data", "Where variables, the journal and files live. (Not yet used: variables are kept in memory until the durability work lands.)"],
+        ["data-dir", "d", "./lttx-data",
+         "Where variables, the journal and files live. "
+         "(Not yet used: variables are kept in memory until the durability work lands.)"],
         ["fsync", None, "everysec",
          "Durability of variable writes: always, everysec or no. (Not yet used.)"],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
