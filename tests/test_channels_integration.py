@@ -255,3 +255,29 @@ class ReconnectionTests(TestCase):
             client.ping()
         with self.assertRaises(lttx.ConnectionLost):
             client.flush()
+
+
+class PublisherTests(TestCase):
+    """A publisher in a plain loop, with the daemon not reading."""
+
+    def test_push_is_bounded_while_the_daemon_does_not_read(self) -> None:
+        """With the daemon frozen, pushes fill the kernel buffers and then the client's
+        bounded buffer, then push raises TimeoutError after the client's timeout; the
+        daemon resumed, every accepted push is delivered, in order."""
+        daemon = Daemon(self)
+        subscriber = daemon.connect()
+        subscriber.subscribe("hq")
+        publisher = daemon.connect(timeout=1, push_buffer=256 * 1024)
+        daemon.signal(signal.SIGSTOP)
+        self.addCleanup(daemon.signal, signal.SIGCONT)
+        accepted = 0
+        with self.assertRaises(lttx.TimeoutError):
+            for i in range(2_000_000):  # ~200 MB if nothing pushed back
+                publisher.push(f"{i % 5000:06d}.SH", tick(i), "hq")
+                accepted += 1
+        # Kernel socket buffers (a few MB) plus the 256 KiB bound, not more.
+        self.assertLess(accepted, 150_000)
+        daemon.signal(signal.SIGCONT)
+        publisher.flush()
+        seqs = [subscriber.Q.get(timeout=15).seq for _ in range(accepted)]
+        self.assertEqual(seqs, list(range(1, accepted + 1)))
