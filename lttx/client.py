@@ -123,11 +123,38 @@ class ClientProtocol(Int32StringReceiver):
         if self._on_messages is None:
             super().dataReceived(data)
             return
+        # The hot path of a subscriber: split the frames here and decode
+        # MESSAGE frames (payload head 95 03) straight into a batch; other
+        # frames go through stringReceived, after the messages before them.
+        buffer = self._unprocessed + data if self._unprocessed else data
+        end_of_data = len(buffer)
+        position = 0
         batch: list[Message] = []
         self._batch = batch
         try:
-            super().dataReceived(data)
+            while end_of_data - position >= 4:
+                (length,) = _PREFIX.unpack_from(buffer, position)
+                start = position + 4
+                end = start + length
+                if end > end_of_data:
+                    break
+                position = end
+                if buffer[start] == 0x95 and buffer[start + 1] == 0x03 and length > 2:
+                    try:
+                        _, channel, key, data_, seq = codec.decode(buffer[start:end])
+                    except (LTtxError, ValueError):
+                        self.stringReceived(buffer[start:end])  # reports and closes
+                        break
+                    batch.append(Message(channel, key, data_, seq))
+                else:
+                    if batch:  # what came before a reply is delivered before it
+                        self._on_messages(batch)
+                        batch = self._batch = []
+                    self.stringReceived(buffer[start:end])
+                if self.transport.disconnecting:
+                    break
         finally:
+            self._unprocessed = buffer[position:]
             self._batch = None
             if batch:
                 self._on_messages(batch)
