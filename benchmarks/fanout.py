@@ -193,8 +193,12 @@ def relay(port: int) -> None:
             data = conn.recv(262144)
             if not data:
                 break
-            for s in subscribers:
-                s.sendall(data)
+            for s in list(subscribers):
+                try:
+                    s.sendall(data)  # blocks while this subscriber does not read
+                except OSError:  # it went away
+                    subscribers.remove(s)
+                    s.close()
         conn.close()
         for s in subscribers:
             s.close()
