@@ -12,11 +12,13 @@ __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402  (the version is needed by submodules first)
     AuthError,
+    BadFileName,
     BadRequest,
     ChecksumMismatch,
     ConnectError,
     ConnectionLost,
     EncodeError,
+    FileBusy,
     FrameTooLarge,
     IndexOutOfRange,
     LTtxError,
@@ -26,6 +28,7 @@ from .errors import (  # noqa: E402  (the version is needed by submodules first)
     SlowSubscriber,
     StorageError,
     TimeoutError,
+    TLSError,
     Unavailable,
     WrongTypeError,
 )
@@ -33,8 +36,9 @@ from .client import Client, Message, connect  # noqa: E402
 
 
 __all__ = [
-    "AuthError", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
-    "EncodeError", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
+    "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
+    "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "Unavailable", "WrongTypeError", "Client", "Message", "connect", "__version__",
+    "TLSError", "Unavailable", "WrongTypeError", "Client", "Message", "connect",
+    "__version__",
 ]

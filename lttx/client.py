@@ -25,7 +25,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import __version__, codec
+from . import __version__, codec, filetransfer
 from .errors import (
     AuthError,
     BadRequest,
@@ -39,6 +39,7 @@ from .errors import (
 )
 from .channels import split_channels
 from .eventloop import EventLoop
+from .tls import tls_endpoint
 
 DEFAULT_PORT = 2025
 DEFAULT_TIMEOUT = 30.0
@@ -69,10 +70,23 @@ class ConnectionSettings:
     port: int = DEFAULT_PORT
     token: Optional[str] = None
     timeout: float = DEFAULT_TIMEOUT
+    #: Speak TLS, verifying the daemon's certificate and that it is for ``host``.
+    tls: bool = False
+    #: PEM file of the CA(s) to trust with ``tls``; None trusts the system's CAs.
+    ca: Optional[str] = None
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
-        """The client endpoint to reach the daemon."""
-        return HostnameEndpoint(reactor, self.host, self.port, timeout=self.timeout)
+        """
+        The client endpoint to reach the daemon.  With ``tls`` its connection
+        is ready only after the certificate was verified.
+
+        :raises TLSError: (now) if the ``ca`` file cannot be read.
+        """
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, self.host, self.port, timeout=self.timeout)
+        if self.tls:
+            endpoint = tls_endpoint(reactor, endpoint, self.host, self.port, self.ca)
+        return endpoint
 
     def hello_args(self, **options: Any) -> list[Any]:
         """The arguments of the ``hello`` request that opens every connection."""
@@ -535,6 +549,28 @@ class AsyncClient:
                 self.log.failure("the message callback failed on {channel}",
                                  channel=message.channel)
 
+    # -- files (each call on a connection of its own; see lttx.filetransfer) -
+
+    def send_file(self, path: str, name: Optional[str] = None, progress: bool = False,
+                  resume: bool = True) -> "Deferred[dict[str, Any]]":
+        """Upload a file; fires with ``{"name", "size", "md5"}``.
+        See :func:`lttx.filetransfer.send_file`."""
+        return filetransfer.send_file(self.reactor, self.settings, path, name, progress, resume)
+
+    def recv_file(self, name: str, dest: str = ".", progress: bool = False,
+                  resume: bool = True) -> "Deferred[dict[str, Any]]":
+        """Download a file; fires with ``{"name", "size", "md5", "path"}``.
+        See :func:`lttx.filetransfer.recv_file`."""
+        return filetransfer.recv_file(self.reactor, self.settings, name, dest, progress, resume)
+
+    def list_files(self) -> "Deferred[list[dict[str, Any]]]":
+        """The daemon's files: ``[{"name", "size", "mtime"}, ...]`` by name."""
+        return filetransfer.list_files(self.reactor, self.settings)
+
+    def delete_file(self, name: str) -> "Deferred[bool]":
+        """Delete a stored file; fires with whether it existed."""
+        return filetransfer.delete_file(self.reactor, self.settings, name)
+
     # -- pushes -------------------------------------------------------------
 
     def push(self, key: Any, data: Any, channel: str) -> None:
@@ -846,6 +882,42 @@ class Client:
 
     # -- pushes -------------------------------------------------------------
 
+    def send_file(self, path: str, name: Optional[str] = None, progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Upload ``path`` (as ``name``, its base name by default); returns
+        ``{"name", "size", "md5"}`` once the daemon has checked the MD5 and
+        put the file in place.  An interrupted upload of the same file resumes
+        from the byte the daemon holds.  ``progress=True`` shows a tqdm bar.
+        The transfer has no overall time limit; it fails after ``timeout``
+        seconds without progress.
+
+        :raises BadFileName: for a name the daemon refuses.
+        :raises ChecksumMismatch: if the bytes did not arrive intact (no file kept).
+        :raises StorageError: over ``--max-file-size`` or with the daemon's disk full.
+        """
+        return self._loop.run(self._client.send_file, path, name, progress, resume)
+
+    def recv_file(self, name: str, dest: str = ".", progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Download ``name`` into the folder ``dest`` (or to the file path
+        ``dest``); returns ``{"name", "size", "md5", "path"}``.  The file
+        appears only once its MD5 matches; an interrupted download resumes.
+
+        :raises NotFound: if the daemon has no such file (nothing is written).
+        :raises ChecksumMismatch: if the bytes did not arrive intact (nothing kept).
+        """
+        return self._loop.run(self._client.recv_file, name, dest, progress, resume)
+
+    def list_files(self) -> list[dict[str, Any]]:
+        """The daemon's files: ``[{"name", "size", "mtime"}, ...]`` by name."""
+        return self._call(self._client.list_files)
+
+    def delete_file(self, name: str) -> bool:
+        """Delete a stored file; whether it existed."""
+        return self._call(self._client.delete_file, name)
+
     def push(self, key: Any, data: Any, channel: str) -> None:
         """
         Publish ``data`` under ``key`` on ``channel``; returns at once.
@@ -962,7 +1034,8 @@ class Client:
 
 
 def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
-            timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER) -> Client:
+            timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER,
+            tls: bool = False, ca: Optional[str] = None) -> Client:
     """
     Connect a blocking client to an LTtx daemon.
 
@@ -973,13 +1046,17 @@ def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[s
     :param timeout: seconds to wait for each reply, and for the connection.
     :param push_buffer: bytes of pushes held while the connection cannot
         take them before :meth:`Client.push` blocks.
+    :param tls: speak TLS (the daemon listens on an ``ssl:`` endpoint); the
+        daemon's certificate must be signed by a trusted CA and be for ``host``.
+    :param ca: a PEM file of the CA(s) to trust; None trusts the system's CAs.
     :raises AuthError: on a wrong token.
+    :raises TLSError: when the certificate is not trusted or not for ``host``.
     :raises ConnectError: when the daemon cannot be reached.
     """
     loop = EventLoop()
     messages = MessageQueue()
     try:
-        settings = ConnectionSettings(host, port, token, timeout)
+        settings = ConnectionSettings(host, port, token, timeout, tls=tls, ca=ca)
         client = loop.run(AsyncClient.connect, loop.reactor, settings, messages.put,
                           messages.put_many, timeout=timeout + 1)
     except BaseException:

@@ -7,7 +7,7 @@ The variable store, the channel registry and the authenticator are passed in
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
@@ -17,6 +17,9 @@ from .auth import TokenAuthenticator
 from .channels import ChannelRegistry
 from .protocol import LTtxServerProtocol
 from .store import IVariableStore
+
+if TYPE_CHECKING:
+    from .filetransfer import FileService
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
@@ -36,6 +39,7 @@ class LTtxFactory(ServerFactory):
         channels: Optional[ChannelRegistry] = None,
         subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
         clock: Optional[IReactorTime] = None,
+        files: "Optional[FileService]" = None,
     ) -> None:
         self.store = store
         self.auth = auth
@@ -44,6 +48,7 @@ class LTtxFactory(ServerFactory):
         self.subscriber_buffer = subscriber_buffer
         # Times the abort of a cut-off subscriber that does not read; None: never.
         self.clock = clock
+        self.files = files
         self.connections: set[LTtxServerProtocol] = set()
 
     def buildProtocol(self, addr: IAddress) -> LTtxServerProtocol:
@@ -60,5 +65,8 @@ class LTtxFactory(ServerFactory):
 
     def status(self) -> dict[str, Any]:
         """What ``lttx status`` shows of this daemon."""
-        return {"connections": len(self.connections), "variables": len(self.store),
-                "channels": self.channels.status()}
+        status = {"connections": len(self.connections), "variables": len(self.store),
+                  "channels": self.channels.status()}
+        if self.files is not None:
+            status["files"] = self.files.status()
+        return status

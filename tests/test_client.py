@@ -80,7 +80,8 @@ class AsyncClientTests(SynchronousTestCase):
         self.failureResultOf(client.put("s", {1, 2}), lttx.EncodeError)
 
     def test_lost_connection_fails_pending_requests(self) -> None:
-        """Requests in flight when the connection drops fail with ConnectionLost."""
+        """Requests in flight when the connection drops fail with ConnectionLost;
+        later ones wait for the reconnection, then fail after the timeout."""
         class NeverAnswers(MemoryStore):
             def get(self, name: str) -> Deferred[Any]:
                 return Deferred()
@@ -92,7 +93,7 @@ class AsyncClientTests(SynchronousTestCase):
         client.protocol.transport.loseConnection()
         pump.flush()
         self.failureResultOf(d, lttx.ConnectionLost)
-        # A call made while the client reconnects waits, up to the timeout.
+        # A call made while disconnected waits for the reconnection, at most the timeout.
         later = client.get("a")
         self.assertNoResult(later)
         client.test_reactor.advance(client.settings.timeout)  # type: ignore[attr-defined]
