@@ -184,6 +184,10 @@ class SlowSubscriberTests(TestCase):
         self.assertEqual(received, list(range(1, 150_001)))
         daemon.wait_for_log(r"slow subscriber 127\.0\.0\.1:\d+ cut off \(more than 1048576 "
                             r"bytes queued")
+        # Resumed, the cut-off client reads its notice, reconnects and resubscribes.
+        after_cut_off = len(daemon.lines)
+        frozen.send_signal(signal.SIGCONT)
+        daemon.wait_for_log(r"subscribed to hq", start=after_cut_off)
         # 150,000 messages are ~20 MB: a daemon keeping them for the frozen
         # subscriber would grow by at least that much.
         growth = rss_after - rss_before
