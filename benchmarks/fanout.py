@@ -22,12 +22,14 @@ Systems:
   every subscriber with ``sendall``, no parsing, no flow control.  The upper
   bound of what Python sockets do here; a frozen subscriber stalls it.
 - ``redis``: ``redis-server`` (started here on a free port) with redis-py:
-  PUBLISH pipelined in batches of 500, subscribers on ``pubsub().get_message``.
+  PUBLISH pipelined in batches of 500 (at a steady rate: the messages of
+  each 1 ms step together), subscribers on ``pubsub().get_message``.
 
 Messages are ~100-byte ticks.  Subscribers are separate processes; times are
 ``time.monotonic_ns()`` (one clock for all processes on Linux).  The figure
 compared is messages delivered per second: all messages received by the live
-subscribers, divided by the time from the first push to the last receive.
+subscribers, divided by the time from the first push to the last receive (for
+a run that did not complete, to the end of the window it was given).
 """
 
 from __future__ import annotations
@@ -208,13 +210,18 @@ def relay(port: int) -> None:
 # -- publishers (this process) ---------------------------------------------------------
 
 
+def _step(rate: float) -> int:
+    """Messages per 1 ms step at ``rate``: a paced publisher sends them together."""
+    return max(1, int(rate / 1000))
+
+
 def paced(n: int, rate: Optional[float]):  # type: ignore[no-untyped-def]
     """Yield message indexes, at ``rate`` per second if given (in 1 ms steps)."""
     if rate is None:
         yield from range(n)
         return
     start = time.monotonic()
-    per_ms = max(1, int(rate / 1000))
+    per_ms = _step(rate)
     for i in range(n):
         if i % per_ms == 0:
             wait = start + i / rate - time.monotonic()
@@ -264,7 +271,7 @@ class Publisher:
             for i in paced(n, rate):
                 payload = f"{key_of(i)}|{tick(i, time.monotonic_ns() if stamp else 0)}".encode()
                 batch.append(_PREFIX.pack(len(payload)) + payload)
-                if rate is not None or len(batch) >= 500:
+                if len(batch) >= (_step(rate) if rate else 500):
                     s.sendall(b"".join(batch))
                     sent += len(batch)
                     batch = []
@@ -287,7 +294,7 @@ class Publisher:
         try:
             for i in paced(n, rate):
                 pipe.publish(CHANNEL, f"{key_of(i)}|{tick(i, time.monotonic_ns() if stamp else 0)}")
-                if rate is not None or len(pipe) >= 500:
+                if len(pipe) >= (_step(rate) if rate else 500):
                     sent += len(pipe)
                     pipe.execute()
             sent += len(pipe)
@@ -400,17 +407,21 @@ def scenario(servers: Servers, system: str, subscribers: int, n: int, frozen: in
             child.kill()
             child.communicate()
             results.append({"count": 0, "first": 0, "last": 0})
+    collected = time.monotonic_ns()
     rss_after = servers.daemon_rss_kib() if system == "lttx" else 0
     for child in children[:frozen]:
         child.send_signal(signal.SIGCONT)
         child.kill()
         child.communicate()
     received = sum(r["count"] for r in results)
+    complete = received == n * (subscribers - frozen)
     last = max((r["last"] for r in results if r["count"]), default=pub["t1"])
-    elapsed = max(last, pub["t1"]) - pub["t0"]
+    # A run that did not complete (a stalled relay) is charged the whole
+    # window it was given, not just the time until it stalled.
+    elapsed = (max(last, pub["t1"]) if complete else collected) - pub["t0"]
     out = {
         "system": system, "subscribers": subscribers, "frozen": frozen, "sent": pub["sent"],
-        "received": received, "complete": received == n * (subscribers - frozen),
+        "received": received, "complete": complete,
         "seconds": elapsed / 1e9, "delivered_per_s": received / (elapsed / 1e9),
         "publish_per_s": pub["sent"] / ((pub["t1"] - pub["t0"]) / 1e9),
     }
@@ -452,6 +463,8 @@ def main() -> None:
                         f"received {result['received']:>8,}/{result['sent'] * live:<8,}")
                 if "p50_us" in result and result["p50_us"] is not None:
                     line += f"  p50 {result['p50_us']:,.0f} us  p99 {result['p99_us']:,.0f} us"
+                if not result["complete"]:
+                    line += "  INCOMPLETE (stalled)"
                 if "daemon_rss_growth_kib" in result:
                     line += f"  daemon RSS +{result['daemon_rss_growth_kib'] / 1024:.1f} MiB"
                 print(line, flush=True)
