@@ -125,11 +125,14 @@ class ChannelsTests(TestCase):
         self.flushLoggedErrors(ValueError)
 
     def test_bad_push_is_a_notice_and_flush(self) -> None:
-        """A push with an unhashable key is refused by the daemon with one log line;
-        pushes around it are delivered; flush() returns."""
+        """An unencodable push raises EncodeError at once; a push with an unhashable key
+        is refused by the daemon with one log line; pushes around them are delivered
+        intact; flush() returns."""
         sub = self.daemon.connect()
         sub.subscribe("hq")
         self.publisher.push("a", 1, "hq")
+        self.assertRaises(lttx.EncodeError, self.publisher.push, "x", {1, 2}, "hq")
+        self.assertRaises(lttx.EncodeError, self.publisher.push, "x", 2**70, "hq")
         self.publisher.push(["not", "a", "key"], 2, "hq")
         self.publisher.push("b", 3, "hq")
         self.publisher.flush()
