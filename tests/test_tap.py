@@ -83,8 +83,7 @@ class MakeServiceTests(SynchronousTestCase):
         """--subscriber-buffer is the bound each subscriber's outbox gets."""
         options = parse("--subscriber-buffer", "2MiB", "--data-dir", self.mktemp())
         service = makeService(options, MemoryReactorClock())
-        [listener] = [s for s in IServiceCollection(service)
-                      if isinstance(s, StreamServerEndpointService)]
+        [listener] = listeners(service)
         self.assertEqual(listener.factory.subscriber_buffer, 2 * 1024 * 1024)
         self.assertEqual(listener.factory.channels.status()["channels"], {})
 
