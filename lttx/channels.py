@@ -242,7 +242,7 @@ class ChannelRegistry:
         if encoded is None:
             encoded = msgpack.packb(channel) + msgpack.packb(key) + codec.encode(data)
         ch.seq += 1
-        payload = _MESSAGE_HEAD + encoded + msgpack.packb(ch.seq)
+        payload = _MESSAGE_HEAD + encoded + pack_seq(ch.seq)
         frame = _PREFIX.pack(len(payload)) + payload
         dirty = self._dirty
         for subscriber, conflate in ch.subscribers.items():
@@ -287,6 +287,23 @@ class ChannelRegistry:
             "slow_subscribers_cut_off": self.slow_cut_off,
             "conflated_drops": conflated,
         }
+
+
+_SMALL_INTS = tuple(bytes([n]) for n in range(128))
+
+
+def pack_seq(n: int) -> bytes:
+    """The MessagePack encoding of a non-negative int, as ``msgpack.packb`` writes
+    it, without building a Packer per message."""
+    if n < 0x80:
+        return _SMALL_INTS[n]
+    if n < 0x100:
+        return b"\xcc" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")
 
 
 def _check_key(key: Any) -> None:

@@ -52,6 +52,11 @@ def encode(value: Any) -> bytes:
         raise EncodeError(f"cannot encode value: {e}") from None
 
 
+def packer() -> msgpack.Packer:
+    """A reusable encoder writing what :func:`encode` writes (not thread-safe)."""
+    return msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True)
+
+
 def decode(payload: bytes) -> Any:
     """
     Decode one payload.

@@ -112,6 +112,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._fatal(None, AuthError(
                 "the daemon runs without a token and serves loopback clients only"))
             return
+        _no_delay(self.transport)
         self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -325,8 +326,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         except LTtxError as e:
             # One log line per connection, not one per refused message.
             if not self._refused_publishes:
-                self.log.info("{peer}: publish refused: {code}: {message}",
-                              peer=self.peer, code=e.code, message=e.message)
+                self.log.info("{peer}: publish refused: {code}: {reason}",
+                              peer=self.peer, code=e.code, reason=e.message)
             self._refused_publishes += 1
             self.send_frame([codec.NOTICE, e.code, e.message])
 
@@ -446,6 +447,13 @@ def _map(result: Any, f: Callable[[Any], Any]) -> Any:
     if isinstance(result, Deferred):
         return result.addCallback(f)
     return f(result)
+
+
+def _no_delay(transport: Any) -> None:
+    """Disable Nagle: a message must not wait 40 ms for a delayed ACK."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        set_no_delay(True)
 
 
 def _describe(address: Any) -> str:

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from lttx import AuthError, BadRequest, EncodeError, codec
-from lttx.channels import ChannelRegistry, ISubscriber, split_channels
+from lttx.channels import ChannelRegistry, ISubscriber, pack_seq, split_channels
 
 from .common import frames_of
 
@@ -59,6 +59,13 @@ class SplitChannelsTests(SynchronousTestCase):
         """Empty names, empty lists, non-strings and over-long names are BadRequest."""
         for bad in ("", "a@", "@b", [], ["a", 1], 7, None, "x" * 201):
             self.assertRaises(BadRequest, split_channels, bad)
+
+
+class PackSeqTests(SynchronousTestCase):
+    @given(st.one_of(st.integers(0, 300), st.integers(0, 2**64 - 1)))
+    def test_same_bytes_as_msgpack(self, n: int) -> None:
+        """pack_seq writes what msgpack writes for every sequence number."""
+        self.assertEqual(pack_seq(n), msgpack.packb(n))
 
 
 class FanOutTests(SynchronousTestCase):

@@ -125,11 +125,14 @@ class ChannelsTests(TestCase):
         self.flushLoggedErrors(ValueError)
 
     def test_bad_push_is_a_notice_and_flush(self) -> None:
-        """A push with an unhashable key is refused by the daemon with one log line;
-        pushes around it are delivered; flush() returns."""
+        """An unencodable push raises EncodeError at once; a push with an unhashable key
+        is refused by the daemon with one log line; pushes around them are delivered
+        intact; flush() returns."""
         sub = self.daemon.connect()
         sub.subscribe("hq")
         self.publisher.push("a", 1, "hq")
+        self.assertRaises(lttx.EncodeError, self.publisher.push, "x", {1, 2}, "hq")
+        self.assertRaises(lttx.EncodeError, self.publisher.push, "x", 2**70, "hq")
         self.publisher.push(["not", "a", "key"], 2, "hq")
         self.publisher.push("b", 3, "hq")
         self.publisher.flush()
@@ -184,6 +187,10 @@ class SlowSubscriberTests(TestCase):
         self.assertEqual(received, list(range(1, 150_001)))
         daemon.wait_for_log(r"slow subscriber 127\.0\.0\.1:\d+ cut off \(more than 1048576 "
                             r"bytes queued")
+        # Resumed, the cut-off client reads its notice, reconnects and resubscribes.
+        after_cut_off = len(daemon.lines)
+        frozen.send_signal(signal.SIGCONT)
+        daemon.wait_for_log(r"subscribed to hq", start=after_cut_off)
         # 150,000 messages are ~20 MB: a daemon keeping them for the frozen
         # subscriber would grow by at least that much.
         growth = rss_after - rss_before
@@ -255,3 +262,29 @@ class ReconnectionTests(TestCase):
             client.ping()
         with self.assertRaises(lttx.ConnectionLost):
             client.flush()
+
+
+class PublisherTests(TestCase):
+    """A publisher in a plain loop, with the daemon not reading."""
+
+    def test_push_is_bounded_while_the_daemon_does_not_read(self) -> None:
+        """With the daemon frozen, pushes fill the kernel buffers and then the client's
+        bounded buffer, then push raises TimeoutError after the client's timeout; the
+        daemon resumed, every accepted push is delivered, in order."""
+        daemon = Daemon(self)
+        subscriber = daemon.connect()
+        subscriber.subscribe("hq")
+        publisher = daemon.connect(timeout=1, push_buffer=256 * 1024)
+        daemon.signal(signal.SIGSTOP)
+        self.addCleanup(daemon.signal, signal.SIGCONT)
+        accepted = 0
+        with self.assertRaises(lttx.TimeoutError):
+            for i in range(2_000_000):  # ~200 MB if nothing pushed back
+                publisher.push(f"{i % 5000:06d}.SH", tick(i), "hq")
+                accepted += 1
+        # Kernel socket buffers (a few MB) plus the 256 KiB bound, not more.
+        self.assertLess(accepted, 150_000)
+        daemon.signal(signal.SIGCONT)
+        publisher.flush()
+        seqs = [subscriber.Q.get(timeout=15).seq for _ in range(accepted)]
+        self.assertEqual(seqs, list(range(1, accepted + 1)))

@@ -79,6 +79,14 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(sorted((port, interface) for port, _, _, interface in reactor.tcpServers),
                          [(2025, "127.0.0.1"), (2026, "")])
 
+    def test_subscriber_buffer_reaches_the_factory(self) -> None:
+        """--subscriber-buffer is the bound each subscriber's outbox gets."""
+        options = parse("--subscriber-buffer", "2MiB", "--data-dir", self.mktemp())
+        service = makeService(options, MemoryReactorClock())
+        [listener] = listeners(service)
+        self.assertEqual(listener.factory.subscriber_buffer, 2 * 1024 * 1024)
+        self.assertEqual(listener.factory.channels.status()["channels"], {})
+
     def test_port_when_no_listen(self) -> None:
         reactor = MemoryReactorClock()
         service = makeService(parse("--port", "3000", "--data-dir", self.mktemp()), reactor)

@@ -1,0 +1,491 @@
+"""
+Fan-out benchmark: LTtx channels next to a raw-socket relay and Redis pub/sub.
+
+Run by hand from the checkout (about two minutes; every scenario is bounded)::
+
+    python3 benchmarks/fanout.py            # all scenarios
+    python3 benchmarks/fanout.py --quick    # fewer messages
+
+Scenarios, each run on the three systems in the same run:
+
+1. one publisher -> 1 subscriber, as fast as the publisher can push;
+2. one publisher -> 10 subscribers;
+3. one publisher -> 10 subscribers, one of them frozen with SIGSTOP;
+4. push-to-receive latency (p50, p99) at a steady 10,000 messages/s to 1 subscriber.
+
+Systems:
+
+- ``lttx``: the real ``twistd -n lttx``; the blocking client's ``push`` in a
+  plain loop, subscribers read ``client.Q``.
+- ``raw``: the simplest possible Python relay: it forwards the bytes of
+  pre-framed messages (4-byte length + ``key|data``) from the publisher to
+  every subscriber with ``sendall``, no parsing, no flow control.  The upper
+  bound of what Python sockets do here; a frozen subscriber stalls it.
+- ``redis``: ``redis-server`` (started here on a free port) with redis-py:
+  PUBLISH pipelined in batches of 500 (at a steady rate: the messages of
+  each 1 ms step together), subscribers on ``pubsub().get_message``.
+
+Messages are ~100-byte ticks.  Subscribers are separate processes; times are
+``time.monotonic_ns()`` (one clock for all processes on Linux).  The figure
+compared is messages delivered per second: all messages received by the live
+subscribers, divided by the time from the first push to the last receive (for
+a run that did not complete, to the end of the window it was given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = str(Path(__file__).resolve().parent.parent)
+sys.path.insert(0, ROOT)
+
+TOKEN = "bench"
+CHANNEL = "hq"
+_PREFIX = struct.Struct("!I")
+
+
+def tick(i: int, stamp: int = 0) -> str:
+    """A ~100-byte tick; the first 19 characters carry a send time in ns."""
+    return (f"{stamp:019d}|{i:09d}|10.23|10.24|10.22|10.25|1200|3400|5600|7800|"
+            f"9000|1234567.89|093000000")
+
+
+def key_of(i: int) -> str:
+    return f"{600000 + i % 5000}.SH"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- subscribers (each in its own process) ----------------------------------------------
+
+
+class Recorder:
+    """Counts messages and, with ``latency``, records push-to-receive times."""
+
+    def __init__(self, n: int, latency: bool) -> None:
+        self.n = n
+        self.latency = latency
+        self.count = 0
+        self.first = 0
+        self.last = 0
+        self.lat: list[int] = []
+
+    def got(self, data: str) -> None:
+        now = time.monotonic_ns()
+        if not self.count:
+            self.first = now
+        self.count += 1
+        self.last = now
+        if self.latency:
+            self.lat.append(now - int(data[:19]))
+
+    def report(self) -> None:
+        out: dict[str, Any] = {"count": self.count, "first": self.first, "last": self.last}
+        if self.lat:
+            lat = sorted(self.lat)
+            out["p50_us"] = lat[len(lat) // 2] / 1000
+            out["p99_us"] = lat[int(len(lat) * 0.99)] / 1000
+            out["max_us"] = lat[-1] / 1000
+        print(json.dumps(out), flush=True)
+
+
+def sub_lttx(port: int, rec: Recorder, deadline: float) -> None:
+    import queue
+
+    import lttx
+
+    c = lttx.connect("127.0.0.1", port, token=TOKEN, timeout=30)
+    c.subscribe(CHANNEL)
+    print("ready", flush=True)
+    get = c.Q.get
+    try:
+        while rec.count < rec.n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            rec.got(get(timeout=left).data)
+    except queue.Empty:
+        pass
+    rec.report()
+    c.close()
+
+
+def sub_raw(port: int, rec: Recorder, deadline: float) -> None:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"S")
+    print("ready", flush=True)
+    buf = b""
+    while rec.count < rec.n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            chunk = s.recv(262144)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        buf += chunk
+        pos = 0
+        while len(buf) - pos >= 4:
+            (length,) = _PREFIX.unpack_from(buf, pos)
+            if len(buf) - pos - 4 < length:
+                break
+            payload = buf[pos + 4:pos + 4 + length].decode()
+            rec.got(payload.split("|", 1)[1])
+            pos += 4 + length
+        buf = buf[pos:]
+    rec.report()
+
+
+def sub_redis(port: int, rec: Recorder, deadline: float) -> None:
+    import redis
+
+    r = redis.Redis(port=port)
+    p = r.pubsub(ignore_subscribe_messages=True)
+    p.subscribe(CHANNEL)
+    p.get_message(timeout=5)  # the subscribe confirmation
+    print("ready", flush=True)
+    while rec.count < rec.n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        m = p.get_message(timeout=min(left, 1.0))
+        if m is not None:
+            rec.got(m["data"].decode().split("|", 1)[1])
+    rec.report()
+
+
+# -- the raw relay (its own process) ---------------------------------------------------
+
+
+def relay(port: int) -> None:
+    """Forward the publisher's bytes to every subscriber, as is."""
+    server = socket.create_server(("127.0.0.1", port))
+    print("ready", flush=True)
+    subscribers: list[socket.socket] = []
+    while True:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        role = conn.recv(1)
+        if role == b"S":
+            subscribers.append(conn)
+            continue
+        # The publisher: relay until it closes.
+        while True:
+            data = conn.recv(262144)
+            if not data:
+                break
+            for s in list(subscribers):
+                try:
+                    s.sendall(data)  # blocks while this subscriber does not read
+                except OSError:  # it went away
+                    subscribers.remove(s)
+                    s.close()
+        conn.close()
+        for s in subscribers:
+            s.close()
+        subscribers = []
+
+
+# -- publishers (this process) ---------------------------------------------------------
+
+
+def _step(rate: float) -> int:
+    """Messages per 1 ms step at ``rate``: a paced publisher sends them together."""
+    return max(1, int(rate / 1000))
+
+
+def paced(n: int, rate: Optional[float]):  # type: ignore[no-untyped-def]
+    """Yield message indexes, at ``rate`` per second if given (in 1 ms steps)."""
+    if rate is None:
+        yield from range(n)
+        return
+    start = time.monotonic()
+    per_ms = _step(rate)
+    for i in range(n):
+        if i % per_ms == 0:
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        yield i
+
+
+class Publisher:
+    def __init__(self, system: str, port: int) -> None:
+        self.system = system
+        self.port = port
+
+    def run(self, n: int, rate: Optional[float], stamp: bool, budget: float) -> dict[str, Any]:
+        """Publish n messages; stop early after ``budget`` seconds (a stalled relay)."""
+        return getattr(self, f"_run_{self.system}")(n, rate, stamp, budget)
+
+    def _run_lttx(self, n: int, rate: Optional[float], stamp: bool,
+                  budget: float) -> dict[str, Any]:
+        import lttx
+
+        c = lttx.connect("127.0.0.1", self.port, token=TOKEN, timeout=budget)
+        push = c.push
+        t0 = time.monotonic_ns()
+        sent = 0
+        try:
+            for i in paced(n, rate):
+                push(key_of(i), tick(i, time.monotonic_ns() if stamp else 0), CHANNEL)
+                sent += 1
+            c.flush()
+        except lttx.LTtxError as e:
+            print(f"  lttx publisher stopped: {e}", file=sys.stderr)
+        t1 = time.monotonic_ns()
+        c.close()
+        return {"t0": t0, "t1": t1, "sent": sent}
+
+    def _run_raw(self, n: int, rate: Optional[float], stamp: bool,
+                 budget: float) -> dict[str, Any]:
+        s = socket.create_connection(("127.0.0.1", self.port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sendall(b"P")
+        s.settimeout(budget)
+        t0 = time.monotonic_ns()
+        batch: list[bytes] = []
+        sent = 0
+        try:
+            for i in paced(n, rate):
+                payload = f"{key_of(i)}|{tick(i, time.monotonic_ns() if stamp else 0)}".encode()
+                batch.append(_PREFIX.pack(len(payload)) + payload)
+                if len(batch) >= (_step(rate) if rate else 500):
+                    s.sendall(b"".join(batch))
+                    sent += len(batch)
+                    batch = []
+            s.sendall(b"".join(batch))
+            sent += len(batch)
+        except socket.timeout:
+            print("  raw publisher blocked: the relay stalled", file=sys.stderr)
+        t1 = time.monotonic_ns()
+        s.close()
+        return {"t0": t0, "t1": t1, "sent": sent}
+
+    def _run_redis(self, n: int, rate: Optional[float], stamp: bool,
+                   budget: float) -> dict[str, Any]:
+        import redis
+
+        r = redis.Redis(port=self.port, socket_timeout=budget)
+        pipe = r.pipeline(transaction=False)
+        t0 = time.monotonic_ns()
+        sent = 0
+        try:
+            for i in paced(n, rate):
+                pipe.publish(CHANNEL, f"{key_of(i)}|{tick(i, time.monotonic_ns() if stamp else 0)}")
+                if len(pipe) >= (_step(rate) if rate else 500):
+                    sent += len(pipe)
+                    pipe.execute()
+            sent += len(pipe)
+            pipe.execute()
+        except redis.RedisError as e:
+            print(f"  redis publisher stopped: {e}", file=sys.stderr)
+        t1 = time.monotonic_ns()
+        return {"t0": t0, "t1": t1, "sent": sent}
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+class Servers:
+    """The LTtx daemon, the raw relay and redis-server, each on a free port."""
+
+    def __init__(self, lttx_args: list[str]) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        self.tmp = tempfile.mkdtemp(prefix="lttx-bench-")
+        self.ports: dict[str, int] = {}
+        env = dict(os.environ, PYTHONPATH=ROOT, PYTHONUNBUFFERED="1")
+        daemon = self._start(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n",
+             "--pidfile=", "lttx", "--listen", "tcp:0:interface=127.0.0.1", "--token", TOKEN,
+             "--data-dir", self.tmp, *lttx_args], env)
+        self.lttx_log: list[str] = []
+        for line in daemon.stdout:  # type: ignore[union-attr]
+            self.lttx_log.append(line)
+            found = re.search(r"LTtx listening on .* at [\d.]+:(\d+)", line)
+            if found:
+                self.ports["lttx"] = int(found.group(1))
+                break
+        threading.Thread(target=self._collect, args=(daemon,), daemon=True).start()
+        self.daemon = daemon
+        self.ports["raw"] = free_port()
+        relay_proc = self._start([sys.executable, __file__, "relay", str(self.ports["raw"])], env)
+        assert relay_proc.stdout is not None and relay_proc.stdout.readline().strip() == "ready"
+        if shutil.which("redis-server"):
+            self.ports["redis"] = port = free_port()
+            self._start(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                         "--save", "", "--appendonly", "no", "--dir", self.tmp], env)
+            import redis
+
+            client = redis.Redis(port=port)
+            for _ in range(100):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+
+    def _start(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env)
+        self.procs.append(proc)
+        return proc
+
+    def _collect(self, proc: subprocess.Popen[str]) -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            self.lttx_log.append(line)
+
+    def daemon_rss_kib(self) -> int:
+        with open(f"/proc/{self.daemon.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+def scenario(servers: Servers, system: str, subscribers: int, n: int, frozen: int = 0,
+             rate: Optional[float] = None, budget: float = 20.0) -> dict[str, Any]:
+    port = servers.ports[system]
+    deadline = time.monotonic() + budget + 10
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    children = []
+    for k in range(subscribers):
+        child = subprocess.Popen(
+            [sys.executable, __file__, "sub", system, str(port), str(n),
+             str(deadline - time.monotonic()), "latency" if rate else "count"],
+            stdout=subprocess.PIPE, text=True, env=env)
+        children.append(child)
+    for child in children:
+        line = child.stdout.readline().strip()  # type: ignore[union-attr]
+        if line != "ready":
+            raise RuntimeError(f"{system} subscriber did not start: {line!r}")
+    for child in children[:frozen]:
+        child.send_signal(signal.SIGSTOP)
+    rss_before = servers.daemon_rss_kib() if system == "lttx" else 0
+    pub = Publisher(system, port).run(n, rate, stamp=bool(rate), budget=budget)
+    results = []
+    for child in children[frozen:]:
+        try:
+            out, _ = child.communicate(timeout=max(1.0, deadline - time.monotonic() + 5))
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        except (subprocess.TimeoutExpired, IndexError, ValueError):
+            child.kill()
+            child.communicate()
+            results.append({"count": 0, "first": 0, "last": 0})
+    collected = time.monotonic_ns()
+    rss_after = servers.daemon_rss_kib() if system == "lttx" else 0
+    for child in children[:frozen]:
+        child.send_signal(signal.SIGCONT)
+        child.kill()
+        child.communicate()
+    received = sum(r["count"] for r in results)
+    complete = received == n * (subscribers - frozen)
+    last = max((r["last"] for r in results if r["count"]), default=pub["t1"])
+    # A run that did not complete (a stalled relay) is charged the whole
+    # window it was given, not just the time until it stalled.
+    elapsed = (max(last, pub["t1"]) if complete else collected) - pub["t0"]
+    out = {
+        "system": system, "subscribers": subscribers, "frozen": frozen, "sent": pub["sent"],
+        "received": received, "complete": complete,
+        "seconds": elapsed / 1e9, "delivered_per_s": received / (elapsed / 1e9),
+        "publish_per_s": pub["sent"] / ((pub["t1"] - pub["t0"]) / 1e9),
+    }
+    if rate:
+        out["p50_us"] = results[0].get("p50_us")
+        out["p99_us"] = results[0].get("p99_us")
+        out["max_us"] = results[0].get("max_us")
+    if system == "lttx":
+        out["daemon_rss_growth_kib"] = rss_after - rss_before
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer messages")
+    args = parser.parse_args()
+    n1, n10 = (50_000, 10_000) if args.quick else (200_000, 40_000)
+    # SIGTERM (e.g. from timeout(1)) still stops the servers started here.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
+    servers = Servers(["--subscriber-buffer", "4MiB"])
+    table: list[dict[str, Any]] = []
+    systems = [s for s in ("lttx", "raw", "redis") if s in servers.ports]
+    try:
+        plan = [
+            ("1 -> 1", dict(subscribers=1, n=n1)),
+            ("1 -> 10", dict(subscribers=10, n=n10)),
+            ("1 -> 10, one frozen", dict(subscribers=10, n=n10 * 2, frozen=1)),
+            ("latency @10k/s", dict(subscribers=1, n=30_000, rate=10_000.0)),
+        ]
+        for title, kwargs in plan:
+            print(f"\n== {title}")
+            for system in systems:
+                result = scenario(servers, system, **kwargs)  # type: ignore[arg-type]
+                result["scenario"] = title
+                table.append(result)
+                live = kwargs["subscribers"] - kwargs.get("frozen", 0)  # type: ignore[operator]
+                line = (f"  {system:6s} delivered {result['delivered_per_s']:>10,.0f} msg/s  "
+                        f"published {result['publish_per_s']:>10,.0f} msg/s  "
+                        f"received {result['received']:>8,}/{result['sent'] * live:<8,}")
+                if "p50_us" in result and result["p50_us"] is not None:
+                    line += f"  p50 {result['p50_us']:,.0f} us  p99 {result['p99_us']:,.0f} us"
+                if not result["complete"]:
+                    line += "  INCOMPLETE (stalled)"
+                if "daemon_rss_growth_kib" in result:
+                    line += f"  daemon RSS +{result['daemon_rss_growth_kib'] / 1024:.1f} MiB"
+                print(line, flush=True)
+            by = {r["system"]: r for r in table if r["scenario"] == title}
+            for other in ("raw", "redis"):
+                if "lttx" in by and other in by and by[other]["delivered_per_s"]:
+                    ratio = by["lttx"]["delivered_per_s"] / by[other]["delivered_per_s"]
+                    print(f"  lttx / {other:5s} = {ratio:.2f}")
+        cut = sum("cut off" in line for line in servers.lttx_log)
+        print(f"\nLTtx slow subscribers cut off during the run: {cut}")
+    finally:
+        servers.stop()
+    print(json.dumps(table))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "sub":
+        _, _, system, port, n, left, mode = sys.argv
+        recorder = Recorder(int(n), mode == "latency")
+        globals()[f"sub_{system}"](int(port), recorder, time.monotonic() + float(left))
+    elif len(sys.argv) > 1 and sys.argv[1] == "relay":
+        relay(int(sys.argv[2]))
+    else:
+        main()
