@@ -461,6 +461,11 @@ class AsyncClient:
         """One item of a list variable."""
         return self.call("get_list_value", name, index)
 
+    def status(self) -> "Deferred[dict[str, Any]]":
+        """The daemon's figures: version, uptime, connections, variables, and
+        one dict per component (channels, journal, files); see ``lttx status``."""
+        return self.call("status")
+
     # -- channels -----------------------------------------------------------
 
     def subscribe(self, channels: "str | list[str]", password: Optional[str] = None,
@@ -826,6 +831,11 @@ class Client:
     def get_list_value(self, name: str, index: int) -> Any:
         """One item of a big list without fetching the list."""
         return self._call(self._client.get_list_value, name, index)
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's figures: version, uptime, connections, variables, and
+        one dict per component (channels, journal, files); see ``lttx status``."""
+        return self._call(self._client.status)
 
     # -- channels -----------------------------------------------------------
 

@@ -437,6 +437,10 @@ class LTtxServerProtocol(Int32StringReceiver):
     def cmd_get_list_value(self, name: Any, index: Any) -> Any:
         return self.factory.store.get_list_value(name, index)
 
+    @command(0)
+    def cmd_status(self) -> Any:
+        return self.factory.status()
+
 
 def _map(result: Any, f: Callable[[Any], Any]) -> Any:
     """Apply ``f`` to a result that may still be a Deferred."""

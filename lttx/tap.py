@@ -200,9 +200,13 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
     files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
                         max_file_size=options["max-file-size"])
+    # What `lttx status` reports besides the factory's own figures, the
+    # channels and the files: one entry per component with a status().
+    status_sources: dict[str, Any] = {"journal": store}
     factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
                           subscriber_buffer=options["subscriber-buffer"],
-                          clock=reactor, files=files)  # type: ignore[arg-type]
+                          clock=reactor, files=files,  # type: ignore[arg-type]
+                          status_sources=status_sources)
 
     rates = TimerService(1.0, channels.sample)
     rates.clock = reactor
