@@ -34,6 +34,7 @@ from .errors import (
     EncodeError,
     FrameTooLarge,
     LTtxError,
+    PermissionDenied,
     TimeoutError,
     error_from_wire,
 )
@@ -131,6 +132,7 @@ class ClientProtocol(Int32StringReceiver):
         of received bytes are passed together, in order, to ``on_messages``.
         """
         self._on_messages = on_messages
+        self._on_message = lambda message: on_messages([message])
         self._on_notice = on_notice
 
     def dataReceived(self, data: bytes) -> None:
@@ -324,6 +326,9 @@ class AsyncClient:
     def _resubscribe(self, opened: tuple[ClientProtocol, dict[str, Any]]
                      ) -> "Deferred[tuple[ClientProtocol, dict[str, Any], list[str]]]":
         protocol, info = opened
+        # Messages follow a subscribe reply at once, often in the same chunk:
+        # route them before asking, or the first ones after the outage are lost.
+        protocol.set_receivers(self._messages_received, _log_notice)
         groups: dict[tuple[Optional[str], bool], list[str]] = {}
         for name, sub in self._subscriptions.items():
             groups.setdefault((sub.password, sub.conflate), []).append(name)
@@ -339,8 +344,9 @@ class AsyncClient:
         return d
 
     def _resubscribe_refused(self, failure: Failure, names: list[str]) -> list[str]:
-        # A channel recreated meanwhile with another password: the others go on.
-        failure.trap(AuthError, BadRequest)
+        # The daemon refused these channels (recreated with another password,
+        # the token's rights changed): the other channels and calls go on.
+        failure.trap(AuthError, BadRequest, PermissionDenied)
         self.log.error("could not resubscribe to {channels}: {error}",
                        channels=", ".join(names), error=failure.getErrorMessage())
         for name in names:

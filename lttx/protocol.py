@@ -137,10 +137,13 @@ class LTtxServerProtocol(Int32StringReceiver):
             f"frame of {length} bytes is over the limit of {self.MAX_LENGTH} bytes"))
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        # The publishes of this chunk are queued in the subscribers'
-        # outboxes: one write per subscriber for the whole chunk.
-        self.factory.channels.flush()
+        try:
+            super().dataReceived(data)
+        finally:
+            # The publishes of this chunk are queued in the subscribers'
+            # outboxes: one write per subscriber for the whole chunk, sent
+            # even if a later frame of the chunk failed.
+            self.factory.channels.flush()
 
     def stringReceived(self, frame: bytes) -> None:
         if self.transport.disconnecting:

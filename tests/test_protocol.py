@@ -263,3 +263,24 @@ class DeferredResultTests(SynchronousTestCase):
         transport.clear()
         pending[0].callback(None)
         self.assertEqual(frames_of(transport.value()), [[R, 1, None]])
+
+
+class PublishTests(SynchronousTestCase):
+    """Publish frames from a broken client hurt nobody."""
+
+    def test_publish_on_a_map_channel_is_refused_and_the_batch_still_goes_out(self) -> None:
+        """A map as channel gets a notice; the good publish before it reaches the subscriber."""
+        from lttx.auth import TokenAuthenticator
+        from lttx.factory import LTtxFactory
+        from lttx.store import MemoryStore
+
+        factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN))
+        subscriber, sub_transport = server_protocol(factory=factory)
+        publisher, pub_transport = server_protocol(factory=factory)
+        subscriber.dataReceived(frame([0, 1, "subscribe", [["hq"], None, {}]]))
+        sub_transport.clear()
+        publisher.dataReceived(frame([5, "hq", "k", "good"]) + frame([5, {"a": 1}, "k", "bad"]))
+        self.assertEqual(frames_of(sub_transport.value()), [[codec.MESSAGE, "hq", "k", "good", 1]])
+        [[kind, code, _]] = frames_of(pub_transport.value())
+        self.assertEqual((kind, code), (codec.NOTICE, "bad_request"))
+        self.assertFalse(pub_transport.disconnecting)
