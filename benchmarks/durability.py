@@ -23,6 +23,7 @@ the client side does not share the server's reactor or GIL.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import shutil
@@ -242,7 +243,9 @@ def measure_compaction(reactor: Any, n: int) -> Any:
     directory = tempfile.mkdtemp(prefix="lttx-bench-compact-")
     try:
         build(directory, n, compact=False)
+        gc.collect()
         store = DurableStore.open(directory, "everysec", reactor)
+        gc.freeze()  # as makeService does after recovery
         store.startService()
         idle_gap, _ = yield longest_gap(reactor, store, n, 2.0)
         started = time.perf_counter()
