@@ -40,22 +40,12 @@ from twisted.internet import defer, task  # noqa: E402
 from lttx import codec  # noqa: E402
 from lttx.auth import TokenAuthenticator  # noqa: E402
 from lttx.client import AsyncClient, ConnectionSettings  # noqa: E402
-from lttx.durable import DurableStore  # noqa: E402
+from lttx.durable import DurableStore, InlineLane  # noqa: E402
 from lttx.factory import LTtxFactory  # noqa: E402
 from lttx.journal import journal_name  # noqa: E402
 from lttx.store import MemoryStore  # noqa: E402
 
 TOKEN = "bench"
-
-
-class ImmediateLane:
-    """Runs file jobs at once (building data sets, no reactor running)."""
-
-    def run(self, f: Any, *args: Any) -> "defer.Deferred[Any]":
-        return defer.maybeDeferred(f, *args)
-
-    def stop(self) -> None:
-        pass
 
 
 # -- server subprocess ---------------------------------------------------------
@@ -152,7 +142,7 @@ def small_value(i: int) -> Any:
 def build(directory: str, n: int, compact: bool) -> tuple[int, float]:
     """N small variables written through a DurableStore; their encoded size."""
     clock = task.Clock()
-    store = DurableStore.open(directory, "no", clock, ImmediateLane(), ImmediateLane(),
+    store = DurableStore.open(directory, "no", clock, InlineLane(), InlineLane(),
                               compact_min_bytes=2**62)
     encoded = 0
     for i in range(n):
@@ -175,7 +165,7 @@ def build(directory: str, n: int, compact: bool) -> tuple[int, float]:
 
 def startup(directory: str) -> tuple[float, int]:
     started = time.perf_counter()
-    store = DurableStore.open(directory, "no", task.Clock(), ImmediateLane(), ImmediateLane())
+    store = DurableStore.open(directory, "no", task.Clock(), InlineLane(), InlineLane())
     elapsed = time.perf_counter() - started
     count = len(store)
     store.stopService()
@@ -254,7 +244,7 @@ def measure_compaction(reactor: Any, n: int) -> Any:
         elapsed = time.perf_counter() - started
         status = store.status()
         yield store.stopService()
-        check = DurableStore.open(directory, "no", task.Clock(), ImmediateLane(), ImmediateLane())
+        check = DurableStore.open(directory, "no", task.Clock(), InlineLane(), InlineLane())
         assert len(check) == n
         check.stopService()
     finally:

@@ -12,11 +12,13 @@ __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402  (the version is needed by submodules first)
     AuthError,
+    BadFileName,
     BadRequest,
     ChecksumMismatch,
     ConnectError,
     ConnectionLost,
     EncodeError,
+    FileBusy,
     FrameTooLarge,
     IndexOutOfRange,
     LTtxError,
@@ -26,21 +28,17 @@ from .errors import (  # noqa: E402  (the version is needed by submodules first)
     SlowSubscriber,
     StorageError,
     TimeoutError,
+    TLSError,
     Unavailable,
     WrongTypeError,
 )
-
-
-def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Connect a blocking client; see :func:`lttx.client.connect`."""
-    from .client import connect as _connect
-
-    return _connect(*args, **kwargs)
+from .client import Client, Message, connect  # noqa: E402
 
 
 __all__ = [
-    "AuthError", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
-    "EncodeError", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
+    "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
+    "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "Unavailable", "WrongTypeError", "connect", "__version__",
+    "TLSError", "Unavailable", "WrongTypeError", "Client", "Message", "connect",
+    "__version__",
 ]

@@ -13,17 +13,19 @@ import itertools
 import queue
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from . import __version__, codec
+from . import __version__, codec, filetransfer
 from .errors import (
     AuthError,
     BadRequest,
@@ -31,13 +33,21 @@ from .errors import (
     ConnectionLost,
     FrameTooLarge,
     LTtxError,
+    TimeoutError,
     error_from_wire,
 )
+from .channels import split_channels
 from .eventloop import EventLoop
-from .store import MISSING
+from .tls import tls_endpoint
 
 DEFAULT_PORT = 2025
 DEFAULT_TIMEOUT = 30.0
+#: Bytes of pushes the blocking client holds while the connection cannot take
+#: them (its send buffer is full, or it reconnects) before ``push`` blocks.
+DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
+#: Reconnection backoff: the first delay, doubled each attempt up to the last.
+RECONNECT_FIRST_DELAY = 0.1
+RECONNECT_MAX_DELAY = 5.0
 _PREFIX = struct.Struct("!I")
 
 
@@ -59,10 +69,23 @@ class ConnectionSettings:
     port: int = DEFAULT_PORT
     token: Optional[str] = None
     timeout: float = DEFAULT_TIMEOUT
+    #: Speak TLS, verifying the daemon's certificate and that it is for ``host``.
+    tls: bool = False
+    #: PEM file of the CA(s) to trust with ``tls``; None trusts the system's CAs.
+    ca: Optional[str] = None
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
-        """The client endpoint to reach the daemon."""
-        return HostnameEndpoint(reactor, self.host, self.port, timeout=self.timeout)
+        """
+        The client endpoint to reach the daemon.  With ``tls`` its connection
+        is ready only after the certificate was verified.
+
+        :raises TLSError: (now) if the ``ca`` file cannot be read.
+        """
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, self.host, self.port, timeout=self.timeout)
+        if self.tls:
+            endpoint = tls_endpoint(reactor, endpoint, self.host, self.port, self.ca)
+        return endpoint
 
     def hello_args(self, **options: Any) -> list[Any]:
         """The arguments of the ``hello`` request that opens every connection."""
@@ -93,6 +116,12 @@ class ClientProtocol(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         self.connected_deferred.callback(None)
+
+    def set_receivers(self, on_message: Callable[[Message], None],
+                      on_notice: Callable[[str, str], None]) -> None:
+        """Where messages and notices go from now on."""
+        self._on_message = on_message
+        self._on_notice = on_notice
 
     def request(self, command: str, *args: Any) -> "Deferred[Any]":
         """Send one request; the Deferred fires with its result or fails with its error."""
@@ -150,6 +179,7 @@ class ClientProtocol(Int32StringReceiver):
         self.lost.callback(None)
 
 
+@implementer(IPushProducer)
 class AsyncClient:
     """
     The Twisted-native LTtx client; each method returns a Deferred.
@@ -163,11 +193,19 @@ class AsyncClient:
                  server_info: dict[str, Any], messages: Callable[[Message], None]) -> None:
         self.reactor = reactor
         self.settings = settings
-        self.protocol = protocol
+        self.protocol: Optional[ClientProtocol] = None  # None while disconnected
         self.server_info = server_info
         self._deliver = messages
+        self._subscriptions: dict[str, _Subscription] = {}
         self._push_frames: list[bytes] = []
         self._push_flush_scheduled = False
+        self._paused = False  # the transport's buffer is full
+        self._closing = False
+        self._waiting: list[Deferred[ClientProtocol]] = []  # calls waiting for a connection
+        self._writable_waiters: list[Deferred[None]] = []
+        self._reconnect_attempt = 0
+        self._reconnect_call: Any = None
+        self._attach(protocol)
 
     @classmethod
     def connect(cls, reactor: Any, settings: ConnectionSettings,
@@ -177,39 +215,147 @@ class AsyncClient:
         Connect and authenticate.
 
         :param on_message: called in the reactor thread with each
-            :class:`Message` received on a subscribed channel.
+            :class:`Message` received on a channel subscribed without a callback.
         :raises AuthError: (as a failure) on a wrong token.
         :raises ConnectError: when the daemon cannot be reached.
         """
         deliver = on_message or (lambda message: None)
-        protocol = ClientProtocol(deliver, _log_notice)
-        endpoint = settings.endpoint(reactor)
+        return _open(reactor, settings).addCallback(
+            lambda opened: cls(reactor, settings, opened[0], opened[1], deliver))
 
-        def connect_failed(failure: Failure) -> Failure:
-            failure.trap(Exception)
-            if failure.check(LTtxError):
-                return failure
-            raise ConnectError(f"cannot connect to LTtx at {settings.host}:{settings.port}: "
-                               f"{failure.getErrorMessage()}")
+    # -- the connection -----------------------------------------------------
 
-        def authenticate(_: Any) -> "Deferred[AsyncClient]":
-            d = protocol.request("hello", *settings.hello_args())
-            return d.addCallback(authenticated)
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected now (False while it reconnects)."""
+        return self.protocol is not None
 
-        def authenticated(info: dict[str, Any]) -> AsyncClient:
-            protocol.max_frame = int(info.get("max_frame", protocol.max_frame))
-            return cls(reactor, settings, protocol, info, deliver)
+    def _attach(self, protocol: ClientProtocol) -> None:
+        self.protocol = protocol
+        protocol.set_receivers(self._message_received, _log_notice)
+        protocol.lost.addCallback(lambda _: self._connection_lost(protocol))
+        self._paused = False
+        protocol.transport.registerProducer(self, True)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(protocol)
+        self._flush_pushes()
 
-        d = connectProtocol(endpoint, protocol)
-        d.addCallback(authenticate)
-        d.addErrback(connect_failed)
+    def _connection_lost(self, protocol: ClientProtocol) -> None:
+        if protocol is not self.protocol:
+            return
+        self.protocol = None
+        self._paused = False
+        if self._closing:
+            return
+        self.log.warn("lost the connection to LTtx at {host}:{port}; reconnecting",
+                      host=self.settings.host, port=self.settings.port)
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        delay = min(RECONNECT_MAX_DELAY, RECONNECT_FIRST_DELAY * 2 ** self._reconnect_attempt)
+        self._reconnect_attempt += 1
+        self._reconnect_call = self.reactor.callLater(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._reconnect_call = None
+        d = _open(self.reactor, self.settings)
+        d.addCallback(self._resubscribe)
+        d.addCallbacks(self._reconnected, self._reconnect_failed)
+
+    def _resubscribe(self, opened: tuple[ClientProtocol, dict[str, Any]]
+                     ) -> "Deferred[tuple[ClientProtocol, dict[str, Any], list[str]]]":
+        protocol, info = opened
+        groups: dict[tuple[Optional[str], bool], list[str]] = {}
+        for name, sub in self._subscriptions.items():
+            groups.setdefault((sub.password, sub.conflate), []).append(name)
+        requests = []
+        for (password, conflate), names in groups.items():
+            d = protocol.request("subscribe", names, password, {"conflate": conflate})
+            d.addCallbacks(lambda _, names=names: names,
+                           lambda failure, names=names: self._resubscribe_refused(failure, names))
+            requests.append(d)
+        d = gatherResults(requests, consumeErrors=True)
+        d.addCallback(lambda done: (protocol, info, [n for names in done for n in names]))
+        d.addErrback(self._unwrap_first_error, protocol)
         return d
+
+    def _resubscribe_refused(self, failure: Failure, names: list[str]) -> list[str]:
+        # A channel recreated meanwhile with another password: the others go on.
+        failure.trap(AuthError, BadRequest)
+        self.log.error("could not resubscribe to {channels}: {error}",
+                       channels=", ".join(names), error=failure.getErrorMessage())
+        for name in names:
+            self._subscriptions.pop(name, None)
+        return []
+
+    @staticmethod
+    def _unwrap_first_error(failure: Failure, protocol: ClientProtocol) -> Failure:
+        if protocol.transport is not None:
+            protocol.transport.loseConnection()
+        return failure.value.subFailure if failure.check(FirstError) else failure
+
+    def _reconnected(self, result: tuple[ClientProtocol, dict[str, Any], list[str]]) -> None:
+        protocol, info, channels = result
+        if self._closing:
+            protocol.transport.loseConnection()
+            return
+        self._reconnect_attempt = 0
+        self.server_info = info
+        self.log.info("reconnected to LTtx at {host}:{port}; resubscribed to {channels} "
+                      "(a gap in Message.seq shows what was missed)",
+                      host=self.settings.host, port=self.settings.port,
+                      channels=", ".join(channels) or "no channels")
+        self._attach(protocol)
+
+    def _reconnect_failed(self, failure: Failure) -> None:
+        if self._closing:
+            return
+        if self._reconnect_attempt == 1:  # one line per outage, not one per attempt
+            self.log.warn("cannot reconnect yet ({error}); retrying",
+                          error=failure.getErrorMessage())
+        self._schedule_reconnect()
+
+    def _when_connected(self) -> "Deferred[ClientProtocol]":
+        """The protocol now, or once reconnected (within the timeout: else ConnectionLost)."""
+        if self.protocol is not None:
+            return succeed(self.protocol)
+        if self._closing:
+            return fail(ConnectionLost("the client is closed"))
+
+        def cancel(d: Deferred[ClientProtocol]) -> None:
+            if d in self._waiting:
+                self._waiting.remove(d)
+
+        d: Deferred[ClientProtocol] = Deferred(cancel)
+        self._waiting.append(d)
+        timeout = self.settings.timeout
+
+        def give_up() -> None:
+            cancel(d)
+            d.errback(ConnectionLost(f"not reconnected to the daemon within {timeout} s"))
+
+        timer = self.reactor.callLater(timeout, give_up)
+
+        def stop_timer(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(stop_timer)
 
     # -- requests -----------------------------------------------------------
 
     def call(self, command: str, *args: Any) -> "Deferred[Any]":
-        """Send any command (see docs/protocol.md) and get its result."""
-        return self.protocol.request(command, *args)
+        """
+        Send any command (see docs/protocol.md) and get its result.
+
+        While the client reconnects, the call waits for the connection (at
+        most the timeout, then fails with :class:`ConnectionLost`).
+        """
+        if self.protocol is not None:
+            return self.protocol.request(command, *args)
+        return self._when_connected().addCallback(lambda p: p.request(command, *args))
 
     def ping(self) -> "Deferred[str]":
         return self.call("ping")
@@ -257,13 +403,102 @@ class AsyncClient:
         """One item of a list variable."""
         return self.call("get_list_value", name, index)
 
+    # -- channels -----------------------------------------------------------
+
+    def subscribe(self, channels: "str | list[str]", password: Optional[str] = None,
+                  conflate: bool = False,
+                  callback: Optional[Callable[[Message], None]] = None,
+                  ) -> "Deferred[dict[str, int]]":
+        """
+        Subscribe to channels (``"a"``, ``"a@b"`` or a list).
+
+        :param password: the channel password; the first subscriber of a
+            channel sets it, later ones must give the same.
+        :param conflate: while this client lags, the daemon keeps only the
+            newest message per key for it instead of cutting it off.
+        :param callback: called in the reactor thread with each
+            :class:`Message` of these channels, instead of the client's default.
+        :return: (a Deferred of) each channel's next sequence number.
+        :raises AuthError: (as a failure) on a wrong password.
+        """
+        try:
+            names = split_channels(channels)
+        except LTtxError as e:
+            return fail(e)
+        subscription = _Subscription(password or None, bool(conflate), callback)
+        before = {name: self._subscriptions.get(name) for name in names}
+        # Recorded before the reply: a reconnection meanwhile resubscribes it too.
+        for name in names:
+            self._subscriptions[name] = subscription
+
+        def refused(failure: Failure) -> Failure:
+            for name, previous in before.items():
+                if self._subscriptions.get(name) is subscription:
+                    if previous is None:
+                        del self._subscriptions[name]
+                    else:
+                        self._subscriptions[name] = previous
+            return failure
+
+        d = self.call("subscribe", names, subscription.password, {"conflate": conflate})
+        return d.addErrback(refused)
+
+    def unsubscribe(self, channels: "str | list[str]") -> "Deferred[list[str]]":
+        """Leave channels; no message of theirs is delivered once this is called."""
+        try:
+            names = split_channels(channels)
+        except LTtxError as e:
+            return fail(e)
+        for name in names:
+            self._subscriptions.pop(name, None)
+        return self.call("unsubscribe", names)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The channels this client is subscribed to (and resubscribes after a reconnection)."""
+        return sorted(self._subscriptions)
+
+    def _message_received(self, message: Message) -> None:
+        subscription = self._subscriptions.get(message.channel)
+        if subscription is None:
+            return  # unsubscribed while it was on its way
+        try:
+            (subscription.callback or self._deliver)(message)
+        except Exception:
+            # The user's code failed; the connection and later messages go on.
+            self.log.failure("a message callback failed on {channel}", channel=message.channel)
+
+    # -- files (each call on a connection of its own; see lttx.filetransfer) -
+
+    def send_file(self, path: str, name: Optional[str] = None, progress: bool = False,
+                  resume: bool = True) -> "Deferred[dict[str, Any]]":
+        """Upload a file; fires with ``{"name", "size", "md5"}``.
+        See :func:`lttx.filetransfer.send_file`."""
+        return filetransfer.send_file(self.reactor, self.settings, path, name, progress, resume)
+
+    def recv_file(self, name: str, dest: str = ".", progress: bool = False,
+                  resume: bool = True) -> "Deferred[dict[str, Any]]":
+        """Download a file; fires with ``{"name", "size", "md5", "path"}``.
+        See :func:`lttx.filetransfer.recv_file`."""
+        return filetransfer.recv_file(self.reactor, self.settings, name, dest, progress, resume)
+
+    def list_files(self) -> "Deferred[list[dict[str, Any]]]":
+        """The daemon's files: ``[{"name", "size", "mtime"}, ...]`` by name."""
+        return filetransfer.list_files(self.reactor, self.settings)
+
+    def delete_file(self, name: str) -> "Deferred[bool]":
+        """Delete a stored file; fires with whether it existed."""
+        return filetransfer.delete_file(self.reactor, self.settings, name)
+
     # -- pushes -------------------------------------------------------------
 
     def push(self, key: Any, data: Any, channel: str) -> None:
         """
         Publish ``data`` under ``key`` on ``channel``; does not wait.
 
-        Pushes made in one reactor turn are written together.
+        Pushes made in one reactor turn are written together.  While the
+        connection's send buffer is full, or the client reconnects, pushes
+        are kept here (see :attr:`pending_push_bytes`) and written later, in order.
         """
         self.push_frames([codec.encode([codec.PUBLISH, channel, key, data])])
 
@@ -274,19 +509,113 @@ class AsyncClient:
             self._push_flush_scheduled = True
             self.reactor.callLater(0, self._flush_pushes)
 
-    def _flush_pushes(self) -> None:
+    def write_pushes(self, frames: list[bytes]) -> None:
+        """Write already-batched publish frames now if the transport takes them, else queue."""
+        self._push_frames.extend(frames)
+        self._flush_pushes()
+
+    @property
+    def writable(self) -> bool:
+        """Connected, and the transport's send buffer is not full."""
+        return self.protocol is not None and not self._paused
+
+    @property
+    def pending_push_bytes(self) -> int:
+        """Bytes of pushes queued here, not yet handed to the transport."""
+        return sum(len(f) for f in self._push_frames)
+
+    def when_writable(self) -> "Deferred[None]":
+        """Fires once :attr:`writable` (at once if it is)."""
+        if self.writable:
+            return succeed(None)
+
+        def cancel(d: Deferred[None]) -> None:
+            if d in self._writable_waiters:
+                self._writable_waiters.remove(d)
+
+        d: Deferred[None] = Deferred(cancel)
+        self._writable_waiters.append(d)
+        return d
+
+    def flush(self) -> "Deferred[None]":
+        """Fires once every queued push has been handed to the transport."""
+        return self.when_writable().addCallback(lambda _: self._flush_pushes())
+
+    def _flush_pushes(self, force: bool = False) -> None:
         self._push_flush_scheduled = False
-        frames, self._push_frames = self._push_frames, []
-        self.protocol.write_frames(frames)
+        if not (force and self.protocol is not None) and not self.writable:
+            return  # resumeProducing or the reconnection calls again
+        assert self.protocol is not None
+        if self._push_frames:
+            frames, self._push_frames = self._push_frames, []
+            self.protocol.write_frames(frames)
+        if self.writable:
+            waiters, self._writable_waiters = self._writable_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    # -- IPushProducer: the transport says when its buffer is full ----------
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._flush_pushes()
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost follows and handles it
 
     def close(self) -> "Deferred[None]":
-        """Flush queued pushes and close the connection."""
-        if self._push_frames:
-            self._flush_pushes()
-        if self.protocol.transport is not None and self.protocol.transport.connected:
-            self.protocol.transport.loseConnection()
-            return self.protocol.lost.addCallback(lambda _: None)
+        """Write queued pushes and close the connection; no reconnection follows."""
+        self._closing = True
+        if self._reconnect_call is not None and self._reconnect_call.active():
+            self._reconnect_call.cancel()
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.errback(ConnectionLost("the client was closed"))
+        protocol = self.protocol
+        if protocol is not None and protocol.transport is not None and protocol.transport.connected:
+            self._flush_pushes(force=True)
+            protocol.transport.loseConnection()
+            return protocol.lost.addCallback(lambda _: None)
         return succeed(None)
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    """How a channel was subscribed to, to resubscribe it the same way."""
+
+    password: Optional[str]
+    conflate: bool
+    callback: Optional[Callable[[Message], None]]
+
+
+def _open(reactor: Any, settings: ConnectionSettings,
+          ) -> "Deferred[tuple[ClientProtocol, dict[str, Any]]]":
+    """Connect and authenticate one connection; fires with it and the daemon's hello."""
+    protocol = ClientProtocol(lambda message: None, _log_notice)
+    endpoint = settings.endpoint(reactor)
+
+    def connect_failed(failure: Failure) -> Failure:
+        failure.trap(Exception)
+        if failure.check(LTtxError):
+            return failure
+        raise ConnectError(f"cannot connect to LTtx at {settings.host}:{settings.port}: "
+                           f"{failure.getErrorMessage()}")
+
+    def authenticate(_: Any) -> "Deferred[tuple[ClientProtocol, dict[str, Any]]]":
+        d = protocol.request("hello", *settings.hello_args())
+        return d.addCallback(authenticated)
+
+    def authenticated(info: dict[str, Any]) -> tuple[ClientProtocol, dict[str, Any]]:
+        protocol.max_frame = int(info.get("max_frame", protocol.max_frame))
+        return protocol, info
+
+    d = connectProtocol(endpoint, protocol)
+    d.addCallback(authenticate)
+    d.addErrback(connect_failed)
+    return d
 
 
 def _log_notice(code: str, message: str) -> None:
@@ -303,16 +632,32 @@ class Client:
     """
 
     def __init__(self, loop: EventLoop, client: AsyncClient, timeout: float,
-                 messages: "queue.Queue[Message]") -> None:
+                 messages: "queue.Queue[Message]",
+                 push_buffer: int = DEFAULT_PUSH_BUFFER) -> None:
         self._loop = loop
         self._client = client
         self.timeout = timeout
         self.Q = messages
-        self._push_lock = threading.Lock()
+        self.push_buffer = push_buffer
+        # Pushes not yet handed to the reactor thread, and their size; the
+        # condition wakes a pusher blocked on a full buffer.
+        self._push_room = threading.Condition(threading.Lock())
         self._push_frames: list[bytes] = []
+        self._push_bytes = 0
+        self._hand_over_pending = False
+        self._awaiting_writable = False  # reactor thread only
+        self._closed = False
+        self._callbacks: "Optional[queue.SimpleQueue[Any]]" = None
+        self._callback_thread: Optional[threading.Thread] = None
 
     def _call(self, method: Callable[..., "Deferred[Any]"], *args: Any) -> Any:
-        return self._loop.run(method, *args, timeout=self.timeout)
+        try:
+            return self._loop.run(method, *args, timeout=self.timeout)
+        except TimeoutError:
+            if not self._client.connected:
+                raise ConnectionLost(f"not connected to the daemon (reconnecting) "
+                                     f"within {self.timeout} s") from None
+            raise
 
     @property
     def server_info(self) -> dict[str, Any]:
@@ -371,25 +716,180 @@ class Client:
         """One item of a big list without fetching the list."""
         return self._call(self._client.get_list_value, name, index)
 
+    # -- channels -----------------------------------------------------------
+
+    def subscribe(self, channels: "str | list[str]", password: Optional[str] = None,
+                  conflate: bool = False,
+                  callback: Optional[Callable[[Message], None]] = None) -> dict[str, int]:
+        """
+        Subscribe to channels: ``"a"``, ``"a@b"`` or ``["a", "b"]``.
+
+        Messages arrive in :attr:`Q` as :class:`Message` tuples, or, with
+        ``callback``, are passed to it in one dispatch thread (in order; a slow
+        callback delays only later callbacks).
+
+        :param password: the first subscriber of a channel sets it; later
+            ones must give the same.
+        :param conflate: while this client lags, keep only the newest message
+            per key for it (market data) instead of being cut off.
+        :return: each channel's next sequence number.
+        :raises AuthError: on a wrong password (nothing is subscribed).
+        """
+        deliver = None if callback is None else self._dispatcher(callback)
+        return self._call(self._client.subscribe, channels, password, conflate, deliver)
+
+    def unsubscribe(self, channels: "str | list[str]") -> list[str]:
+        """Leave channels; the channels actually left."""
+        return self._call(self._client.unsubscribe, channels)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The channels this client is subscribed to."""
+        return self._client.subscriptions
+
+    def _dispatcher(self, callback: Callable[[Message], None]) -> Callable[[Message], None]:
+        """A reactor-thread callback handing each message to the dispatch thread."""
+        if self._callbacks is None:
+            self._callbacks = queue.SimpleQueue()
+            self._callback_thread = threading.Thread(
+                target=self._run_callbacks, args=(self._callbacks,),
+                name="lttx-callbacks", daemon=True)
+            self._callback_thread.start()
+        put = self._callbacks.put
+        return lambda message: put((callback, message))
+
+    def _run_callbacks(self, callbacks: "queue.SimpleQueue[Any]") -> None:
+        while True:
+            item = callbacks.get()
+            if item is None:
+                return
+            callback, message = item
+            try:
+                callback(message)
+            except Exception:
+                # The user's callback failed; later messages still get theirs.
+                AsyncClient.log.failure("a message callback failed on {channel}",
+                                        channel=message.channel)
+
+    # -- pushes -------------------------------------------------------------
+
+    def send_file(self, path: str, name: Optional[str] = None, progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Upload ``path`` (as ``name``, its base name by default); returns
+        ``{"name", "size", "md5"}`` once the daemon has checked the MD5 and
+        put the file in place.  An interrupted upload of the same file resumes
+        from the byte the daemon holds.  ``progress=True`` shows a tqdm bar.
+        The transfer has no overall time limit; it fails after ``timeout``
+        seconds without progress.
+
+        :raises BadFileName: for a name the daemon refuses.
+        :raises ChecksumMismatch: if the bytes did not arrive intact (no file kept).
+        :raises StorageError: over ``--max-file-size`` or with the daemon's disk full.
+        """
+        return self._loop.run(self._client.send_file, path, name, progress, resume)
+
+    def recv_file(self, name: str, dest: str = ".", progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Download ``name`` into the folder ``dest`` (or to the file path
+        ``dest``); returns ``{"name", "size", "md5", "path"}``.  The file
+        appears only once its MD5 matches; an interrupted download resumes.
+
+        :raises NotFound: if the daemon has no such file (nothing is written).
+        :raises ChecksumMismatch: if the bytes did not arrive intact (nothing kept).
+        """
+        return self._loop.run(self._client.recv_file, name, dest, progress, resume)
+
+    def list_files(self) -> list[dict[str, Any]]:
+        """The daemon's files: ``[{"name", "size", "mtime"}, ...]`` by name."""
+        return self._call(self._client.list_files)
+
+    def delete_file(self, name: str) -> bool:
+        """Delete a stored file; whether it existed."""
+        return self._call(self._client.delete_file, name)
+
     def push(self, key: Any, data: Any, channel: str) -> None:
         """
         Publish ``data`` under ``key`` on ``channel``; returns at once.
 
         The frame is encoded here (an unencodable value raises
         :class:`EncodeError` now) and handed to the reactor thread with the
-        other pushes made meanwhile, in one batch.
+        other pushes made meanwhile, in one batch: a loop of pushes costs one
+        thread hop per batch, not per push.
+
+        Memory is bounded: while the connection cannot take more (the
+        daemon reads slower than this thread pushes, or the client
+        reconnects), pushes wait here; past :attr:`push_buffer` bytes, ``push``
+        blocks until there is room again, for at most the client's timeout.
+
+        :raises ConnectionLost: if the client stays disconnected that long
+            (this message is not queued).
+        :raises TimeoutError: if the connection stays full that long (this
+            message is not queued).
         """
         frame = codec.encode([codec.PUBLISH, channel, key, data])
-        with self._push_lock:
+        with self._push_room:
+            if self._push_bytes > self.push_buffer:
+                self._wait_for_room()
             self._push_frames.append(frame)
-            first = len(self._push_frames) == 1
-        if first:
+            self._push_bytes += len(frame)
+            schedule = not self._hand_over_pending
+            self._hand_over_pending = True
+        if schedule:
             self._loop.call_soon(self._hand_over_pushes)
 
+    def _wait_for_room(self) -> None:
+        """Wait (holding the condition) until pushes drop under the bound."""
+        deadline = time.monotonic() + self.timeout
+        while self._push_bytes > self.push_buffer and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if not self._client.connected:
+                    raise ConnectionLost(
+                        f"push: not reconnected within {self.timeout} s and "
+                        f"{self._push_bytes} bytes of pushes are waiting")
+                raise TimeoutError(f"push: the daemon took no pushes for {self.timeout} s")
+            self._push_room.wait(left)
+        if self._closed:
+            raise LTtxError("the client is closed")
+
     def _hand_over_pushes(self) -> None:
-        with self._push_lock:
+        """In the reactor thread: write the waiting pushes once the transport takes them."""
+        if not self._client.writable:
+            if not self._awaiting_writable:
+                self._awaiting_writable = True
+                self._client.when_writable().addCallback(self._writable_again)
+            return
+        self._take_pushes()
+
+    def _writable_again(self, _: Any) -> None:
+        self._awaiting_writable = False
+        self._hand_over_pushes()
+
+    def _take_pushes(self) -> None:
+        with self._push_room:
             frames, self._push_frames = self._push_frames, []
-        self._client.push_frames(frames)
+            self._push_bytes = 0
+            self._hand_over_pending = False
+            self._push_room.notify_all()
+        if frames:
+            self._client.write_pushes(frames)
+
+    def flush(self) -> None:
+        """
+        Wait until every push made so far is handed to the connection.
+
+        :raises ConnectionLost: if the client is disconnected for the whole timeout.
+        """
+        self._call(self._flush_in_loop)
+
+    def _flush_in_loop(self) -> "Deferred[None]":
+        def written(_: Any) -> "Deferred[None]":
+            self._take_pushes()
+            return self._client.flush()
+
+        return self._client.when_writable().addCallback(written)
 
     def close(self) -> None:
         """Flush pending pushes, close the connection and stop the client's thread."""
@@ -400,10 +900,18 @@ class Client:
         except LTtxError:
             pass  # the connection is gone either way; stopping the loop is what is left
         finally:
+            with self._push_room:
+                self._closed = True
+                self._push_room.notify_all()
+            if self._callbacks is not None:
+                self._callbacks.put(None)
             self._loop.stop()
 
     def _close_in_loop(self) -> "Deferred[None]":
-        self._hand_over_pushes()
+        with self._push_room:
+            frames, self._push_frames = self._push_frames, []
+            self._push_bytes = 0
+        self._client.push_frames(frames)
         return self._client.close()
 
     def __enter__(self) -> "Client":
@@ -414,25 +922,35 @@ class Client:
 
 
 def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
-            timeout: float = DEFAULT_TIMEOUT) -> Client:
+            timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER,
+            tls: bool = False, ca: Optional[str] = None) -> Client:
     """
     Connect a blocking client to an LTtx daemon.
 
+    After a lost connection the client reconnects by itself (with backoff),
+    re-authenticates and resubscribes; calls made meanwhile wait for it.
+
     :param token: the daemon's shared secret (None for a daemon without one).
     :param timeout: seconds to wait for each reply, and for the connection.
+    :param push_buffer: bytes of pushes held while the connection cannot
+        take them before :meth:`Client.push` blocks.
+    :param tls: speak TLS (the daemon listens on an ``ssl:`` endpoint); the
+        daemon's certificate must be signed by a trusted CA and be for ``host``.
+    :param ca: a PEM file of the CA(s) to trust; None trusts the system's CAs.
     :raises AuthError: on a wrong token.
+    :raises TLSError: when the certificate is not trusted or not for ``host``.
     :raises ConnectError: when the daemon cannot be reached.
     """
     loop = EventLoop()
     messages: "queue.Queue[Message]" = queue.Queue()
     try:
-        settings = ConnectionSettings(host, port, token, timeout)
+        settings = ConnectionSettings(host, port, token, timeout, tls=tls, ca=ca)
         client = loop.run(AsyncClient.connect, loop.reactor, settings, messages.put,
                           timeout=timeout + 1)
     except BaseException:
         loop.stop()
         raise
-    return Client(loop, client, timeout, messages)
+    return Client(loop, client, timeout, messages, push_buffer)
 
 
 __all__ = ["AsyncClient", "Client", "ClientProtocol", "ConnectionSettings", "Message", "connect"]

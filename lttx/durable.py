@@ -33,8 +33,8 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
 from twisted.internet.task import Cooperator, LoopingCall, TaskDone, TaskStopped
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -95,6 +95,26 @@ class ThreadLane:
         if self._started:
             self._pool.stop()
             self._started = False
+
+
+class InlineLane:
+    """
+    Runs each job at once on the calling thread: for reactors without
+    threads (``MemoryReactorClock`` in tests) and for tools working on a data
+    directory with no reactor running.
+    """
+
+    def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        return maybeDeferred(f, *args)
+
+    def stop(self) -> None:
+        pass
+
+
+def _lane(reactor: Any, name: str) -> Any:
+    if IReactorFromThreads.providedBy(reactor) and IReactorThreads.providedBy(reactor):
+        return ThreadLane(reactor, name)
+    return InlineLane()
 
 
 def _lock(directory: str) -> int:
@@ -269,7 +289,8 @@ class DurableStore(Service):
         Recover the variables kept in ``directory`` (created if absent).
 
         :param reactor: an :class:`IReactorTime`; also runs the I/O threads
-            unless both lanes are given.
+            unless both lanes are given (a reactor without threads gets
+            :class:`InlineLane` lanes).
         :raises RecoveryError: the directory is locked by another daemon, or
             cannot be loaded without losing variables.
         """
@@ -289,8 +310,8 @@ class DurableStore(Service):
             policy=fsync)
         return cls(
             directory, fsync, reactor, memory, recovered.journal, recovered.generation,
-            journal_lane or ThreadLane(reactor, "lttx-journal"),
-            snapshot_lane or ThreadLane(reactor, "lttx-snapshot"),
+            journal_lane or _lane(reactor, "lttx-journal"),
+            snapshot_lane or _lane(reactor, "lttx-snapshot"),
             snapshot_bytes=recovered.snapshot_bytes, lock_fd=lock_fd, **tuning)
 
     # -- service --------------------------------------------------------------
@@ -700,4 +721,4 @@ class DurableStore(Service):
         }
 
 
-__all__ = ["DurableStore", "FSYNC_POLICIES", "ThreadLane"]
+__all__ = ["DurableStore", "FSYNC_POLICIES", "InlineLane", "ThreadLane"]

@@ -40,6 +40,19 @@ class BadRequest(LTtxError, ValueError):
     code = "bad_request"
 
 
+class BadFileName(BadRequest):
+    """A file name that is not a plain name: a path separator, ``..``, a NUL,
+    a leading dot, empty, or longer than 255 bytes."""
+
+    code = "bad_file_name"
+
+
+class FileBusy(LTtxError):
+    """Another connection is uploading a file of that name right now."""
+
+    code = "busy"
+
+
 class WrongTypeError(LTtxError, TypeError):
     """The variable holds a value of another type (``dict_change`` on a list)."""
 
@@ -115,6 +128,13 @@ class ConnectError(LTtxError, ConnectionError):
     """The client could not connect to any daemon."""
 
     code = "connect"
+
+
+class TLSError(ConnectError):
+    """The TLS handshake failed: the daemon's certificate is not signed by a
+    trusted CA, or not for the host name connected to (the message says which)."""
+
+    code = "tls"
 
 
 class ConnectionLost(LTtxError, ConnectionError):

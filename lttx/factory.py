@@ -7,17 +7,22 @@ The variable store, the channel registry and the authenticator are passed in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
 from .auth import TokenAuthenticator
+from .channels import ChannelRegistry
 from .protocol import LTtxServerProtocol
 from .store import IVariableStore
 
+if TYPE_CHECKING:
+    from .filetransfer import FileService
+
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
 
 class LTtxFactory(ServerFactory):
@@ -31,10 +36,19 @@ class LTtxFactory(ServerFactory):
         store: IVariableStore,
         auth: TokenAuthenticator,
         max_frame: int = DEFAULT_MAX_FRAME,
+        channels: Optional[ChannelRegistry] = None,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+        clock: Optional[IReactorTime] = None,
+        files: "Optional[FileService]" = None,
     ) -> None:
         self.store = store
         self.auth = auth
         self.max_frame = max_frame
+        self.channels = channels if channels is not None else ChannelRegistry()
+        self.subscriber_buffer = subscriber_buffer
+        # Times the abort of a cut-off subscriber that does not read; None: never.
+        self.clock = clock
+        self.files = files
         self.connections: set[LTtxServerProtocol] = set()
 
     def buildProtocol(self, addr: IAddress) -> LTtxServerProtocol:
@@ -51,4 +65,8 @@ class LTtxFactory(ServerFactory):
 
     def status(self) -> dict[str, Any]:
         """What ``lttx status`` shows of this daemon."""
-        return {"connections": len(self.connections), "variables": len(self.store)}
+        status = {"connections": len(self.connections), "variables": len(self.store),
+                  "channels": self.channels.status()}
+        if self.files is not None:
+            status["files"] = self.files.status()
+        return status

@@ -18,29 +18,64 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from . import __version__, codec
+from .auth import NOTHING, Grant
 from .errors import (
     AuthError,
     BadRequest,
     FrameTooLarge,
     LTtxError,
+    PermissionDenied,
     ServerError,
+    SlowSubscriber,
 )
+from .channels import PUBLISH_HEAD, split_channels
+from .outbox import Outbox
 from .store import MISSING
+from .tls import tls_failure
 
 if TYPE_CHECKING:
     from .factory import LTtxFactory
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: Seconds a cut-off subscriber has to read its notice before it is aborted.
+CUT_OFF_GRACE = 5.0
+
 
 def command(min_args: int, max_args: Optional[int] = None) -> Callable[[_F], _F]:
     """Mark a ``cmd_*`` method as a command taking that many arguments."""
 
     def mark(handler: _F) -> _F:
-        handler.arity = (min_args, min_args if max_args is None else max_args)  # type: ignore[attr-defined]
+        arity = (min_args, min_args if max_args is None else max_args)
+        handler.arity = arity  # type: ignore[attr-defined]
         return handler
 
     return mark
+
+
+#: The right each command needs of the connection's token, checked before
+#: its handler runs: ``(action, i)`` means the action on the name in argument
+#: ``i``; ``(action, None)`` means the action on some name (the handler keeps
+#: to the allowed names, as ``keys`` does); ``None`` means nothing is checked
+#: here (``ping``, or a handler that calls ``authorize`` itself).  A command
+#: missing from this table is served only to tokens with every right.
+COMMAND_RIGHTS: dict[str, Optional[tuple[str, Optional[int]]]] = {
+    "ping": None,
+    "get": ("read", 0),
+    "exists": ("read", 0),
+    "keys": ("read", None),
+    "get_dict_value": ("read", 0),
+    "get_list_value": ("read", 0),
+    "put": ("write", 0),
+    "delete": ("write", 0),
+    "dict_change": ("write", 0),
+    "list_append": ("write", 0),
+    "list_pop": ("write", 0),
+    "list_remove": ("write", 0),
+    # The handlers check each channel of the list themselves.
+    "subscribe": None,
+    "unsubscribe": None,
+}
 
 
 def _present(value: Any) -> list[Any]:
@@ -57,7 +92,13 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.factory = factory
         self.MAX_LENGTH = factory.max_frame
         self.authenticated = False
+        #: What this connection's token may do (see ``authorize``).
+        self.grant: Grant = NOTHING
         self.peer = "?"
+        self.outbox: Optional[Outbox] = None  # made by the first subscribe
+        self._refused_publishes = 0
+        self._lost = False
+        self.file_session: Optional[Any] = None  # a FileSession on a file connection
 
     # -- connection ---------------------------------------------------------
 
@@ -74,6 +115,15 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.factory.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._lost = True
+        if self.outbox is not None:
+            self.factory.channels.remove(self.outbox)
+        if self.file_session is not None:
+            self.file_session.connection_lost()
+        problem = None if self.authenticated else tls_failure(reason)
+        if problem is not None:
+            self.log.info("{peer}: TLS handshake failed: {problem}",
+                          peer=self.peer, problem=problem)
         self.factory.connection_lost(self)
 
     # -- frames -------------------------------------------------------------
@@ -85,9 +135,18 @@ class LTtxServerProtocol(Int32StringReceiver):
         self._fatal(None, FrameTooLarge(
             f"frame of {length} bytes is over the limit of {self.MAX_LENGTH} bytes"))
 
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        # The publishes of this chunk are queued in the subscribers'
+        # outboxes: one write per subscriber for the whole chunk.
+        self.factory.channels.flush()
+
     def stringReceived(self, frame: bytes) -> None:
         if self.transport.disconnecting:
             return  # after a fatal error, nothing more is served
+        if self.file_session is not None:  # a file connection (lttx.filetransfer)
+            self.file_session.frame_received(frame)
+            return
         try:
             message = codec.decode(frame)
         except BadRequest as e:
@@ -105,7 +164,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         if kind == codec.REQUEST and len(message) == 4:
             self._request(message[1], message[2], message[3])
         elif kind == codec.PUBLISH and len(message) == 4 and self.authenticated:
-            self.publish_received(message[1], message[2], message[3])
+            self.publish_received(message[1], message[2], message[3], frame)
         else:
             self._protocol_violation(BadRequest(
                 f"not a request or publish frame: kind {kind!r:.20}, {len(message)} elements"))
@@ -138,6 +197,7 @@ class LTtxServerProtocol(Int32StringReceiver):
                 f"{name} takes {expected} arguments, not {len(args)}"))
             return
         try:
+            self._authorize_command(name, args)
             result = handler(*args)
         except LTtxError as e:
             self._reply_error(request_id, name, e)
@@ -166,18 +226,54 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._fatal(request_id, AuthError("authenticate first: the first frame must be hello"))
             return
         token = args[0] if isinstance(args, list) and args else None
-        if not self.factory.auth.check(token):
+        grant = self.factory.auth.authenticate(token)
+        if grant is None:
             self.log.warn("{peer} failed to authenticate: wrong token", peer=self.peer)
             self._fatal(request_id, AuthError("wrong token"))
             return
+        options = args[1] if isinstance(args, list) and len(args) > 1 else None
+        if isinstance(options, dict) and options.get("mode") == "file":
+            if self.factory.files is None:
+                self._fatal(request_id, BadRequest("this daemon does not serve files"))
+                return
+            self.file_session = self.factory.files.session(self)
         self.authenticated = True
-        self.log.info("{peer} connected", peer=self.peer)
+        self.grant = grant
+        if self.factory.auth.named_tokens:
+            self.log.info("{peer} connected as {role}", peer=self.peer, role=grant.name)
+        else:
+            self.log.info("{peer} connected", peer=self.peer)
         self.send_reply(request_id, {
             "server": "lttx",
             "version": __version__,
             "protocol": codec.PROTOCOL_VERSION,
             "max_frame": self.MAX_LENGTH,
         })
+
+    # -- rights -------------------------------------------------------------
+
+    def authorize(self, action: str, resource: Any = None) -> None:
+        """
+        Check that this connection's token may do ``action`` (``read``,
+        ``write``, ``publish``, ``subscribe``, ``upload``, ``download``) on the
+        variable, channel or file named ``resource`` (None: on any name).
+
+        :raises PermissionDenied: if it may not.
+        """
+        if not self.grant.allows(action, resource):
+            what = "anything" if resource is None else repr(resource)[:80]
+            raise PermissionDenied(f"the token {self.grant.name!r} may not {action} {what}")
+
+    def _authorize_command(self, name: str, args: list[Any]) -> None:
+        if self.grant.unlimited:
+            return
+        if name not in COMMAND_RIGHTS:
+            raise PermissionDenied(
+                f"the token {self.grant.name!r} may not use {name}: it needs every right")
+        needs = COMMAND_RIGHTS[name]
+        if needs is not None:
+            action, argument = needs
+            self.authorize(action, None if argument is None else args[argument])
 
     # -- replies ------------------------------------------------------------
 
@@ -199,8 +295,9 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.send_frame([codec.ERROR, request_id, error.code, error.message])
 
     def _reply_error(self, request_id: int, name: Any, error: LTtxError) -> None:
-        self.log.info("{peer}: {command!r:.40} refused: {code}: {message}",
-                      peer=self.peer, command=name, code=error.code, message=error.message)
+        # Not a field named "message": the legacy log bridge replaces it with ().
+        self.log.info("{peer}: {command!r:.40} refused: {code}: {reason}",
+                      peer=self.peer, command=name, code=error.code, reason=error.message)
         self.send_error(request_id, error)
 
     def _fatal(self, request_id: Optional[int], error: LTtxError) -> None:
@@ -211,9 +308,75 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     # -- channels (the registry lives in the factory) -----------------------
 
-    def publish_received(self, channel: Any, key: Any, data: Any) -> None:
+    def publish_received(self, channel: Any, key: Any, data: Any,
+                         payload: Optional[bytes] = None) -> None:
         """A publish frame: no reply, like a NATS PUB; errors come as notices."""
-        self.send_frame([codec.NOTICE, BadRequest.code, "channels are not served yet"])
+        # The payload is [5, channel, key, data]: its tail after the array
+        # head and kind is reused as is, so data is never encoded again.
+        encoded = payload[2:] if payload is not None and payload[:2] == PUBLISH_HEAD else None
+        try:
+            if not self.grant.unlimited:
+                self.authorize("publish", channel)
+            self.factory.channels.publish(channel, key, data, encoded)
+        except LTtxError as e:
+            # One log line per connection, not one per refused message.
+            if not self._refused_publishes:
+                self.log.info("{peer}: publish refused: {code}: {message}",
+                              peer=self.peer, code=e.code, message=e.message)
+            self._refused_publishes += 1
+            self.send_frame([codec.NOTICE, e.code, e.message])
+
+    def _slow_subscriber(self, reason: str) -> None:
+        assert self.outbox is not None
+        self.factory.channels.cut_off(self.outbox, reason, who=self.peer)
+
+    def _cut_off(self, reason: str) -> None:
+        """The registry dropped this subscriber: say why, then close."""
+        if self.transport.disconnecting:
+            return
+        self.transport.unregisterProducer()
+        self.send_frame([codec.NOTICE, SlowSubscriber.code, f"slow subscriber: {reason}"])
+        self.transport.loseConnection()
+        # A subscriber that does not read would hold the connection open
+        # forever waiting for the notice to drain: abort it after a grace.
+        clock = self.factory.clock
+        if clock is not None:
+            clock.callLater(CUT_OFF_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self._lost:
+            self.log.info("{peer} did not read its cut-off notice within {grace} s; aborted",
+                          peer=self.peer, grace=CUT_OFF_GRACE)
+            self.transport.abortConnection()
+
+    @command(1, 3)
+    def cmd_subscribe(self, channels: Any, password: Any = None, options: Any = None) -> Any:
+        names = split_channels(channels)
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise BadRequest("subscribe options must be a map")
+        conflate = bool(options.get("conflate", False))
+        for name in names:
+            self.authorize("subscribe", name)
+        if self.outbox is None:
+            self.outbox = Outbox(self.transport, self.factory.subscriber_buffer,
+                                 self._slow_subscriber, self._cut_off)
+        result = self.factory.channels.subscribe(self.outbox, names, password, conflate)
+        self.log.info("{peer} subscribed to {channels}{conflating}", peer=self.peer,
+                      channels=", ".join(names), conflating=" (conflating)" if conflate else "")
+        return result
+
+    @command(1)
+    def cmd_unsubscribe(self, channels: Any) -> Any:
+        names = split_channels(channels)
+        if self.outbox is None:
+            return []
+        left = self.factory.channels.unsubscribe(self.outbox, names)
+        if left:
+            self.log.info("{peer} unsubscribed from {channels}", peer=self.peer,
+                          channels=", ".join(left))
+        return left
 
     # -- commands -----------------------------------------------------------
 
@@ -239,7 +402,11 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     @command(0, 1)
     def cmd_keys(self, pattern: Any = "*") -> Any:
-        return self.factory.store.keys(pattern)
+        names = self.factory.store.keys(pattern)
+        if self.grant.unlimited:
+            return names
+        # A token sees only the names it may read.
+        return _map(names, lambda found: [n for n in found if self.grant.allows("read", n)])
 
     @command(3)
     def cmd_dict_change(self, name: Any, key: Any, value: Any) -> Any:

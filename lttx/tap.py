@@ -9,17 +9,19 @@ import os
 import re
 from typing import Any, Optional
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 
-from .auth import TokenAuthenticator
+from .auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
+from .channels import ChannelRegistry
 from .durable import DurableStore
 from .errors import RecoveryError
 from .factory import DEFAULT_MAX_FRAME, LTtxFactory
+from .filetransfer import FileService, thread_runner
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
@@ -41,22 +43,31 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "LTtx: cloud variables, channels and files for distributed Python programs. "
-        "Clients authenticate with a shared token; without one the daemon serves "
+        "Clients authenticate with a shared token, or one of several tokens with "
+        "rights (a roles file, --token-file); without one the daemon serves "
         "loopback clients only (protected mode)."
     )
 
     optParameters = [
         ["port", "p", 2025, "Listen on this TCP port, on all interfaces.", int],
         ["token", "t", None, "The shared secret clients must present (or env LTTX_TOKEN)."],
-        ["token-file", None, None, "Read the token from this file (first line)."],
+        ["token-file", None, None,
+         "Read the token from this file (its first line), or, if the file holds a JSON "
+         "object, several tokens with their rights (a roles file, see README.md): "
+         '{"tokens": [{"name": "feed", "token": "...", "rights": ["publish:hq_*", '
+         '"read"]}]}. Actions: read, write (variables), publish, subscribe (channels), '
+         "upload, download (files), all; ACTION:GLOB limits one to matching names."],
         ["data-dir", "d", "./lttx-data", "Where variables, the journal and files live."],
         ["fsync", None, "everysec",
          "Durability of variable writes: always (each write on disk before its reply), "
          "everysec (fsync once a second) or no (the OS flushes)."],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
+        ["max-file-size", None, "0",
+         "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-         "Most bytes queued for one subscriber before the slow-subscriber policy acts. (Not yet used: channels are not served yet.)"],
+         "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
+         "past it, the subscriber is cut off (conflating subscriptions never are)."],
     ]
 
     def __init__(self) -> None:
@@ -83,10 +94,44 @@ class Options(usage.Options):
                 self[name] = parse_size(self[name])
             if self[name] < 1024:
                 raise usage.UsageError(f"--{name} must be at least 1024 bytes")
+        if isinstance(self["max-file-size"], str):
+            self["max-file-size"] = parse_size(self["max-file-size"])
         if self["token"] and self["token-file"]:
             raise usage.UsageError("give --token or --token-file, not both")
+        self["roles"] = read_roles(self["token-file"]) if self["token-file"] else None
         if not 0 <= self["port"] < 65536:
             raise usage.UsageError("--port must be between 0 and 65535")
+
+
+def read_roles(path: str) -> Optional[list[tuple[str, Grant]]]:
+    """
+    The tokens and grants of a roles file, or None if ``path`` is a plain
+    token file (see :func:`lttx.auth.is_roles_file`).
+
+    :raises usage.UsageError: if the file cannot be read or is a broken roles file.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise usage.UsageError(f"cannot read --token-file: {e}") from None
+    if not is_roles_file(text):
+        return None
+    try:
+        return parse_roles(text, f"--token-file {path}")
+    except RolesError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def make_authenticator(options: Options, environ: dict[str, str]) -> TokenAuthenticator:
+    """The authenticator of a roles file, or of the single token (which may do everything)."""
+    if "roles" in options:
+        roles = options["roles"]
+    else:  # options filled in by hand, not parsed
+        roles = read_roles(options["token-file"]) if options.get("token-file") else None
+    if roles is not None:
+        return TokenAuthenticator.from_roles(roles)
+    return TokenAuthenticator(read_token(options, environ))
 
 
 def read_token(options: Options, environ: dict[str, str]) -> Optional[str]:
@@ -136,10 +181,12 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
 
         reactor = _reactor  # type: ignore[assignment]
     log = Logger(namespace="lttx.tap")
-    token = read_token(options, dict(os.environ))
-    auth = TokenAuthenticator(token)
+    auth = make_authenticator(options, dict(os.environ))
     if auth.protected_mode:
         log.warn("no token given: protected mode, serving loopback clients only")
+    elif options.get("roles") is not None:
+        log.info("{count} tokens with roles from {path}",
+                 count=auth.token_count, path=options["token-file"])
 
     top = MultiService()
     try:
@@ -155,8 +202,17 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     # First under the MultiService: it runs before any listener accepts a
     # write; its stopService flushes and fsyncs the journal at SIGTERM.
     store.setServiceParent(top)
-    factory = LTtxFactory(store, auth, max_frame=options["max-frame"])
+    channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
+    files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
+                        max_file_size=options["max-file-size"])
+    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
+                          subscriber_buffer=options["subscriber-buffer"],
+                          clock=reactor, files=files)  # type: ignore[arg-type]
 
+    rates = TimerService(1.0, channels.sample)
+    rates.clock = reactor
+    rates.setServiceParent(top)
+    files.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
@@ -36,6 +37,11 @@ TOKEN = "test-token"
 
 # twistd as a module, so the subprocess uses this interpreter.
 TWISTD = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()"]
+
+
+def listeners(service: Any) -> list[StreamServerEndpointService]:
+    """The listening services among the children of makeService's service."""
+    return [s for s in service if isinstance(s, StreamServerEndpointService)]
 
 
 def frame(payload: Any) -> bytes:
@@ -84,6 +90,9 @@ class Daemon:
     collected as they come, so tests can wait for one (no sleeps).
     """
 
+    #: File descriptors the daemon inherits (a socket, for socket activation).
+    pass_fds: tuple[int, ...] = ()
+
     def __init__(self, testcase: TestCase, *args: str, token: Optional[str] = TOKEN,
                  data_dir: Optional[str] = None, listen: Optional[list[str]] = None,
                  start: bool = True) -> None:
@@ -114,7 +123,7 @@ class Daemon:
         self._eof = False
         self.process = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=env)
+            env=env, pass_fds=self.pass_fds)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         self.testcase.addCleanup(self.stop)
         line = self.wait_for_log(r"LTtx listening on .* at [\d.]+:(\d+)", timeout)

@@ -1,0 +1,52 @@
+"""The payload codec: every value round-trips; bad bytes are typed errors."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from lttx import codec
+from lttx.errors import BadRequest, EncodeError
+from lttx.store import strict_equal
+
+from .strategies import values
+
+
+class CodecTests(SynchronousTestCase):
+    @given(values)
+    def test_any_value_round_trips(self, value: object) -> None:
+        """Any value the protocol carries decodes to an equal value of the same types."""
+        decoded = codec.decode(codec.encode(value))
+        self.assertTrue(strict_equal(decoded, value), (value, decoded))
+
+    @given(st.floats(allow_nan=True))
+    def test_floats_keep_their_bits(self, value: float) -> None:
+        """Floats (NaN and infinities too) survive exactly."""
+        decoded = codec.decode(codec.encode(value))
+        self.assertTrue(strict_equal(decoded, value))
+
+    def test_str_and_bytes_stay_apart(self) -> None:
+        self.assertEqual(codec.decode(codec.encode(["a", b"a"])), ["a", b"a"])
+        self.assertIsInstance(codec.decode(codec.encode(b"a")), bytes)
+
+    def test_unencodable_values(self) -> None:
+        """Types outside the protocol, and ints beyond 64 bits, raise EncodeError."""
+        for value in ({1, 2}, object(), 2**64, -(2**63) - 1, {"a": {1j}}):
+            self.assertRaises(EncodeError, codec.encode, value)
+
+    @given(st.binary(max_size=64))
+    def test_random_bytes_decode_or_raise_bad_request(self, data: bytes) -> None:
+        """Garbage never raises anything but BadRequest."""
+        try:
+            codec.decode(data)  # some garbage is valid MessagePack: that is fine
+        except BadRequest as e:
+            self.assertTrue(e.message)
+
+    def test_extension_types_refused(self) -> None:
+        self.assertRaises(BadRequest, codec.decode, bytes.fromhex("d40500"))
+
+    def test_truncated_and_trailing(self) -> None:
+        self.assertRaises(BadRequest, codec.decode, b"\x92\x01")
+        self.assertRaises(BadRequest, codec.decode, b"\x01\x02")
+        self.assertRaises(BadRequest, codec.decode, b"")

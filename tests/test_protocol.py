@@ -1,0 +1,265 @@
+"""
+The daemon's protocol driven through a StringTransport, asserting exact frames.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from lttx import codec
+from lttx.errors import ServerError
+
+from .common import TOKEN, frame, frames_of, server_protocol
+
+R, E = codec.REPLY, codec.ERROR
+
+
+class HelloTests(SynchronousTestCase):
+    """The first frame authenticates."""
+
+    def test_hello_with_the_token(self) -> None:
+        """The right token gets a reply describing the daemon."""
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(frame([0, 1, "hello", [TOKEN, {}]]))
+        self.assertEqual(frames_of(transport.value()), [
+            [R, 1, {"server": "lttx", "version": "0.1.0", "protocol": 1,
+                    "max_frame": 64 * 1024 * 1024}]])
+        self.assertFalse(transport.disconnecting)
+
+    def test_wrong_token(self) -> None:
+        """A wrong token gets an auth error and the connection is closed."""
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(frame([0, 1, "hello", ["nope", {}]]))
+        self.assertEqual(frames_of(transport.value()), [[E, 1, "auth", "wrong token"]])
+        self.assertTrue(transport.disconnecting)
+
+    def test_token_of_wrong_type(self) -> None:
+        """A token that is not a string is a wrong token."""
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(frame([0, 1, "hello", [12345, {}]]))
+        self.assertEqual(frames_of(transport.value()), [[E, 1, "auth", "wrong token"]])
+
+    def test_request_before_hello(self) -> None:
+        """Any command before hello is refused and the connection closed."""
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(frame([0, 1, "get", ["pos"]]))
+        self.assertEqual(frames_of(transport.value()), [
+            [E, 1, "auth", "authenticate first: the first frame must be hello"]])
+        self.assertTrue(transport.disconnecting)
+
+    def test_frames_after_a_fatal_error_are_ignored(self) -> None:
+        """Frames already in the buffer after a refused hello are not served."""
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(frame([0, 1, "hello", ["nope", {}]]) + frame([0, 2, "keys", []]))
+        self.assertEqual(frames_of(transport.value()), [[E, 1, "auth", "wrong token"]])
+
+    def test_garbage_before_hello(self) -> None:
+        """An undecodable first frame is refused and the connection closed."""
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(struct.pack("!I", 1) + b"\xc1")
+        [[kind, request_id, code, _]] = frames_of(transport.value())
+        self.assertEqual((kind, request_id, code), (E, None, "bad_request"))
+        self.assertTrue(transport.disconnecting)
+
+    def test_protected_mode_loopback(self) -> None:
+        """Without a token, a loopback peer is served whatever token it sends."""
+        proto, transport = server_protocol(token=None, authenticate=False)
+        proto.dataReceived(frame([0, 1, "hello", ["anything", {}]]))
+        self.assertEqual(frames_of(transport.value())[0][0], R)
+
+    def test_protected_mode_remote_peer(self) -> None:
+        """Without a token, a peer from another machine is refused at once."""
+        proto, transport = server_protocol(token=None, peer=("192.0.2.7", 5000),
+                                           authenticate=False)
+        self.assertEqual(frames_of(transport.value()), [[
+            E, None, "auth", "the daemon runs without a token and serves loopback clients only"]])
+        self.assertTrue(transport.disconnecting)
+
+    def test_remote_peer_with_a_token(self) -> None:
+        """With a token, a remote peer presenting it is served."""
+        proto, transport = server_protocol(peer=("192.0.2.7", 5000))
+        proto.dataReceived(frame([0, 2, "ping", []]))
+        self.assertEqual(frames_of(transport.value()), [[R, 2, "pong"]])
+
+
+class CommandTests(SynchronousTestCase):
+    """Each command's exact reply frame."""
+
+    def setUp(self) -> None:
+        self.proto, self.transport = server_protocol()
+
+    def request(self, *payload: object) -> list[object]:
+        self.transport.clear()
+        self.proto.dataReceived(frame(list(payload)))
+        return frames_of(self.transport.value())
+
+    def test_ping(self) -> None:
+        self.assertEqual(self.request(0, 9, "ping", []), [[R, 9, "pong"]])
+
+    def test_put_get(self) -> None:
+        """put replies nil; get wraps the value in an array."""
+        value = {"a": [1, 2.5, None, True, b"\x00", "中"]}
+        self.assertEqual(self.request(0, 1, "put", ["v", value]), [[R, 1, None]])
+        self.assertEqual(self.request(0, 2, "get", ["v"]), [[R, 2, [value]]])
+
+    def test_get_missing_and_stored_none(self) -> None:
+        """A missing variable is [], a stored None is [None]."""
+        self.assertEqual(self.request(0, 1, "get", ["v"]), [[R, 1, []]])
+        self.request(0, 2, "put", ["v", None])
+        self.assertEqual(self.request(0, 3, "get", ["v"]), [[R, 3, [None]]])
+
+    def test_delete_exists_keys(self) -> None:
+        self.request(0, 1, "put", ["pos", 1])
+        self.request(0, 2, "put", ["px", 2])
+        self.request(0, 3, "put", ["other", 3])
+        self.assertEqual(self.request(0, 4, "keys", []), [[R, 4, ["other", "pos", "px"]]])
+        self.assertEqual(self.request(0, 5, "keys", ["p*"]), [[R, 5, ["pos", "px"]]])
+        self.assertEqual(self.request(0, 6, "exists", ["pos"]), [[R, 6, True]])
+        self.assertEqual(self.request(0, 7, "delete", ["pos"]), [[R, 7, True]])
+        self.assertEqual(self.request(0, 8, "delete", ["pos"]), [[R, 8, False]])
+        self.assertEqual(self.request(0, 9, "exists", ["pos"]), [[R, 9, False]])
+
+    def test_dict_commands(self) -> None:
+        self.assertEqual(self.request(0, 1, "dict_change", ["d", "k", 1]), [[R, 1, None]])
+        self.assertEqual(self.request(0, 2, "dict_change", ["d", 5, "five"]), [[R, 2, None]])
+        self.assertEqual(self.request(0, 3, "get_dict_value", ["d", "k"]), [[R, 3, [1]]])
+        self.assertEqual(self.request(0, 4, "get_dict_value", ["d", "zz"]), [[R, 4, []]])
+        self.assertEqual(self.request(0, 5, "get_dict_value", ["nod", "k"]), [[R, 5, []]])
+        self.assertEqual(self.request(0, 6, "get", ["d"]), [[R, 6, [{"k": 1, 5: "five"}]]])
+
+    def test_list_commands(self) -> None:
+        self.assertEqual(self.request(0, 1, "list_append", ["l", "a"]), [[R, 1, 1]])
+        self.assertEqual(self.request(0, 2, "list_append", ["l", 1]), [[R, 2, 2]])
+        self.assertEqual(self.request(0, 3, "list_append", ["l", 1.0]), [[R, 3, 3]])
+        self.assertEqual(self.request(0, 4, "get_list_value", ["l", 0]), [[R, 4, "a"]])
+        self.assertEqual(self.request(0, 5, "list_remove", ["l", 1.0]), [[R, 5, True]])
+        self.assertEqual(self.request(0, 6, "list_remove", ["l", 1.0]), [[R, 6, False]])
+        self.assertEqual(self.request(0, 7, "list_remove", ["none", 1]), [[R, 7, False]])
+        self.assertEqual(self.request(0, 8, "list_pop", ["l"]), [[R, 8, 1]])
+        self.assertEqual(self.request(0, 9, "list_pop", ["l", 0]), [[R, 9, "a"]])
+        self.assertEqual(self.request(0, 10, "get", ["l"]), [[R, 10, [[]]]])
+
+    def test_errors_of_commands(self) -> None:
+        """Each typed error comes as [2, id, code, message] and changes nothing."""
+        self.request(0, 1, "put", ["l", [1]])
+        self.request(0, 2, "put", ["d", {"a": 1}])
+        cases = [
+            (["dict_change", ["l", "k", 1]],
+             "wrong_type", "dict_change needs a dict, but 'l' holds a list"),
+            (["get_dict_value", ["l", "k"]],
+             "wrong_type", "get_dict_value needs a dict, but 'l' holds a list"),
+            (["list_append", ["d", 1]],
+             "wrong_type", "list_append needs a list, but 'd' holds a dict"),
+            (["list_pop", ["d"]], "wrong_type", "list_pop needs a list, but 'd' holds a dict"),
+            (["list_remove", ["d", 1]],
+             "wrong_type", "list_remove needs a list, but 'd' holds a dict"),
+            (["get_list_value", ["d", 0]],
+             "wrong_type", "get_list_value needs a list, but 'd' holds a dict"),
+            (["list_pop", ["l", 5]], "index", "index 5 out of range for 'l' of length 1"),
+            (["get_list_value", ["l", -2]], "index", "index -2 out of range for 'l' of length 1"),
+            (["list_pop", ["nolist"]], "not_found", "no variable named 'nolist'"),
+            (["get_list_value", ["nolist", 0]], "not_found", "no variable named 'nolist'"),
+            (["list_pop", ["l", "0"]], "bad_request", "a list index must be an int, not str"),
+            (["list_pop", ["l", True]], "bad_request", "a list index must be an int, not bool"),
+            (["dict_change", ["d", [1], 1]],
+             "bad_request", "a dict key must be str, int or bytes, not list"),
+            (["put", ["", 1]], "bad_request", "a variable name must be a non-empty string, not ''"),
+            (["put", [7, 1]], "bad_request", "a variable name must be a non-empty string, not 7"),
+            (["keys", [1]], "bad_request", "a key pattern must be a string"),
+            (["put", ["x"]], "bad_request", "put takes 2 arguments, not 1"),
+            (["list_pop", ["x", 1, 2]], "bad_request", "list_pop takes 1 to 2 arguments, not 3"),
+            (["nosuch", []], "bad_request", "unknown command 'nosuch'"),
+            (["hello", [TOKEN, {}]], "bad_request", "unknown command 'hello'"),
+            (["get", "pos"], "bad_request", "arguments must be an array"),
+        ]
+        for request_id, (request, code, message) in enumerate(cases, start=10):
+            self.assertEqual(self.request(0, request_id, *request),
+                             [[E, request_id, code, message]], request)
+        self.assertEqual(self.request(0, 99, "get", ["l"]), [[R, 99, [[1]]]])
+        self.assertEqual(self.request(0, 98, "get", ["d"]), [[R, 98, [{"a": 1}]]])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_pop_from_empty_list(self) -> None:
+        self.request(0, 1, "put", ["l", []])
+        self.assertEqual(self.request(0, 2, "list_pop", ["l"]),
+                         [[E, 2, "index", "pop from the empty list 'l'"]])
+
+    def test_undecodable_payload_after_hello(self) -> None:
+        """The framing is intact: an error with a nil id, and the next frame is served."""
+        self.transport.clear()
+        self.proto.dataReceived(struct.pack("!I", 2) + b"\x01\x02" + frame([0, 3, "ping", []]))
+        self.assertEqual(frames_of(self.transport.value()), [
+            [E, None, "bad_request",
+             "undecodable payload: ExtraData: unpack(b) received extra data."],
+            [R, 3, "pong"]])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_malformed_frames_after_hello(self) -> None:
+        """Frames of the wrong shape get an error with a nil id; serving goes on."""
+        for payload in ([], {"a": 1}, [9, 1, 2], [0, -1, "ping", []], [0, "x", "ping", []]):
+            [[kind, request_id, code, _]] = self.request(*payload) if isinstance(payload, list) \
+                else self._raw(payload)
+            self.assertEqual((kind, request_id, code), (E, None, "bad_request"), payload)
+        self.assertEqual(self.request(0, 5, "ping", []), [[R, 5, "pong"]])
+
+    def _raw(self, payload: object) -> list[object]:
+        self.transport.clear()
+        self.proto.dataReceived(frame(payload))
+        return frames_of(self.transport.value())
+
+    def test_frame_split_at_awkward_points(self) -> None:
+        """Bytes arriving one at a time are reassembled into the same frames."""
+        data = frame([0, 1, "put", ["v", "x" * 300]]) + frame([0, 2, "get", ["v"]])
+        self.transport.clear()
+        for i in range(len(data)):
+            self.proto.dataReceived(data[i:i + 1])
+        self.assertEqual(frames_of(self.transport.value()), [[R, 1, None], [R, 2, ["x" * 300]]])
+
+    def test_frame_over_the_limit(self) -> None:
+        """A length prefix over --max-frame gets too_large and a close."""
+        proto, transport = server_protocol(max_frame=1024)
+        proto.dataReceived(struct.pack("!I", 1025) + b"x" * 10)
+        self.assertEqual(frames_of(transport.value()), [
+            [E, None, "too_large", "frame of 1025 bytes is over the limit of 1024 bytes"]])
+        self.assertTrue(transport.disconnecting)
+
+    def test_unexpected_exception_is_logged_and_answered(self) -> None:
+        """A bug in a store is an internal error for that request only."""
+
+        class BrokenStore:
+            def get(self, name: str) -> None:
+                raise ZeroDivisionError("bug")
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        proto, transport = server_protocol(store=BrokenStore())
+        proto.dataReceived(frame([0, 1, "get", ["x"]]) + frame([0, 2, "ping", []]))
+        self.assertEqual(frames_of(transport.value()), [
+            [E, 1, ServerError.code, "get failed in the daemon"], [R, 2, "pong"]])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertTrue(any("log_failure" in event for event in observer))
+
+
+class DeferredResultTests(SynchronousTestCase):
+    """A store that answers later (a remote engine, a group fsync)."""
+
+    def test_reply_waits_for_the_deferred(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        pending: list[Deferred[None]] = []
+
+        class SlowStore:
+            def put(self, name: str, value: object) -> Deferred[None]:
+                d: Deferred[None] = Deferred()
+                pending.append(d)
+                return d
+
+        proto, transport = server_protocol(store=SlowStore())
+        proto.dataReceived(frame([0, 1, "put", ["x", 1]]) + frame([0, 2, "ping", []]))
+        self.assertEqual(frames_of(transport.value()), [[R, 2, "pong"]])
+        transport.clear()
+        pending[0].callback(None)
+        self.assertEqual(frames_of(transport.value()), [[R, 1, None]])

@@ -1,0 +1,83 @@
+"""The daemon's options and the service makeService builds."""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IServiceCollection
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from lttx.tap import Options, makeService, parse_size, read_token
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """The defaults of SPEC section 1."""
+        options = parse()
+        self.assertEqual(
+            (options["port"], options["listen"], options["token"], options["data-dir"],
+             options["fsync"], options["max-frame"], options["subscriber-buffer"]),
+            (2025, [], None, "./lttx-data", "everysec", 64 * 1024**2, 16 * 1024**2))
+
+    def test_listen_is_repeatable(self) -> None:
+        options = parse("--listen", "tcp:2025", "--listen", "tcp:2026:interface=127.0.0.1")
+        self.assertEqual(options["listen"], ["tcp:2025", "tcp:2026:interface=127.0.0.1"])
+
+    def test_sizes(self) -> None:
+        options = parse("--max-frame", "1MiB", "--subscriber-buffer", "512k")
+        self.assertEqual((options["max-frame"], options["subscriber-buffer"]),
+                         (1024**2, 512 * 1024))
+        self.assertEqual(parse_size("1000"), 1000)
+        self.assertEqual(parse_size("2 GiB"), 2 * 1024**3)
+
+    def test_bad_values(self) -> None:
+        """Bad values are usage errors with a clear message."""
+        for argv in (["--fsync", "sometimes"], ["--max-frame", "lots"], ["--max-frame", "10"],
+                     ["--port", "70000"], ["--port", "x"], ["--token", "a", "--token-file", "f"]):
+            self.assertRaises(usage.UsageError, parse, *argv)
+
+    def test_token_sources(self) -> None:
+        """--token, then --token-file, then LTTX_TOKEN."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("from-file\n")
+        self.assertEqual(read_token(parse("--token", "t"), {"LTTX_TOKEN": "env"}), "t")
+        self.assertEqual(read_token(parse("--token-file", path), {"LTTX_TOKEN": "env"}),
+                         "from-file")
+        self.assertEqual(read_token(parse(), {"LTTX_TOKEN": "env"}), "env")
+        self.assertIsNone(read_token(parse(), {}))
+        # A missing file is refused when the options are parsed (twistd prints
+        # a usage error, not a traceback from makeService).
+        self.assertRaises(usage.UsageError, parse, "--token-file", path + "x")
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_one_listener_per_endpoint(self) -> None:
+        """Each --listen becomes a listening port on the given reactor."""
+        reactor = MemoryReactorClock()
+        options = parse("--listen", "tcp:2025:interface=127.0.0.1", "--listen", "tcp:2026",
+                        "--token", "t", "--data-dir", self.mktemp())
+        service = makeService(options, reactor)
+        listeners = [s for s in IServiceCollection(service)
+                     if isinstance(s, StreamServerEndpointService)]
+        self.assertEqual(len(listeners), 2)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(sorted((port, interface) for port, _, _, interface in reactor.tcpServers),
+                         [(2025, "127.0.0.1"), (2026, "")])
+
+    def test_port_when_no_listen(self) -> None:
+        reactor = MemoryReactorClock()
+        service = makeService(parse("--port", "3000", "--data-dir", self.mktemp()), reactor)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual([port for port, *_ in reactor.tcpServers], [3000])
