@@ -40,6 +40,7 @@ from .errors import (
 )
 from .channels import split_channels
 from .eventloop import EventLoop
+from .framing import FrameAssembler
 from .tls import tls_endpoint
 
 DEFAULT_PORT = 2025
@@ -113,6 +114,7 @@ class ClientProtocol(Int32StringReceiver):
         self._on_notice = on_notice
         self._on_messages: Optional[Callable[[list[Message]], None]] = None
         self._batch: Optional[list[Message]] = None
+        self._large_frame = FrameAssembler()
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
         self.connected_deferred: Deferred[None] = Deferred()
@@ -136,6 +138,15 @@ class ClientProtocol(Int32StringReceiver):
         self._on_notice = on_notice
 
     def dataReceived(self, data: bytes) -> None:
+        complete = self._large_frame.feed(data)
+        if complete is None:
+            return  # the rest of a large frame is still on its way
+        try:
+            self._frames_received(complete)
+        finally:
+            self._unprocessed = self._large_frame.hold(self._unprocessed, self.MAX_LENGTH)
+
+    def _frames_received(self, data: bytes) -> None:
         if self._on_messages is None:
             super().dataReceived(data)
             return

@@ -29,6 +29,7 @@ from .errors import (
     SlowSubscriber,
 )
 from .channels import PUBLISH_HEAD, split_channels
+from .framing import FrameAssembler
 from .outbox import Outbox
 from .store import MISSING
 from .tls import tls_failure
@@ -99,6 +100,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.factory = factory
         self.MAX_LENGTH = min(HELLO_MAX_FRAME, factory.max_frame)  # raised by hello
         self._hello_timer: Any = None
+        self._large_frame = FrameAssembler()
         self.authenticated = False
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
@@ -156,9 +158,13 @@ class LTtxServerProtocol(Int32StringReceiver):
             f"frame of {length} bytes is over the limit of {self.MAX_LENGTH} bytes"))
 
     def dataReceived(self, data: bytes) -> None:
+        complete = self._large_frame.feed(data)
+        if complete is None:
+            return  # the rest of a large frame is still on its way
         try:
-            super().dataReceived(data)
+            super().dataReceived(complete)
         finally:
+            self._unprocessed = self._large_frame.hold(self._unprocessed, self.MAX_LENGTH)
             # The publishes of this chunk are queued in the subscribers'
             # outboxes: one write per subscriber for the whole chunk, sent
             # even if a later frame of the chunk failed.
