@@ -47,8 +47,11 @@ class Outbox:
 
     def __init__(self, transport: ITransport, limit: int,
                  on_overflow: Callable[[str], None],
-                 on_close: Callable[[str], None]) -> None:
+                 on_close: Callable[[str], None],
+                 reading: Optional[Callable[[bool], None]] = None) -> None:
         self.transport = transport
+        # Stops and resumes reading the subscriber's own requests.
+        self._reading = reading or (lambda on: set_reading(transport, on))
         self.limit = limit
         self._on_overflow = on_overflow
         self._on_close = on_close
@@ -157,9 +160,12 @@ class Outbox:
 
     def pauseProducing(self) -> None:
         self.paused = True
+        # Its own requests wait too: no reply piles up for a peer that lags.
+        self._reading(False)
 
     def resumeProducing(self) -> None:
         self.paused = False
+        self._reading(True)
         self.flush()
 
     def stopProducing(self) -> None:
@@ -170,3 +176,39 @@ class Outbox:
         self._frames = []
         self._keyed = None
         self.queued_bytes = self.plain_bytes = 0
+
+
+def set_reading(transport: Any, reading: bool) -> None:
+    """
+    Stop or resume reading from a connection: under TLS, from the socket
+    beneath the TLS layer (which is not a producer itself).
+    """
+    target = transport if hasattr(transport, "pauseProducing") else getattr(
+        transport, "transport", None)
+    if target is not None:
+        if reading:
+            target.resumeProducing()
+        else:
+            target.pauseProducing()
+
+
+@implementer(IPushProducer)
+class ReadThrottle:
+    """
+    The producer of a command connection without subscriptions: while the
+    daemon cannot write its replies (the peer does not read them), it reads no
+    more requests from it, so replies never pile up in the daemon's memory
+    (Redis's client-output-buffer-limit, enforced by TCP's own flow control).
+    """
+
+    def __init__(self, reading: Callable[[bool], None]) -> None:
+        self._reading = reading
+
+    def pauseProducing(self) -> None:
+        self._reading(False)
+
+    def resumeProducing(self) -> None:
+        self._reading(True)
+
+    def stopProducing(self) -> None:
+        """The connection is gone: nothing to stop."""

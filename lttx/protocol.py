@@ -30,7 +30,7 @@ from .errors import (
 )
 from .channels import PUBLISH_HEAD, split_channels
 from .framing import FrameAssembler
-from .outbox import Outbox
+from .outbox import Outbox, ReadThrottle, set_reading
 from .store import MISSING
 from .tls import tls_failure
 
@@ -170,6 +170,19 @@ class LTtxServerProtocol(Int32StringReceiver):
             # even if a later frame of the chunk failed.
             self.factory.channels.flush()
 
+    def set_reading(self, reading: bool) -> None:
+        """
+        Stop or resume serving this connection's requests: stopped while the
+        daemon cannot write to it, so that a peer that does not read its
+        replies cannot make them pile up here.  Requests already received
+        wait in the buffer (``paused`` ends the frame loop) and are served on
+        resumption.
+        """
+        self.paused = not reading
+        set_reading(self.transport, reading)
+        if reading and not self.transport.disconnecting:
+            self.dataReceived(b"")
+
     def stringReceived(self, frame: bytes) -> None:
         if self.transport.disconnecting:
             return  # after a fatal error, nothing more is served
@@ -269,6 +282,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.authenticated = True
         self.grant = grant
         self.MAX_LENGTH = self.factory.max_frame
+        if self.file_session is None:
+            self.transport.registerProducer(ReadThrottle(self.set_reading), True)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
@@ -338,8 +353,9 @@ class LTtxServerProtocol(Int32StringReceiver):
         """Send an error, then close: the connection cannot go on."""
         if not self.transport.disconnecting:
             self.send_error(request_id, error)
-            if self.outbox is not None:
-                # A TLS transport closes only once its producer (the outbox) is gone.
+            if self.authenticated and self.file_session is None:
+                # A TLS transport closes only once its producer (the read
+                # throttle or the outbox) is gone.
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
 
@@ -397,8 +413,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         for name in names:
             self.authorize("subscribe", name)
         if self.outbox is None:
+            # The outbox takes over from the read throttle as the producer.
+            self.transport.unregisterProducer()
             self.outbox = Outbox(self.transport, self.factory.subscriber_buffer,
-                                 self._slow_subscriber, self._cut_off)
+                                 self._slow_subscriber, self._cut_off, self.set_reading)
         result = self.factory.channels.subscribe(self.outbox, names, password, conflate)
         self.log.info("{peer} subscribed to {channels}{conflating}", peer=self.peer,
                       channels=", ".join(names), conflating=" (conflating)" if conflate else "")

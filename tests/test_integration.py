@@ -157,6 +157,42 @@ class GarbageTests(TestCase):
         self.assertNotIn("Traceback", daemon.log_text())
 
 
+class UnreadRepliesTests(TestCase):
+    """A client that never reads its replies cannot grow the daemon."""
+
+    def test_unread_replies_do_not_pile_up_in_the_daemon(self) -> None:
+        """1000 pipelined gets of a 1 MiB value, never read: the daemon stops reading
+        that connection, its memory stays bounded, and other clients are served."""
+        from lttx import codec
+
+        from .common import frame
+
+        daemon = Daemon(self)
+        good = daemon.connect()
+        good.put("v", b"x" * (1024 * 1024))
+        rss_before = daemon.rss_kib()
+        hog = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
+        self.addCleanup(hog.close)
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        hog.sendall(frame([codec.REQUEST, 0, "hello", [TOKEN, {}]]))
+        requests = b"".join(frame([codec.REQUEST, i, "get", ["v"]]) for i in range(1, 1001))
+        hog.setblocking(False)
+        sent = 0
+        # Send what the daemon reads; once it stops reading, the socket fills up.
+        for _ in range(200):
+            try:
+                sent += hog.send(requests[sent:])
+            except BlockingIOError:
+                if good.get("v") is None:  # a round trip: gives the daemon time to act
+                    break
+            if sent == len(requests):
+                break
+        self.assertEqual(good.ping(), "pong")
+        self.assertEqual(len(good.get("v")), 1024 * 1024)
+        growth_mib = (daemon.rss_kib() - rss_before) / 1024
+        self.assertLess(growth_mib, 64, f"daemon grew by {growth_mib:.0f} MiB")
+
+
 class ProcessTests(TestCase):
     """The client inside real programs."""
 
