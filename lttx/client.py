@@ -9,11 +9,14 @@ background thread (:mod:`lttx.eventloop`) and holds no protocol logic.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import itertools
 import queue
 import struct
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -782,6 +785,9 @@ class Client:
         self._closed = False
         self._callbacks: "Optional[queue.SimpleQueue[Any]]" = None
         self._callback_thread: Optional[threading.Thread] = None
+        # A script that ends without close() still delivers what it pushed.
+        self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
 
     def _call(self, method: Callable[..., "Deferred[Any]"], *args: Any) -> Any:
         try:
@@ -1032,14 +1038,27 @@ class Client:
 
         return self._client.when_writable().addCallback(written)
 
-    def close(self) -> None:
-        """Flush pending pushes, close the connection and stop the client's thread."""
+    def close(self, timeout: Optional[float] = None) -> None:
+        """
+        Flush pending pushes, close the connection and stop the client's thread.
+
+        Called by itself at interpreter exit if the program did not.
+
+        :param timeout: seconds to wait for the pushes to be written (the
+            client's timeout by default).
+        """
         if self._loop.in_loop_thread:
             raise RuntimeError("close() the blocking client from outside its callbacks")
+        if self._closed:
+            return
+        atexit.unregister(self._exit_hook)
         try:
-            self._loop.run(self._close_in_loop, timeout=self.timeout)
-        except LTtxError:
-            pass  # the connection is gone either way; stopping the loop is what is left
+            self._loop.run(self._close_in_loop, timeout=self.timeout if timeout is None
+                           else timeout)
+        except LTtxError as e:
+            # The connection is gone either way; stopping the loop is what is left.
+            self._client.log.warn("closing: pushes not yet written may be lost ({error})",
+                                  error=e)
         finally:
             with self._push_room:
                 self._closed = True
@@ -1060,6 +1079,16 @@ class Client:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+#: Seconds a client left open at interpreter exit has to write its pushes.
+EXIT_FLUSH_TIMEOUT = 10.0
+
+
+def _close_at_exit(ref: "weakref.ref[Client]") -> None:
+    client = ref()
+    if client is not None:
+        client.close(timeout=min(client.timeout, EXIT_FLUSH_TIMEOUT))
 
 
 def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,

@@ -210,6 +210,24 @@ class ProcessTests(TestCase):
                                 text=True, timeout=30, env=env)
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "42"), result.stderr)
 
+    def test_pushes_of_a_script_without_close_are_delivered(self) -> None:
+        """A script that pushes 20,000 messages and exits without close() delivers them all."""
+        daemon = Daemon(self)
+        subscriber = daemon.connect()
+        subscriber.subscribe("hq")
+        script = (
+            "import lttx\n"
+            f"c = lttx.connect('127.0.0.1', {daemon.port}, token={TOKEN!r})\n"
+            "for i in range(20000):\n"
+            "    c.push('k', i, 'hq')\n"
+        )
+        env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                text=True, timeout=60, env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        received = [subscriber.Q.get(timeout=15).data for _ in range(20000)]
+        self.assertEqual(received, list(range(20000)))
+
     def test_twistd_lists_the_plugin(self) -> None:
         """``twistd --help`` lists lttx and ``twistd lttx --help`` documents the options."""
         env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
