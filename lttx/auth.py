@@ -75,10 +75,13 @@ class Grant:
                 patterns.setdefault(each, []).append(pattern)
         return cls(name, {action: tuple(p) for action, p in patterns.items()})
 
-    @property
-    def unlimited(self) -> bool:
-        """Whether this grant allows every action on every name."""
-        return all("*" in self.patterns.get(action, ()) for action in ACTIONS)
+    #: Whether this grant allows every action on every name; computed once,
+    #: as every request and publish asks.
+    unlimited: bool = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unlimited", all(
+            "*" in self.patterns.get(action, ()) for action in ACTIONS))
 
     def allows(self, action: str, resource: Any = None) -> bool:
         """

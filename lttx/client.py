@@ -169,7 +169,7 @@ class ClientProtocol(Int32StringReceiver):
                 if end > end_of_data:
                     break
                 position = end
-                if buffer[start] == 0x95 and buffer[start + 1] == 0x03 and length > 2:
+                if length > 2 and buffer[start] == 0x95 and buffer[start + 1] == 0x03:
                     try:
                         _, channel, key, data_, seq = codec.decode(buffer[start:end])
                     except (LTtxError, ValueError):

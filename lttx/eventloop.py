@@ -52,6 +52,8 @@ class EventLoop:
     def __init__(self, reactor: Any = None, name: str = "lttx-reactor") -> None:
         self.reactor = reactor if reactor is not None else _private_reactor()
         self._stopped = False
+        # Callers waiting on the loop: failed at stop, so no thread waits forever.
+        self._waiting: "set[Future[Any]]" = set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         # A partial of its own, so unregistering it leaves other loops' hooks.
@@ -91,12 +93,15 @@ class EventLoop:
             running.append(d)
             d.addCallbacks(future.set_result, lambda failure: _set_failure(future, failure))
 
+        self._waiting.add(future)
         self.reactor.callFromThread(start)
         try:
             return future.result(timeout)
         except FutureTimeout:
             self.reactor.callFromThread(lambda: [d.cancel() for d in running])
             raise TimeoutError(f"no reply within {timeout} seconds") from None
+        finally:
+            self._waiting.discard(future)
 
     def stop(self, wait: float = 5.0) -> None:
         """Stop the reactor and wait (up to ``wait`` seconds) for the thread."""
@@ -108,6 +113,9 @@ class EventLoop:
             self.reactor.callFromThread(self._stop_reactor)
             if not self.in_loop_thread:
                 self._thread.join(wait)
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_exception(LTtxError("the client was closed while this call waited"))
 
     def _stop_reactor(self) -> None:
         if self.reactor.running:

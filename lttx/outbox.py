@@ -31,6 +31,12 @@ from .channels import ISubscriber
 CHUNK = 256 * 1024
 
 
+#: A conflating subscriber is cut off only when its queue, one message per
+#: key, passes this many times --subscriber-buffer: a key set that keeps
+#: growing (keys that never repeat), not a subscriber that is merely slow.
+CONFLATED_BOUND = 4
+
+
 @implementer(IPushProducer, ISubscriber)
 class Outbox:
     """
@@ -66,6 +72,7 @@ class Outbox:
         self.paused = False
         self.stopped = False
         self.overflowed = False
+        self._overflow_reason = ""
         self.conflated_drops = 0
         self.peak_bytes = 0
         transport.registerProducer(self, True)
@@ -102,6 +109,15 @@ class Outbox:
             if self.queued_bytes > self.peak_bytes:
                 self.peak_bytes = self.queued_bytes
             if self.plain_bytes > self.limit:
+                self._overflow_reason = (f"more than {self.limit} bytes queued for it "
+                                         "while it did not read")
+            elif self.queued_bytes > CONFLATED_BOUND * self.limit:
+                # Conflated frames are bounded by their distinct keys only:
+                # keys that never repeat (order ids) would grow without end.
+                self._overflow_reason = (
+                    f"more than {CONFLATED_BOUND * self.limit} bytes of conflated messages "
+                    "with distinct keys queued for it while it did not read")
+            if self._overflow_reason:
                 # Reported at flush, after the registry's fan-out loop, which
                 # must not see its subscribers change under it.
                 self.overflowed = True
@@ -114,8 +130,7 @@ class Outbox:
         """Write what is queued, in one write or in chunks until the transport pauses."""
         if self.overflowed and not self.stopped:
             self.stopped = True
-            self._on_overflow(f"more than {self.limit} bytes queued for it "
-                              "while it did not read")
+            self._on_overflow(self._overflow_reason)
             return
         if self.paused or self.stopped or not self.queued_bytes:
             return

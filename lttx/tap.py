@@ -94,6 +94,9 @@ class Options(usage.Options):
                 self[name] = parse_size(self[name])
             if self[name] < 1024:
                 raise usage.UsageError(f"--{name} must be at least 1024 bytes")
+        if self["max-frame"] >= 2**31:
+            # The length prefix is 32 bits, and clients read frames below 2 GiB.
+            raise usage.UsageError("--max-frame must be under 2GiB")
         if isinstance(self["max-file-size"], str):
             self["max-file-size"] = parse_size(self["max-file-size"])
         if self["token"] and self["token-file"]:

@@ -157,6 +157,30 @@ class EventLoopTests(SynchronousTestCase):
         self.assertRaises(RuntimeError, self.loop.run,
                           lambda: self.loop.run(lambda: 1, timeout=1), timeout=5)
 
+    def test_stop_fails_the_calls_still_waiting(self) -> None:
+        """A thread waiting on a call (a long transfer) is released when the loop stops."""
+        outcome: list[BaseException] = []
+        started = threading.Event()
+
+        def wait_forever() -> None:
+            def never() -> Deferred[None]:
+                started.set()
+                return Deferred()
+
+            try:
+                self.loop.run(never)
+            except lttx.LTtxError as e:
+                outcome.append(e)
+
+        caller = threading.Thread(target=wait_forever)
+        caller.start()
+        self.assertTrue(started.wait(5))
+        self.loop.stop()
+        caller.join(5)
+        self.assertFalse(caller.is_alive())
+        self.assertEqual([str(e) for e in outcome],
+                         ["the client was closed while this call waited"])
+
     def test_stop_ends_the_thread(self) -> None:
         self.loop.stop()
         self.assertFalse(self.loop._thread.is_alive())

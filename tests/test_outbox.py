@@ -146,6 +146,21 @@ class OutboxTests(SynchronousTestCase):
         self.assertEqual(self.overflows, [])
         self.assertLess(self.outbox.queued_bytes, 50 * 200)
 
+    def test_conflating_subscriber_with_ever_new_keys_is_bounded(self) -> None:
+        """Keys that never repeat conflate nothing: past 4x the bound, the subscriber
+        is cut off like any other, and the daemon's memory stays bounded."""
+        from lttx.outbox import CONFLATED_BOUND
+
+        self.outbox.pauseProducing()
+        size = len(message("hq", 0, "x" * 100, 1))
+        count = CONFLATED_BOUND * self.outbox.limit // size + 10
+        for i in range(count):
+            self.outbox.deliver(message("hq", i, "x" * 100, i + 1), ("hq", i))
+        self.assertEqual(self.outbox.queued_bytes, 0)
+        self.outbox.flush()
+        self.assertEqual(len(self.overflows), 1)
+        self.assertIn("conflated messages with distinct keys", self.overflows[0])
+
     def test_plain_frames_after_conflated_ones_keep_order(self) -> None:
         """A mix of plain and conflated frames comes out in delivery order."""
         self.outbox.pauseProducing()

@@ -40,7 +40,8 @@ class OptionsTests(SynchronousTestCase):
     def test_bad_values(self) -> None:
         """Bad values are usage errors with a clear message."""
         for argv in (["--fsync", "sometimes"], ["--max-frame", "lots"], ["--max-frame", "10"],
-                     ["--port", "70000"], ["--port", "x"], ["--token", "a", "--token-file", "f"]):
+                     ["--max-frame", "2GiB"], ["--port", "70000"], ["--port", "x"],
+                     ["--token", "a", "--token-file", "f"]):
             self.assertRaises(usage.UsageError, parse, *argv)
 
     def test_token_sources(self) -> None:
