@@ -72,6 +72,7 @@ from .errors import (
     TimeoutError,
     error_from_wire,
 )
+from .journal import fsync_directory
 
 if TYPE_CHECKING:
     from .client import ConnectionSettings
@@ -666,15 +667,21 @@ class FileSession:
         d.addErrback(lambda failure: self._upload_end_failed(upload, failure))
         return d
 
-    def _check_upload(self, upload: _Upload, md5_hex: Any) -> dict[str, Any]:
+    def _check_upload(self, upload: _Upload, md5_hex: Any) -> "Deferred[dict[str, Any]]":
         assert upload.writer is not None
         ours = upload.writer.md5.hexdigest()
-        seconds = time.monotonic() - upload.started
         if ours != md5_hex:
             raise ChecksumMismatch(
                 f"{upload.name}: the daemon received MD5 {ours}, the client sent "
                 f"{str(md5_hex)[:40]}; the file was not kept")
-        os.replace(upload.partial, self.service.path_of(upload.name))
+        # Renamed into place and the folder synced, off the reactor: once the
+        # client hears of success, the file is there even after a power loss.
+        d = self.service.run_in_thread(_move_into_place, upload.partial,
+                                       self.service.path_of(upload.name))
+        return d.addCallback(lambda _: self._upload_kept(upload, ours))
+
+    def _upload_kept(self, upload: _Upload, ours: str) -> dict[str, Any]:
+        seconds = time.monotonic() - upload.started
         self._end_upload(upload, keep=True)
         if self.upload is upload:
             self.upload = None
@@ -827,6 +834,11 @@ def _open_for_download(path: str, offset: int,
     except BaseException:
         f.close()
         raise
+
+
+def _move_into_place(partial: str, path: str) -> None:
+    os.replace(partial, path)
+    fsync_directory(os.path.dirname(path))
 
 
 def _sync_and_close(file: Any) -> None:
