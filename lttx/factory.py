@@ -69,4 +69,9 @@ class LTtxFactory(ServerFactory):
                   "channels": self.channels.status()}
         if self.files is not None:
             status["files"] = self.files.status()
+        # The engine (memory or redis) and what the store says of itself.
+        status["engine"] = getattr(self.store, "engine", "memory")
+        store_status = getattr(self.store, "status", None)
+        if store_status is not None:
+            status["store"] = store_status()
         return status

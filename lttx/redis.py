@@ -1,0 +1,439 @@
+"""
+A small Twisted-native Redis client: RESP2, pipelining, scripts, reconnection.
+
+- :class:`RedisProtocol` speaks RESP2 on one connection: every command is
+  written at once (pipelined) and gets a Deferred, fired in order by the
+  replies.  In pub/sub mode, ``message`` pushes go to a callback instead.
+- :class:`RedisClient` keeps one such connection up by itself (a
+  :class:`~twisted.application.internet.ClientService`: reconnects with
+  backoff), authenticates, selects the database, loads the scripts and, for a
+  pub/sub client, subscribes again to every channel it was subscribed to.
+  While it has no connection, every call fails at once with
+  :class:`lttx.errors.Unavailable` (and one log line per outage), so no caller
+  ever waits on a Redis that is not there.
+- With Sentinel, each connection attempt first asks the sentinels, in turn,
+  for the current master, and checks ``ROLE`` once connected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Optional, Sequence
+from urllib.parse import unquote, urlparse
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .errors import LTtxError, Unavailable
+
+
+class RedisError(LTtxError):
+    """Redis answered a command with an error reply (``-ERR ...``)."""
+
+    code = "unavailable"  # the client of the daemon sees a back-end failure
+
+    @property
+    def kind(self) -> str:
+        """The first word of the reply: ``ERR``, ``NOSCRIPT``, ``READONLY``, ..."""
+        return self.message.split(" ", 1)[0]
+
+
+def encode_command(args: Sequence[Any]) -> bytes:
+    """One command as a RESP array of bulk strings (str: UTF-8; int/float: decimal)."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode("utf-8")
+        elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            data = str(arg).encode("ascii")
+        else:
+            raise TypeError(f"a Redis argument must be bytes, str or a number, not {arg!r:.40}")
+        out.append(b"$%d\r\n" % len(data))
+        out.append(data)
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+class _Incomplete(Exception):
+    """The buffer ends inside a reply."""
+
+
+def parse_reply(buf: bytes, pos: int) -> tuple[Any, int]:
+    """
+    One RESP2 reply starting at ``pos``: (value, position after it).
+
+    Bulk strings are bytes, nil is None, an error reply is a :class:`RedisError`
+    value (not raised: inside an array it is just an element).
+
+    :raises _Incomplete: if ``buf`` ends before the reply does.
+    """
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete()
+    kind, line = buf[pos:pos + 1], buf[pos + 1:end]
+    pos = end + 2
+    if kind == b"$":
+        n = int(line)
+        if n < 0:
+            return None, pos
+        if len(buf) < pos + n + 2:
+            raise _Incomplete()
+        return buf[pos:pos + n], pos + n + 2
+    if kind == b":":
+        return int(line), pos
+    if kind == b"+":
+        return line.decode("utf-8", "replace"), pos
+    if kind == b"-":
+        return RedisError(line.decode("utf-8", "replace")), pos
+    if kind == b"*":
+        n = int(line)
+        if n < 0:
+            return None, pos
+        items = []
+        for _ in range(n):
+            item, pos = parse_reply(buf, pos)
+            items.append(item)
+        return items, pos
+    raise ValueError(f"not a RESP reply: {buf[pos - len(line) - 3:pos][:40]!r}")
+
+
+class RedisProtocol(Protocol):
+    """
+    One Redis connection: pipelined commands, one Deferred each, fired in order.
+
+    :ivar on_message: called with ``(channel, data)`` (bytes) for each pub/sub
+        message; set on a connection used for SUBSCRIBE.
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pending: list[Deferred[Any]] = []
+        self._need = 0  # bytes the buffer must hold before parsing is worth trying
+        self.on_message: Optional[Callable[[bytes, bytes], None]] = None
+        #: called once when the connection is lost
+        self.on_lost: Optional[Callable[[], None]] = None
+        #: called with each channel Redis confirms a SUBSCRIBE for
+        self.on_subscribed: Optional[Callable[[bytes], None]] = None
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+
+    def execute(self, *args: Any) -> Deferred[Any]:
+        """Send one command; the Deferred fires with its reply or fails with
+        :class:`RedisError` (an error reply) or :class:`Unavailable` (connection lost)."""
+        return self.execute_many([args])[0]
+
+    def execute_many(self, commands: Sequence[Sequence[Any]]) -> list[Deferred[Any]]:
+        """Send several commands in one write (a pipeline)."""
+        if self.lost:
+            return [defer.fail(Unavailable("the connection to Redis was lost"))
+                    for _ in commands]
+        data = b"".join(encode_command(c) for c in commands)
+        results: list[Deferred[Any]] = []
+        if self.on_message is None:
+            for _ in commands:
+                d: Deferred[Any] = Deferred()
+                self._pending.append(d)
+                results.append(d)
+        else:
+            # A subscribed connection answers (UN)SUBSCRIBE with one push per
+            # channel, not one reply per command: nobody waits for those.
+            results = [defer.succeed(None) for _ in commands]
+        self.transport.write(data)  # type: ignore[union-attr]
+        return results
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer = self._buffer + data if self._buffer else data
+        if len(self._buffer) < self._need:
+            return
+        buf, pos = self._buffer, 0
+        try:
+            while pos < len(buf):
+                try:
+                    reply, pos = parse_reply(buf, pos)
+                except _Incomplete:
+                    # A large bulk string: wait until it can be complete.
+                    self._need = _bulk_need(buf, pos)
+                    break
+                self._dispatch(reply)
+        except ValueError:
+            self.log.error("undecodable reply from Redis; closing the connection")
+            self._buffer = b""
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._buffer = buf[pos:]
+        if not self._buffer:
+            self._need = 0
+
+    def _dispatch(self, reply: Any) -> None:
+        if self.on_message is not None and isinstance(reply, list):
+            if reply and reply[0] == b"message":
+                self.on_message(reply[1], reply[2])
+            elif reply and reply[0] == b"subscribe" and self.on_subscribed is not None:
+                self.on_subscribed(reply[1])
+            return
+        if not self._pending:
+            self.log.error("a reply from Redis nobody asked for: {reply!r:.80}", reply=reply)
+            return
+        d = self._pending.pop(0)
+        if isinstance(reply, RedisError):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self.lost = True
+        pending, self._pending = self._pending, []
+        for d in pending:
+            d.errback(Unavailable("the connection to Redis was lost before its reply"))
+        if self.on_lost is not None:
+            self.on_lost()
+
+
+def _bulk_need(buf: bytes, pos: int) -> int:
+    """The buffer length at which a top-level bulk string at ``pos`` is complete
+    (0 when the reply is something else: parse again on the next data)."""
+    if buf[pos:pos + 1] != b"$":
+        return 0
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        return 0
+    return end + 2 + int(buf[pos + 1:end]) + 2 - pos
+
+
+class Script:
+    """A Lua script, run by its SHA1 (EVALSHA) with EVAL as the fallback."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+
+class RedisAddress:
+    """Where Redis is: a URL, or a master name and sentinels."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0,
+                 password: Optional[str] = None,
+                 sentinels: Sequence[tuple[str, int]] = (),
+                 master_name: Optional[str] = None) -> None:
+        self.host, self.port, self.db, self.password = host, port, db, password
+        self.sentinels = list(sentinels)
+        self.master_name = master_name
+
+    @classmethod
+    def from_url(cls, url: str, password: Optional[str] = None) -> "RedisAddress":
+        """``redis://[:password@]host[:port][/db]``."""
+        parsed = urlparse(url)
+        if parsed.scheme != "redis" or not parsed.hostname:
+            raise ValueError(f"not a redis:// URL: {url!r}")
+        db = int(parsed.path.lstrip("/") or 0)
+        return cls(parsed.hostname, parsed.port or 6379, db,
+                   password or (unquote(parsed.password) if parsed.password else None))
+
+    def describe(self) -> str:
+        if self.sentinels:
+            where = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"sentinel {self.master_name!r} via {where}"
+        return f"redis://{self.host}:{self.port}/{self.db}"
+
+
+@implementer(IStreamClientEndpoint)
+class _RedisEndpoint:
+    """Connects to the address, asking the sentinels for the master first."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, address: RedisAddress, client: "RedisClient") -> None:
+        self.reactor, self.address, self.client = reactor, address, client
+
+    @defer.inlineCallbacks
+    def connect(self, factory: Any) -> Any:
+        host, port = self.address.host, self.address.port
+        if self.address.sentinels:
+            host, port = yield self._ask_sentinels()
+        self.client.server = f"{host}:{port}"
+        endpoint = HostnameEndpoint(self.reactor, host, port, timeout=5)
+        protocol = yield endpoint.connect(factory)
+        return protocol
+
+    @defer.inlineCallbacks
+    def _ask_sentinels(self) -> Any:
+        for host, port in self.address.sentinels:
+            endpoint = HostnameEndpoint(self.reactor, host, port, timeout=2)
+            try:
+                proto = yield endpoint.connect(Factory.forProtocol(RedisProtocol))
+            except Exception as e:  # any failure: try the next sentinel
+                self.log.info("sentinel {host}:{port} unreachable: {e}", host=host, port=port, e=e)
+                continue
+            try:
+                reply = yield proto.execute(
+                    "SENTINEL", "get-master-addr-by-name", self.address.master_name)
+            except LTtxError as e:
+                self.log.info("sentinel {host}:{port}: {e}", host=host, port=port, e=e)
+                reply = None
+            finally:
+                proto.transport.loseConnection()
+            if reply:
+                return reply[0].decode(), int(reply[1])
+        raise Unavailable(f"no sentinel knows the master {self.address.master_name!r}")
+
+
+class RedisClient:
+    """
+    A Redis connection that stays up by itself.
+
+    :param pubsub: a subscriber connection: pushes go to ``on_message`` and
+        the channels of :meth:`subscribe` are subscribed again after a reconnect.
+    :param scripts: loaded (SCRIPT LOAD) on every new connection.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, address: RedisAddress, name: str = "redis",
+                 pubsub: bool = False,
+                 on_message: Optional[Callable[[bytes, bytes], None]] = None,
+                 scripts: Sequence[Script] = ()) -> None:
+        self.reactor = reactor
+        self.address = address
+        self.name = name
+        self.pubsub = pubsub
+        self.on_message = on_message
+        self.scripts = list(scripts)
+        self.channels: set[bytes] = set()
+        self.protocol: Optional[RedisProtocol] = None
+        self.server = ""  # host:port of the connection (the master, with Sentinel)
+        self.role = "unknown"
+        self.connects = 0
+        self._down_logged = False
+        factory = Factory.forProtocol(RedisProtocol)
+        self.service = ClientService(
+            _RedisEndpoint(reactor, address, self), factory,
+            retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=2.0, factor=2.0),
+            clock=reactor, prepareConnection=self._prepare)
+
+    def start(self) -> None:
+        self.service.startService()
+
+    def stop(self) -> Deferred[None]:
+        self.protocol = None
+        return self.service.stopService()
+
+    @defer.inlineCallbacks
+    def _prepare(self, proxy: Any) -> Any:
+        """Authenticate, select, check the role, load scripts, resubscribe."""
+        # ClientService hands over its proxy; attributes are set on the protocol.
+        protocol: RedisProtocol = getattr(proxy, "_protocol", proxy)
+        setup = []
+        if self.address.password:
+            setup.append(("AUTH", self.address.password))
+        if self.address.db:
+            setup.append(("SELECT", self.address.db))
+        setup.append(("ROLE",))
+        setup.extend(("SCRIPT", "LOAD", s.source) for s in self.scripts)
+        try:
+            replies = yield defer.gatherResults(protocol.execute_many(setup), consumeErrors=True)
+        except defer.FirstError as e:
+            self.log.error("{name}: Redis refused the connection set-up: {error}",
+                           name=self.name, error=e.subFailure.value)
+            protocol.transport.loseConnection()
+            raise e.subFailure.value from None
+        role = replies[len(setup) - 1 - len(self.scripts)]
+        self.role = role[0].decode() if isinstance(role, list) and role else "unknown"
+        if self.address.sentinels and self.role != "master":
+            self.log.warn("{name}: {server} is a {role}, not the master; asking again",
+                          name=self.name, server=self.server, role=self.role)
+            protocol.transport.loseConnection()
+            raise Unavailable("connected to a replica")
+        if self.pubsub:
+            protocol.on_message = self.on_message
+            protocol.on_subscribed = self._subscribed
+            if self.channels:
+                protocol.execute("SUBSCRIBE", *sorted(self.channels))
+        protocol.on_lost = self._lost
+        self.protocol = protocol
+        self.connects += 1
+        self._down_logged = False
+        self.log.info("{name}: connected to Redis at {server} ({role})",
+                      name=self.name, server=self.server, role=self.role)
+
+    def _subscribed(self, channel: bytes) -> None:
+        self.log.info("{name}: subscribed in Redis to {channel}", name=self.name,
+                      channel=channel.decode("utf-8", "replace"))
+
+    def _lost(self) -> None:
+        if self.protocol is not None:
+            self.protocol = None
+            self.log.warn("{name}: lost the connection to Redis at {server}; reconnecting",
+                          name=self.name, server=self.server)
+
+    @property
+    def connected(self) -> bool:
+        return self.protocol is not None and not self.protocol.lost
+
+    def _unavailable(self) -> Deferred[Any]:
+        if not self._down_logged:
+            self._down_logged = True
+            self.log.warn("{name}: Redis ({where}) is unavailable; failing calls until it is back",
+                          name=self.name, where=self.address.describe())
+        return defer.fail(Unavailable(f"Redis ({self.address.describe()}) is unavailable"))
+
+    def execute(self, *args: Any) -> Deferred[Any]:
+        """One command; fails at once with :class:`Unavailable` without a connection."""
+        protocol = self.protocol
+        if protocol is None or protocol.lost:
+            return self._unavailable()
+        return self._check(protocol.execute(*args))
+
+    def evalsha(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
+        """Run a script by SHA1; on NOSCRIPT (a SCRIPT FLUSH), once more with EVAL."""
+        d = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+        def noscript(failure: Failure) -> Any:
+            if failure.check(RedisError) and failure.value.kind == "NOSCRIPT":
+                return self.execute("EVAL", script.source, len(keys), *keys, *args)
+            return failure
+        return d.addErrback(noscript)
+
+    def _check(self, d: Deferred[Any]) -> Deferred[Any]:
+        def readonly(failure: Failure) -> Any:
+            # A master demoted by a failover: reconnect (and ask the sentinels).
+            if failure.check(RedisError) and failure.value.kind == "READONLY":
+                protocol = self.protocol
+                if protocol is not None and protocol.transport is not None:
+                    protocol.transport.loseConnection()
+                return Failure(Unavailable("Redis is read-only (a failover is under way)"))
+            return failure
+        return d.addErrback(readonly)
+
+    def subscribe(self, channels: Sequence[bytes]) -> None:
+        """Subscribe (now if connected, and again after every reconnect)."""
+        new = [c for c in channels if c not in self.channels]
+        self.channels.update(new)
+        if new and self.connected:
+            self.protocol.execute("SUBSCRIBE", *new)  # type: ignore[union-attr]
+
+    def unsubscribe(self, channels: Sequence[bytes]) -> None:
+        gone = [c for c in channels if c in self.channels]
+        self.channels.difference_update(gone)
+        if gone and self.connected:
+            self.protocol.execute("UNSUBSCRIBE", *gone)  # type: ignore[union-attr]
+
+    def status(self) -> dict[str, Any]:
+        return {"address": self.address.describe(), "server": self.server,
+                "role": self.role if self.connected else "disconnected",
+                "connects": self.connects}
+

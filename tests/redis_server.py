@@ -1,0 +1,91 @@
+"""
+A real ``redis-server`` for tests, on 127.0.0.1 and a free port, without
+persistence, in a temporary directory; skipped when it is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import Optional
+
+from twisted.trial.unittest import SkipTest, TestCase
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server; its output is collected so tests wait on its log lines."""
+
+    def __init__(self, testcase: TestCase, *args: str, port: Optional[int] = None,
+                 start: bool = True) -> None:
+        if REDIS_SERVER is None:
+            raise SkipTest("redis-server is not installed (.ci/run installs it with apt-get)")
+        self.testcase = testcase
+        self.port = port or free_port()
+        self.dir = os.path.abspath(testcase.mktemp())
+        os.makedirs(self.dir, exist_ok=True)
+        self.args = list(args)
+        self.process: Optional[subprocess.Popen[str]] = None
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        if start:
+            self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> "RedisServer":
+        assert REDIS_SERVER is not None
+        self.lines = []
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir, *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self.testcase.addCleanup(self.stop)
+        self.wait_for_log(r"Ready to accept connections", timeout)
+        return self
+
+    def _read(self, process: "subprocess.Popen[str]") -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> str:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines:
+                    if regex.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"redis-server: no log line matching {pattern!r}:\n"
+                                         + "\n".join(self.lines[-20:]))
+                self._changed.wait(min(left, 0.5))
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
