@@ -11,8 +11,8 @@ from twisted.trial.unittest import TestCase
 
 import lttx
 
-from .common import Daemon
-from .redis_server import RedisServer
+from .common import TOKEN, Daemon
+from .redis_server import RedisServer, free_port
 
 
 def redis_daemon(testcase: TestCase, redis: RedisServer, *args: str) -> Daemon:
@@ -89,3 +89,63 @@ class TwoDaemonsTests(TestCase):
             self.assertEqual([m.seq for m in got], list(range(1, count + 1)))
             self.assertEqual(got[8], lttx.Message("hq", "k1", 8, 9))
             self.assertTrue(client.Q.empty())
+
+
+class RedisRestartTests(TestCase):
+    def test_typed_errors_while_down_full_service_after(self) -> None:
+        """Redis stopped: calls fail at once with Unavailable; Redis back: variables and
+        channels across daemons work again, without touching the daemons."""
+        redis = RedisServer(self)
+        a, b = redis_daemon(self, redis), redis_daemon(self, redis)
+        ca, cb = a.connect(), b.connect()
+        cb.subscribe("hq")
+        b.wait_for_log(r"subscribed in Redis to lttx:c:hq")
+        ca.put("x", 1)
+        marks = (len(a.lines), len(b.lines))
+        redis.stop()
+        a.wait_for_log(r"redis: lost the connection to Redis", start=marks[0])
+        for call in (lambda: ca.get("x"), lambda: ca.put("x", 2),
+                     lambda: ca.list_append("l", 1), lambda: cb.keys("*")):
+            with self.assertRaises(lttx.Unavailable):
+                call()
+        a.wait_for_log(r"Redis .* is unavailable; failing calls", start=marks[0])
+        redis.start()
+        for daemon, mark in zip((a, b), marks):
+            daemon.wait_for_log(r"redis: connected to Redis", start=mark)
+        b.wait_for_log(r"subscribed in Redis to lttx:c:hq", start=marks[1])
+        ca.put("x", 3)  # the data went with the old server (no persistence)
+        self.assertEqual(cb.get("x"), 3)
+        ca.push("k", "after", "hq")
+        self.assertEqual(cb.Q.get(timeout=10).data, "after")
+
+
+class FailoverTests(TestCase):
+    def test_killed_daemon_moves_client_to_another(self) -> None:
+        """A client on A and B: A killed, the client goes on through B and is
+        subscribed there again; pushes from C reach it."""
+        redis = RedisServer(self)
+        a, b, c = (redis_daemon(self, redis) for _ in range(3))
+        client = lttx.connect([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
+                              token=a.token, timeout=15)
+        self.addCleanup(client.close)
+        client.put("x", 1)
+        client.subscribe("hq")
+        a.wait_for_log(r"subscribed in Redis to lttx:c:hq")
+        mark = len(b.lines)
+        a.kill()
+        self.assertEqual(client.get("x"), 1)  # waits for the reconnection, to B
+        b.wait_for_log(r"subscribed to hq", start=mark)
+        b.wait_for_log(r"subscribed in Redis to lttx:c:hq", start=mark)
+        publisher = c.connect()
+        publisher.push("k", "after failover", "hq")
+        message = client.Q.get(timeout=10)
+        self.assertEqual((message.data, message.seq), ("after failover", 1))
+
+    def test_first_reachable_address(self) -> None:
+        """connect() with a list skips the daemons it cannot reach."""
+        redis = RedisServer(self)
+        a = redis_daemon(self, redis)
+        client = lttx.connect([f"127.0.0.1:{free_port()}", ("127.0.0.1", a.port)],
+                              token=TOKEN, timeout=5)
+        self.addCleanup(client.close)
+        self.assertEqual(client.ping(), "pong")
