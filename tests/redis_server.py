@@ -30,7 +30,7 @@ class RedisServer:
     """One redis-server; its output is collected so tests wait on its log lines."""
 
     def __init__(self, testcase: TestCase, *args: str, port: Optional[int] = None,
-                 start: bool = True) -> None:
+                 start: bool = True, sentinel_of: Optional[tuple[str, int]] = None) -> None:
         if REDIS_SERVER is None:
             raise SkipTest("redis-server is not installed (.ci/run installs it with apt-get)")
         self.testcase = testcase
@@ -38,6 +38,8 @@ class RedisServer:
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir, exist_ok=True)
         self.args = list(args)
+        #: (master name, master port): run as a sentinel monitoring it
+        self.sentinel_of = sentinel_of
         self.process: Optional[subprocess.Popen[str]] = None
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -51,13 +53,25 @@ class RedisServer:
     def start(self, timeout: float = 20.0) -> "RedisServer":
         assert REDIS_SERVER is not None
         self.lines = []
+        if self.sentinel_of is None:
+            command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+                       "--save", "", "--appendonly", "no", "--dir", self.dir, *self.args]
+        else:
+            # A sentinel rewrites its configuration file: one of its own.
+            name, master_port = self.sentinel_of
+            config = os.path.join(self.dir, "sentinel.conf")
+            with open(config, "w") as f:
+                f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                        f"sentinel monitor {name} 127.0.0.1 {master_port} 2\n"
+                        f"sentinel down-after-milliseconds {name} 500\n"
+                        f"sentinel failover-timeout {name} 5000\n")
+            command = [REDIS_SERVER, config, "--sentinel"]
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir, *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         self.testcase.addCleanup(self.stop)
-        self.wait_for_log(r"Ready to accept connections", timeout)
+        self.wait_for_log(r"Ready to accept connections" if self.sentinel_of is None
+                          else r"\+monitor master", timeout)
         return self
 
     def _read(self, process: "subprocess.Popen[str]") -> None:
@@ -67,19 +81,26 @@ class RedisServer:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
 
-    def wait_for_log(self, pattern: str, timeout: float = 20.0) -> str:
+    def wait_for_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> str:
+        """Wait until ``count`` log lines match ``pattern``; the last of them."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                for line in self.lines:
-                    if regex.search(line):
-                        return line
+                found = [line for line in self.lines if regex.search(line)]
+                if len(found) >= count:
+                    return found[count - 1]
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"redis-server: no log line matching {pattern!r}:\n"
                                          + "\n".join(self.lines[-20:]))
                 self._changed.wait(min(left, 0.5))
+
+    def kill(self) -> None:
+        """SIGKILL: the machine is gone, nothing is flushed or handed over."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

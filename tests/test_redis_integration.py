@@ -5,6 +5,7 @@ Several real daemons (``--engine redis``) on one real redis-server.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from twisted.trial.unittest import TestCase
@@ -149,3 +150,66 @@ class FailoverTests(TestCase):
                               token=TOKEN, timeout=5)
         self.addCleanup(client.close)
         self.assertEqual(client.ping(), "pong")
+
+
+class SentinelTests(TestCase):
+    def test_master_killed_daemons_follow_the_promoted_replica(self) -> None:
+        """One master, one replica, three sentinels: the master is killed, Sentinel
+        promotes the replica, the daemons follow it.  Prints how long writes failed
+        and how many acknowledged writes the promotion lost."""
+        master = RedisServer(self)
+        replica = RedisServer(self, "--replicaof", "127.0.0.1", str(master.port))
+        replica.wait_for_log(r"MASTER <-> REPLICA sync: Finished with success")
+        sentinels = [RedisServer(self, sentinel_of=("lttx", master.port)) for _ in range(3)]
+        for sentinel in sentinels:
+            sentinel.wait_for_log(r"\+slave slave 127\.0\.0\.1:%d" % replica.port)
+            sentinel.wait_for_log(r"\+sentinel sentinel", count=2)  # it knows the other two
+        where = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+        daemons = [Daemon(self, "--engine", "redis", "--redis-sentinel", where,
+                          "--redis-master", "lttx") for _ in range(2)]
+        for daemon in daemons:
+            daemon.wait_for_log(r"redis: connected to Redis at 127\.0\.0\.1:%d \(master\)"
+                                % master.port)
+        writer, reader = daemons[0].connect(), daemons[1].connect()
+        reader.subscribe("hq")
+        daemons[1].wait_for_log(r"subscribed in Redis to lttx:c:hq")
+
+        acknowledged: list[int] = []
+        failures: list[str] = []
+        last_ok_before = first_ok_after = killed_at = 0.0
+        i = mark = 0
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            if len(acknowledged) == 300 and not killed_at:
+                mark = len(daemons[1].lines)
+                last_ok_before = time.monotonic()
+                master.kill()
+                killed_at = time.monotonic()
+            i += 1
+            try:
+                writer.list_append("acks", i)
+            except lttx.Unavailable as e:
+                failures.append(e.message)
+                continue
+            acknowledged.append(i)
+            if killed_at and not first_ok_after:
+                first_ok_after = time.monotonic()
+            if first_ok_after and len(acknowledged) >= 600:
+                break
+        self.assertTrue(first_ok_after, f"no write succeeded after the failover: {failures[-3:]}")
+        for daemon in daemons:
+            daemon.wait_for_log(r"redis: connected to Redis at 127\.0\.0\.1:%d \(master\)"
+                                % replica.port)
+        kept = set(reader.get("acks"))
+        lost = [n for n in acknowledged if n not in kept]
+        print(f"\nsentinel failover: writes failed for {first_ok_after - last_ok_before:.2f} s "
+              f"({len(failures)} Unavailable replies); acknowledged writes lost: {len(lost)} "
+              f"of {len(acknowledged)} {lost[:10]}")
+        self.assertTrue(all(f.startswith(("Redis", "the connection to Redis")) for f in failures),
+                        failures[:3])
+        # Channels follow too: the pub/sub connections went to the new master.
+        daemons[1].wait_for_log(r"redis pub/sub: connected to Redis at 127\.0\.0\.1:%d"
+                                % replica.port, start=mark)
+        daemons[1].wait_for_log(r"subscribed in Redis to lttx:c:hq", start=mark)
+        writer.push("k", "after failover", "hq")
+        self.assertEqual(reader.Q.get(timeout=10).data, "after failover")
