@@ -18,6 +18,7 @@ A small Twisted-native Redis client: RESP2, pipelining, scripts, reconnection.
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from typing import Any, Callable, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
@@ -64,46 +65,102 @@ def encode_command(args: Sequence[Any]) -> bytes:
 
 
 class _Incomplete(Exception):
-    """The buffer ends inside a reply."""
+    """The buffer ends inside an element; ``need``: the bytes it takes from its start."""
+
+    def __init__(self, need: int) -> None:
+        self.need = need
 
 
-def parse_reply(buf: bytes, pos: int) -> tuple[Any, int]:
+class _Array:
+    """An array header: ``n`` elements follow."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def _parse_element(buf: bytes, pos: int) -> tuple[Any, int]:
     """
-    One RESP2 reply starting at ``pos``: (value, position after it).
+    One element at ``pos``: a scalar, nil, an error value or an array header.
 
-    Bulk strings are bytes, nil is None, an error reply is a :class:`RedisError`
-    value (not raised: inside an array it is just an element).
-
-    :raises _Incomplete: if ``buf`` ends before the reply does.
+    :raises _Incomplete: if ``buf`` ends before the element does.
     """
     end = buf.find(b"\r\n", pos)
     if end < 0:
-        raise _Incomplete()
+        raise _Incomplete(len(buf) - pos + 1)
     kind, line = buf[pos:pos + 1], buf[pos + 1:end]
-    pos = end + 2
+    after = end + 2
     if kind == b"$":
         n = int(line)
         if n < 0:
-            return None, pos
-        if len(buf) < pos + n + 2:
-            raise _Incomplete()
-        return buf[pos:pos + n], pos + n + 2
+            return None, after
+        if len(buf) < after + n + 2:
+            raise _Incomplete(after + n + 2 - pos)
+        return buf[after:after + n], after + n + 2
     if kind == b":":
-        return int(line), pos
+        return int(line), after
     if kind == b"+":
-        return line.decode("utf-8", "replace"), pos
+        return line.decode("utf-8", "replace"), after
     if kind == b"-":
-        return RedisError(line.decode("utf-8", "replace")), pos
+        return RedisError(line.decode("utf-8", "replace")), after
     if kind == b"*":
         n = int(line)
-        if n < 0:
-            return None, pos
-        items = []
-        for _ in range(n):
-            item, pos = parse_reply(buf, pos)
-            items.append(item)
-        return items, pos
-    raise ValueError(f"not a RESP reply: {buf[pos - len(line) - 3:pos][:40]!r}")
+        return (None if n < 0 else _Array(n)), after
+    raise ValueError(f"not a RESP reply: {buf[pos:pos + 40]!r}")
+
+
+class ReplyParser:
+    """
+    RESP2 replies out of a byte stream, in O(n) whatever the chunking: a
+    partial reply is kept as the elements parsed so far plus the unparsed tail,
+    and a large bulk string is joined once, when all of it is there.
+
+    Bulk strings are bytes, nil is None, an error reply is a
+    :class:`RedisError` value (inside an array it is just an element).
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._need = 0  # the unparsed bytes needed before parsing is worth trying
+        self._stack: list[tuple[list[Any], int]] = []  # open arrays: items, length
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add bytes; the replies they complete."""
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size < self._need:
+            return []
+        buf = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        replies: list[Any] = []
+        pos = 0
+        self._need = 0
+        stack = self._stack
+        while pos < len(buf):
+            try:
+                value, pos = _parse_element(buf, pos)
+            except _Incomplete as e:
+                self._need = e.need
+                break
+            if isinstance(value, _Array):
+                if value.n:
+                    stack.append(([], value.n))
+                    continue
+                value = []
+            while stack:
+                items, n = stack[-1]
+                items.append(value)
+                if len(items) < n:
+                    break
+                stack.pop()
+                value = items
+            else:
+                replies.append(value)
+        rest = buf[pos:]
+        self._chunks = [rest] if rest else []
+        self._size = len(rest)
+        return replies
 
 
 class RedisProtocol(Protocol):
@@ -117,9 +174,8 @@ class RedisProtocol(Protocol):
     log = Logger()
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._pending: list[Deferred[Any]] = []
-        self._need = 0  # bytes the buffer must hold before parsing is worth trying
+        self._parser = ReplyParser()
+        self._pending: deque[Deferred[Any]] = deque()
         self.on_message: Optional[Callable[[bytes, bytes], None]] = None
         #: called once when the connection is lost
         self.on_lost: Optional[Callable[[], None]] = None
@@ -157,27 +213,14 @@ class RedisProtocol(Protocol):
         return results
 
     def dataReceived(self, data: bytes) -> None:
-        self._buffer = self._buffer + data if self._buffer else data
-        if len(self._buffer) < self._need:
-            return
-        buf, pos = self._buffer, 0
         try:
-            while pos < len(buf):
-                try:
-                    reply, pos = parse_reply(buf, pos)
-                except _Incomplete:
-                    # A large bulk string: wait until it can be complete.
-                    self._need = _bulk_need(buf, pos)
-                    break
-                self._dispatch(reply)
+            replies = self._parser.feed(data)
         except ValueError:
             self.log.error("undecodable reply from Redis; closing the connection")
-            self._buffer = b""
             self.transport.loseConnection()  # type: ignore[union-attr]
             return
-        self._buffer = buf[pos:]
-        if not self._buffer:
-            self._need = 0
+        for reply in replies:
+            self._dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
         if self.on_message is not None and isinstance(reply, list):
@@ -189,7 +232,7 @@ class RedisProtocol(Protocol):
         if not self._pending:
             self.log.error("a reply from Redis nobody asked for: {reply!r:.80}", reply=reply)
             return
-        d = self._pending.pop(0)
+        d = self._pending.popleft()
         if isinstance(reply, RedisError):
             d.errback(reply)
         else:
@@ -197,22 +240,11 @@ class RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.lost = True
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, deque()
         for d in pending:
             d.errback(Unavailable("the connection to Redis was lost before its reply"))
         if self.on_lost is not None:
             self.on_lost()
-
-
-def _bulk_need(buf: bytes, pos: int) -> int:
-    """The buffer length at which a top-level bulk string at ``pos`` is complete
-    (0 when the reply is something else: parse again on the next data)."""
-    if buf[pos:pos + 1] != b"$":
-        return 0
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        return 0
-    return end + 2 + int(buf[pos + 1:end]) + 2 - pos
 
 
 class Script:

@@ -222,6 +222,7 @@ class DaemonDirectory(Service):
         self.clock = clock
         self.addresses: list[str] = []
         self.known: dict[str, Any] = {}
+        self._listing = ""
 
     def beat(self) -> None:
         now = self.clock()
@@ -238,6 +239,11 @@ class DaemonDirectory(Service):
             info = json.loads(reply[i + 1])
             if now - info.get("seen", 0) < DAEMON_TIMEOUT:
                 known[reply[i].decode()] = info
+        listing = ", ".join(" ".join(info.get("listening") or ["?"])
+                            for _, info in sorted(known.items()))
+        if listing != self._listing:
+            self._listing = listing
+            self.log.info("daemons on this Redis: {daemons}", daemons=listing)
         self.known = known
 
     def stopService(self) -> Any:
@@ -258,6 +264,11 @@ class _EngineStore(RedisStore):
     """The store with the engine's status (Redis, role, known daemons)."""
 
     directory: Optional[DaemonDirectory] = None
+
+    def __init__(self, client: RedisClient, prefix: str = "lttx:") -> None:
+        super().__init__(client, prefix)
+        #: host:port of each listener (the tap adds them once listening)
+        self.listening: list[str] = []
 
     def status(self) -> dict[str, Any]:
         status = super().status()
@@ -286,6 +297,7 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
         channels.attach(commands, subscriber)
         _ClientRunner(subscriber).setServiceParent(services)
     directory = DaemonDirectory(commands, store, channels_id(channels))
+    directory.addresses = store.listening
     store.directory = directory
     directory.setServiceParent(services)
     beat = TimerService(1.0, directory.beat)

@@ -185,6 +185,10 @@ class _LoggingEndpointService(StreamServerEndpointService):
     def _listening(self, port: Any) -> Any:
         self.log.info("LTtx listening on {description} at {address}",
                       description=self.description, address=_address(port))
+        # The Redis engine tells the other daemons where this one listens.
+        listening = getattr(getattr(self.factory, "store", None), "listening", None)
+        if isinstance(listening, list):
+            listening.append(_address(port))
         return port
 
 

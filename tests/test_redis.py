@@ -16,6 +16,7 @@ from lttx.redis import (
     RedisClient,
     RedisError,
     RedisProtocol,
+    ReplyParser,
     Script,
     encode_command,
 )
@@ -66,6 +67,20 @@ class ProtocolTests(SynchronousTestCase):
         for i in range(0, len(data), 999):
             protocol.dataReceived(data[i:i + 999])
         self.assertEqual(results, [value])
+
+    def test_nested_arrays_any_chunking(self) -> None:
+        """Nested and empty arrays, nil and errors inside arrays, split anywhere."""
+        data = (b"*3\r\n$1\r\na\r\n*2\r\n*0\r\n:7\r\n-ERR x\r\n"
+                b"*-1\r\n" + b"*2000\r\n" + b"$3\r\nabc\r\n" * 2000)
+        expected_first = [b"a", [[], 7], "ERR x"]
+        for size in (1, 7, 4096):
+            parser = ReplyParser()
+            replies: list[Any] = []
+            for i in range(0, len(data), size):
+                replies.extend(parser.feed(data[i:i + size]))
+            self.assertEqual(replies[0][:2], expected_first[:2])
+            self.assertEqual(replies[0][2].message, "ERR x")
+            self.assertEqual(replies[1:], [None, [b"abc"] * 2000])
 
     def test_lost_connection_fails_pending(self) -> None:
         """Replies that can no longer come fail with Unavailable, and so does every new call."""

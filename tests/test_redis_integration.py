@@ -213,3 +213,14 @@ class SentinelTests(TestCase):
         daemons[1].wait_for_log(r"subscribed in Redis to lttx:c:hq", start=mark)
         writer.push("k", "after failover", "hq")
         self.assertEqual(reader.Q.get(timeout=10).data, "after failover")
+
+
+class DirectoryTests(TestCase):
+    def test_daemons_know_each_other(self) -> None:
+        """Each daemon says in Redis where it listens; the others list it."""
+        redis = RedisServer(self)
+        a, b = redis_daemon(self, redis), redis_daemon(self, redis)
+        both = sorted([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
+        for daemon in (a, b):
+            line = daemon.wait_for_log(r"daemons on this Redis: [\d.:]+, [\d.:]+$", timeout=10)
+            self.assertEqual(sorted(line.split("daemons on this Redis: ")[1].split(", ")), both)
