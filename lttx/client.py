@@ -1094,9 +1094,8 @@ def connect(host: "str | Sequence[str]" = "127.0.0.1", port: int = DEFAULT_PORT,
     and when that connection is lost it tries the next ones, in turn, and
     resubscribes there.
     """
-    if isinstance(host, str):
-        host, addresses = host, ()
-    else:
+    addresses: tuple[tuple[str, int], ...] = ()
+    if not isinstance(host, str):
         addresses = tuple(_split_address(a, port) for a in host)
         if not addresses:
             raise ValueError("connect needs at least one address")

@@ -331,6 +331,7 @@ class RedisClient:
     :param pubsub: a subscriber connection: pushes go to ``on_message`` and
         the channels of :meth:`subscribe` are subscribed again after a reconnect.
     :param scripts: loaded (SCRIPT LOAD) on every new connection.
+    :param on_lost: called each time an established connection is lost.
     """
 
     log = Logger()
@@ -338,8 +339,10 @@ class RedisClient:
     def __init__(self, reactor: Any, address: RedisAddress, name: str = "redis",
                  pubsub: bool = False,
                  on_message: Optional[Callable[[bytes, bytes], None]] = None,
-                 scripts: Sequence[Script] = ()) -> None:
+                 scripts: Sequence[Script] = (),
+                 on_lost: Optional[Callable[[], None]] = None) -> None:
         self.reactor = reactor
+        self.on_lost = on_lost
         self.address = address
         self.name = name
         self.pubsub = pubsub
@@ -369,7 +372,7 @@ class RedisClient:
         """Authenticate, select, check the role, load scripts, resubscribe."""
         # ClientService hands over its proxy; attributes are set on the protocol.
         protocol: RedisProtocol = getattr(proxy, "_protocol", proxy)
-        setup = []
+        setup: list[tuple[Any, ...]] = []
         if self.address.password:
             setup.append(("AUTH", self.address.password))
         if self.address.db:
@@ -379,16 +382,17 @@ class RedisClient:
         try:
             replies = yield defer.gatherResults(protocol.execute_many(setup), consumeErrors=True)
         except defer.FirstError as e:
+            error = e.subFailure.value
             self.log.error("{name}: Redis refused the connection set-up: {error}",
-                           name=self.name, error=e.subFailure.value)
-            protocol.transport.loseConnection()
-            raise e.subFailure.value from None
+                           name=self.name, error=error)
+            _drop(protocol)
+            raise Unavailable(f"Redis refused the connection set-up: {error}") from None
         role = replies[len(setup) - 1 - len(self.scripts)]
         self.role = role[0].decode() if isinstance(role, list) and role else "unknown"
         if self.address.sentinels and self.role != "master":
             self.log.warn("{name}: {server} is a {role}, not the master; asking again",
                           name=self.name, server=self.server, role=self.role)
-            protocol.transport.loseConnection()
+            _drop(protocol)
             raise Unavailable("connected to a replica")
         if self.pubsub:
             protocol.on_message = self.on_message
@@ -411,6 +415,8 @@ class RedisClient:
             self.protocol = None
             self.log.warn("{name}: lost the connection to Redis at {server}; reconnecting",
                           name=self.name, server=self.server)
+            if self.on_lost is not None:
+                self.on_lost()
 
     @property
     def connected(self) -> bool:
@@ -435,7 +441,7 @@ class RedisClient:
         d = self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
         def noscript(failure: Failure) -> Any:
-            if failure.check(RedisError) and failure.value.kind == "NOSCRIPT":
+            if isinstance(failure.value, RedisError) and failure.value.kind == "NOSCRIPT":
                 return self.execute("EVAL", script.source, len(keys), *keys, *args)
             return failure
         return d.addErrback(noscript)
@@ -443,7 +449,7 @@ class RedisClient:
     def _check(self, d: Deferred[Any]) -> Deferred[Any]:
         def readonly(failure: Failure) -> Any:
             # A master demoted by a failover: reconnect (and ask the sentinels).
-            if failure.check(RedisError) and failure.value.kind == "READONLY":
+            if isinstance(failure.value, RedisError) and failure.value.kind == "READONLY":
                 protocol = self.protocol
                 if protocol is not None and protocol.transport is not None:
                     protocol.transport.loseConnection()
@@ -469,3 +475,7 @@ class RedisClient:
                 "role": self.role if self.connected else "disconnected",
                 "connects": self.connects}
 
+
+def _drop(protocol: RedisProtocol) -> None:
+    if protocol.transport is not None:
+        protocol.transport.loseConnection()

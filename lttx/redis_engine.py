@@ -22,6 +22,9 @@ The Redis engine: several daemons on one Redis act as one data center.
   give the same message different numbers.  Slow subscribers and conflation
   work as on one daemon, since remote messages take the local delivery path.
   A channel password is per daemon (each daemon's first subscriber sets it).
+  When a daemon loses its pub/sub connection to Redis, each of its channels'
+  ``seq`` skips a number: its subscribers see a gap, the sign that messages
+  of other daemons may have been missed meanwhile.
 
   While Redis is down, local delivery goes on; what would have gone to Redis
   is dropped and counted (pub/sub is at most once, as in Redis itself).
@@ -101,7 +104,7 @@ class SharedChannelRegistry(ChannelRegistry):
         self.publisher: Optional[RedisClient] = None
         self.subscriber: Optional[RedisClient] = None
         # Redis channel -> [encoded message with its length, ...] since the last flush
-        self._outgoing: dict[bytes, list[bytes]] = {}
+        self._outgoing: dict[str, list[bytes]] = {}
         self.sent_batches = 0
         self.received_batches = 0
         self.remote_messages = 0
@@ -200,6 +203,13 @@ class SharedChannelRegistry(ChannelRegistry):
                           channel=redis_channel, error=e)
         super().flush()
 
+    def redis_lost(self) -> None:
+        """The pub/sub connection was lost: what other daemons publish until it
+        is back is missed, so each channel's ``seq`` skips one number, and its
+        subscribers see a gap, as after their own reconnection."""
+        for channel in self._channels.values():
+            channel.seq += 1
+
     def status(self) -> dict[str, Any]:
         status = super().status()
         status["redis"] = {"batches_sent": self.sent_batches,
@@ -293,7 +303,8 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     _ClientRunner(commands).setServiceParent(services)
     if isinstance(channels, SharedChannelRegistry):
         subscriber = RedisClient(reactor, address, name="redis pub/sub", pubsub=True,
-                                 on_message=channels.message_received)
+                                 on_message=channels.message_received,
+                                 on_lost=channels.redis_lost)
         channels.attach(commands, subscriber)
         _ClientRunner(subscriber).setServiceParent(services)
     directory = DaemonDirectory(commands, store, channels_id(channels))

@@ -229,7 +229,8 @@ def decode_item(data: bytes) -> Any:
 
 
 def _type_tag(value: Any) -> str:
-    return {dict: "dict", list: "list"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {dict: "dict", list: "list"}
+    return names.get(type(value), type(value).__name__)
 
 
 @implementer(IVariableStore)
@@ -271,7 +272,7 @@ class RedisStore:
 
     # -- IVariableStore ------------------------------------------------------
 
-    def put(self, name: str, value: Any) -> Deferred[None]:
+    def put(self, name: str, value: Any) -> Any:  # a Deferred
         return _call(self._put, name, value)
 
     def _put(self, name: str, value: Any) -> Deferred[None]:
@@ -284,17 +285,17 @@ class RedisStore:
             payload = [codec.encode(value)]
         return self._run(PUT, name, tag, *payload).addCallback(lambda _: None)
 
-    def get(self, name: str) -> Deferred[Any]:
+    def get(self, name: str) -> Any:  # a Deferred
         return _call(lambda: self._run(GET, name).addCallback(_decode_value))
 
-    def delete(self, name: str) -> Deferred[bool]:
+    def delete(self, name: str) -> Any:  # a Deferred
         return _call(lambda: self._run(DELETE, name).addCallback(bool))
 
-    def exists(self, name: str) -> Deferred[bool]:
+    def exists(self, name: str) -> Any:  # a Deferred
         return _call(lambda: self.client.execute(
             "HEXISTS", self._types, check_name(name)).addCallback(bool))
 
-    def keys(self, pattern: str = "*") -> Deferred[list[str]]:
+    def keys(self, pattern: str = "*") -> Any:  # a Deferred
         return _call(self._keys, pattern)
 
     @defer.inlineCallbacks
@@ -314,28 +315,28 @@ class RedisStore:
                 break
         return sorted(n for n in set(names) if fnmatch.fnmatchcase(n, pattern))
 
-    def dict_change(self, name: str, key: Any, value: Any) -> Deferred[None]:
+    def dict_change(self, name: str, key: Any, value: Any) -> Any:  # a Deferred
         return _call(lambda: self._run(
             DICT_CHANGE, name, codec.encode(check_dict_key(key)), codec.encode(value)
         ).addCallback(lambda _: None))
 
-    def get_dict_value(self, name: str, key: Any) -> Deferred[Any]:
+    def get_dict_value(self, name: str, key: Any) -> Any:  # a Deferred
         return _call(lambda: self._run(
             GET_DICT_VALUE, name, codec.encode(check_dict_key(key))
         ).addCallback(lambda data: MISSING if data is None else codec.decode(data)))
 
-    def list_append(self, name: str, item: Any) -> Deferred[int]:
+    def list_append(self, name: str, item: Any) -> Any:  # a Deferred
         return _call(lambda: self._run(LIST_APPEND, name, encode_item(item)))
 
-    def list_pop(self, name: str, index: int = -1) -> Deferred[Any]:
+    def list_pop(self, name: str, index: int = -1) -> Any:  # a Deferred
         return _call(lambda: self._run(LIST_POP, name, check_index(index)).addCallback(
             decode_item))
 
-    def list_remove(self, name: str, item: Any) -> Deferred[bool]:
+    def list_remove(self, name: str, item: Any) -> Any:  # a Deferred
         return _call(lambda: self._run(LIST_REMOVE, name, compare_form(item)).addCallback(
             bool))
 
-    def get_list_value(self, name: str, index: int) -> Deferred[Any]:
+    def get_list_value(self, name: str, index: int) -> Any:  # a Deferred
         return _call(lambda: self._run(GET_LIST_VALUE, name, check_index(index)).addCallback(
             decode_item))
 
@@ -347,8 +348,9 @@ def _call(f: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
 
 def _typed_error(failure: Failure) -> Failure:
     """``LTTX <code> <message>`` from a script -> the LTtx error it stands for."""
-    if failure.check(RedisError) and failure.value.kind == "LTTX":
-        _, code, message = failure.value.message.split(" ", 2)
+    error = failure.value
+    if isinstance(error, RedisError) and error.kind == "LTTX":
+        _, code, message = error.message.split(" ", 2)
         return Failure(error_from_wire(code, message))
     return failure
 

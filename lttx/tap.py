@@ -75,7 +75,8 @@ class Options(usage.Options):
         ["redis-master", None, None, "The master name the sentinels know (with --redis-sentinel)."],
         ["redis-password-file", None, None,
          "Read the Redis password from this file (its first line); else env LTTX_REDIS_PASSWORD."],
-        ["redis-prefix", None, "lttx:", "The prefix of every Redis key and channel this daemon uses."],
+        ["redis-prefix", None, "lttx:",
+         "The prefix of every Redis key and channel this daemon uses."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
          "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
          "past it, the subscriber is cut off (conflating subscriptions never are)."],

@@ -50,7 +50,8 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"".join(encode_command(a) for a in (
             ("PING",), ("GET", "a"), ("INCR", "n"), ("LRANGE", "l", 0, -1), ("GET", "nil"),
             ("BAD",))))
-        replies = b"+PONG\r\n$5\r\nhe\r\no\r\n:42\r\n*2\r\n$1\r\nx\r\n$-1\r\n$-1\r\n-ERR unknown\r\n"
+        replies = (b"+PONG\r\n$5\r\nhe\r\no\r\n:42\r\n*2\r\n$1\r\nx\r\n$-1\r\n$-1\r\n"
+                   b"-ERR unknown\r\n")
         # byte by byte: every split point of a reply must be handled
         for i in range(len(replies)):
             protocol.dataReceived(replies[i:i + 1])

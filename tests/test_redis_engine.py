@@ -147,6 +147,15 @@ class SharedRegistryTests(SynchronousTestCase):
                                             [3, "hq", "y", [2], 3]])
         self.assertEqual(self.registry.status()["redis"]["remote_messages"], 2)
 
+    def test_lost_pubsub_connection_shows_as_a_gap(self) -> None:
+        local = ListSubscriber()
+        self.registry.subscribe(local, ["hq"])
+        self.registry.publish("hq", "k", 1)
+        self.registry.redis_lost()
+        self.registry.publish("hq", "k", 2)
+        self.registry.flush()
+        self.assertEqual([m[4] for m in local.messages()], [1, 3])
+
     def test_redis_down_drops_for_others_only(self) -> None:
         local = ListSubscriber()
         self.registry.subscribe(local, ["hq"])
