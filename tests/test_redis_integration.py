@@ -246,3 +246,23 @@ class DirectoryTests(TestCase):
         for daemon in (a, b):
             line = daemon.wait_for_log(r"daemons on this Redis: [\d.:]+, [\d.:]+$", timeout=10)
             self.assertEqual(sorted(line.split("daemons on this Redis: ")[1].split(", ")), both)
+
+
+class PasswordTests(TestCase):
+    def test_password_file(self) -> None:
+        """The password from --redis-password-file; a wrong one is logged and
+        every call is Unavailable."""
+        redis = RedisServer(self, "--requirepass", "s3cret")
+        right, wrong = self.mktemp(), self.mktemp()
+        for path, text in ((right, "s3cret\n"), (wrong, "nope\n")):
+            with open(path, "w") as f:
+                f.write(text)
+        good = redis_daemon(self, redis, "--redis-password-file", right)
+        client = good.connect()
+        client.put("x", [1])
+        self.assertEqual(client.get("x"), [1])
+        bad = Daemon(self, "--engine", "redis", "--redis", redis.url,
+                     "--redis-password-file", wrong)
+        bad.wait_for_log(r"Redis refused the connection set-up: WRONGPASS")
+        with self.assertRaises(lttx.Unavailable):
+            bad.connect().get("x")
