@@ -231,7 +231,9 @@ class ChannelRegistry:
         :raises BadRequest: for a bad channel name or key type.
         :raises EncodeError: if ``data`` cannot be encoded.
         """
-        ch = self._channels.get(channel)
+        # A channel that is not a str (a map from a broken client) is not
+        # hashable: check before the lookup, off the common path.
+        ch = self._channels.get(channel) if type(channel) is str else None
         if ch is None:
             check_channel(channel)
             _check_key(key)

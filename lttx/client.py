@@ -34,11 +34,13 @@ from .errors import (
     EncodeError,
     FrameTooLarge,
     LTtxError,
+    PermissionDenied,
     TimeoutError,
     error_from_wire,
 )
 from .channels import split_channels
 from .eventloop import EventLoop
+from .framing import FrameAssembler
 from .tls import tls_endpoint
 
 DEFAULT_PORT = 2025
@@ -124,6 +126,7 @@ class ClientProtocol(Int32StringReceiver):
         self._on_notice = on_notice
         self._on_messages: Optional[Callable[[list[Message]], None]] = None
         self._batch: Optional[list[Message]] = None
+        self._large_frame = FrameAssembler()
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
         self.connected_deferred: Deferred[None] = Deferred()
@@ -143,9 +146,19 @@ class ClientProtocol(Int32StringReceiver):
         of received bytes are passed together, in order, to ``on_messages``.
         """
         self._on_messages = on_messages
+        self._on_message = lambda message: on_messages([message])
         self._on_notice = on_notice
 
     def dataReceived(self, data: bytes) -> None:
+        complete = self._large_frame.feed(data)
+        if complete is None:
+            return  # the rest of a large frame is still on its way
+        try:
+            self._frames_received(complete)
+        finally:
+            self._unprocessed = self._large_frame.hold(self._unprocessed, self.MAX_LENGTH)
+
+    def _frames_received(self, data: bytes) -> None:
         if self._on_messages is None:
             super().dataReceived(data)
             return
@@ -338,6 +351,9 @@ class AsyncClient:
     def _resubscribe(self, opened: tuple[ClientProtocol, dict[str, Any]]
                      ) -> "Deferred[tuple[ClientProtocol, dict[str, Any], list[str]]]":
         protocol, info = opened
+        # Messages follow a subscribe reply at once, often in the same chunk:
+        # route them before asking, or the first ones after the outage are lost.
+        protocol.set_receivers(self._messages_received, _log_notice)
         groups: dict[tuple[Optional[str], bool], list[str]] = {}
         for name, sub in self._subscriptions.items():
             groups.setdefault((sub.password, sub.conflate), []).append(name)
@@ -353,8 +369,9 @@ class AsyncClient:
         return d
 
     def _resubscribe_refused(self, failure: Failure, names: list[str]) -> list[str]:
-        # A channel recreated meanwhile with another password: the others go on.
-        failure.trap(AuthError, BadRequest)
+        # The daemon refused these channels (recreated with another password,
+        # the token's rights changed): the other channels and calls go on.
+        failure.trap(AuthError, BadRequest, PermissionDenied)
         self.log.error("could not resubscribe to {channels}: {error}",
                        channels=", ".join(names), error=failure.getErrorMessage())
         for name in names:
@@ -474,6 +491,11 @@ class AsyncClient:
     def get_list_value(self, name: str, index: int) -> "Deferred[Any]":
         """One item of a list variable."""
         return self.call("get_list_value", name, index)
+
+    def status(self) -> "Deferred[dict[str, Any]]":
+        """The daemon's figures: version, uptime, connections, variables, and
+        one dict per component (channels, journal, files); see ``lttx status``."""
+        return self.call("status")
 
     # -- channels -----------------------------------------------------------
 
@@ -859,6 +881,11 @@ class Client:
     def get_list_value(self, name: str, index: int) -> Any:
         """One item of a big list without fetching the list."""
         return self._call(self._client.get_list_value, name, index)
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's figures: version, uptime, connections, variables, and
+        one dict per component (channels, journal, files); see ``lttx status``."""
+        return self._call(self._client.status)
 
     # -- channels -----------------------------------------------------------
 

@@ -29,6 +29,7 @@ from .errors import (
     SlowSubscriber,
 )
 from .channels import PUBLISH_HEAD, split_channels
+from .framing import FrameAssembler
 from .outbox import Outbox
 from .store import MISSING
 from .tls import tls_failure
@@ -40,6 +41,13 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 #: Seconds a cut-off subscriber has to read its notice before it is aborted.
 CUT_OFF_GRACE = 5.0
+
+#: Largest frame before ``hello`` (a hello is under 1 KiB): a peer without a
+#: token cannot make the daemon buffer a 64 MiB frame.
+HELLO_MAX_FRAME = 64 * 1024
+
+#: Seconds a connection has to authenticate before it is closed.
+HELLO_TIMEOUT = 10.0
 
 
 def command(min_args: int, max_args: Optional[int] = None) -> Callable[[_F], _F]:
@@ -90,7 +98,9 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def __init__(self, factory: "LTtxFactory") -> None:
         self.factory = factory
-        self.MAX_LENGTH = factory.max_frame
+        self.MAX_LENGTH = min(HELLO_MAX_FRAME, factory.max_frame)  # raised by hello
+        self._hello_timer: Any = None
+        self._large_frame = FrameAssembler()
         self.authenticated = False
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
@@ -113,10 +123,21 @@ class LTtxServerProtocol(Int32StringReceiver):
                 "the daemon runs without a token and serves loopback clients only"))
             return
         _no_delay(self.transport)
+        if self.factory.clock is not None:
+            self._hello_timer = self.factory.clock.callLater(HELLO_TIMEOUT, self._hello_late)
         self.factory.connection_made(self)
+
+    def _hello_late(self) -> None:
+        self._hello_timer = None
+        self.log.warn("{peer} did not authenticate within {seconds} s; closed",
+                      peer=self.peer, seconds=HELLO_TIMEOUT)
+        self._fatal(None, AuthError(f"no hello within {HELLO_TIMEOUT:g} seconds"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._lost = True
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         if self.outbox is not None:
             self.factory.channels.remove(self.outbox)
         if self.file_session is not None:
@@ -137,10 +158,17 @@ class LTtxServerProtocol(Int32StringReceiver):
             f"frame of {length} bytes is over the limit of {self.MAX_LENGTH} bytes"))
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        # The publishes of this chunk are queued in the subscribers'
-        # outboxes: one write per subscriber for the whole chunk.
-        self.factory.channels.flush()
+        complete = self._large_frame.feed(data)
+        if complete is None:
+            return  # the rest of a large frame is still on its way
+        try:
+            super().dataReceived(complete)
+        finally:
+            self._unprocessed = self._large_frame.hold(self._unprocessed, self.MAX_LENGTH)
+            # The publishes of this chunk are queued in the subscribers'
+            # outboxes: one write per subscriber for the whole chunk, sent
+            # even if a later frame of the chunk failed.
+            self.factory.channels.flush()
 
     def stringReceived(self, frame: bytes) -> None:
         if self.transport.disconnecting:
@@ -240,6 +268,10 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.file_session = self.factory.files.session(self)
         self.authenticated = True
         self.grant = grant
+        self.MAX_LENGTH = self.factory.max_frame
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         if self.factory.auth.named_tokens:
             self.log.info("{peer} connected as {role}", peer=self.peer, role=grant.name)
         else:
@@ -436,6 +468,10 @@ class LTtxServerProtocol(Int32StringReceiver):
     @command(2)
     def cmd_get_list_value(self, name: Any, index: Any) -> Any:
         return self.factory.store.get_list_value(name, index)
+
+    @command(0)
+    def cmd_status(self) -> Any:
+        return self.factory.status()
 
 
 def _map(result: Any, f: Callable[[Any], Any]) -> Any:

@@ -268,7 +268,8 @@ class RedisStore:
         return d.addErrback(_typed_error)
 
     def status(self) -> dict[str, Any]:
-        return {"prefix": self.prefix, "variables": self.count, **self.client.status()}
+        return {"engine": "redis", "prefix": self.prefix, "variables": self.count,
+                **self.client.status()}
 
     # -- IVariableStore ------------------------------------------------------
 

@@ -124,10 +124,9 @@ class MemoryStore:
         """Every (name, value); for snapshots."""
         return iter(self._values.items())
 
-    def copy_values(self) -> dict[str, Any]:
-        """A shallow copy of the name -> value mapping (for snapshots: a C-speed
-        copy, about 30 ms for a million variables where rebuilding one takes 15x that)."""
-        return self._values.copy()
+    def names(self) -> list[str]:
+        """Every name, unsorted (for snapshots: a C-speed copy of the table's keys)."""
+        return list(self._values)
 
     def _typed(self, name: str, kind: type, operation: str) -> Any:
         value = self._values.get(check_name(name), MISSING)

@@ -14,7 +14,7 @@ import lttx
 from lttx import codec
 from lttx.client import ClientProtocol, Message, MessageQueue
 
-from .common import frame
+from .common import frame, frames_of
 from .test_client import connected_client
 
 
@@ -163,3 +163,49 @@ class MessageQueueTests(SynchronousTestCase):
         self.assertEqual([q.get().data for _ in range(3)] + [q.get_nowait().data], [0, 1, 2, 3])
         self.assertEqual(q.unfinished_tasks, 4)
         self.assertRaises(Exception, q.get, timeout=0.01)
+
+
+class ResubscribeTests(SynchronousTestCase):
+    """What a reconnection does with the messages and refusals that follow it."""
+
+    def setUp(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from lttx.client import AsyncClient, ClientProtocol, ConnectionSettings
+
+        def new_protocol() -> ClientProtocol:
+            protocol = ClientProtocol(lambda m: None, lambda c, m: None)
+            protocol.makeConnection(StringTransport())
+            return protocol
+
+        self.new_protocol = new_protocol
+        self.received: list[Any] = []
+        first = new_protocol()
+        self.client = AsyncClient(MemoryReactorClock(), ConnectionSettings(), first, {},
+                                  self.received.append)
+        self.client.subscribe("hq")
+        [request] = frames_of(first.transport.value())
+        first.dataReceived(frame([codec.REPLY, request[1], {"hq": 1}]))
+
+    def test_messages_in_the_chunk_of_the_resubscribe_reply_are_kept(self) -> None:
+        """Ticks that share a TCP segment with the resubscribe reply reach the user."""
+        protocol = self.new_protocol()
+        self.client._resubscribe((protocol, {})).addCallback(self.client._reconnected)
+        [request] = frames_of(protocol.transport.value())
+        protocol.dataReceived(frame([codec.REPLY, request[1], {"hq": 5}])
+                              + frame([codec.MESSAGE, "hq", "k", "a", 5])
+                              + frame([codec.MESSAGE, "hq", "k", "b", 6]))
+        protocol.dataReceived(frame([codec.MESSAGE, "hq", "k", "c", 7]))
+        self.assertEqual([m.seq for m in self.received], [5, 6, 7])
+
+    def test_forbidden_resubscribe_drops_the_channel_not_the_connection(self) -> None:
+        """A token that lost a channel's right keeps its connection for everything else."""
+        protocol = self.new_protocol()
+        outcome: list[Any] = []
+        self.client._resubscribe((protocol, {})).addCallbacks(outcome.append, outcome.append)
+        [request] = frames_of(protocol.transport.value())
+        protocol.dataReceived(frame([codec.ERROR, request[1], "forbidden",
+                                     "the token 'x' may not subscribe 'hq'"]))
+        self.assertEqual(outcome, [(protocol, {}, [])])
+        self.assertFalse(protocol.transport.disconnecting)
+        self.assertEqual(self.client.subscriptions, [])

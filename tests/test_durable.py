@@ -20,7 +20,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx.durable import DurableStore
+from lttx.durable import DurableStore, InlineLane
 from lttx.errors import (
     EncodeError,
     IndexOutOfRange,
@@ -34,16 +34,6 @@ from lttx.journal import journal_name, snapshot_name
 from lttx.store import MISSING, MemoryStore, strict_equal
 
 from .common import frame, frames_of, server_protocol
-
-
-class ImmediateLane:
-    """Runs each job at once, on the calling thread."""
-
-    def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
-        return maybeDeferred(f, *args)
-
-    def stop(self) -> None:
-        pass
 
 
 class ManualLane:
@@ -73,8 +63,8 @@ def open_store(directory: str, fsync: str = "always", clock: Any = None,
                journal_lane: Any = None, snapshot_lane: Any = None,
                **tuning: Any) -> DurableStore:
     return DurableStore.open(directory, fsync, clock or Clock(),
-                             journal_lane or ImmediateLane(),
-                             snapshot_lane or ImmediateLane(), **tuning)
+                             journal_lane or InlineLane(),
+                             snapshot_lane or InlineLane(), **tuning)
 
 
 def contents(store: Any) -> dict[str, Any]:
@@ -376,7 +366,7 @@ class CompactionTests(SynchronousTestCase):
 
     def test_failed_compaction_keeps_every_change(self) -> None:
         """A snapshot that cannot be written is removed; the journals recover everything."""
-        class FailingOnce(ImmediateLane):
+        class FailingOnce(InlineLane):
             failed = False
 
             def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
@@ -474,4 +464,4 @@ class PropertyTests(SynchronousTestCase):
                         (contents(store), contents(model)))
 
 
-__all__ = ["ImmediateLane", "ManualLane", "open_store", "compacted"]
+__all__ = ["ManualLane", "open_store", "compacted"]

@@ -263,3 +263,62 @@ class DeferredResultTests(SynchronousTestCase):
         transport.clear()
         pending[0].callback(None)
         self.assertEqual(frames_of(transport.value()), [[R, 1, None]])
+
+
+class PublishTests(SynchronousTestCase):
+    """Publish frames from a broken client hurt nobody."""
+
+    def test_publish_on_a_map_channel_is_refused_and_the_batch_still_goes_out(self) -> None:
+        """A map as channel gets a notice; the good publish before it reaches the subscriber."""
+        from lttx.auth import TokenAuthenticator
+        from lttx.factory import LTtxFactory
+        from lttx.store import MemoryStore
+
+        factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN))
+        subscriber, sub_transport = server_protocol(factory=factory)
+        publisher, pub_transport = server_protocol(factory=factory)
+        subscriber.dataReceived(frame([0, 1, "subscribe", [["hq"], None, {}]]))
+        sub_transport.clear()
+        publisher.dataReceived(frame([5, "hq", "k", "good"]) + frame([5, {"a": 1}, "k", "bad"]))
+        self.assertEqual(frames_of(sub_transport.value()), [[codec.MESSAGE, "hq", "k", "good", 1]])
+        [[kind, code, _]] = frames_of(pub_transport.value())
+        self.assertEqual((kind, code), (codec.NOTICE, "bad_request"))
+        self.assertFalse(pub_transport.disconnecting)
+
+
+class BeforeHelloTests(SynchronousTestCase):
+    """A peer that has not authenticated costs the daemon little."""
+
+    def test_big_first_frame_is_refused_before_it_is_buffered(self) -> None:
+        """Before hello, a frame over 64 KiB is refused at its length prefix."""
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(struct.pack("!I", 64 * 1024 * 1024 - 1) + b"\x00" * 100)
+        self.assertEqual(frames_of(transport.value()), [
+            [E, None, "too_large", "frame of 67108863 bytes is over the limit of 65536 bytes"]])
+        self.assertTrue(transport.disconnecting)
+
+    def test_limit_is_the_daemons_after_hello(self) -> None:
+        """After hello, frames up to --max-frame are read."""
+        proto, transport = server_protocol()
+        proto.dataReceived(frame([0, 1, "put", ["big", b"x" * 100_000]]))
+        self.assertEqual(frames_of(transport.value()), [[R, 1, None]])
+
+    def test_silent_connection_is_closed(self) -> None:
+        """A connection that never says hello is closed after the hello timeout."""
+        from twisted.internet.task import Clock
+
+        from lttx.auth import TokenAuthenticator
+        from lttx.factory import LTtxFactory
+        from lttx.protocol import HELLO_TIMEOUT
+        from lttx.store import MemoryStore
+
+        clock = Clock()
+        factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock)
+        silent, silent_transport = server_protocol(factory=factory, authenticate=False)
+        talker, talker_transport = server_protocol(factory=factory)
+        clock.advance(HELLO_TIMEOUT)
+        self.assertEqual(frames_of(silent_transport.value()), [
+            [E, None, "auth", "no hello within 10 seconds"]])
+        self.assertTrue(silent_transport.disconnecting)
+        self.assertFalse(talker_transport.disconnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])

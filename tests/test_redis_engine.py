@@ -62,10 +62,12 @@ class OptionsTests(SynchronousTestCase):
         self.assertIsInstance(factory.store, RedisStore)
         self.assertIsInstance(factory.channels, SharedChannelRegistry)
         status = factory.status()
-        self.assertEqual(status["engine"], "redis")
-        self.assertEqual(status["store"]["address"], "redis://127.0.0.1:6390/0")
-        self.assertEqual(status["store"]["role"], "disconnected")
-        self.assertIn("not shared", status["store"]["files"])
+        self.assertEqual(status["engine"]["engine"], "redis")
+        self.assertEqual(status["engine"]["address"], "redis://127.0.0.1:6390/0")
+        self.assertEqual(status["engine"]["role"], "disconnected")
+        self.assertIn("not shared", status["engine"]["files"])
+        self.assertNotIn("journal", status)
+        self.assertIn("redis", status["channels"])
 
     def test_memory_is_the_default(self) -> None:
         from lttx.tap import makeService
@@ -73,8 +75,8 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(parse("--data-dir", self.mktemp()), MemoryReactorClock())
         factory = listeners(service)[0].factory
         os.makedirs(factory.files.partial_directory)
-        self.assertEqual(factory.status()["engine"], "memory")
-        self.assertIn("journal_bytes", factory.status()["store"])
+        self.assertNotIn("engine", factory.status())
+        self.assertIn("journal_bytes", factory.status()["journal"])
 
 
 def connected_client(pubsub: bool) -> tuple[RedisClient, StringTransport]:

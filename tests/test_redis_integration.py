@@ -246,6 +246,11 @@ class DirectoryTests(TestCase):
         for daemon in (a, b):
             line = daemon.wait_for_log(r"daemons on this Redis: [\d.:]+, [\d.:]+$", timeout=10)
             self.assertEqual(sorted(line.split("daemons on this Redis: ")[1].split(", ")), both)
+        # `lttx status` shows the engine, the Redis, its role and the daemons.
+        engine = a.connect().status()["engine"]
+        self.assertEqual((engine["engine"], engine["server"], engine["role"]),
+                         ("redis", f"127.0.0.1:{redis.port}", "master"))
+        self.assertEqual(sorted(d["listening"][0] for d in engine["daemons"].values()), both)
 
 
 class PasswordTests(TestCase):

@@ -51,6 +51,23 @@ class TLSTests(TestCase):
         self.assertEqual(client.get("pos"), {"600000.SH": 100, "raw": b"\x00\xff"})
         self.assertEqual(client.ping(), "pong")
 
+    def test_close_is_prompt(self) -> None:
+        """Closing a TLS client completes its TLS shutdown: close() fires at once,
+        not when the daemon gives up on the connection."""
+        from twisted.internet import reactor
+
+        daemon = self.tls_daemon(["localhost"], ["127.0.0.1"])
+        settings = ConnectionSettings("127.0.0.1", daemon.port, daemon.token, timeout=60,
+                                      tls=True, ca=self.ca_path)
+
+        def connected(client: AsyncClient) -> Deferred[None]:
+            d = client.close()
+            # Far below the 60 s a stuck shutdown would take, far above a slow machine's.
+            d.addTimeout(20, reactor)
+            return d.addCallback(lambda _: daemon.wait_for_log("disconnected"))
+
+        return AsyncClient.connect(reactor, settings).addCallback(connected)
+
     def test_host_name_is_verified(self) -> None:
         """A certificate naming localhost serves a client connecting to "localhost"."""
         daemon = self.tls_daemon(["localhost"], [])

@@ -1,0 +1,582 @@
+"""
+The ``lttx`` command: LTtx for people and shell scripts.
+
+::
+
+    lttx put pos '{"600000.SH": 100}'
+    lttx get pos                      # {"600000.SH": 100}
+    lttx keys 'p*'
+    lttx del pos
+    lttx sub hq_center                # one JSON line per message, until Ctrl-C
+    lttx push hq_center 600000.SH 10.23
+    lttx upload ./report.csv
+    lttx download report.csv ./downloads/
+    lttx files
+    lttx status [--json]
+
+The daemon's address and token come from ``--host``/``--port``/``--token``
+or the environment (``LTTX_HOST``, ``LTTX_PORT``, ``LTTX_TOKEN``); ``--tls``
+and ``--ca PEM`` (``LTTX_TLS=1``, ``LTTX_CA``) reach a daemon on TLS.
+
+Values are printed as JSON, one document per line.  JSON has no bytes and no
+non-string keys, so two objects stand for them, in output and in ``put``
+input alike: ``{"$bytes": "<base64>"}`` is a bytes value, and
+``{"$map": [[key, value], ...]}`` a dict with a key that is not a string
+(or a dict whose only key is ``"$bytes"`` or ``"$map"``).
+
+An error is one line on stderr and an exit status that says its kind:
+:data:`EXIT_ERROR`, :data:`EXIT_USAGE`, :data:`EXIT_CONNECTION`,
+:data:`EXIT_AUTH`, :data:`EXIT_NOT_FOUND`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import math
+import os
+import sys
+from typing import IO, Any, Callable, NoReturn, Optional, Sequence
+
+from . import __version__
+from .errors import (
+    AuthError,
+    ConnectError,
+    ConnectionLost,
+    LTtxError,
+    NotFound,
+    PermissionDenied,
+    TimeoutError,
+)
+
+#: Exit statuses, one per kind of failure, so a script can tell them apart.
+EXIT_OK = 0
+EXIT_ERROR = 1  #: the daemon refused the request (wrong type, bad index...)
+EXIT_USAGE = 2  #: bad arguments or environment (argparse's own status)
+EXIT_CONNECTION = 3  #: the daemon cannot be reached, or the connection was lost
+EXIT_AUTH = 4  #: wrong token, or not allowed
+EXIT_NOT_FOUND = 5  #: no such variable or file (on the daemon or locally)
+EXIT_INTERRUPTED = 130  #: Ctrl-C (but ``sub`` ends normally on Ctrl-C)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 2025
+DEFAULT_TIMEOUT = 10.0
+
+_MISSING = object()
+
+
+class UsageError(Exception):
+    """Bad arguments or environment, found after parsing."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors as one line (``lttx: error: ...``), status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- values as JSON -----------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """A stored value as plain JSON data (see the module docstring)."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        plain = all(isinstance(k, str) for k in value) and not (
+            len(value) == 1 and next(iter(value)) in ("$bytes", "$map"))
+        if plain:
+            return {k: to_json(v) for k, v in value.items()}
+        return {"$map": [[to_json(k), to_json(v)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(data: Any) -> Any:
+    """Plain JSON data (as :func:`to_json` writes it) back to a value."""
+    if isinstance(data, dict):
+        if len(data) == 1 and "$bytes" in data:
+            encoded = data["$bytes"]
+            if not isinstance(encoded, str):
+                raise UsageError('"$bytes" must hold a base64 string')
+            try:
+                return base64.b64decode(encoded, validate=True)
+            except binascii.Error as e:
+                raise UsageError(f'"$bytes" is not valid base64: {e}') from None
+        if len(data) == 1 and "$map" in data:
+            pairs = data["$map"]
+            if not isinstance(pairs, list) or not all(
+                    isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise UsageError('"$map" must hold a list of [key, value] pairs')
+            try:
+                return {from_json(k): from_json(v) for k, v in pairs}
+            except TypeError:
+                raise UsageError('a "$map" key must be a string, number, bool, null '
+                                 'or bytes') from None
+        return {k: from_json(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [from_json(v) for v in data]
+    return data
+
+
+def dumps(value: Any) -> str:
+    """One line of JSON for a value; non-ASCII text stays readable."""
+    return json.dumps(to_json(value), ensure_ascii=False)
+
+
+def parse_json_argument(text: str, what: str) -> Any:
+    try:
+        return from_json(json.loads(text))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} is not valid JSON ({e}); "
+                         f"quote a string as '\"text\"'") from None
+
+
+# -- status, for people -------------------------------------------------------
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, int) or isinstance(n, bool):
+        return str(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # not reached
+
+
+def _duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or math.isnan(seconds):
+        return str(seconds)
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    parts = [f"{days}d"] if days else []
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{s}s")
+    return " ".join(parts)
+
+
+def _cell(key: str, value: Any) -> str:
+    """One figure, shown as people read it: sizes in KiB/MiB, rates per second."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    lowered = key.lower()
+    if "bytes" in lowered or lowered in ("size", "buffered", "queued"):
+        return _size(value)
+    if "rate" in lowered or lowered.endswith("_per_s"):
+        return f"{value:.1f}/s" if isinstance(value, (int, float)) else str(value)
+    if lowered in ("uptime", "age") or lowered.endswith("_seconds"):
+        return _duration(value)
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, (list, dict)):
+        return json.dumps(to_json(value), ensure_ascii=False) if value else "none"
+    return str(value)
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _table(rows: list[tuple[str, dict[str, Any]]], first: str, indent: str) -> list[str]:
+    columns: list[str] = []
+    for _, row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    header = [first] + [_label(c) for c in columns]
+    body = [[name] + [_cell(c, row.get(c)) for c in columns] for name, row in rows]
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        # Names left-aligned, figures right-aligned, as in `ps` or `df`.
+        out = [cells[0].ljust(widths[0])]
+        out += [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return (indent + "  ".join(out)).rstrip()
+
+    return [line(header)] + [line(r) for r in body]
+
+
+def _section(value: Any, indent: str, name: str = "") -> list[str]:
+    """Lines for one part of the status report, whatever its shape."""
+    if isinstance(value, dict):
+        if value and all(isinstance(v, dict) for v in value.values()):
+            return _table([(str(k), v) for k, v in value.items()], name or "name", indent)
+        lines: list[str] = []
+        for k, v in value.items():
+            if isinstance(v, (dict, list)) and v:
+                if str(k) == name or _singular(str(k)) == name:
+                    # channels: {channels: {...}} reads as one table, not two headings.
+                    lines.extend(_section(v, indent, name=name))
+                else:
+                    lines.append(f"{indent}{_label(str(k))}:")
+                    lines.extend(_section(v, indent + "  ", name=_singular(str(k))))
+        scalars = [(k, v) for k, v in value.items() if not isinstance(v, (dict, list))
+                   or not v]
+        width = max((len(_label(str(k))) for k, _ in scalars), default=0)
+        for k, v in scalars:
+            lines.append(f"{indent}{_label(str(k)).ljust(width)}  {_cell(str(k), v)}")
+        return lines
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) for v in value):
+            first_key = next(iter(value[0]), "name")
+            return _table([(str(v.get(first_key, "")),
+                            {k: x for k, x in v.items() if k != first_key}) for v in value],
+                          _label(first_key), indent)
+        return [f"{indent}{_cell('', v)}" for v in value]
+    return [f"{indent}{_cell(name, value)}"]
+
+
+def _singular(name: str) -> str:
+    return name[:-1] if name.endswith("s") and len(name) > 1 else name
+
+
+def render_status(status: dict[str, Any], where: str) -> str:
+    """The human form of a status report (``lttx status`` without ``--json``)."""
+    status = dict(status)
+    version = status.pop("version", "?")
+    uptime = status.pop("uptime", None)
+    up = "" if uptime is None else f", up {_duration(uptime)}"
+    lines = [f"LTtx {version} at {where}{up}"]
+    own = [(k, status.pop(k)) for k in ("connections", "variables") if k in status]
+    components = [(k, v) for k, v in status.items() if isinstance(v, (dict, list))]
+    others = [(k, v) for k, v in status.items() if not isinstance(v, (dict, list))]
+    width = max((len(_label(k)) for k, _ in own + others), default=0)
+    for k, v in own + others:
+        lines.append(f"{_label(k).ljust(width)}  {_cell(k, v)}")
+    for k, v in components:
+        lines.append("")
+        lines.append(f"{_label(k)}:")
+        body = _section(v, "  ", name=_singular(k))
+        lines.extend(body or ["  (none)"])
+    return "\n".join(lines)
+
+
+# -- the commands -------------------------------------------------------------
+
+
+class Context:
+    """What a command needs: its arguments, a way to connect, its output."""
+
+    def __init__(self, args: argparse.Namespace, out: IO[str], err: IO[str]) -> None:
+        self.args = args
+        self.out = out
+        self.err = err
+        self.host, self.port, self.token, self.timeout = _address(args)
+        self.ca: Optional[str] = getattr(args, "ca", None) or os.environ.get("LTTX_CA") or None
+        self.tls = bool(getattr(args, "tls", False) or self.ca
+                        or os.environ.get("LTTX_TLS", "") not in ("", "0"))
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect(self) -> Any:
+        from .client import connect
+
+        return connect(self.host, self.port, token=self.token, timeout=self.timeout,
+                       tls=self.tls, ca=self.ca)
+
+    def print(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def progress(self) -> bool:
+        """Progress bars on stderr: asked for, or stderr is a terminal."""
+        if self.args.progress is not None:
+            return bool(self.args.progress)
+        return self.err.isatty()
+
+
+def _address(args: argparse.Namespace) -> tuple[str, int, Optional[str], float]:
+    host = getattr(args, "host", None) or os.environ.get("LTTX_HOST") or DEFAULT_HOST
+    port_text = getattr(args, "port", None) or os.environ.get("LTTX_PORT") or str(DEFAULT_PORT)
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UsageError(f"the port must be a number, not {port_text!r}") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"the port must be between 1 and 65535, not {port}")
+    token = getattr(args, "token", None) or os.environ.get("LTTX_TOKEN") or None
+    timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    return host, port, token, timeout
+
+
+def cmd_get(ctx: Context) -> int:
+    with ctx.connect() as client:
+        value = client.get(ctx.args.name, _MISSING)
+    if value is _MISSING:
+        raise NotFound(f"no variable named {ctx.args.name!r}")
+    ctx.print(dumps(value))
+    return EXIT_OK
+
+
+def cmd_put(ctx: Context) -> int:
+    value = parse_json_argument(ctx.args.json, "the value")
+    with ctx.connect() as client:
+        client.put(ctx.args.name, value)
+    return EXIT_OK
+
+
+def cmd_keys(ctx: Context) -> int:
+    with ctx.connect() as client:
+        names = client.keys(ctx.args.pattern)
+    if ctx.args.json:
+        ctx.print(json.dumps(names, ensure_ascii=False))
+    else:
+        for name in names:
+            ctx.print(name)
+    return EXIT_OK
+
+
+def cmd_del(ctx: Context) -> int:
+    with ctx.connect() as client:
+        existed = client.delete(ctx.args.name)
+    if not existed:
+        raise NotFound(f"no variable named {ctx.args.name!r}")
+    return EXIT_OK
+
+
+def cmd_sub(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.connect()
+    try:
+        client.subscribe(args.channels, password=args.password, conflate=args.conflate)
+        # On stderr, so stdout holds messages only; a script can wait for it.
+        ctx.err.write(f"lttx: subscribed to {args.channels} at {ctx.where}; "
+                      "Ctrl-C to stop\n")
+        ctx.err.flush()
+        received = 0
+        while args.count is None or received < args.count:
+            message = client.Q.get()
+            ctx.print(json.dumps({"channel": message.channel, "seq": message.seq,
+                                  "key": to_json(message.key),
+                                  "data": to_json(message.data)}, ensure_ascii=False))
+            received += 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how `sub` is meant to end
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def cmd_push(ctx: Context) -> int:
+    args = ctx.args
+    data = parse_json_argument(args.data, "DATA") if args.json else args.data
+    with ctx.connect() as client:
+        client.push(args.key, data, args.channel)
+        # push does not wait; close() hands the frame to the transport and
+        # closes only after it has been written.
+    return EXIT_OK
+
+
+def cmd_upload(ctx: Context) -> int:
+    if not os.path.isfile(ctx.args.path):
+        raise FileNotFoundError(f"no such file: {ctx.args.path}")
+    with ctx.connect() as client:
+        info = client.send_file(ctx.args.path, name=ctx.args.name, progress=ctx.progress())
+    ctx.print(dumps(info))
+    return EXIT_OK
+
+
+def cmd_download(ctx: Context) -> int:
+    with ctx.connect() as client:
+        info = client.recv_file(ctx.args.name, ctx.args.dest, progress=ctx.progress())
+    ctx.print(dumps(info))
+    return EXIT_OK
+
+
+def cmd_files(ctx: Context) -> int:
+    with ctx.connect() as client:
+        files = client.list_files()
+    if ctx.args.json:
+        ctx.print(dumps(files))
+        return EXIT_OK
+    import time
+
+    for info in files:
+        mtime = info.get("mtime")
+        when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
+                if isinstance(mtime, (int, float)) else "-")
+        ctx.print(f"{info.get('size', '-'):>12}  {when}  {info.get('name')}")
+    return EXIT_OK
+
+
+def cmd_status(ctx: Context) -> int:
+    with ctx.connect() as client:
+        status = client.status()
+    if ctx.args.json:
+        ctx.print(dumps(status))
+    else:
+        ctx.print(render_status(status, ctx.where))
+    return EXIT_OK
+
+
+# -- the parser and main ------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lttx`` argument parser."""
+    # The connection options are accepted before and after the sub-command;
+    # SUPPRESS keeps a sub-command's absent option from hiding a given one.
+    common = _Parser(add_help=False)
+    group = common.add_argument_group("daemon")
+    group.add_argument("--host", default=argparse.SUPPRESS,
+                       help=f"the daemon's address (env LTTX_HOST; default {DEFAULT_HOST})")
+    group.add_argument("--port", default=argparse.SUPPRESS,
+                       help=f"the daemon's port (env LTTX_PORT; default {DEFAULT_PORT})")
+    group.add_argument("--token", default=argparse.SUPPRESS,
+                       help="the daemon's token (env LTTX_TOKEN)")
+    group.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                       help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})")
+    group.add_argument("--tls", action="store_true", default=argparse.SUPPRESS,
+                       help="speak TLS to a daemon on an ssl: endpoint (env LTTX_TLS=1)")
+    group.add_argument("--ca", default=argparse.SUPPRESS, metavar="PEM",
+                       help="trust the CA(s) in this file instead of the system's "
+                            "(env LTTX_CA; implies --tls)")
+
+    parser = _Parser(
+        prog="lttx", parents=[common],
+        description="Look at and change a running LTtx daemon: variables, channels, "
+                    "files, status.",
+        epilog="Values are JSON; bytes are {\"$bytes\": \"<base64>\"}. Exit status: 0 ok, "
+               "1 refused by the daemon, 2 usage, 3 connection, 4 auth, 5 not found.")
+    parser.add_argument("--version", action="version", version=f"lttx {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    def command(name: str, handler: Callable[[Context], int], help: str) -> Any:
+        sub = commands.add_parser(name, parents=[common], help=help, description=help)
+        sub.set_defaults(handler=handler, progress=None)
+        return sub
+
+    sub = command("get", cmd_get, "print a variable's value as JSON")
+    sub.add_argument("name")
+    sub = command("put", cmd_put, "set a variable to a JSON value")
+    sub.add_argument("name")
+    sub.add_argument("json", metavar="JSON")
+    sub = command("keys", cmd_keys, "list variable names matching a glob pattern")
+    sub.add_argument("pattern", nargs="?", default="*")
+    sub.add_argument("--json", action="store_true", help="print one JSON array")
+    sub = command("del", cmd_del, "delete a variable")
+    sub.add_argument("name")
+    sub = command("sub", cmd_sub,
+                  "print the messages of channels as JSON lines, until Ctrl-C")
+    sub.add_argument("channels", metavar="CHANNEL", help="a channel, or several joined by @")
+    sub.add_argument("--password", default=None, help="the channel's password")
+    sub.add_argument("--conflate", action="store_true",
+                     help="keep only the newest message per key while lagging")
+    sub.add_argument("--count", type=int, default=None, metavar="N",
+                     help="stop after N messages")
+    sub = command("push", cmd_push, "push a message on a channel")
+    sub.add_argument("channel")
+    sub.add_argument("key")
+    sub.add_argument("data")
+    sub.add_argument("--json", action="store_true",
+                     help="DATA is a JSON value (default: a string)")
+
+    def progress_options(sub: Any) -> None:
+        bars = sub.add_mutually_exclusive_group()
+        bars.add_argument("--progress", dest="progress", action="store_true", default=None,
+                          help="show a progress bar (default: when stderr is a terminal)")
+        bars.add_argument("--no-progress", "-q", dest="progress", action="store_false",
+                          default=None, help="no progress bar")
+
+    sub = command("upload", cmd_upload, "upload a file")
+    sub.add_argument("path")
+    sub.add_argument("--name", default=None, help="store it under this name")
+    progress_options(sub)
+    sub = command("download", cmd_download, "download a file")
+    sub.add_argument("name")
+    sub.add_argument("dest", nargs="?", default=".", help="a folder or a file path")
+    progress_options(sub)
+    sub = command("files", cmd_files, "list the daemon's files")
+    sub.add_argument("--json", action="store_true", help="print one JSON array")
+    sub = command("status", cmd_status,
+                  "show connections, channels, variables, journal, files, uptime")
+    sub.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+def _exit_status(error: BaseException) -> int:
+    if isinstance(error, (AuthError, PermissionDenied)):
+        return EXIT_AUTH
+    if isinstance(error, (ConnectError, ConnectionLost, TimeoutError)):
+        return EXIT_CONNECTION
+    if isinstance(error, (NotFound, FileNotFoundError)):
+        return EXIT_NOT_FOUND
+    return EXIT_ERROR
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, LTtxError):
+        text = error.message
+    elif isinstance(error, OSError) and error.strerror:
+        text = f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    else:
+        text = str(error) or error.__class__.__name__
+    return " ".join(text.split())  # one line, whatever the message held
+
+
+def main(argv: Optional[Sequence[str]] = None, out: Optional[IO[str]] = None,
+         err: Optional[IO[str]] = None) -> int:
+    """
+    Run the ``lttx`` command; its exit status.
+
+    :param argv: the arguments (``sys.argv[1:]`` when None).
+    :param out: where results go (``sys.stdout``).
+    :param err: where errors and progress go (``sys.stderr``).
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors end here
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    try:
+        return int(args.handler(Context(args, out, err)))
+    except UsageError as e:
+        err.write(f"lttx: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        err.write("lttx: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`lttx sub ch | head -3`): nothing to say.
+        _silence_stdout()
+        return EXIT_OK
+    except (LTtxError, OSError) as e:
+        err.write(f"lttx: {_one_line(e)}\n")
+        return _exit_status(e)
+    except Exception as e:
+        # A bug of ours: still one line, never a traceback for a person at a shell.
+        err.write(f"lttx: internal error: {e.__class__.__name__}: {_one_line(e)}\n")
+        return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; on a closed pipe that would print a
+    # second error, so point it at /dev/null first.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a real file: nothing will be flushed to a pipe
+
+
+if __name__ == "__main__":
+    sys.exit(main())
