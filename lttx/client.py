@@ -17,8 +17,8 @@ import struct
 import threading
 import time
 import weakref
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
@@ -79,6 +79,18 @@ class ConnectionSettings:
     tls: bool = False
     #: PEM file of the CA(s) to trust with ``tls``; None trusts the system's CAs.
     ca: Optional[str] = None
+    #: Every daemon of the data center, ``(host, port)``, in the order to try
+    #: them (``host``/``port`` is the one in use); empty for one daemon.
+    addresses: tuple[tuple[str, int], ...] = ()
+
+    def next_address(self) -> "ConnectionSettings":
+        """These settings at the address after the current one (cyclic)."""
+        if len(self.addresses) < 2:
+            return self
+        current = (self.host, self.port)
+        i = self.addresses.index(current) + 1 if current in self.addresses else 0
+        host, port = self.addresses[i % len(self.addresses)]
+        return replace(self, host=host, port=port)
 
     def endpoint(self, reactor: Any) -> IStreamClientEndpoint:
         """
@@ -294,8 +306,8 @@ class AsyncClient:
         :raises ConnectError: when the daemon cannot be reached.
         """
         deliver = on_message or (lambda message: None)
-        return _open(reactor, settings).addCallback(
-            lambda opened: cls(reactor, settings, opened[0], opened[1], deliver, on_messages))
+        return _open_first(reactor, settings).addCallback(
+            lambda opened: cls(reactor, opened[2], opened[0], opened[1], deliver, on_messages))
 
     # -- the connection -----------------------------------------------------
 
@@ -333,6 +345,8 @@ class AsyncClient:
 
     def _reconnect(self) -> None:
         self._reconnect_call = None
+        # With several daemons, each attempt tries the next one.
+        self.settings = self.settings.next_address()
         d = _open(self.reactor, self.settings)
         d.addCallback(self._resubscribe)
         d.addCallbacks(self._reconnected, self._reconnect_failed)
@@ -726,6 +740,25 @@ def _open(reactor: Any, settings: ConnectionSettings,
     return d
 
 
+def _open_first(reactor: Any, settings: ConnectionSettings,
+                ) -> "Deferred[tuple[ClientProtocol, dict[str, Any], ConnectionSettings]]":
+    """:func:`_open` at the first of the addresses that can be reached (in order)."""
+    tried = [settings]
+    while len(tried) < len(settings.addresses):
+        tried.append(tried[-1].next_address())
+
+    def attempt(i: int) -> "Deferred[tuple[ClientProtocol, dict[str, Any], ConnectionSettings]]":
+        d = _open(reactor, tried[i]).addCallback(lambda opened: (*opened, tried[i]))
+
+        def next_one(failure: Failure) -> Any:
+            failure.trap(ConnectError)  # a wrong token is wrong everywhere: no next
+            return attempt(i + 1)
+        if i + 1 < len(tried):
+            d.addErrback(next_one)
+        return d
+    return attempt(0)
+
+
 def _log_notice(code: str, message: str) -> None:
     AsyncClient.log.warn("the daemon says: {code}: {message}", code=code, message=message)
 
@@ -1091,7 +1124,8 @@ def _close_at_exit(ref: "weakref.ref[Client]") -> None:
         client.close(timeout=min(client.timeout, EXIT_FLUSH_TIMEOUT))
 
 
-def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
+def connect(host: "str | Sequence[str]" = "127.0.0.1", port: int = DEFAULT_PORT,
+            token: Optional[str] = None,
             timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER,
             tls: bool = False, ca: Optional[str] = None) -> Client:
     """
@@ -1110,17 +1144,39 @@ def connect(host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[s
     :raises AuthError: on a wrong token.
     :raises TLSError: when the certificate is not trusted or not for ``host``.
     :raises ConnectError: when the daemon cannot be reached.
+
+    ``host`` may be a list of daemons, ``["host1:2025", "host2:2025"]`` (of one
+    data center, on one Redis): the client connects to the first it can reach,
+    and when that connection is lost it tries the next ones, in turn, and
+    resubscribes there.
     """
+    addresses: tuple[tuple[str, int], ...] = ()
+    if not isinstance(host, str):
+        addresses = tuple(_split_address(a, port) for a in host)
+        if not addresses:
+            raise ValueError("connect needs at least one address")
+        host, port = addresses[0]
     loop = EventLoop()
     messages = MessageQueue()
     try:
-        settings = ConnectionSettings(host, port, token, timeout, tls=tls, ca=ca)
+        settings = ConnectionSettings(host, port, token, timeout, tls=tls, ca=ca,
+                                      addresses=addresses)
         client = loop.run(AsyncClient.connect, loop.reactor, settings, messages.put,
                           messages.put_many, timeout=timeout + 1)
     except BaseException:
         loop.stop()
         raise
     return Client(loop, client, timeout, messages, push_buffer)
+
+
+def _split_address(address: "str | tuple[str, int]", port: int) -> tuple[str, int]:
+    """``"host:port"``, ``"host"`` (the default port) or ``(host, port)``."""
+    if not isinstance(address, str):
+        return str(address[0]), int(address[1])
+    host, sep, text = address.rpartition(":")
+    if not sep or "]" in text:  # no port (an IPv6 address in brackets has colons)
+        return address.strip("[]"), port
+    return host.strip("[]"), int(text)
 
 
 __all__ = ["AsyncClient", "Client", "ClientProtocol", "ConnectionSettings", "Message",

@@ -24,6 +24,7 @@ from .factory import DEFAULT_MAX_FRAME, LTtxFactory
 from .filetransfer import FileService, thread_runner
 
 FSYNC_POLICIES = ("always", "everysec", "no")
+ENGINES = ("memory", "redis")
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
@@ -65,6 +66,18 @@ class Options(usage.Options):
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
         ["max-file-size", None, "0",
          "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
+        ["engine", None, "memory",
+         "Where variables live: memory (this daemon, with its journal in --data-dir) or "
+         "redis (in Redis, shared by every daemon on it; channels span them too)."],
+        ["redis", None, "redis://127.0.0.1:6379/0",
+         "The Redis of --engine redis: redis://[:password@]host[:port][/db]."],
+        ["redis-sentinel", None, None,
+         "Find the Redis master through these sentinels instead: HOST:PORT,HOST:PORT,..."],
+        ["redis-master", None, None, "The master name the sentinels know (with --redis-sentinel)."],
+        ["redis-password-file", None, None,
+         "Read the Redis password from this file (its first line); else env LTTX_REDIS_PASSWORD."],
+        ["redis-prefix", None, "lttx:",
+         "The prefix of every Redis key and channel this daemon uses."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
          "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
          "past it, the subscriber is cut off (conflating subscriptions never are)."],
@@ -102,6 +115,14 @@ class Options(usage.Options):
         if self["token"] and self["token-file"]:
             raise usage.UsageError("give --token or --token-file, not both")
         self["roles"] = read_roles(self["token-file"]) if self["token-file"] else None
+        if self["engine"] not in ENGINES:
+            raise usage.UsageError(f"--engine must be one of {', '.join(ENGINES)}")
+        if bool(self["redis-sentinel"]) != bool(self["redis-master"]):
+            raise usage.UsageError("give --redis-sentinel and --redis-master together")
+        if self["engine"] == "redis":
+            from .redis_engine import redis_address
+
+            redis_address(self, dict(os.environ))  # raises UsageError for a bad one
         if not 0 <= self["port"] < 65536:
             raise usage.UsageError("--port must be between 0 and 65535")
 
@@ -169,6 +190,10 @@ class _LoggingEndpointService(StreamServerEndpointService):
     def _listening(self, port: Any) -> Any:
         self.log.info("LTtx listening on {description} at {address}",
                       description=self.description, address=_address(port))
+        # The Redis engine tells the other daemons where this one listens.
+        listening = getattr(getattr(self.factory, "store", None), "listening", None)
+        if isinstance(listening, list):
+            listening.append(_address(port))
         return port
 
 
@@ -192,25 +217,38 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
                  count=auth.token_count, path=options["token-file"])
 
     top = MultiService()
-    try:
-        os.makedirs(options["data-dir"], exist_ok=True)
-        store = DurableStore.open(
-            os.path.join(options["data-dir"], "variables"), options["fsync"], reactor)
-    except (OSError, RecoveryError) as e:
-        raise SystemExit(f"lttx: refusing to start: {e}") from None
-    # The variables just loaded are long-lived and acyclic (refcounting frees
-    # them): keep full GC collections from re-scanning them, which paused the
-    # reactor ~150 ms per million variables in benchmarks/durability.py.
-    gc.freeze()
-    # First under the MultiService: it runs before any listener accepts a
-    # write; its stopService flushes and fsyncs the journal at SIGTERM.
-    store.setServiceParent(top)
-    channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
-    files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
-                        max_file_size=options["max-file-size"])
+    channels: ChannelRegistry
+    store: Any
     # What `lttx status` reports besides the factory's own figures, the
     # channels and the files: one entry per component with a status().
-    status_sources: dict[str, Any] = {"journal": store}
+    status_sources: dict[str, Any]
+    if options.get("engine", "memory") == "redis":
+        from .redis_engine import SharedChannelRegistry, make_redis_engine, new_daemon_id
+
+        os.makedirs(options["data-dir"], exist_ok=True)  # files still live here
+        channels = SharedChannelRegistry(
+            reactor.seconds, options.get("redis-prefix") or "lttx:",  # type: ignore[attr-defined]
+            new_daemon_id())
+        store = make_redis_engine(options, dict(os.environ), reactor, channels, top)
+        status_sources = {"engine": store}
+    else:
+        try:
+            os.makedirs(options["data-dir"], exist_ok=True)
+            store = DurableStore.open(
+                os.path.join(options["data-dir"], "variables"), options["fsync"], reactor)
+        except (OSError, RecoveryError) as e:
+            raise SystemExit(f"lttx: refusing to start: {e}") from None
+        # The variables just loaded are long-lived and acyclic (refcounting frees
+        # them): keep full GC collections from re-scanning them, which paused the
+        # reactor ~150 ms per million variables in benchmarks/durability.py.
+        gc.freeze()
+        # First under the MultiService: it runs before any listener accepts a
+        # write; its stopService flushes and fsyncs the journal at SIGTERM.
+        store.setServiceParent(top)
+        channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
+        status_sources = {"journal": store}
+    files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
+                        max_file_size=options["max-file-size"])
     factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
                           subscriber_buffer=options["subscriber-buffer"],
                           clock=reactor, files=files,  # type: ignore[arg-type]

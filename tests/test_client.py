@@ -185,3 +185,22 @@ class EventLoopTests(SynchronousTestCase):
         self.loop.stop()
         self.assertFalse(self.loop._thread.is_alive())
         self.assertRaises(lttx.LTtxError, self.loop.run, lambda: 1, timeout=1)
+
+
+class AddressListTests(SynchronousTestCase):
+    def test_next_address_cycles(self) -> None:
+        """With several daemons, each reconnection tries the next one, in turn."""
+        from lttx.client import ConnectionSettings, _split_address
+
+        addresses = (_split_address("h1:2025", 1), _split_address(("h2", 2026), 1),
+                     _split_address("h3", 2027), _split_address("[::1]:2028", 1))
+        self.assertEqual(addresses, (("h1", 2025), ("h2", 2026), ("h3", 2027), ("::1", 2028)))
+        settings = ConnectionSettings("h1", 2025, addresses=addresses)
+        seen = []
+        for _ in range(5):
+            settings = settings.next_address()
+            seen.append((settings.host, settings.port))
+        self.assertEqual(seen, [("h2", 2026), ("h3", 2027), ("::1", 2028), ("h1", 2025),
+                                ("h2", 2026)])
+        single = ConnectionSettings("h1", 2025)
+        self.assertIs(single.next_address(), single)
