@@ -684,7 +684,7 @@ class AsyncClient:
         self._flush_pushes()
 
     def stopProducing(self) -> None:
-        pass  # connectionLost follows and handles it
+        """Nothing to stop here: connectionLost follows and handles the loss."""
 
     def close(self) -> "Deferred[None]":
         """Write queued pushes and close the connection; no reconnection follows."""

@@ -108,7 +108,7 @@ class InlineLane:
         return maybeDeferred(f, *args)
 
     def stop(self) -> None:
-        pass
+        """Nothing runs in the background: nothing to stop."""
 
 
 def _lane(reactor: Any, name: str) -> Any:
@@ -342,7 +342,8 @@ class DurableStore(Service):
             try:
                 self._compaction.task.stop()
             except TaskDone:
-                pass  # encoded already: it is being sealed, which the lane waits for
+                # Encoded already: it is being sealed, which the lane waits for.
+                self.log.info("stopping: the snapshot is encoded; sealing it before the exit")
         self._flush()  # now, not at the end of the turn: nothing else is coming
         d = self._drained()
         d.addCallback(lambda _: self._journal_lane.run(self._close_file))

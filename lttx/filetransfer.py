@@ -29,6 +29,7 @@ other calls of a client.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import inspect
@@ -190,10 +191,8 @@ def _read_big(transport: Any) -> None:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # already gone: what we wanted
         os.unlink(path)
-    except FileNotFoundError:
-        pass  # already gone: what we wanted
 
 
 # -- the receiving side ------------------------------------------------------

@@ -22,6 +22,7 @@ that recovers the same state.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import struct
@@ -294,10 +295,8 @@ class SnapshotWriter:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        try:
+        with contextlib.suppress(FileNotFoundError):  # never opened: nothing to remove
             os.unlink(self.temporary)
-        except FileNotFoundError:
-            pass  # never opened: nothing to remove
 
 
 def remove_generations_before(directory: str, generation: int) -> list[str]:
