@@ -51,6 +51,9 @@ DEFAULT_TIMEOUT = 30.0
 #: Bytes of pushes the blocking client holds while the connection cannot take
 #: them (its send buffer is full, or it reconnects) before ``push`` blocks.
 DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
+
+#: Most messages ``Client.Q`` holds before new ones are dropped (see MessageQueue).
+DEFAULT_QUEUE_LIMIT = 500_000
 #: Reconnection backoff: the first delay, doubled each attempt up to the last.
 RECONNECT_FIRST_DELAY = 0.1
 RECONNECT_MAX_DELAY = 5.0
@@ -766,16 +769,45 @@ def _log_notice(code: str, message: str) -> None:
 class MessageQueue(queue.Queue):  # type: ignore[type-arg]
     """
     The blocking client's :attr:`Client.Q`: a :class:`queue.Queue` of
-    :class:`Message`, unbounded, filled a batch at a time.
+    :class:`Message`, filled a batch at a time, holding at most ``limit``.
+
+    A program that stops reading it must not grow until it is killed: like a
+    NATS client's pending limit (a "slow consumer"), messages that arrive
+    while it is full are dropped, counted in :attr:`dropped`, and logged once
+    per episode; the gap in ``Message.seq`` shows the reader what it missed.
+    The reactor thread never waits on it, so calls and other channels go on.
 
     ``put_many`` takes the lock once per batch and ``get`` takes only the
     plain mutex when a message is waiting: at tens of thousands of messages a
     second, the Condition machinery of ``Queue`` would be most of the cost.
     """
 
+    log = Logger()
+
+    def __init__(self, limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+        self.dropped = 0
+        self._dropping = False
+
+    def put(self, item: Message, block: bool = True, timeout: Optional[float] = None) -> None:
+        self.put_many([item])
+
     def put_many(self, items: list[Message]) -> None:
-        """Put several items at once, in order."""
+        """Put several items at once, in order; past the limit they are dropped."""
         with self.mutex:
+            room = self.limit - len(self.queue)
+            if room < len(items):
+                lost = len(items) - max(room, 0)
+                items = items[:max(room, 0)]
+                self.dropped += lost
+                if not self._dropping:
+                    self._dropping = True
+                    self.log.warn("Q holds {limit} messages nobody reads: dropping new ones "
+                                  "until it is read (a gap in Message.seq shows them)",
+                                  limit=self.limit)
+            elif self._dropping and len(self.queue) < self.limit // 2:
+                self._dropping = False
             self.queue.extend(items)
             self.unfinished_tasks += len(items)
             self.not_empty.notify(len(items))
@@ -783,7 +815,7 @@ class MessageQueue(queue.Queue):  # type: ignore[type-arg]
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Message:
         with self.mutex:
             if self.queue:
-                return self.queue.popleft()  # unbounded: no putter waits on not_full
+                return self.queue.popleft()  # no putter ever waits on not_full
         return super().get(block, timeout)
 
 
@@ -1127,7 +1159,8 @@ def _close_at_exit(ref: "weakref.ref[Client]") -> None:
 def connect(host: "str | Sequence[str]" = "127.0.0.1", port: int = DEFAULT_PORT,
             token: Optional[str] = None,
             timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER,
-            tls: bool = False, ca: Optional[str] = None) -> Client:
+            tls: bool = False, ca: Optional[str] = None,
+            queue_limit: int = DEFAULT_QUEUE_LIMIT) -> Client:
     """
     Connect a blocking client to an LTtx daemon.
 
@@ -1141,6 +1174,8 @@ def connect(host: "str | Sequence[str]" = "127.0.0.1", port: int = DEFAULT_PORT,
     :param tls: speak TLS (the daemon listens on an ``ssl:`` endpoint); the
         daemon's certificate must be signed by a trusted CA and be for ``host``.
     :param ca: a PEM file of the CA(s) to trust; None trusts the system's CAs.
+    :param queue_limit: most messages :attr:`Client.Q` holds; while it is full,
+        new messages are dropped and counted in ``Client.Q.dropped``.
     :raises AuthError: on a wrong token.
     :raises TLSError: when the certificate is not trusted or not for ``host``.
     :raises ConnectError: when the daemon cannot be reached.
@@ -1157,7 +1192,7 @@ def connect(host: "str | Sequence[str]" = "127.0.0.1", port: int = DEFAULT_PORT,
             raise ValueError("connect needs at least one address")
         host, port = addresses[0]
     loop = EventLoop()
-    messages = MessageQueue()
+    messages = MessageQueue(queue_limit)
     try:
         settings = ConnectionSettings(host, port, token, timeout, tls=tls, ca=ca,
                                       addresses=addresses)

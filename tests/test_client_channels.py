@@ -164,6 +164,23 @@ class MessageQueueTests(SynchronousTestCase):
         self.assertEqual(q.unfinished_tasks, 4)
         self.assertRaises(Exception, q.get, timeout=0.01)
 
+    def test_full_queue_drops_new_messages_and_says_so_once(self) -> None:
+        """A Q nobody reads keeps its first `limit` messages, counts the rest, logs
+        one warning, and takes messages again once it is read."""
+        from twisted.internet.testing import EventLoggingObserver
+        from twisted.logger import globalLogPublisher
+
+        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        q = MessageQueue(limit=10)
+        for batch in range(5):
+            q.put_many([Message("a", "k", batch * 4 + i, batch * 4 + i + 1) for i in range(4)])
+        self.assertEqual((q.qsize(), q.dropped), (10, 10))
+        warnings = [e for e in observer if "nobody reads" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual([q.get().seq for _ in range(10)], list(range(1, 11)))
+        q.put_many([Message("a", "k", 99, 21)])
+        self.assertEqual(q.get().seq, 21)  # the gap 11..20 shows what was dropped
+
 
 class ResubscribeTests(SynchronousTestCase):
     """What a reconnection does with the messages and refusals that follow it."""
