@@ -124,12 +124,13 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(self.lane.jobs, [])
 
     def test_everysec_replies_after_the_write_and_syncs_each_second(self) -> None:
-        """With everysec, a result comes once the record is written; the fsync within a second."""
+        """With everysec, a result comes once the record is written to the OS (by the
+        reactor at the end of its turn, the lane being idle); the fsync within a second."""
         store = self.store("everysec")
         d = store.list_append("l", "x")
-        self.clock.advance(0)
         self.assertNoResult(d)
-        self.lane.release_all()
+        self.clock.advance(0)
+        self.assertEqual(self.lane.jobs, [])
         self.assertEqual(self.successResultOf(d), 1)
         self.assertEqual(store.status()["journal_fsyncs"], 0)
         self.assertEqual(os.path.getsize(os.path.join(self.dir, journal_name(1))),
@@ -139,6 +140,36 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(store.status()["journal_fsyncs"], 1)
         self.clock.advance(1)  # nothing new: no fsync
         self.assertEqual(self.lane.jobs, [])
+
+    def test_appends_wait_for_a_running_fsync(self) -> None:
+        """While the lane runs a job (an fsync), new records queue and go out with the
+        next job: the reactor never writes to the file the lane is using."""
+        store = self.store("everysec")
+        self.successResultOf(_settle(store.put("a", 1), self.clock, self.lane))
+        self.clock.advance(1)  # the fsync job starts
+        self.assertEqual(len(self.lane.jobs), 1)
+        d = store.put("b", 2)
+        self.clock.advance(0)
+        self.assertNoResult(d)
+        self.lane.release()  # the fsync ends; the queued record goes out next
+        self.lane.release_all()
+        self.assertIsNone(self.successResultOf(d))
+        size = os.path.getsize(os.path.join(self.dir, journal_name(1)))
+        self.assertEqual(size, store.status()["journal_bytes"])
+
+    def test_inline_write_failure_refuses_later_writes(self) -> None:
+        """A failing write(2) on the reactor (everysec) fails its writes like the lane's."""
+        store = self.store("everysec")
+
+        def full(data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        store._file.write = full  # type: ignore[method-assign]
+        d = store.put("x", 1)
+        self.clock.advance(0)
+        self.assertIn("No space left", self.failureResultOf(d, StorageError).value.message)
+        self.assertRaises(StorageError, store.put, "y", 2)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
     def test_no_never_syncs_while_running(self) -> None:
         """With no, records are written each turn but only fsynced at shutdown."""
