@@ -193,21 +193,21 @@ class UnreadRepliesTests(TestCase):
         self.assertLess(growth_mib, 64, f"daemon grew by {growth_mib:.0f} MiB")
 
 
+def run_script(daemon: Daemon, body: str) -> "subprocess.CompletedProcess[str]":
+    """Run ``body`` as a plain script with ``c``, a client of ``daemon``, never closed."""
+    script = (f"import lttx\nc = lttx.connect('127.0.0.1', {daemon.port}, token={TOKEN!r})\n"
+              + body)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
+
+
 class ProcessTests(TestCase):
     """The client inside real programs."""
 
     def test_exit_without_close(self) -> None:
         """A script that never calls close() exits at once."""
         daemon = Daemon(self)
-        script = (
-            "import lttx, sys\n"
-            f"c = lttx.connect('127.0.0.1', {daemon.port}, token={TOKEN!r})\n"
-            "c.put('from-script', 42)\n"
-            "print(c.get('from-script'))\n"
-        )
-        env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                                text=True, timeout=30, env=env)
+        result = run_script(daemon, "c.put('from-script', 42)\nprint(c.get('from-script'))\n")
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "42"), result.stderr)
 
     def test_pushes_of_a_script_without_close_are_delivered(self) -> None:
@@ -215,15 +215,7 @@ class ProcessTests(TestCase):
         daemon = Daemon(self)
         subscriber = daemon.connect()
         subscriber.subscribe("hq")
-        script = (
-            "import lttx\n"
-            f"c = lttx.connect('127.0.0.1', {daemon.port}, token={TOKEN!r})\n"
-            "for i in range(20000):\n"
-            "    c.push('k', i, 'hq')\n"
-        )
-        env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
-        result = subprocess.run([sys.executable, "-c", script], capture_output=True,
-                                text=True, timeout=60, env=env)
+        result = run_script(daemon, "for i in range(20000):\n    c.push('k', i, 'hq')\n")
         self.assertEqual(result.returncode, 0, result.stderr)
         received = [subscriber.Q.get(timeout=15).data for _ in range(20000)]
         self.assertEqual(received, list(range(20000)))
