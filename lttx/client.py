@@ -849,6 +849,7 @@ class Client:
         self._awaiting_writable = False  # reactor thread only
         self._closed = False
         self._callbacks: "Optional[queue.SimpleQueue[Any]]" = None
+        self._dropping_callbacks = False
         self._callback_thread: Optional[threading.Thread] = None
         # A script that ends without close() still delivers what it pushed.
         self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
@@ -958,14 +959,37 @@ class Client:
 
     def _dispatcher(self, callback: Callable[[Message], None]) -> Callable[[Message], None]:
         """A reactor-thread callback handing each message to the dispatch thread."""
-        if self._callbacks is None:
-            self._callbacks = queue.SimpleQueue()
-            self._callback_thread = threading.Thread(
-                target=self._run_callbacks, args=(self._callbacks,),
-                name="lttx-callbacks", daemon=True)
-            self._callback_thread.start()
-        put = self._callbacks.put
-        return lambda message: put((callback, message))
+        with self._push_lock:  # two threads subscribing at once start one thread
+            if self._callbacks is None:
+                self._callbacks = queue.SimpleQueue()
+                self._callback_thread = threading.Thread(
+                    target=self._run_callbacks, args=(self._callbacks,),
+                    name="lttx-callbacks", daemon=True)
+                self._callback_thread.start()
+        callbacks = self._callbacks
+        limit = getattr(self.Q, "limit", DEFAULT_QUEUE_LIMIT)
+
+        def hand_over(message: Message) -> None:
+            # Bounded like Q: a callback that falls behind for good drops
+            # messages (counted in Q.dropped, logged once) instead of growing.
+            waiting = callbacks.qsize()
+            if waiting >= limit:
+                self._callback_dropped(limit)
+                return
+            if self._dropping_callbacks and waiting < limit // 2:
+                self._dropping_callbacks = False
+            callbacks.put((callback, message))
+
+        return hand_over
+
+    def _callback_dropped(self, limit: int) -> None:
+        if isinstance(self.Q, MessageQueue):
+            self.Q.dropped += 1
+        if not self._dropping_callbacks:
+            self._dropping_callbacks = True
+            AsyncClient.log.warn("{limit} messages wait for callbacks that do not keep up: "
+                                 "dropping new ones (a gap in Message.seq shows them)",
+                                 limit=limit)
 
     def _run_callbacks(self, callbacks: "queue.SimpleQueue[Any]") -> None:
         while True:

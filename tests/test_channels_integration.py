@@ -97,6 +97,35 @@ class ChannelsTests(TestCase):
         self.assertEqual(other.Q.get(timeout=10).data, {"side": "buy"})
         self.daemon.wait_for_log("'subscribe' refused: auth: wrong password")
 
+    def test_stuck_callback_drops_past_the_queue_limit(self) -> None:
+        """A callback that stops keeping up holds at most queue_limit messages; the
+        rest are dropped and counted, and what it gets is in order with a seq gap."""
+        started, release, finished = threading.Event(), threading.Event(), threading.Event()
+        got: list[int] = []
+
+        def stuck(message: lttx.Message) -> None:
+            started.set()
+            release.wait(30)
+            got.append(message.seq)
+            if len(got) == 101:
+                finished.set()
+
+        sub = self.daemon.connect(queue_limit=100)
+        sub.subscribe("cb", callback=stuck)
+        self.publisher.push("k", 0, "cb")
+        self.assertTrue(started.wait(10))
+        for i in range(1, 1000):
+            self.publisher.push("k", i, "cb")
+        self.publisher.flush()
+        self.assertEqual(sub.ping(), "pong")  # the reactor thread is not held up
+        sub.subscribe("marker")
+        self.publisher.push("end", None, "marker")
+        self.assertEqual(sub.Q.get(timeout=10).key, "end")  # every cb message was handed on
+        self.assertEqual(sub.Q.dropped, 899)
+        release.set()
+        self.assertTrue(finished.wait(10))
+        self.assertEqual(got, list(range(1, 102)))
+
     def test_callback_runs_off_the_reactor_thread(self) -> None:
         """A callback gets the messages of its channels in order, in a dispatch thread;
         other channels still go to Q; a failing callback does not stop the next ones."""
