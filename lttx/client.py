@@ -39,11 +39,11 @@ from .errors import (
     LTtxError,
     PermissionDenied,
     TimeoutError,
-    error_from_wire,
 )
 from .channels import split_channels
 from .eventloop import EventLoop
 from .framing import FrameAssembler
+from .replies import settle
 from .tls import tls_endpoint
 
 DEFAULT_PORT = 2025
@@ -236,17 +236,10 @@ class ClientProtocol(Int32StringReceiver):
                     self._batch.append(Message._make(message[1:5]))
                 else:
                     self._on_message(Message._make(message[1:5]))
-            elif kind == codec.REPLY:
-                d = self._pending.pop(message[1], None)
-                if d is not None:
-                    d.callback(message[2])
-            elif kind == codec.ERROR:
-                error = error_from_wire(message[2], message[3])
-                d = self._pending.pop(message[1], None)
-                if d is not None:
-                    d.errback(error)
-                else:
-                    self._on_notice(error.code, error.message)
+            elif kind == codec.REPLY or kind == codec.ERROR:
+                unanswered = settle(self._pending, message)
+                if unanswered is not None:
+                    self._on_notice(unanswered.code, unanswered.message)
             elif kind == codec.NOTICE:
                 self._on_notice(message[1], message[2])
             else:

@@ -71,9 +71,9 @@ from .errors import (
     ServerError,
     StorageError,
     TimeoutError,
-    error_from_wire,
 )
 from .journal import fsync_directory
+from .replies import settle
 
 if TYPE_CHECKING:
     from .client import ConnectionSettings
@@ -928,21 +928,14 @@ class FileClientProtocol(Int32StringReceiver):
         try:
             message = codec.decode(frame)
             kind = message[0]
-            if kind == codec.REPLY:
-                if message[1] == self._raw_after:
+            if kind == codec.REPLY or kind == codec.ERROR:
+                if kind == codec.REPLY and message[1] == self._raw_after:
                     self._raw_after = None
                     self.raw_left = int(message[2]["size"]) - int(message[2]["offset"])
-                d = self._pending.pop(message[1], None)
-                if d is not None:
-                    d.callback(message[2])
-            elif kind == codec.ERROR:
-                error = error_from_wire(message[2], message[3])
-                d = self._pending.pop(message[1], None)
-                if d is not None:
-                    d.errback(error)
-                else:
-                    self.error = error
-                    self.on_error(error)
+                unanswered = settle(self._pending, message)
+                if unanswered is not None:
+                    self.error = unanswered
+                    self.on_error(unanswered)
             elif kind == codec.NOTICE:
                 self.log.warn("the daemon says: {code}: {message}", code=message[1],
                               message=message[2])
