@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 with open("README.md", encoding="utf-8") as f:
     long_description = f.read()
@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     # twisted.plugins is a namespace shared with Twisted itself: list it by
     # hand (find_packages would miss it) and never ship an __init__.py there.
-    packages=["lttx", "twisted.plugins"],
+    packages=find_packages(include=["lttx", "lttx.*"]) + ["twisted.plugins"],
     package_data={"lttx": ["py.typed"], "twisted.plugins": ["lttx_plugin.py"]},
     install_requires=[
         "twisted[tls]>=22.10",

@@ -6,11 +6,15 @@ Cloud variables, channels and files served by one Twisted daemon::
     import lttx
     with lttx.connect("127.0.0.1", 2025, token="LTtx") as c:
         c.put("pos", {"600000.SH": 100})
+
+The client (``connect``, ``Client``, ``Message``) is loaded on first use, so
+the daemon, which imports ``lttx.server``, never loads it.
 """
 
-__version__ = "0.1.0"
+from typing import Any
 
-from .errors import (  # noqa: E402  (the version is needed by submodules first)
+from ._version import __version__
+from .errors import (
     AuthError,
     BadFileName,
     BadRequest,
@@ -32,13 +36,23 @@ from .errors import (  # noqa: E402  (the version is needed by submodules first)
     Unavailable,
     WrongTypeError,
 )
-from .client import Client, Message, connect  # noqa: E402
+
+#: The client's public names, imported from lttx.client when first asked for.
+_CLIENT_NAMES = frozenset({"AsyncClient", "Client", "Message", "connect"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'lttx' has no attribute {name!r}")
 
 
 __all__ = [
     "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
     "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "TLSError", "Unavailable", "WrongTypeError", "Client", "Message", "connect",
+    "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Client", "Message", "connect",
     "__version__",
 ]

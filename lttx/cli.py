@@ -40,7 +40,7 @@ import os
 import sys
 from typing import IO, Any, Callable, NoReturn, Optional, Sequence
 
-from . import __version__
+from ._version import __version__
 from .errors import (
     AuthError,
     ConnectError,

@@ -16,12 +16,13 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 
-from .auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
-from .channels import ChannelRegistry
-from .durable import DurableStore
+from .diskio import pool_runner
 from .errors import RecoveryError
-from .factory import DEFAULT_MAX_FRAME, LTtxFactory
-from .filetransfer import FileService, thread_runner
+from .server.factory import DEFAULT_MAX_FRAME, LTtxFactory
+from .server.files import FileService
+from .state.auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
+from .state.channels import ChannelRegistry
+from .storage.durable import DurableStore
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 ENGINES = ("memory", "redis")
@@ -120,7 +121,7 @@ class Options(usage.Options):
         if bool(self["redis-sentinel"]) != bool(self["redis-master"]):
             raise usage.UsageError("give --redis-sentinel and --redis-master together")
         if self["engine"] == "redis":
-            from .redis_engine import redis_address
+            from .engines.redis.engine import redis_address
 
             redis_address(self, dict(os.environ))  # raises UsageError for a bad one
         if not 0 <= self["port"] < 65536:
@@ -223,7 +224,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     # channels and the files: one entry per component with a status().
     status_sources: dict[str, Any]
     if options.get("engine", "memory") == "redis":
-        from .redis_engine import SharedChannelRegistry, make_redis_engine, new_daemon_id
+        from .engines.redis.engine import SharedChannelRegistry, make_redis_engine, new_daemon_id
 
         os.makedirs(options["data-dir"], exist_ok=True)  # files still live here
         channels = SharedChannelRegistry(
@@ -247,7 +248,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         store.setServiceParent(top)
         channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
         status_sources = {"journal": store}
-    files = FileService(os.path.join(options["data-dir"], "files"), thread_runner(reactor),
+    files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
                         max_file_size=options["max-file-size"])
     factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
                           subscriber_buffer=options["subscriber-buffer"],

@@ -22,11 +22,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 import lttx
-from lttx import codec
-from lttx.auth import TokenAuthenticator
-from lttx.factory import LTtxFactory
-from lttx.protocol import LTtxServerProtocol
-from lttx.store import MemoryStore
+from lttx.wire import codec
+from lttx.state.auth import TokenAuthenticator
+from lttx.server.factory import LTtxFactory
+from lttx.server.protocol import LTtxServerProtocol
+from lttx.state.store import MemoryStore
 
 #: The folder holding the ``lttx`` package under test (the checkout, or
 #: site-packages): the daemon subprocess imports the very same code, and

@@ -17,12 +17,13 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import lttx
-from lttx import codec, tap
-from lttx.auth import ACTIONS, Grant, RolesError, TokenAuthenticator, parse_roles
+from lttx import tap
+from lttx.wire import codec
+from lttx.state.auth import ACTIONS, Grant, RolesError, TokenAuthenticator, parse_roles
 from lttx.errors import PermissionDenied
-from lttx.factory import LTtxFactory
-from lttx.protocol import COMMAND_RIGHTS, LTtxServerProtocol, command
-from lttx.store import MemoryStore
+from lttx.server.factory import LTtxFactory
+from lttx.server.protocol import COMMAND_RIGHTS, LTtxServerProtocol, command
+from lttx.state.store import MemoryStore
 
 from .common import Daemon, frame, frames_of, listeners, server_protocol
 

@@ -15,8 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lttx import AuthError, BadRequest, EncodeError, codec
-from lttx.channels import ChannelRegistry, ISubscriber, pack_seq, split_channels
+from lttx import AuthError, BadRequest, EncodeError
+from lttx.wire import codec
+from lttx.state.channels import ChannelRegistry, ISubscriber, pack_seq, split_channels
 
 from .common import frames_of
 

@@ -14,12 +14,12 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 import lttx
-from lttx import codec
-from lttx.auth import TokenAuthenticator
+from lttx.wire import codec
+from lttx.state.auth import TokenAuthenticator
 from lttx.client import AsyncClient, ClientProtocol, ConnectionSettings, Message
-from lttx.eventloop import EventLoop
-from lttx.factory import LTtxFactory
-from lttx.store import MemoryStore
+from lttx.client.eventloop import EventLoop
+from lttx.server.factory import LTtxFactory
+from lttx.state.store import MemoryStore
 
 from .common import TOKEN
 
@@ -190,10 +190,10 @@ class EventLoopTests(SynchronousTestCase):
 class AddressListTests(SynchronousTestCase):
     def test_next_address_cycles(self) -> None:
         """With several daemons, each reconnection tries the next one, in turn."""
-        from lttx.client import ConnectionSettings, _split_address
+        from lttx.client.settings import ConnectionSettings, split_address
 
-        addresses = (_split_address("h1:2025", 1), _split_address(("h2", 2026), 1),
-                     _split_address("h3", 2027), _split_address("[::1]:2028", 1))
+        addresses = (split_address("h1:2025", 1), split_address(("h2", 2026), 1),
+                     split_address("h3", 2027), split_address("[::1]:2028", 1))
         self.assertEqual(addresses, (("h1", 2025), ("h2", 2026), ("h3", 2027), ("::1", 2028)))
         settings = ConnectionSettings("h1", 2025, addresses=addresses)
         seen = []

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 import lttx
-from lttx import codec
+from lttx.wire import codec
 from lttx.client import ClientProtocol, Message, MessageQueue
 
 from .common import frame, frames_of

@@ -6,9 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import codec
+from lttx.wire import codec
 from lttx.errors import BadRequest, EncodeError
-from lttx.store import strict_equal
+from lttx.state.store import strict_equal
 
 from .strategies import values
 

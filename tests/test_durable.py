@@ -20,7 +20,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx.durable import DurableStore, InlineLane
+from lttx.storage.durable import DurableStore, InlineLane
 from lttx.errors import (
     EncodeError,
     IndexOutOfRange,
@@ -30,8 +30,8 @@ from lttx.errors import (
     Unavailable,
     WrongTypeError,
 )
-from lttx.journal import journal_name, snapshot_name
-from lttx.store import MISSING, MemoryStore, strict_equal
+from lttx.storage.journal import journal_name, snapshot_name
+from lttx.state.store import MISSING, MemoryStore, strict_equal
 
 from .common import frame, frames_of, server_protocol
 

@@ -19,8 +19,9 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 import lttx
-from lttx import codec
-from lttx.filetransfer import CHUNK_SIZE, _client_partial
+from lttx.wire import codec
+from lttx.client.files import _client_partial
+from lttx.wire.frames import FILE_CHUNK_SIZE as CHUNK_SIZE
 
 from .common import PACKAGE_ROOT, TOKEN, Daemon
 

@@ -1,5 +1,5 @@
 """
-Unit tests of :mod:`lttx.filetransfer`: names, and file sessions driven
+Unit tests of :mod:`lttx.server.files` and :mod:`lttx.client.files`: names, and file sessions driven
 through a StringTransport with exact frames.
 """
 
@@ -22,25 +22,19 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import codec
-from lttx.auth import TokenAuthenticator
+from lttx.wire import codec
+from lttx.state.auth import TokenAuthenticator
 from lttx.client import ConnectionSettings
 from lttx.errors import BadFileName, ChecksumMismatch, FileBusy, NotFound, StorageError
 from lttx.errors import TimeoutError as LTtxTimeoutError
-from lttx.factory import LTtxFactory
-from lttx.filetransfer import (
-    CHUNK_SIZE,
-    MAX_NAME_BYTES,
-    FileService,
-    _write_chunks,
-    check_name,
-    delete_file,
-    list_files,
-    recv_file,
-    send_file,
-    synchronous_runner,
-)
-from lttx.store import MemoryStore
+from lttx.server.factory import LTtxFactory
+from lttx.client.files import delete_file, list_files, recv_file, send_file
+from lttx.diskio import _write_chunks, run_inline, storage_error
+from lttx.server.files import FileService
+from lttx.wire.frames import FILE_CHUNK_SIZE as CHUNK_SIZE
+from lttx.wire.names import MAX_FILE_NAME_BYTES as MAX_NAME_BYTES
+from lttx.wire.names import check_file_name as check_name
+from lttx.state.store import MemoryStore
 from lttx.tap import Options
 
 from .common import TOKEN, frame, frames_of
@@ -117,7 +111,7 @@ class SessionTestCase(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.directory = self.mktemp()
-        self.runner: Callable[..., Any] = synchronous_runner
+        self.runner: Callable[..., Any] = run_inline
         self.service = FileService(self.directory, lambda f, *a: self.runner(f, *a),
                                    max_file_size=64 * 1024 * 1024)
         self.service.startService()
@@ -476,9 +470,8 @@ class OptionsTests(SynchronousTestCase):
 
     def test_storage_error_message_for_full_disk(self) -> None:
         """ENOSPC reads as a full disk."""
-        from lttx.filetransfer import _storage_error
 
-        error = _storage_error(OSError(errno.ENOSPC, "No space"), "x")
+        error = storage_error(OSError(errno.ENOSPC, "No space"), "x")
         self.assertIsInstance(error, StorageError)
         self.assertEqual(error.message, "disk full: no space left to write x")
 
@@ -568,14 +561,14 @@ class ClientInMemoryTests(SessionTestCase):
         stderr = io.StringIO()
         self.patch(sys, "stderr", stderr)
         d = send_file(self.clock, self.settings, self.source(data), "x.bin", progress=True,
-                      run_in_thread=synchronous_runner)
+                      run_in_thread=run_inline)
         self.run_until_done(d)
         self.assertEqual(self.successResultOf(d),
                          {"name": "x.bin", "size": len(data), "md5": md5(data)})
         self.assertIn("B/s", stderr.getvalue())
         dest = os.path.join(self.work, "down")
         d = recv_file(self.clock, self.settings, "x.bin", dest + "/",
-                      run_in_thread=synchronous_runner)
+                      run_in_thread=run_inline)
         self.run_until_done(d)
         result = self.successResultOf(d)
         self.assertEqual(result["md5"], md5(data))
@@ -588,12 +581,12 @@ class ClientInMemoryTests(SessionTestCase):
         self.factory.max_frame = 4096
         data = os.urandom(50_000)
         d = send_file(self.clock, self.settings, self.source(data), "s.bin",
-                      run_in_thread=synchronous_runner)
+                      run_in_thread=run_inline)
         self.run_until_done(d)
         self.assertEqual(self.successResultOf(d)["md5"], md5(data))
         self.assertEqual(self.stored("s.bin"), data)
 
-    def test_full_disk_reaches_the_client_as_storage_error(self) -> None:
+    def test_full_disk_reaches_the_client_asstorage_error(self) -> None:
         """The daemon's disk fills mid-upload: send_file fails with StorageError, no file."""
         def runner(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
             if f is _write_chunks:
@@ -602,7 +595,7 @@ class ClientInMemoryTests(SessionTestCase):
 
         self.runner = runner
         d = send_file(self.clock, self.settings, self.source(b"d" * (2 * CHUNK_SIZE)),
-                      run_in_thread=synchronous_runner)
+                      run_in_thread=run_inline)
         self.run_until_done(d)
         failure = self.failureResultOf(d, StorageError)
         self.assertIn("disk full", failure.getErrorMessage())
@@ -622,7 +615,7 @@ class ClientInMemoryTests(SessionTestCase):
         dest = os.path.join(self.work, "dest")
         os.makedirs(dest)
         d = recv_file(self.clock, self.settings, "q.bin", dest,
-                      run_in_thread=synchronous_runner)
+                      run_in_thread=run_inline)
         self.run_until_done(d)
         self.failureResultOf(d, ChecksumMismatch)
         self.assertEqual(os.listdir(dest), [])
@@ -633,9 +626,9 @@ class ClientInMemoryTests(SessionTestCase):
         with open(os.path.join(self.directory, "w.bin"), "wb") as f:
             f.write(data)
         first = recv_file(self.clock, self.settings, "w.bin", self.work,
-                          run_in_thread=synchronous_runner)
+                          run_in_thread=run_inline)
         second = recv_file(self.clock, self.settings, "w.bin", self.work,
-                           run_in_thread=synchronous_runner)
+                           run_in_thread=run_inline)
         self.failureResultOf(second, FileBusy)
         self.run_until_done(first)
         self.assertEqual(self.successResultOf(first)["md5"], md5(data))
@@ -644,7 +637,7 @@ class ClientInMemoryTests(SessionTestCase):
     def test_missing_file_leaves_nothing(self) -> None:
         """recv_file of a name the daemon lacks: NotFound, no file at all."""
         d = recv_file(self.clock, self.settings, "none", self.work,
-                      run_in_thread=synchronous_runner)
+                      run_in_thread=run_inline)
         self.run_until_done(d)
         self.failureResultOf(d, NotFound)
         self.assertEqual(os.listdir(self.work), [])

@@ -1,4 +1,4 @@
-"""Large frames are reassembled once, whatever the reads they arrive in."""
+"""The frame decoder: any split of a stream gives its frames; large ones are joined once."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import codec
-from lttx.framing import LARGE_FRAME, FrameAssembler
+from lttx.wire import codec
+from lttx.wire.framing import FrameDecoder, FrameTooLong
 
 from .common import frame, frames_of, server_protocol
+
+#: Frames from this size on are collected while incomplete (lttx.wire.framing).
+LARGE_FRAME = 256 * 1024
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -19,25 +22,54 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip([0] + points, points + [len(data)]) if b > a]
 
 
-class FrameAssemblerTests(SynchronousTestCase):
-    def test_small_frames_pass_through(self) -> None:
-        assembler = FrameAssembler()
-        self.assertEqual(assembler.feed(b"abc"), b"abc")
-        self.assertEqual(assembler.hold(b"\x00\x00\x00\x10abc", 2**31), b"\x00\x00\x00\x10abc")
+class FrameDecoderTests(SynchronousTestCase):
+    """The decoder splits any stream into its frames, whatever the reads."""
+
+    @settings(max_examples=200)
+    @given(st.lists(st.binary(max_size=300), max_size=12), st.lists(st.integers(min_value=0),
+                                                                    max_size=30))
+    def test_any_split_gives_the_same_frames(self, payloads: list[bytes], cuts: list[int]) -> None:
+        """Frames fed in pieces cut anywhere come out whole and in order."""
+        stream = b"".join(struct.pack("!I", len(p)) + p for p in payloads)
+        decoder = FrameDecoder(2**31)
+        out = []
+        for piece in split(stream, cuts):
+            decoder.feed(piece)
+            while (f := decoder.next_frame()) is not None:
+                out.append(f)
+        self.assertEqual(out, payloads)
+        self.assertEqual(decoder.buffered, 0)
 
     def test_large_frame_is_joined_once(self) -> None:
-        """The start of a large frame is held; reads are kept aside until it is complete."""
-        assembler = FrameAssembler()
+        """An incomplete large frame keeps its reads aside until its last byte arrives."""
+        decoder = FrameDecoder(2**31)
         body = b"x" * LARGE_FRAME
-        stream = struct.pack("!I", len(body)) + body + b"tail"
-        self.assertEqual(assembler.hold(stream[:1000], 2**31), b"")
-        self.assertIsNone(assembler.feed(stream[1000:5000]))
-        self.assertEqual(assembler.feed(stream[5000:]), stream)
+        stream = struct.pack("!I", len(body)) + body + struct.pack("!I", 4) + b"tail"
+        decoder.feed(stream[:1000])
+        self.assertIsNone(decoder.next_frame())
+        decoder.feed(stream[1000:5000])
+        self.assertIsNone(decoder.next_frame())
+        self.assertEqual(decoder.buffered, 5000)
+        decoder.feed(stream[5000:])
+        self.assertEqual(decoder.next_frame(), body)
+        self.assertEqual(decoder.next_frame(), b"tail")
+        self.assertIsNone(decoder.next_frame())
 
-    def test_frame_over_the_limit_is_left_to_the_receiver(self) -> None:
-        assembler = FrameAssembler()
-        start = struct.pack("!I", LARGE_FRAME * 4) + b"x"
-        self.assertEqual(assembler.hold(start, LARGE_FRAME), start)
+    def test_frame_over_the_limit_is_refused(self) -> None:
+        """A length prefix over the limit raises FrameTooLong, with the length."""
+        decoder = FrameDecoder(100)
+        decoder.feed(struct.pack("!I", 101) + b"x")
+        with self.assertRaises(FrameTooLong) as caught:
+            decoder.next_frame()
+        self.assertEqual((caught.exception.length, caught.exception.limit), (101, 100))
+
+    def test_frames_not_taken_stay_buffered(self) -> None:
+        """A reader that stops taking frames finds them later, in order."""
+        decoder = FrameDecoder(100)
+        decoder.feed(struct.pack("!I", 1) + b"a" + struct.pack("!I", 1) + b"b")
+        self.assertEqual(decoder.next_frame(), b"a")
+        decoder.feed(struct.pack("!I", 1) + b"c")
+        self.assertEqual([decoder.next_frame(), decoder.next_frame()], [b"b", b"c"])
 
 
 class ProtocolLargeFrameTests(SynchronousTestCase):
@@ -55,12 +87,12 @@ class ProtocolLargeFrameTests(SynchronousTestCase):
         self.assertEqual(frames_of(transport.value()), [
             [codec.REPLY, 1, None], [codec.REPLY, 2, [value]], [codec.REPLY, 3, "pong"]])
 
-    def test_a_large_frame_in_64k_reads_is_not_rejoined_per_read(self) -> None:
-        """While a large frame arrives, the receiver's own buffer stays empty."""
+    def test_a_large_frame_in_64k_reads_is_answered_once_whole(self) -> None:
+        """A 1 MiB put in 64 KiB reads: no reply until the last read, then exactly one."""
         proto, transport = server_protocol()
         data = frame([0, 1, "put", ["big", b"y" * (4 * LARGE_FRAME)]])
         for start in range(0, len(data) - 65536, 65536):
             proto.dataReceived(data[start:start + 65536])
-            self.assertLessEqual(len(proto._unprocessed), 65536)
+            self.assertEqual(transport.value(), b"")
         proto.dataReceived(data[start + 65536:])
         self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 1, None]])

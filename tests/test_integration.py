@@ -163,7 +163,7 @@ class UnreadRepliesTests(TestCase):
     def test_unread_replies_do_not_pile_up_in_the_daemon(self) -> None:
         """1000 pipelined gets of a 1 MiB value, never read: the daemon stops reading
         that connection, its memory stays bounded, and other clients are served."""
-        from lttx import codec
+        from lttx.wire import codec
 
         from .common import frame
 

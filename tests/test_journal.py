@@ -12,9 +12,9 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import journal
+from lttx.storage import journal
 from lttx.errors import EncodeError, RecoveryError
-from lttx.journal import (
+from lttx.storage.journal import (
     DICT_CHANGE,
     HEADER_SIZE,
     JOURNAL_MAGIC,
@@ -31,7 +31,7 @@ from lttx.journal import (
     recover,
     snapshot_name,
 )
-from lttx.store import MemoryStore
+from lttx.state.store import MemoryStore
 
 RECORDS = [
     [PUT, "pos", {"600000.SH": 100}],

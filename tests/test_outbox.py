@@ -12,9 +12,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from lttx import codec
-from lttx.channels import ISubscriber
-from lttx.outbox import CHUNK, Outbox
+from lttx.wire import codec
+from lttx.state.channels import ISubscriber
+from lttx.server.outbox import CHUNK, Outbox
 
 from .common import frame, frames_of, server_protocol
 
@@ -149,7 +149,7 @@ class OutboxTests(SynchronousTestCase):
     def test_conflating_subscriber_with_ever_new_keys_is_bounded(self) -> None:
         """Keys that never repeat conflate nothing: past 4x the bound, the subscriber
         is cut off like any other, and the daemon's memory stays bounded."""
-        from lttx.outbox import CONFLATED_BOUND
+        from lttx.server.outbox import CONFLATED_BOUND
 
         self.outbox.pauseProducing()
         size = len(message("hq", 0, "x" * 100, 1))

@@ -10,7 +10,7 @@ from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import codec
+from lttx.wire import codec
 from lttx.errors import ServerError
 
 from .common import TOKEN, frame, frames_of, server_protocol
@@ -270,9 +270,9 @@ class PublishTests(SynchronousTestCase):
 
     def test_publish_on_a_map_channel_is_refused_and_the_batch_still_goes_out(self) -> None:
         """A map as channel gets a notice; the good publish before it reaches the subscriber."""
-        from lttx.auth import TokenAuthenticator
-        from lttx.factory import LTtxFactory
-        from lttx.store import MemoryStore
+        from lttx.state.auth import TokenAuthenticator
+        from lttx.server.factory import LTtxFactory
+        from lttx.state.store import MemoryStore
 
         factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN))
         subscriber, sub_transport = server_protocol(factory=factory)
@@ -307,10 +307,10 @@ class BeforeHelloTests(SynchronousTestCase):
         """A connection that never says hello is closed after the hello timeout."""
         from twisted.internet.task import Clock
 
-        from lttx.auth import TokenAuthenticator
-        from lttx.factory import LTtxFactory
-        from lttx.protocol import HELLO_TIMEOUT
-        from lttx.store import MemoryStore
+        from lttx.state.auth import TokenAuthenticator
+        from lttx.server.factory import LTtxFactory
+        from lttx.server.protocol import HELLO_TIMEOUT
+        from lttx.state.store import MemoryStore
 
         clock = Clock()
         factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock)

@@ -11,7 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.errors import Unavailable
-from lttx.redis import (
+from lttx.engines.redis.resp import (
     RedisAddress,
     RedisClient,
     RedisError,

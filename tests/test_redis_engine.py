@@ -12,10 +12,10 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import codec
-from lttx.redis import RedisAddress, RedisClient, RedisProtocol, encode_command
-from lttx.redis_engine import SharedChannelRegistry, redis_address
-from lttx.redis_store import RedisStore
+from lttx.wire import codec
+from lttx.engines.redis.resp import RedisAddress, RedisClient, RedisProtocol, encode_command
+from lttx.engines.redis.engine import SharedChannelRegistry, redis_address
+from lttx.engines.redis.store import RedisStore
 
 from .common import listeners
 from .test_channels import ListSubscriber

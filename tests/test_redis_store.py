@@ -14,9 +14,9 @@ from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
 from lttx.errors import IndexOutOfRange, NotFound, WrongTypeError
-from lttx.redis import RedisAddress, RedisClient
-from lttx.redis_store import SCRIPTS, RedisStore, compare_form, decode_item, encode_item
-from lttx.store import MISSING, strict_equal
+from lttx.engines.redis.resp import RedisAddress, RedisClient
+from lttx.engines.redis.store import SCRIPTS, RedisStore, compare_form, decode_item, encode_item
+from lttx.state.store import MISSING, strict_equal
 
 from .redis_server import RedisServer
 from .test_store import StoreMachine

@@ -13,10 +13,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import __version__, codec
-from lttx.auth import TokenAuthenticator
-from lttx.factory import LTtxFactory
-from lttx.store import MemoryStore
+from lttx import __version__
+from lttx.wire import codec
+from lttx.state.auth import TokenAuthenticator
+from lttx.server.factory import LTtxFactory
+from lttx.state.store import MemoryStore
 
 from .common import TOKEN, frame, frames_of, server_protocol
 

@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.errors import BadRequest, IndexOutOfRange, LTtxError, NotFound, WrongTypeError
-from lttx.store import MISSING, MemoryStore, strict_equal
+from lttx.state.store import MISSING, MemoryStore, strict_equal
 
 from .strategies import dict_keys, values
 

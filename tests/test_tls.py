@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import lttx
 from lttx.client import AsyncClient, ConnectionSettings
-from lttx.eventloop import EventLoop
+from lttx.client.eventloop import EventLoop
 
 from .certs import CA, ssl_endpoint
 from .common import Daemon

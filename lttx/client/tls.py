@@ -40,7 +40,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import TLSError
+from ..errors import TLSError
+from ..wire.tls import openssl_reason
 
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL)
@@ -101,7 +102,7 @@ def handshake_error(reason: Failure, hostname: str, port: int,
             f"wrong host name: the certificate of {where} is not valid for "
             f"{hostname!r} (it was issued for another name or address)")
     if reason.check(SSL.Error):
-        detail = _openssl_reason(reason.value)
+        detail = openssl_reason(reason.value)
         if "certificate verify failed" in detail:
             return TLSError(
                 f"untrusted certificate: the certificate of {where} is not signed by "
@@ -112,23 +113,6 @@ def handshake_error(reason: Failure, hostname: str, port: int,
         return TLSError(f"{where} closed the connection during the TLS handshake; "
                         "is the daemon listening with TLS (an ssl: endpoint)?")
     return TLSError(f"TLS handshake with {where} failed: {reason.getErrorMessage()}")
-
-
-def tls_failure(reason: Optional[Failure]) -> Optional[str]:
-    """What OpenSSL said, if a connection was lost to a TLS error (for the
-    daemon's log: a client that does not trust its certificate, or that
-    speaks plain TCP to a TLS port); None otherwise."""
-    if reason is None or not reason.check(SSL.Error):
-        return None
-    return _openssl_reason(reason.value)
-
-
-def _openssl_reason(error: Any) -> str:
-    # OpenSSL.SSL.Error carries [(library, function, reason), ...].
-    try:
-        return "; ".join(str(entry[-1]) for entry in error.args[0]) or str(error)
-    except (AttributeError, IndexError, TypeError):
-        return str(error)
 
 
 @implementer(IStreamClientEndpoint)

@@ -17,9 +17,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from . import __version__, codec
-from .auth import NOTHING, Grant
-from .errors import (
+from .._version import PROTOCOL_VERSION, __version__
+from ..errors import (
     AuthError,
     BadRequest,
     FrameTooLarge,
@@ -28,11 +27,14 @@ from .errors import (
     ServerError,
     SlowSubscriber,
 )
-from .channels import PUBLISH_HEAD, split_channels
-from .framing import FrameAssembler
+from ..state.auth import NOTHING, Grant
+from ..state.store import MISSING
+from ..wire import codec
+from ..wire.frames import PUBLISH_HEAD
+from ..wire.framing import FrameDecoder, FrameTooLong
+from ..wire.names import split_channels
+from ..wire.tls import tls_failure
 from .outbox import Outbox, ReadThrottle, set_reading
-from .store import MISSING
-from .tls import tls_failure
 
 if TYPE_CHECKING:
     from .factory import LTtxFactory
@@ -98,9 +100,10 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def __init__(self, factory: "LTtxFactory") -> None:
         self.factory = factory
-        self.MAX_LENGTH = min(HELLO_MAX_FRAME, factory.max_frame)  # raised by hello
+        # Raised to --max-frame by hello.
+        self._decoder = FrameDecoder(min(HELLO_MAX_FRAME, factory.max_frame))
+        self.paused = False  # set_reading(False): requests wait in the decoder
         self._hello_timer: Any = None
-        self._large_frame = FrameAssembler()
         self.authenticated = False
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
@@ -153,18 +156,26 @@ class LTtxServerProtocol(Int32StringReceiver):
     def lengthLimitExceeded(self, length: int) -> None:
         # The stream cannot be resynchronised cheaply: say why, then close.
         self.log.warn("{peer} sent a frame of {length} bytes, over the limit of {limit}",
-                      peer=self.peer, length=length, limit=self.MAX_LENGTH)
+                      peer=self.peer, length=length, limit=self._decoder.max_length)
         self._fatal(None, FrameTooLarge(
-            f"frame of {length} bytes is over the limit of {self.MAX_LENGTH} bytes"))
+            f"frame of {length} bytes is over the limit of {self._decoder.max_length} bytes"))
 
     def dataReceived(self, data: bytes) -> None:
-        complete = self._large_frame.feed(data)
-        if complete is None:
-            return  # the rest of a large frame is still on its way
+        decoder = self._decoder
+        decoder.feed(data)
         try:
-            super().dataReceived(complete)
+            # Paused: the peer does not read its replies; what it sent waits
+            # in the decoder until set_reading resumes.
+            while not self.paused and not self.transport.disconnecting:
+                try:
+                    frame = decoder.next_frame()
+                except FrameTooLong as e:
+                    self.lengthLimitExceeded(e.length)
+                    return
+                if frame is None:
+                    return
+                self.stringReceived(frame)
         finally:
-            self._unprocessed = self._large_frame.hold(self._unprocessed, self.MAX_LENGTH)
             # The publishes of this chunk are queued in the subscribers'
             # outboxes: one write per subscriber for the whole chunk, sent
             # even if a later frame of the chunk failed.
@@ -281,7 +292,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.file_session = self.factory.files.session(self)
         self.authenticated = True
         self.grant = grant
-        self.MAX_LENGTH = self.factory.max_frame
+        self._decoder.max_length = self.factory.max_frame
         if self.file_session is None:
             self.transport.registerProducer(ReadThrottle(self.set_reading), True)
         if self._hello_timer is not None:
@@ -294,8 +305,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.send_reply(request_id, {
             "server": "lttx",
             "version": __version__,
-            "protocol": codec.PROTOCOL_VERSION,
-            "max_frame": self.MAX_LENGTH,
+            "protocol": PROTOCOL_VERSION,
+            "max_frame": self._decoder.max_length,
         })
 
     # -- rights -------------------------------------------------------------

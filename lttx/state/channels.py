@@ -2,7 +2,7 @@
 The channel registry: who subscribes to what, and the fan-out of each message.
 
 Plain Python (no ``twisted.internet``): subscribers are anything providing
-:class:`ISubscriber` (the daemon's :class:`lttx.outbox.Outbox`, a list in the
+:class:`ISubscriber` (the daemon's :class:`lttx.server.outbox.Outbox`, a list in the
 tests).  Each message is encoded once, as the complete wire frame (length
 prefix included), and the same bytes object is handed to every subscriber.
 
@@ -15,7 +15,6 @@ and dropped, as in Redis or NATS.
 from __future__ import annotations
 
 import hmac
-import struct
 import time
 from typing import Any, Callable, Hashable, Iterable, Optional
 
@@ -23,16 +22,11 @@ import msgpack
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from . import codec
-from .errors import AuthError, BadRequest
+from ..errors import AuthError, BadRequest
+from ..wire import codec
+from ..wire.frames import MESSAGE_HEAD, PREFIX, pack_seq
+from ..wire.names import check_channel, split_channels
 
-_PREFIX = struct.Struct("!I")
-#: The start of a MESSAGE payload: a 5-element array, then kind 3.
-_MESSAGE_HEAD = b"\x95\x03"
-#: The start of every PUBLISH payload a MessagePack encoder writes canonically.
-PUBLISH_HEAD = b"\x94\x05"
-
-MAX_CHANNEL_NAME = 200
 #: Key types a message may carry: hashable, so conflation can index them.
 _KEY_TYPES = (str, bytes, int, float, bool, type(None))
 
@@ -57,35 +51,6 @@ class ISubscriber(Interface):
 
     def close(reason: str) -> None:
         """The registry dropped this subscriber (too slow): tell it why and disconnect."""
-
-
-def split_channels(channels: Any) -> list[str]:
-    """
-    ``"a@b"``, ``"a"`` or ``["a", "b@c"]`` -> ``["a", "b", "c"]`` (duplicates removed).
-
-    :raises BadRequest: for an empty name, a name over 200 characters, or not a str.
-    """
-    if isinstance(channels, str):
-        channels = [channels]
-    if not isinstance(channels, (list, tuple)) or not channels:
-        raise BadRequest("channels must be a name, 'a@b', or a non-empty list of names")
-    names: dict[str, None] = {}
-    for item in channels:
-        if not isinstance(item, str):
-            raise BadRequest(f"a channel name must be a str, not {type(item).__name__}")
-        for name in item.split("@"):
-            check_channel(name)
-            names[name] = None
-    return list(names)
-
-
-def check_channel(name: Any) -> None:
-    """:raises BadRequest: unless ``name`` is a usable channel name."""
-    if not isinstance(name, str):
-        raise BadRequest(f"a channel name must be a str, not {type(name).__name__}")
-    if not name or len(name) > MAX_CHANNEL_NAME or "@" in name:
-        raise BadRequest(f"bad channel name {name!r:.60}: 1 to {MAX_CHANNEL_NAME} "
-                         "characters, no '@'")
 
 
 class _Channel:
@@ -244,8 +209,8 @@ class ChannelRegistry:
         if encoded is None:
             encoded = msgpack.packb(channel) + msgpack.packb(key) + codec.encode(data)
         ch.seq += 1
-        payload = _MESSAGE_HEAD + encoded + pack_seq(ch.seq)
-        frame = _PREFIX.pack(len(payload)) + payload
+        payload = MESSAGE_HEAD + encoded + pack_seq(ch.seq)
+        frame = PREFIX.pack(len(payload)) + payload
         dirty = self._dirty
         for subscriber, conflate in ch.subscribers.items():
             if subscriber.deliver(frame, (channel, key) if conflate else None):
@@ -289,23 +254,6 @@ class ChannelRegistry:
             "slow_subscribers_cut_off": self.slow_cut_off,
             "conflated_drops": conflated,
         }
-
-
-_SMALL_INTS = tuple(bytes([n]) for n in range(128))
-
-
-def pack_seq(n: int) -> bytes:
-    """The MessagePack encoding of a non-negative int, as ``msgpack.packb`` writes
-    it, without building a Packer per message."""
-    if n < 0x80:
-        return _SMALL_INTS[n]
-    if n < 0x100:
-        return b"\xcc" + n.to_bytes(1, "big")
-    if n < 0x10000:
-        return b"\xcd" + n.to_bytes(2, "big")
-    if n < 0x100000000:
-        return b"\xce" + n.to_bytes(4, "big")
-    return b"\xcf" + n.to_bytes(8, "big")
 
 
 def _check_key(key: Any) -> None:

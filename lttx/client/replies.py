@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred
 
-from . import codec
-from .errors import LTtxError, error_from_wire
+from ..errors import LTtxError, error_from_wire
+from ..wire import codec
 
 
 def settle(pending: dict[int, "Deferred[Any]"], message: list[Any]) -> Optional[LTtxError]:

@@ -14,15 +14,15 @@ from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
-from . import __version__
-from .auth import TokenAuthenticator
-from .channels import ChannelRegistry
+from .._version import __version__
+from ..state.auth import TokenAuthenticator
+from ..state.channels import ChannelRegistry
+from ..state.status import StatusSource, gather_status
+from ..state.store import IVariableStore
 from .protocol import LTtxServerProtocol
-from .status import StatusSource, gather_status
-from .store import IVariableStore
 
 if TYPE_CHECKING:
-    from .filetransfer import FileService
+    from .files import FileService
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024

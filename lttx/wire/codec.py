@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import BadRequest, EncodeError
+from ..errors import BadRequest, EncodeError
 
 REQUEST = 0
 REPLY = 1
@@ -30,9 +30,6 @@ ERROR = 2
 MESSAGE = 3
 NOTICE = 4
 PUBLISH = 5
-
-#: The protocol version a client announces in ``hello``.
-PROTOCOL_VERSION = 1
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -35,16 +35,17 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads, IReactorTime
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Cooperator, LoopingCall, TaskDone, TaskStopped
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from .errors import RecoveryError, StorageError, Unavailable
+from ..diskio import InlineLane, ThreadLane, lane_for
+from ..errors import RecoveryError, StorageError, Unavailable
+from ..state.store import MISSING, IVariableStore, MemoryStore, check_dict_key
+from ..wire.names import check_variable_name
 from .journal import (
     DELETE,
     DICT_CHANGE,
@@ -60,7 +61,6 @@ from .journal import (
     recover,
     remove_generations_before,
 )
-from .store import MISSING, IVariableStore, MemoryStore, check_dict_key, check_name
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 
@@ -75,48 +75,6 @@ DEFAULT_COMPACTION_SLICE = 0.01
 #: Encoded snapshot bytes handed to the writer thread before the encoder waits
 #: for it (bounds the memory a compaction uses on a slow disk).
 SNAPSHOT_BACKLOG = 16 * 1024 * 1024
-
-
-class ThreadLane:
-    """Runs blocking jobs one after another in a thread of its own."""
-
-    def __init__(self, reactor: Any, name: str) -> None:
-        self._reactor = reactor
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
-        self._started = False
-
-    def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
-        """Run ``f(*args)`` after every job run before it; its result."""
-        if not self._started:
-            self._pool.start()
-            self._started = True
-        return deferToThreadPool(self._reactor, self._pool, f, *args)
-
-    def stop(self) -> None:
-        """Join the thread (call once every job has finished)."""
-        if self._started:
-            self._pool.stop()
-            self._started = False
-
-
-class InlineLane:
-    """
-    Runs each job at once on the calling thread: for reactors without
-    threads (``MemoryReactorClock`` in tests) and for tools working on a data
-    directory with no reactor running.
-    """
-
-    def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
-        return maybeDeferred(f, *args)
-
-    def stop(self) -> None:
-        """Nothing runs in the background: nothing to stop."""
-
-
-def _lane(reactor: Any, name: str) -> Any:
-    if IReactorFromThreads.providedBy(reactor) and IReactorThreads.providedBy(reactor):
-        return ThreadLane(reactor, name)
-    return InlineLane()
 
 
 def _lock(directory: str) -> int:
@@ -312,8 +270,8 @@ class DurableStore(Service):
             policy=fsync)
         return cls(
             directory, fsync, reactor, memory, recovered.journal, recovered.generation,
-            journal_lane or _lane(reactor, "lttx-journal"),
-            snapshot_lane or _lane(reactor, "lttx-snapshot"),
+            journal_lane or lane_for(reactor, "lttx-journal"),
+            snapshot_lane or lane_for(reactor, "lttx-snapshot"),
             snapshot_bytes=recovered.snapshot_bytes, lock_fd=lock_fd, **tuning)
 
     # -- service --------------------------------------------------------------
@@ -410,40 +368,40 @@ class DurableStore(Service):
     def put(self, name: str, value: Any) -> Any:
         self._writable()
         # Encoding first: a value that cannot be journalled is refused unapplied.
-        record = encode_record([PUT, check_name(name), value])
+        record = encode_record([PUT, check_variable_name(name), value])
         self._preserve(name, False)
         self._memory.put(name, value)
         return self._append(record, None)
 
     def delete(self, name: str) -> Any:
         self._writable()
-        self._preserve(check_name(name), False)
+        self._preserve(check_variable_name(name), False)
         if not self._memory.delete(name):
             return False
         return self._append(encode_record([DELETE, name]), True)
 
     def dict_change(self, name: str, key: Any, value: Any) -> Any:
         self._writable()
-        record = encode_record([DICT_CHANGE, check_name(name), check_dict_key(key), value])
+        record = encode_record([DICT_CHANGE, check_variable_name(name), check_dict_key(key), value])
         self._preserve(name, True)
         self._memory.dict_change(name, key, value)
         return self._append(record, None)
 
     def list_append(self, name: str, item: Any) -> Any:
         self._writable()
-        record = encode_record([LIST_APPEND, check_name(name), item])
+        record = encode_record([LIST_APPEND, check_variable_name(name), item])
         self._preserve(name, True)
         return self._append(record, self._memory.list_append(name, item))
 
     def list_pop(self, name: str, index: int = -1) -> Any:
         self._writable()
-        self._preserve(check_name(name), True)
+        self._preserve(check_variable_name(name), True)
         item = self._memory.list_pop(name, index)
         return self._append(encode_record([LIST_POP, name, index]), item)
 
     def list_remove(self, name: str, item: Any) -> Any:
         self._writable()
-        record = encode_record([LIST_REMOVE, check_name(name), item])
+        record = encode_record([LIST_REMOVE, check_variable_name(name), item])
         self._preserve(name, True)
         if not self._memory.list_remove(name, item):
             return False

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional, TypeVar
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from .errors import LTtxError, TimeoutError
+from ..errors import LTtxError, TimeoutError
 
 _T = TypeVar("_T")
 

@@ -43,10 +43,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import codec
-from .errors import BadRequest, error_from_wire
-from .redis import RedisClient, RedisError, Script
-from .store import MISSING, IVariableStore, check_dict_key, check_index, check_name
+from ...errors import BadRequest, error_from_wire
+from ...state.store import MISSING, IVariableStore, check_dict_key, check_index
+from ...wire import codec
+from ...wire.names import check_variable_name
+from .resp import RedisClient, RedisError, Script
 
 _NAN = math.nan
 _TAG = 0xC1
@@ -262,7 +263,7 @@ class RedisStore:
         return self.client.execute("HLEN", self._types).addCallbacks(got, lambda f: None)
 
     def _run(self, script: Script, name: Any, *args: Any) -> Deferred[Any]:
-        check_name(name)
+        check_variable_name(name)
         d = self.client.evalsha(script, [self._types, self.prefix + "v:" + name],
                                 [name, repr(name), *args])
         return d.addErrback(_typed_error)
@@ -294,7 +295,7 @@ class RedisStore:
 
     def exists(self, name: str) -> Any:  # a Deferred
         return _call(lambda: self.client.execute(
-            "HEXISTS", self._types, check_name(name)).addCallback(bool))
+            "HEXISTS", self._types, check_variable_name(name)).addCallback(bool))
 
     def keys(self, pattern: str = "*") -> Any:  # a Deferred
         return _call(self._keys, pattern)

@@ -1,7 +1,7 @@
 """
 The Redis engine: several daemons on one Redis act as one data center.
 
-- Variables: :class:`lttx.redis_store.RedisStore`.
+- Variables: :class:`lttx.engines.redis.store.RedisStore`.
 - Channels: :class:`SharedChannelRegistry`, a :class:`ChannelRegistry` whose
   publishes also go to Redis and whose subscribers also get what other
   daemons publish.  A daemon SUBSCRIBEs in Redis to ``<prefix>c:<channel>``
@@ -48,11 +48,11 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import codec
-from .channels import ChannelRegistry, ISubscriber
-from .errors import LTtxError
-from .redis import RedisAddress, RedisClient
-from .redis_store import SCRIPTS, RedisStore
+from ...errors import LTtxError
+from ...state.channels import ChannelRegistry, ISubscriber
+from ...wire import codec
+from .resp import RedisAddress, RedisClient
+from .store import SCRIPTS, RedisStore
 
 _LENGTH = struct.Struct("!I")
 _ID_SIZE = 16

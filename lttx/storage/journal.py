@@ -33,9 +33,10 @@ from typing import Any, Iterator, Optional
 
 from twisted.logger import Logger
 
-from . import codec
-from .errors import BadRequest, LTtxError, RecoveryError
-from .store import MemoryStore
+from ..diskio import fsync_directory, sync_data
+from ..errors import BadRequest, LTtxError, RecoveryError
+from ..state.store import MemoryStore
+from ..wire import codec
 
 FORMAT_VERSION = 1
 JOURNAL_MAGIC = b"LTTXJRNL"
@@ -198,20 +199,6 @@ def apply_record(store: MemoryStore, record: list[Any]) -> None:
 # -- writing (blocking; lttx.durable runs these in a thread) -----------------
 
 
-def fsync_directory(path: str) -> None:
-    """Make a create, rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync(fd: int) -> None:
-    # fdatasync skips the inode times but still syncs the size an append changed.
-    getattr(os, "fdatasync", os.fsync)(fd)
-
-
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -234,7 +221,7 @@ class AppendFile:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
             _write_all(fd, encode_header(JOURNAL_MAGIC, generation))
-            _sync(fd)
+            sync_data(fd)
             fsync_directory(directory)
         except BaseException:
             os.close(fd)
@@ -251,7 +238,7 @@ class AppendFile:
         self.size += len(data)
 
     def sync(self) -> None:
-        _sync(self.fd)
+        sync_data(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -284,7 +271,7 @@ class SnapshotWriter:
     def finish(self, count: int) -> int:
         """Seal with the end record, sync, rename into place; the file's size."""
         self.write(encode_record([SNAPSHOT_END, count]))
-        _sync(self.fd)
+        sync_data(self.fd)
         os.close(self.fd)
         self.fd = -1
         os.replace(self.temporary, self.path)

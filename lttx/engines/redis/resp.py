@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import LTtxError, Unavailable
+from ...errors import LTtxError, Unavailable
 
 
 class RedisError(LTtxError):

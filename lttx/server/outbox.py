@@ -25,7 +25,7 @@ from typing import Any, Callable, Hashable, Optional
 from twisted.internet.interfaces import IPushProducer, ITransport
 from zope.interface import implementer
 
-from .channels import ISubscriber
+from ..state.channels import ISubscriber
 
 #: The largest slice of a backlog written at once after a resume.
 CHUNK = 256 * 1024

@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 from zope.interface import Interface, implementer
 
-from .errors import BadRequest, IndexOutOfRange, NotFound, WrongTypeError
+from ..errors import BadRequest, IndexOutOfRange, NotFound, WrongTypeError
+from ..wire.names import check_variable_name
 
 #: Marks "no such variable / key" in results where None is a legitimate value.
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
@@ -86,13 +87,6 @@ def strict_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def check_name(name: Any) -> str:
-    """A variable name is a non-empty str."""
-    if not isinstance(name, str) or not name:
-        raise BadRequest(f"a variable name must be a non-empty string, not {name!r:.60}")
-    return name
-
-
 def check_index(index: Any) -> int:
     if type(index) is not int:
         raise BadRequest(f"a list index must be an int, not {type(index).__name__}")
@@ -129,23 +123,23 @@ class MemoryStore:
         return list(self._values)
 
     def _typed(self, name: str, kind: type, operation: str) -> Any:
-        value = self._values.get(check_name(name), MISSING)
+        value = self._values.get(check_variable_name(name), MISSING)
         if value is not MISSING and type(value) is not kind:
             raise WrongTypeError(
                 f"{operation} needs a {kind.__name__}, but {name!r} holds a {_type_name(value)}")
         return value
 
     def put(self, name: str, value: Any) -> None:
-        self._values[check_name(name)] = value
+        self._values[check_variable_name(name)] = value
 
     def get(self, name: str) -> Any:
-        return self._values.get(check_name(name), MISSING)
+        return self._values.get(check_variable_name(name), MISSING)
 
     def delete(self, name: str) -> bool:
-        return self._values.pop(check_name(name), MISSING) is not MISSING
+        return self._values.pop(check_variable_name(name), MISSING) is not MISSING
 
     def exists(self, name: str) -> bool:
-        return check_name(name) in self._values
+        return check_variable_name(name) in self._values
 
     def keys(self, pattern: str = "*") -> list[str]:
         if not isinstance(pattern, str):

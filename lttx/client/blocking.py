@@ -1,0 +1,441 @@
+"""
+The blocking LTtx client for scripts, notebooks and threads: :class:`Client`,
+made by :func:`connect`.  It runs an :class:`~lttx.client.asyncclient.AsyncClient`
+on a reactor of its own in a background thread (:mod:`lttx.client.eventloop`)
+and holds no protocol logic.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import queue
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.internet.defer import Deferred
+
+from ..errors import ConnectionLost, EncodeError, LTtxError, TimeoutError
+from ..wire import codec
+from .asyncclient import AsyncClient
+from .eventloop import EventLoop
+from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
+from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_address
+
+#: Bytes of pushes the blocking client holds while the connection cannot take
+#: them (its send buffer is full, or it reconnects) before ``push`` blocks.
+DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
+
+
+class Client:
+    """
+    The blocking LTtx client; safe to use from several threads at once.
+
+    Made by :func:`connect`.  Each call waits for the daemon's reply (at most
+    ``timeout`` seconds); :meth:`push` does not wait.  Messages of subscribed
+    channels arrive in :attr:`Q` as :class:`Message` tuples.
+    """
+
+    def __init__(self, loop: EventLoop, client: AsyncClient, timeout: float,
+                 messages: "queue.Queue[Message]",
+                 push_buffer: int = DEFAULT_PUSH_BUFFER) -> None:
+        self._loop = loop
+        self._client = client
+        self.timeout = timeout
+        self.Q = messages
+        self.push_buffer = push_buffer
+        # Pushes not yet handed to the reactor thread, and their size; the
+        # condition wakes a pusher blocked on a full buffer.
+        self._push_lock = threading.Lock()
+        self._push_room = threading.Condition(self._push_lock)
+        # One packer, used under the push lock: msgpack.packb would build a
+        # new Packer for every push.
+        self._packer = codec.packer()
+        self._push_frames: list[bytes] = []
+        self._push_bytes = 0
+        self._hand_over_pending = False
+        self._awaiting_writable = False  # reactor thread only
+        self._closed = False
+        self._callbacks: "Optional[queue.SimpleQueue[Any]]" = None
+        self._dropping_callbacks = False
+        self._callback_thread: Optional[threading.Thread] = None
+        # A script that ends without close() still delivers what it pushed.
+        self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._exit_hook)
+
+    def _call(self, method: Callable[..., "Deferred[Any]"], *args: Any) -> Any:
+        try:
+            return self._loop.run(method, *args, timeout=self.timeout)
+        except TimeoutError:
+            if not self._client.connected:
+                raise ConnectionLost(f"not connected to the daemon (reconnecting) "
+                                     f"within {self.timeout} s") from None
+            raise
+
+    @property
+    def server_info(self) -> dict[str, Any]:
+        """What the daemon said of itself at ``hello`` (version, limits)."""
+        return self._client.server_info
+
+    def ping(self) -> str:
+        return self._call(self._client.ping)
+
+    def put(self, name: str, value: Any) -> None:
+        """Set the variable ``name`` to ``value`` (None, bool, int, float, str, bytes,
+        list, dict, nested); returns once the daemon has applied it."""
+        return self._call(self._client.put, name, value)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value of ``name``, or ``default`` if there is no such variable."""
+        return self._call(self._client.get, name, default)
+
+    def delete(self, name: str) -> bool:
+        """Delete ``name``; whether it existed."""
+        return self._call(self._client.delete, name)
+
+    def exists(self, name: str) -> bool:
+        return self._call(self._client.exists, name)
+
+    def keys(self, pattern: str = "*") -> list[str]:
+        """Sorted variable names matching a glob pattern."""
+        return self._call(self._client.keys, pattern)
+
+    def dict_change(self, name: str, key: Any, value: Any) -> None:
+        """``d[key] = value`` on the server; the dict is created if absent.
+
+        :raises WrongTypeError: if ``name`` holds something other than a dict."""
+        return self._call(self._client.dict_change, name, key, value)
+
+    def get_dict_value(self, name: str, key: Any, default: Any = None) -> Any:
+        """One key of a big dict without fetching the dict."""
+        return self._call(self._client.get_dict_value, name, key, default)
+
+    def list_append(self, name: str, item: Any) -> int:
+        """Append to a list variable (created if absent); the new length."""
+        return self._call(self._client.list_append, name, item)
+
+    def list_pop(self, name: str, index: int = -1) -> Any:
+        """Pop an item, as ``list.pop``.
+
+        :raises IndexOutOfRange: on an empty list or an index outside it.
+        :raises NotFound: if there is no such variable."""
+        return self._call(self._client.list_pop, name, index)
+
+    def list_remove(self, name: str, item: Any) -> bool:
+        """Remove the first equal item; True if one was removed, False if none."""
+        return self._call(self._client.list_remove, name, item)
+
+    def get_list_value(self, name: str, index: int) -> Any:
+        """One item of a big list without fetching the list."""
+        return self._call(self._client.get_list_value, name, index)
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's figures: version, uptime, connections, variables, and
+        one dict per component (channels, journal, files); see ``lttx status``."""
+        return self._call(self._client.status)
+
+    # -- channels -----------------------------------------------------------
+
+    def subscribe(self, channels: "str | list[str]", password: Optional[str] = None,
+                  conflate: bool = False,
+                  callback: Optional[Callable[[Message], None]] = None) -> dict[str, int]:
+        """
+        Subscribe to channels: ``"a"``, ``"a@b"`` or ``["a", "b"]``.
+
+        Messages arrive in :attr:`Q` as :class:`Message` tuples, or, with
+        ``callback``, are passed to it in one dispatch thread (in order; a slow
+        callback delays only later callbacks).
+
+        :param password: the first subscriber of a channel sets it; later
+            ones must give the same.
+        :param conflate: while this client lags, keep only the newest message
+            per key for it (market data) instead of being cut off.
+        :return: each channel's next sequence number.
+        :raises AuthError: on a wrong password (nothing is subscribed).
+        """
+        deliver = None if callback is None else self._dispatcher(callback)
+        return self._call(self._client.subscribe, channels, password, conflate, deliver)
+
+    def unsubscribe(self, channels: "str | list[str]") -> list[str]:
+        """Leave channels; the channels actually left."""
+        return self._call(self._client.unsubscribe, channels)
+
+    @property
+    def subscriptions(self) -> list[str]:
+        """The channels this client is subscribed to."""
+        return self._client.subscriptions
+
+    def _dispatcher(self, callback: Callable[[Message], None]) -> Callable[[Message], None]:
+        """A reactor-thread callback handing each message to the dispatch thread."""
+        with self._push_lock:  # two threads subscribing at once start one thread
+            if self._callbacks is None:
+                self._callbacks = queue.SimpleQueue()
+                self._callback_thread = threading.Thread(
+                    target=self._run_callbacks, args=(self._callbacks,),
+                    name="lttx-callbacks", daemon=True)
+                self._callback_thread.start()
+        callbacks = self._callbacks
+        limit = getattr(self.Q, "limit", DEFAULT_QUEUE_LIMIT)
+
+        def hand_over(message: Message) -> None:
+            # Bounded like Q: a callback that falls behind for good drops
+            # messages (counted in Q.dropped, logged once) instead of growing.
+            waiting = callbacks.qsize()
+            if waiting >= limit:
+                self._callback_dropped(limit)
+                return
+            if self._dropping_callbacks and waiting < limit // 2:
+                self._dropping_callbacks = False
+            callbacks.put((callback, message))
+
+        return hand_over
+
+    def _callback_dropped(self, limit: int) -> None:
+        if isinstance(self.Q, MessageQueue):
+            self.Q.dropped += 1
+        if not self._dropping_callbacks:
+            self._dropping_callbacks = True
+            AsyncClient.log.warn("{limit} messages wait for callbacks that do not keep up: "
+                                 "dropping new ones (a gap in Message.seq shows them)",
+                                 limit=limit)
+
+    def _run_callbacks(self, callbacks: "queue.SimpleQueue[Any]") -> None:
+        while True:
+            item = callbacks.get()
+            if item is None:
+                return
+            callback, message = item
+            try:
+                callback(message)
+            except Exception:
+                # The user's callback failed; later messages still get theirs.
+                AsyncClient.log.failure("a message callback failed on {channel}",
+                                        channel=message.channel)
+
+    # -- pushes -------------------------------------------------------------
+
+    def send_file(self, path: str, name: Optional[str] = None, progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Upload ``path`` (as ``name``, its base name by default); returns
+        ``{"name", "size", "md5"}`` once the daemon has checked the MD5 and
+        put the file in place.  An interrupted upload of the same file resumes
+        from the byte the daemon holds.  ``progress=True`` shows a tqdm bar.
+        The transfer has no overall time limit; it fails after ``timeout``
+        seconds without progress.
+
+        :raises BadFileName: for a name the daemon refuses.
+        :raises ChecksumMismatch: if the bytes did not arrive intact (no file kept).
+        :raises StorageError: over ``--max-file-size`` or with the daemon's disk full.
+        """
+        return self._loop.run(self._client.send_file, path, name, progress, resume)
+
+    def recv_file(self, name: str, dest: str = ".", progress: bool = False,
+                  resume: bool = True) -> dict[str, Any]:
+        """
+        Download ``name`` into the folder ``dest`` (or to the file path
+        ``dest``); returns ``{"name", "size", "md5", "path"}``.  The file
+        appears only once its MD5 matches; an interrupted download resumes.
+
+        :raises NotFound: if the daemon has no such file (nothing is written).
+        :raises ChecksumMismatch: if the bytes did not arrive intact (nothing kept).
+        """
+        return self._loop.run(self._client.recv_file, name, dest, progress, resume)
+
+    def list_files(self) -> list[dict[str, Any]]:
+        """The daemon's files: ``[{"name", "size", "mtime"}, ...]`` by name."""
+        return self._call(self._client.list_files)
+
+    def delete_file(self, name: str) -> bool:
+        """Delete a stored file; whether it existed."""
+        return self._call(self._client.delete_file, name)
+
+    def push(self, key: Any, data: Any, channel: str) -> None:
+        """
+        Publish ``data`` under ``key`` on ``channel``; returns at once.
+
+        The frame is encoded here (an unencodable value raises
+        :class:`EncodeError` now) and handed to the reactor thread with the
+        other pushes made meanwhile, in one batch: a loop of pushes costs one
+        thread hop per batch, not per push.
+
+        Memory is bounded: while the connection cannot take more (the
+        daemon reads slower than this thread pushes, or the client
+        reconnects), pushes wait here; past :attr:`push_buffer` bytes, ``push``
+        blocks until there is room again, for at most the client's timeout.
+
+        :raises ConnectionLost: if the client stays disconnected that long
+            (this message is not queued).
+        :raises TimeoutError: if the connection stays full that long (this
+            message is not queued).
+        """
+        with self._push_lock:
+            try:
+                frame = self._packer.pack([codec.PUBLISH, channel, key, data])
+            except (TypeError, ValueError, OverflowError) as e:
+                raise EncodeError(f"cannot encode value: {e}") from None
+            if self._push_bytes > self.push_buffer:
+                self._wait_for_room()
+            self._push_frames.append(frame)
+            self._push_bytes += len(frame)
+            schedule = not self._hand_over_pending
+            self._hand_over_pending = True
+        if schedule:
+            self._loop.call_soon(self._hand_over_pushes)
+
+    def _wait_for_room(self) -> None:
+        """Wait (holding the condition) until pushes drop under the bound."""
+        deadline = time.monotonic() + self.timeout
+        while self._push_bytes > self.push_buffer and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if not self._client.connected:
+                    raise ConnectionLost(
+                        f"push: not reconnected within {self.timeout} s and "
+                        f"{self._push_bytes} bytes of pushes are waiting")
+                raise TimeoutError(f"push: the daemon took no pushes for {self.timeout} s")
+            self._push_room.wait(left)
+        if self._closed:
+            raise LTtxError("the client is closed")
+
+    def _hand_over_pushes(self) -> None:
+        """In the reactor thread: write the waiting pushes once the transport takes them."""
+        if not self._client.writable:
+            if not self._awaiting_writable:
+                self._awaiting_writable = True
+                self._client.when_writable().addCallback(self._writable_again)
+            return
+        self._take_pushes()
+
+    def _writable_again(self, _: Any) -> None:
+        self._awaiting_writable = False
+        self._hand_over_pushes()
+
+    def _take_pushes(self) -> None:
+        with self._push_room:
+            frames, self._push_frames = self._push_frames, []
+            self._push_bytes = 0
+            self._hand_over_pending = False
+            self._push_room.notify_all()
+        if frames:
+            self._client.write_pushes(frames)
+
+    def flush(self) -> None:
+        """
+        Wait until every push made so far is handed to the connection.
+
+        :raises ConnectionLost: if the client is disconnected for the whole timeout.
+        """
+        self._call(self._flush_in_loop)
+
+    def _flush_in_loop(self) -> "Deferred[None]":
+        def written(_: Any) -> "Deferred[None]":
+            self._take_pushes()
+            return self._client.flush()
+
+        return self._client.when_writable().addCallback(written)
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """
+        Flush pending pushes, close the connection and stop the client's thread.
+
+        Called by itself at interpreter exit if the program did not.
+
+        :param timeout: seconds to wait for the pushes to be written (the
+            client's timeout by default).
+        """
+        if self._loop.in_loop_thread:
+            raise RuntimeError("close() the blocking client from outside its callbacks")
+        if self._closed:
+            return
+        atexit.unregister(self._exit_hook)
+        try:
+            self._loop.run(self._close_in_loop, timeout=self.timeout if timeout is None
+                           else timeout)
+        except LTtxError as e:
+            # The connection is gone either way; stopping the loop is what is left.
+            self._client.log.warn("closing: pushes not yet written may be lost ({error})",
+                                  error=e)
+        finally:
+            with self._push_room:
+                self._closed = True
+                self._push_room.notify_all()
+            if self._callbacks is not None:
+                self._callbacks.put(None)
+            self._loop.stop()
+
+    def _close_in_loop(self) -> "Deferred[None]":
+        with self._push_room:
+            frames, self._push_frames = self._push_frames, []
+            self._push_bytes = 0
+        self._client.push_frames(frames)
+        return self._client.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+#: Seconds a client left open at interpreter exit has to write its pushes.
+EXIT_FLUSH_TIMEOUT = 10.0
+
+
+def _close_at_exit(ref: "weakref.ref[Client]") -> None:
+    client = ref()
+    if client is not None:
+        client.close(timeout=min(client.timeout, EXIT_FLUSH_TIMEOUT))
+
+
+def connect(host: "str | Sequence[str]" = "127.0.0.1", port: int = DEFAULT_PORT,
+            token: Optional[str] = None,
+            timeout: float = DEFAULT_TIMEOUT, push_buffer: int = DEFAULT_PUSH_BUFFER,
+            tls: bool = False, ca: Optional[str] = None,
+            queue_limit: int = DEFAULT_QUEUE_LIMIT) -> Client:
+    """
+    Connect a blocking client to an LTtx daemon.
+
+    After a lost connection the client reconnects by itself (with backoff),
+    re-authenticates and resubscribes; calls made meanwhile wait for it.
+
+    :param token: the daemon's shared secret (None for a daemon without one).
+    :param timeout: seconds to wait for each reply, and for the connection.
+    :param push_buffer: bytes of pushes held while the connection cannot
+        take them before :meth:`Client.push` blocks.
+    :param tls: speak TLS (the daemon listens on an ``ssl:`` endpoint); the
+        daemon's certificate must be signed by a trusted CA and be for ``host``.
+    :param ca: a PEM file of the CA(s) to trust; None trusts the system's CAs.
+    :param queue_limit: most messages :attr:`Client.Q` holds; while it is full,
+        new messages are dropped and counted in ``Client.Q.dropped``.
+    :raises AuthError: on a wrong token.
+    :raises TLSError: when the certificate is not trusted or not for ``host``.
+    :raises ConnectError: when the daemon cannot be reached.
+
+    ``host`` may be a list of daemons, ``["host1:2025", "host2:2025"]`` (of one
+    data center, on one Redis): the client connects to the first it can reach,
+    and when that connection is lost it tries the next ones, in turn, and
+    resubscribes there.
+    """
+    addresses: tuple[tuple[str, int], ...] = ()
+    if not isinstance(host, str):
+        addresses = tuple(split_address(a, port) for a in host)
+        if not addresses:
+            raise ValueError("connect needs at least one address")
+        host, port = addresses[0]
+    loop = EventLoop()
+    messages = MessageQueue(queue_limit)
+    try:
+        settings = ConnectionSettings(host, port, token, timeout, tls=tls, ca=ca,
+                                      addresses=addresses)
+        client = loop.run(AsyncClient.connect, loop.reactor, settings, messages.put,
+                          messages.put_many, timeout=timeout + 1)
+    except BaseException:
+        loop.stop()
+        raise
+    return Client(loop, client, timeout, messages, push_buffer)
+
+
+__all__ = ["DEFAULT_PUSH_BUFFER", "Client", "connect"]

@@ -1,0 +1,272 @@
+"""
+Blocking disk work and where it runs: off the reactor thread, always.
+
+- Runners: a callable ``run(f, *args) -> Deferred`` of ``f(*args)``.
+  :class:`ThreadLane` runs its jobs one after another in a thread of its own
+  (the journal, the snapshot writer); :func:`pool_runner` in the reactor's
+  thread pool (file transfers, many at once); :class:`InlineLane` at once on
+  the calling thread (reactors without threads, tests).
+- Durability: :func:`sync_data`, :func:`sync_file`, :func:`fsync_directory`.
+- :class:`StreamWriter`: chunks written and hashed in order off the reactor,
+  with backpressure on the producer that feeds it (both ends of a file
+  transfer receive through one).
+- :func:`hash_file_prefix` (resuming a transfer), :func:`storage_error` (an
+  ``OSError`` as the :class:`~lttx.errors.StorageError` a client is told),
+  and the two knobs of a file stream's transport, :func:`read_big` and
+  :func:`stop_sender`.
+
+Used by the storage layer, the daemon and the client alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from .errors import StorageError
+
+#: ``run(f, *args)`` -> a Deferred of ``f(*args)``, run somewhere else.
+RunInThread = Callable[..., "Deferred[Any]"]
+
+_HASH_BLOCK = 1024 * 1024
+#: The receiving side pauses its producer while more than this waits to be written...
+WRITE_HIGH_WATER = 8 * 1024 * 1024
+#: ... and resumes it once the backlog is down to this.
+WRITE_LOW_WATER = 2 * 1024 * 1024
+
+
+# -- where blocking work runs -----------------------------------------------
+
+class ThreadLane:
+    """Runs blocking jobs one after another in a thread of its own."""
+
+    def __init__(self, reactor: Any, name: str) -> None:
+        self._reactor = reactor
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+        self._started = False
+
+    def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        """Run ``f(*args)`` after every job run before it; its result."""
+        if not self._started:
+            self._pool.start()
+            self._started = True
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def stop(self) -> None:
+        """Join the thread (call once every job has finished)."""
+        if self._started:
+            self._pool.stop()
+            self._started = False
+
+
+class InlineLane:
+    """
+    Runs each job at once on the calling thread: for reactors without
+    threads (``MemoryReactorClock`` in tests) and for tools working on a data
+    directory with no reactor running.
+    """
+
+    def run(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        return maybeDeferred(f, *args)
+
+    def stop(self) -> None:
+        """Nothing runs in the background: nothing to stop."""
+
+
+def lane_for(reactor: Any, name: str) -> "ThreadLane | InlineLane":
+    """A :class:`ThreadLane` on a reactor with threads, else an :class:`InlineLane`."""
+    if IReactorFromThreads.providedBy(reactor) and IReactorThreads.providedBy(reactor):
+        return ThreadLane(reactor, name)
+    return InlineLane()
+
+
+def pool_runner(reactor: Any) -> RunInThread:
+    """``run(f, *args)`` -> a Deferred of ``f(*args)`` run in the reactor's thread pool."""
+    return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+
+def run_inline(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+    """A :data:`RunInThread` that runs ``f`` at once (tests, tiny files)."""
+    return maybeDeferred(f, *args)
+
+
+# -- durability ----------------------------------------------------------------
+
+def sync_data(fd: int) -> None:
+    """Make what was written to ``fd`` durable (fdatasync: the inode times are
+    skipped, the size an append changed is not)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def sync_file(file: Any) -> None:
+    """Flush a Python file object and fsync it."""
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def fsync_directory(path: str) -> None:
+    """Make a create, rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove ``path``; one that is already gone is what was wanted."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def storage_error(error: Optional[BaseException], what: str) -> StorageError:
+    """The StorageError a failed write (an OSError, normally) stands for."""
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"disk full: no space left to write {what}")
+    if code == errno.EFBIG:
+        return StorageError(f"{what} is larger than the file system allows")
+    return StorageError(f"cannot write {what}: {getattr(error, 'strerror', None) or error}")
+
+
+# -- hashing -----------------------------------------------------------------
+
+def hash_prefix(file: Any, length: int, md5: Any) -> str:
+    """Feed the first ``length`` bytes of an open file to ``md5``; its hex digest."""
+    file.seek(0)
+    left = length
+    while left > 0:
+        block = file.read(min(_HASH_BLOCK, left))
+        if not block:
+            break
+        md5.update(block)
+        left -= len(block)
+    return str(md5.hexdigest())
+
+
+def hash_file_prefix(path: str, length: int) -> tuple[Any, str]:
+    """The MD5 object and hex digest of the first ``length`` bytes of ``path``."""
+    md5 = hashlib.md5()
+    with open(path, "rb") as f:
+        digest = hash_prefix(f, length, md5)
+    return md5, digest
+
+
+# -- the receiving side of a stream ------------------------------------------
+
+def _write_chunks(file: Any, md5: Any, chunks: list[bytes]) -> None:
+    # Runs in a thread: hashlib and file writes release the GIL on big buffers.
+    for chunk in chunks:
+        md5.update(chunk)
+        file.write(chunk)
+
+
+class StreamWriter:
+    """
+    Write chunks to a file in order, in a thread, hashing them as they go.
+
+    While more than ``high`` bytes wait to be written, ``producer`` (the
+    receiving protocol) is paused, so a fast sender and a slow disk cannot make
+    the receiver's memory grow; it is resumed at ``low``.  The first write
+    error is kept; ``on_error`` is told of it and later chunks are dropped.
+    """
+
+    def __init__(self, file: Any, md5: Any, run_in_thread: RunInThread, producer: Any,
+                 on_error: Callable[[Failure], None],
+                 high: int = WRITE_HIGH_WATER, low: int = WRITE_LOW_WATER) -> None:
+        self.file = file
+        self.md5 = md5
+        self._run = run_in_thread
+        self._producer = producer
+        self._on_error = on_error
+        self._high = high
+        self._low = low
+        self._queue: list[bytes] = []
+        self.queued = 0
+        self._busy = False
+        self.paused = False
+        self.error: Optional[Failure] = None
+        self._waiters: list[Deferred[None]] = []
+
+    def write(self, chunk: bytes) -> None:
+        if self.error is not None:
+            return
+        self._queue.append(chunk)
+        self.queued += len(chunk)
+        if not self._busy:
+            self._next()
+        if self.queued > self._high and not self.paused:
+            self.paused = True
+            self._producer.pauseProducing()
+
+    def _next(self) -> None:
+        chunks, self._queue = self._queue, []
+        self._busy = True
+        d = self._run(_write_chunks, self.file, self.md5, chunks)
+        d.addCallbacks(self._written, self._failed,
+                       callbackArgs=(sum(len(c) for c in chunks),))
+
+    def _written(self, _: Any, length: int) -> None:
+        self._busy = False
+        self.queued -= length
+        if self._queue:
+            self._next()
+        if self.paused and self.queued <= self._low:
+            self.paused = False
+            self._producer.resumeProducing()
+        if not self._busy:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        self._busy = False
+        self._queue = []
+        self.queued = 0
+        self.error = failure
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(failure)
+        self._on_error(failure)
+
+    def drained(self) -> "Deferred[None]":
+        """Fires once every chunk given so far is written (fails with the write error)."""
+        if self.error is not None:
+            return fail(self.error)
+        if not self._busy:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        return d
+
+
+def stop_sender(sender: Any) -> None:
+    """Stop a :class:`~twisted.protocols.basic.FileSender` for good:
+    ``stopProducing`` alone lets the transport pull the rest of the file."""
+    sender.stopProducing()
+    sender.file = None
+
+
+def read_big(transport: Any) -> None:
+    """Read up to 1 MiB per recv on a file connection instead of Twisted's 64 KiB:
+    far fewer calls for a stream of file data."""
+    if isinstance(getattr(transport, "bufferSize", None), int):
+        transport.bufferSize = READ_SIZE
+
+
+#: Bytes read from the socket at once on a file connection (:func:`read_big`).
+READ_SIZE = 1024 * 1024
+
+__all__ = ["InlineLane", "RunInThread", "StreamWriter", "ThreadLane", "fsync_directory",
+           "hash_file_prefix", "hash_prefix", "lane_for", "pool_runner", "read_big",
+           "run_inline", "stop_sender", "storage_error", "sync_data", "sync_file",
+           "unlink_quietly"]

@@ -1,0 +1,107 @@
+"""
+Splitting a byte stream into frames, with no I/O: the decoder owns its buffer.
+
+Both ends feed what a read gave them to :meth:`FrameDecoder.feed` and take
+complete payloads with :meth:`FrameDecoder.next_frame`, as long as they want
+them (the daemon stops taking while it cannot write its replies; what is not
+taken stays buffered here).
+
+Large frames cost one copy, not a quadratic number: Twisted's
+``IntNStringReceiver`` joins every read onto what it holds, so a frame of N
+bytes arriving in 64 KiB reads costs about N²/128 KiB of copying (7 s for
+32 MiB).  Here a frame that is still incomplete keeps its reads in a list and
+joins them once, when the last byte is there.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from .frames import PREFIX
+
+_HEADER = PREFIX.size
+
+
+class FrameTooLong(Exception):
+    """A length prefix over the decoder's limit: the stream cannot be resynchronised."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        super().__init__(f"frame of {length} bytes is over the limit of {limit} bytes")
+        self.length = length
+        self.limit = limit
+
+
+class FrameDecoder:
+    """
+    The frames of one connection's incoming bytes, in order.
+
+    :param max_length: the largest payload accepted; a longer one raises
+        :class:`FrameTooLong` from :meth:`next_frame` (the limit may be
+        changed at any time, e.g. raised once the peer authenticated).
+    """
+
+    def __init__(self, max_length: int) -> None:
+        self.max_length = max_length
+        self._buffer = b""  # complete frames and the start of the next one
+        self._position = 0  # where the next unread frame starts in _buffer
+        # The reads of an incomplete frame too long to re-join on every read.
+        self._pieces: list[bytes] = []
+        self._have = 0  # bytes in _pieces
+        self._need = 0  # bytes the incomplete frame needs in all (prefix included)
+
+    def feed(self, data: bytes) -> None:
+        """Add the bytes of one read."""
+        if not data:
+            return
+        if self._need:
+            self._pieces.append(data)
+            self._have += len(data)
+            if self._have >= self._need:
+                self._buffer = b"".join(self._pieces)
+                self._position = 0
+                self._pieces, self._have, self._need = [], 0, 0
+            return
+        if self._position < len(self._buffer):
+            rest = self._buffer[self._position:] if self._position else self._buffer
+            self._buffer = rest + data
+        else:
+            self._buffer = data
+        self._position = 0
+
+    def next_frame(self) -> Optional[bytes]:
+        """
+        The next complete payload, or None until more bytes are fed.
+
+        :raises FrameTooLong: if the next frame's length is over the limit.
+        """
+        if self._need:
+            return None
+        buffer, position = self._buffer, self._position
+        available = len(buffer) - position
+        if available < _HEADER:
+            return None
+        (length,) = PREFIX.unpack_from(buffer, position)
+        if length > self.max_length:
+            raise FrameTooLong(length, self.max_length)
+        end = position + _HEADER + length
+        if end > len(buffer):
+            # Incomplete: a long one collects its reads until it is whole.
+            if length >= _COLLECT_FROM:
+                self._pieces = [buffer[position:]]
+                self._have = available
+                self._need = _HEADER + length
+                self._buffer, self._position = b"", 0
+            return None
+        self._position = end
+        return buffer[position + _HEADER:end]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken as frames."""
+        return len(self._buffer) - self._position + self._have
+
+
+#: Incomplete frames from this size on are collected and joined once.
+_COLLECT_FROM = 256 * 1024
+
+__all__ = ["FrameDecoder", "FrameTooLong"]

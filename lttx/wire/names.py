@@ -1,0 +1,100 @@
+"""
+What a variable, a channel or a file may be called: every name rule of the
+protocol, in one place, applied the same by the daemon and the client.
+
+- a variable name is any non-empty string;
+- a channel name is 1 to :data:`MAX_CHANNEL_NAME` characters without ``@``
+  (``"a@b"`` names two channels at once);
+- a file name is a plain file name: no separator, no ``..``, no NUL, no
+  leading dot, at most :data:`MAX_FILE_NAME_BYTES` UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BadFileName, BadRequest
+
+#: The longest channel name, in characters.
+MAX_CHANNEL_NAME = 200
+#: The longest file name, in UTF-8 bytes (NAME_MAX of common file systems).
+MAX_FILE_NAME_BYTES = 255
+
+
+def check_variable_name(name: Any) -> str:
+    """
+    Return ``name`` if it can name a variable.
+
+    :raises BadRequest: unless it is a non-empty str.
+    """
+    if not isinstance(name, str) or not name:
+        raise BadRequest(f"a variable name must be a non-empty string, not {name!r:.60}")
+    return name
+
+
+def check_channel(name: Any) -> str:
+    """
+    Return ``name`` if it can name one channel.
+
+    :raises BadRequest: unless it is a str of 1 to 200 characters without ``@``.
+    """
+    if not isinstance(name, str):
+        raise BadRequest(f"a channel name must be a str, not {type(name).__name__}")
+    if not name or len(name) > MAX_CHANNEL_NAME or "@" in name:
+        raise BadRequest(f"bad channel name {name!r:.60}: 1 to {MAX_CHANNEL_NAME} "
+                         "characters, no '@'")
+    return name
+
+
+def split_channels(channels: Any) -> list[str]:
+    """
+    ``"a@b"``, ``"a"`` or ``["a", "b@c"]`` -> ``["a", "b", "c"]`` (duplicates removed).
+
+    :raises BadRequest: for an empty name, a name over 200 characters, or not a str.
+    """
+    if isinstance(channels, str):
+        channels = [channels]
+    if not isinstance(channels, (list, tuple)) or not channels:
+        raise BadRequest("channels must be a name, 'a@b', or a non-empty list of names")
+    names: dict[str, None] = {}
+    for item in channels:
+        if not isinstance(item, str):
+            raise BadRequest(f"a channel name must be a str, not {type(item).__name__}")
+        for name in item.split("@"):
+            check_channel(name)
+            names[name] = None
+    return list(names)
+
+
+def check_file_name(name: object) -> str:
+    """
+    Return ``name`` if it is a plain file name, else refuse it.
+
+    :raises BadFileName: for a non-string, an empty name, a path separator,
+        ``..``, a NUL, a leading dot, or more than 255 UTF-8 bytes.
+    """
+    if not isinstance(name, str):
+        raise BadFileName(f"a file name must be a string, not {type(name).__name__}")
+    if not name:
+        raise BadFileName("a file name must not be empty")
+    shown = repr(name[:60])
+    if "\x00" in name:
+        raise BadFileName(f"file name {shown} holds a NUL")
+    if "/" in name or "\\" in name:
+        raise BadFileName(f"file name {shown} holds a path separator")
+    if name == "..":
+        raise BadFileName("file name '..' is not a file")
+    if name.startswith("."):
+        raise BadFileName(f"file name {shown} starts with a dot")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadFileName(f"file name {shown} is not valid Unicode") from None
+    if len(encoded) > MAX_FILE_NAME_BYTES:
+        raise BadFileName(
+            f"file name of {len(encoded)} bytes is longer than {MAX_FILE_NAME_BYTES} bytes")
+    return name
+
+
+__all__ = ["MAX_CHANNEL_NAME", "MAX_FILE_NAME_BYTES", "check_channel", "check_file_name",
+           "check_variable_name", "split_channels"]
