@@ -22,9 +22,8 @@ from .server.factory import DEFAULT_MAX_FRAME, LTtxFactory
 from .server.files import FileService
 from .state.auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
 from .state.channels import ChannelRegistry
-from .storage.durable import DurableStore
+from .storage.durable import FSYNC_POLICIES, DurableStore
 
-FSYNC_POLICIES = ("always", "everysec", "no")
 ENGINES = ("memory", "redis")
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
@@ -224,7 +223,8 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     # channels and the files: one entry per component with a status().
     status_sources: dict[str, Any]
     if options.get("engine", "memory") == "redis":
-        from .engines.redis.engine import SharedChannelRegistry, make_redis_engine, new_daemon_id
+        from .engines.redis.channels import SharedChannelRegistry
+        from .engines.redis.engine import make_redis_engine, new_daemon_id
 
         os.makedirs(options["data-dir"], exist_ok=True)  # files still live here
         channels = SharedChannelRegistry(

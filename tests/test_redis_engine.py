@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.wire import codec
 from lttx.engines.redis.resp import RedisAddress, RedisClient, RedisProtocol, encode_command
-from lttx.engines.redis.engine import SharedChannelRegistry, redis_address
+from lttx.engines.redis.channels import SharedChannelRegistry
+from lttx.engines.redis.engine import redis_address
 from lttx.engines.redis.store import RedisStore
 
 from .common import listeners

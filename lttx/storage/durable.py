@@ -44,8 +44,9 @@ from zope.interface import implementer
 
 from ..diskio import InlineLane, ThreadLane, lane_for
 from ..errors import RecoveryError, StorageError, Unavailable
-from ..state.store import MISSING, IVariableStore, MemoryStore, check_dict_key
+from ..state.store import IVariableStore, MemoryStore, check_dict_key
 from ..wire.names import check_variable_name
+from .compaction import Compaction, first_failure
 from .journal import (
     DELETE,
     DICT_CHANGE,
@@ -54,12 +55,9 @@ from .journal import (
     LIST_POP,
     LIST_REMOVE,
     PUT,
-    SNAPSHOT_ITEMS,
     AppendFile,
-    SnapshotWriter,
     encode_record,
     recover,
-    remove_generations_before,
 )
 
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -72,9 +70,6 @@ DEFAULT_COMPACT_GROWTH = 1.0
 #: the reactor before yielding to it.
 DEFAULT_SNAPSHOT_CHUNK = 1000
 DEFAULT_COMPACTION_SLICE = 0.01
-#: Encoded snapshot bytes handed to the writer thread before the encoder waits
-#: for it (bounds the memory a compaction uses on a slow disk).
-SNAPSHOT_BACKLOG = 16 * 1024 * 1024
 
 
 def _lock(directory: str) -> int:
@@ -93,77 +88,6 @@ def _lock(directory: str) -> int:
 def _deadline(seconds: float) -> Callable[[], bool]:
     end = time.perf_counter() + seconds
     return lambda: time.perf_counter() >= end
-
-
-class _Compaction:
-    """
-    One snapshot being written, of the state at the instant the journal was
-    rotated.
-
-    Consistency while values keep changing: at that instant only the list of
-    names is copied (~10 ms for a million names; a copy of the whole table
-    would take 2-3 times that).  The encoder then walks that list in slices
-    between reactor turns, reading each value from the live store.  To still
-    see the state of the rotation instant, the store calls :meth:`preserve`
-    before *every* change during the compaction (copy-on-write): the first
-    change to a name keeps its value as it was then (the object itself when
-    a put or delete replaces it, which nobody mutates afterwards; a shallow
-    copy when an in-place operation is about to mutate it, which only ever
-    touches the top level), and the encoder prefers the kept value.  Names
-    created after the rotation are not in the list, so they are not in the
-    snapshot; journal G+1 holds them.
-    """
-
-    def __init__(self, directory: str, generation: int, names: list[str],
-                 values: MemoryStore, chunk: int, started_at: float) -> None:
-        self.generation = generation
-        self.names = names
-        self.values = values
-        self.preimages: dict[str, Any] = {}
-        self.chunk = chunk
-        self.writer = SnapshotWriter(directory, generation)
-        self.started = time.perf_counter()
-        self.started_at = started_at
-        self.copy_pause = 0.0
-        self.longest_pause = 0.0
-        self.error: Optional[Failure] = None
-        self.task: Any = None
-        self.waiters: list[Deferred[None]] = []
-        self.encoded = False
-
-    def preserve(self, name: str, in_place: bool) -> None:
-        if not self.encoded and name not in self.preimages:
-            current = self.values.get(name)
-            if in_place and type(current) in (dict, list):
-                current = current.copy()
-            self.preimages[name] = current
-
-    def note_pause(self, seconds: float) -> None:
-        self.longest_pause = max(self.longest_pause, seconds)
-
-    def note_error(self, failure: Failure) -> None:
-        if self.error is None:
-            self.error = failure
-
-    def records(self) -> Iterator[bytes]:
-        """The snapshot's item records, encoded a chunk at a time."""
-        preimages, live = self.preimages, self.values.get
-        batch: list[Any] = []
-        for name in self.names:
-            value = preimages.get(name, MISSING)
-            batch.append(name)
-            batch.append(live(name) if value is MISSING else value)
-            if len(batch) >= 2 * self.chunk:
-                yield encode_record([SNAPSHOT_ITEMS, batch])
-                batch = []
-        if batch:
-            yield encode_record([SNAPSHOT_ITEMS, batch])
-
-
-def _first_failure(results: list[tuple[bool, Any]]) -> None:
-    for success, result in results:
-        if not success:
-            result.raiseException()
 
 
 @implementer(IVariableStore)
@@ -235,7 +159,7 @@ class DurableStore(Service):
         self._closing = False
         self._stop_waiters: list[Deferred[None]] = []
         self._fsyncs = 0
-        self._compaction: Optional[_Compaction] = None
+        self._compaction: Optional[Compaction] = None
         self._last_compaction: Optional[dict[str, Any]] = None
         self._ticker: Optional[LoopingCall] = None
         self._cooperator = Cooperator(
@@ -589,19 +513,19 @@ class DurableStore(Service):
         rotated: Deferred[None] = Deferred()
         self._rotated = rotated
         self._journal_bytes = HEADER_SIZE
-        compaction = _Compaction(self.directory, generation, self._memory.names(),
-                                 self._memory, self._snapshot_chunk, self._clock.seconds())
+        compaction = Compaction(self.directory, generation, self._memory.names(),
+                                self._memory, self._snapshot_chunk, self._clock.seconds())
         compaction.waiters.append(done)
         self._compaction = compaction
         self._schedule()
-        compaction.task = self._cooperator.cooperate(self._encode_snapshot(compaction))
+        compaction.task = self._cooperator.cooperate(compaction.encode(self._snapshot_lane))
         compaction.copy_pause = time.perf_counter() - started
         compaction.note_pause(compaction.copy_pause)
         # Both the rotation and the encoding must be over before sealing (or,
         # on failure, before another compaction may rotate again).
         finished = DeferredList([rotated, compaction.task.whenDone()], consumeErrors=True)
-        finished.addCallback(_first_failure)
-        finished.addCallback(lambda _: self._snapshot_lane.run(self._seal, compaction))
+        finished.addCallback(first_failure)
+        finished.addCallback(lambda _: self._snapshot_lane.run(compaction.seal))
         finished.addCallbacks(self._compacted, self._compaction_failed,
                               callbackArgs=(compaction,), errbackArgs=(compaction,))
         return done
@@ -614,32 +538,7 @@ class DurableStore(Service):
                 self._compaction.note_pause(time.perf_counter() - started)
         return self._clock.callLater(self._compaction_gap, timed)
 
-    def _encode_snapshot(self, compaction: _Compaction) -> Iterator[Optional[Deferred[Any]]]:
-        """Cooperative: encode a chunk per step, hand it to the snapshot lane."""
-        lane = self._snapshot_lane
-        lane.run(compaction.writer.open).addErrback(compaction.note_error)
-        backlog = 0
-        for record in compaction.records():
-            written = lane.run(compaction.writer.write, record)
-            written.addErrback(compaction.note_error)
-            backlog += len(record)
-            if backlog >= SNAPSHOT_BACKLOG:
-                backlog = 0
-                yield written  # let the writer thread catch up
-            else:
-                yield None
-        compaction.encoded = True
-        compaction.preimages = {}
-        yield lane.run(lambda: None)  # every write above has finished
-        if compaction.error is not None:
-            compaction.error.raiseException()
-
-    def _seal(self, compaction: _Compaction) -> tuple[int, list[str]]:
-        """In the snapshot lane: finish the snapshot, then drop what it replaces."""
-        size = compaction.writer.finish(len(compaction.names))
-        return size, remove_generations_before(self.directory, compaction.generation)
-
-    def _compacted(self, result: tuple[int, list[str]], compaction: _Compaction) -> None:
+    def _compacted(self, result: tuple[int, list[str]], compaction: Compaction) -> None:
         size, removed = result
         self._compaction = None
         self._snapshot_bytes = self._base_bytes = size
@@ -664,7 +563,7 @@ class DurableStore(Service):
             d.callback(None)
         self._maybe_compact()
 
-    def _compaction_failed(self, failure: Failure, compaction: _Compaction) -> None:
+    def _compaction_failed(self, failure: Failure, compaction: Compaction) -> None:
         self._compaction = None
         if failure.check(TaskStopped):
             self.log.info("compaction to generation {generation} abandoned at shutdown; "

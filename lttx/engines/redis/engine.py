@@ -1,63 +1,28 @@
 """
-The Redis engine: several daemons on one Redis act as one data center.
+The Redis engine assembled: :func:`make_redis_engine` builds the Redis
+clients, the store, the channel bridge's connections and the daemon directory
+under the daemon's services, from the ``--redis*`` options.
 
 - Variables: :class:`lttx.engines.redis.store.RedisStore`.
-- Channels: :class:`SharedChannelRegistry`, a :class:`ChannelRegistry` whose
-  publishes also go to Redis and whose subscribers also get what other
-  daemons publish.  A daemon SUBSCRIBEs in Redis to ``<prefix>c:<channel>``
-  only while one of its own clients subscribes to ``<channel>``.  What its
-  clients publish is delivered to its own subscribers at once (as with one
-  daemon) and sent to Redis in batches: at each flush of the registry (once
-  per chunk of data read from a client, so about once per reactor turn), one
-  PUBLISH per channel carrying every message of that channel since the last
-  flush, all of them pipelined in one write.  A batch carries the publishing
-  daemon's id, so a daemon ignores its own batches when they come back.
-
-  Order: Redis keeps the order of one connection's PUBLISHes and of one
-  subscriber connection's messages, so each publisher's messages reach every
-  subscriber on every daemon in the order it pushed them.  ``seq`` is
-  per daemon: each daemon numbers the messages it delivers on a channel
-  (local and remote ones alike) 1, 2, 3... as a single daemon does, so a
-  subscriber sees no gap unless its daemon dropped something; two daemons
-  give the same message different numbers.  Slow subscribers and conflation
-  work as on one daemon, since remote messages take the local delivery path.
-  A channel password is per daemon (each daemon's first subscriber sets it).
-  When a daemon loses its pub/sub connection to Redis, each of its channels'
-  ``seq`` skips a number: its subscribers see a gap, the sign that messages
-  of other daemons may have been missed meanwhile.
-
-  While Redis is down, local delivery goes on; what would have gone to Redis
-  is dropped and counted (pub/sub is at most once, as in Redis itself).
-- ``<prefix>daemons``, a hash: each daemon's id -> its listening addresses and
-  the time it last said it was alive (every second), which ``status`` shows.
+- Channels: :class:`lttx.engines.redis.channels.SharedChannelRegistry`.
+- Daemons: :class:`lttx.engines.redis.directory.DaemonDirectory`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import struct
-import time
 import uuid
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
-import msgpack
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ...errors import LTtxError
-from ...state.channels import ChannelRegistry, ISubscriber
-from ...wire import codec
+from ...state.channels import ChannelRegistry
+from .channels import SharedChannelRegistry
+from .directory import DaemonDirectory
 from .resp import RedisAddress, RedisClient
 from .store import SCRIPTS, RedisStore
-
-_LENGTH = struct.Struct("!I")
-_ID_SIZE = 16
-#: A daemon not heard from for this long is no longer listed.
-DAEMON_TIMEOUT = 5.0
 
 
 def redis_address(options: Any, environ: dict[str, str]) -> RedisAddress:
@@ -86,188 +51,6 @@ def redis_address(options: Any, environ: dict[str, str]) -> RedisAddress:
         address.sentinels = sentinels
         address.master_name = options["redis-master"]
     return address
-
-
-class SharedChannelRegistry(ChannelRegistry):
-    """
-    The channels of one daemon, joined through Redis with those of the others.
-
-    :param publisher: sends pipelined ``PUBLISH`` commands (the command client).
-    :param subscriber: the pub/sub client; its ``on_message`` must be
-        :meth:`message_received`.
-    """
-
-    def __init__(self, clock: Callable[[], float], prefix: str, daemon_id: bytes) -> None:
-        super().__init__(clock=clock)
-        self.prefix = prefix.encode("utf-8") + b"c:"
-        self.daemon_id = daemon_id
-        self.publisher: Optional[RedisClient] = None
-        self.subscriber: Optional[RedisClient] = None
-        # Redis channel -> [encoded message with its length, ...] since the last flush
-        self._outgoing: dict[str, list[bytes]] = {}
-        self.sent_batches = 0
-        self.received_batches = 0
-        self.remote_messages = 0
-        self.dropped_redis_down = 0
-
-    def attach(self, publisher: RedisClient, subscriber: RedisClient) -> None:
-        self.publisher, self.subscriber = publisher, subscriber
-
-    # -- which channels to SUBSCRIBE to in Redis ---------------------------
-
-    def _changed(self, before: set[str]) -> None:
-        if self.subscriber is None:
-            return
-        now = set(self._channels)
-        new, gone = now - before, before - now
-        if new:
-            self.subscriber.subscribe([self.prefix + n.encode("utf-8") for n in sorted(new)])
-        if gone:
-            self.subscriber.unsubscribe([self.prefix + n.encode("utf-8") for n in sorted(gone)])
-
-    def subscribe(self, subscriber: ISubscriber, channels: Iterable[str],
-                  password: Optional[str] = None, conflate: bool = False) -> dict[str, int]:
-        before = set(self._channels)
-        result = super().subscribe(subscriber, channels, password, conflate)
-        self._changed(before)
-        return result
-
-    def unsubscribe(self, subscriber: ISubscriber, channels: Iterable[str]) -> list[str]:
-        before = set(self._channels)
-        left = super().unsubscribe(subscriber, channels)
-        self._changed(before)
-        return left
-
-    def remove(self, subscriber: ISubscriber) -> None:
-        before = set(self._channels)
-        super().remove(subscriber)
-        self._changed(before)
-
-    # -- messages ----------------------------------------------------------
-
-    def publish(self, channel: Any, key: Any, data: Any,
-                encoded: Optional[bytes] = None) -> int:
-        """Deliver to this daemon's subscribers, and queue for the others."""
-        if encoded is None:
-            encoded = msgpack.packb(channel) + msgpack.packb(key) + codec.encode(data)
-        count = super().publish(channel, key, data, encoded)  # checks channel and key
-        batch = self._outgoing.get(channel)
-        if batch is None:
-            batch = self._outgoing[channel] = []
-        batch.append(_LENGTH.pack(len(encoded)) + encoded)
-        return count
-
-    def flush(self) -> None:
-        super().flush()
-        if not self._outgoing:
-            return
-        outgoing, self._outgoing = self._outgoing, {}
-        publisher = self.publisher
-        if publisher is None or not publisher.connected:
-            dropped = sum(len(batch) for batch in outgoing.values())
-            if not self.dropped_redis_down:
-                self.log.warn("Redis is unavailable: messages for other daemons are dropped "
-                              "until it is back")
-            self.dropped_redis_down += dropped
-            return
-        commands = [("PUBLISH", self.prefix + name.encode("utf-8"),
-                     self.daemon_id + b"".join(batch)) for name, batch in outgoing.items()]
-        self.sent_batches += len(commands)
-        for d in publisher.protocol.execute_many(commands):  # type: ignore[union-attr]
-            d.addErrback(self._publish_failed, len(commands))
-
-    def _publish_failed(self, failure: Any, count: int) -> None:
-        failure.trap(LTtxError)
-        self.dropped_redis_down += 1
-
-    def message_received(self, redis_channel: bytes, payload: bytes) -> None:
-        """A batch from Redis: deliver each message of another daemon here."""
-        if payload[:_ID_SIZE] == self.daemon_id:
-            return  # ours, already delivered here
-        self.received_batches += 1
-        pos, end = _ID_SIZE, len(payload)
-        deliver = super().publish
-        try:
-            while pos < end:
-                (n,) = _LENGTH.unpack_from(payload, pos)
-                encoded = payload[pos + 4:pos + 4 + n]
-                pos += 4 + n
-                unpacker = msgpack.Unpacker(raw=False)
-                unpacker.feed(encoded)
-                channel, key = unpacker.unpack(), unpacker.unpack()
-                deliver(channel, key, None, encoded)
-                self.remote_messages += 1
-        except (ValueError, struct.error, msgpack.UnpackException, LTtxError) as e:
-            # Another program publishing on our prefix; not worth a traceback.
-            self.log.warn("an undecodable batch on {channel!r}: {error}",
-                          channel=redis_channel, error=e)
-        super().flush()
-
-    def redis_lost(self) -> None:
-        """The pub/sub connection was lost: what other daemons publish until it
-        is back is missed, so each channel's ``seq`` skips one number, and its
-        subscribers see a gap, as after their own reconnection."""
-        for channel in self._channels.values():
-            channel.seq += 1
-
-    def status(self) -> dict[str, Any]:
-        status = super().status()
-        status["redis"] = {"batches_sent": self.sent_batches,
-                           "batches_received": self.received_batches,
-                           "remote_messages": self.remote_messages,
-                           "dropped_redis_down": self.dropped_redis_down}
-        return status
-
-
-class DaemonDirectory(Service):
-    """Says in Redis, every second, that this daemon is alive; reads who else is."""
-
-    log = Logger()
-
-    def __init__(self, client: RedisClient, store: RedisStore, daemon_id: bytes,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.client, self.store = client, store
-        self.key = store.prefix + "daemons"
-        self.daemon_id = daemon_id.hex()
-        self.clock = clock
-        self.addresses: list[str] = []
-        self.known: dict[str, Any] = {}
-        self._listing = ""
-
-    def beat(self) -> None:
-        now = self.clock()
-        me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                         "listening": self.addresses, "seen": now})
-        self.store.refresh()
-        self.client.execute("HSET", self.key, self.daemon_id, me).addErrback(lambda f: None)
-        self.client.execute("HGETALL", self.key).addCallbacks(self._read, lambda f: None)
-
-    def _read(self, reply: list[bytes]) -> None:
-        now = self.clock()
-        known = {}
-        for i in range(0, len(reply), 2):
-            info = json.loads(reply[i + 1])
-            if now - info.get("seen", 0) < DAEMON_TIMEOUT:
-                known[reply[i].decode()] = info
-        listing = ", ".join(" ".join(info.get("listening") or ["?"])
-                            for _, info in sorted(known.items()))
-        if listing != self._listing:
-            self._listing = listing
-            self.log.info("daemons on this Redis: {daemons}", daemons=listing)
-        self.known = known
-
-    def stopService(self) -> Any:
-        super().stopService()
-        if self.client.connected:
-            return self.client.execute("HDEL", self.key, self.daemon_id).addErrback(
-                lambda f: None)
-        return None
-
-    def status(self) -> dict[str, Any]:
-        return {"id": self.daemon_id,
-                "daemons": {k: {"host": v.get("host"), "pid": v.get("pid"),
-                                "listening": v.get("listening")}
-                            for k, v in sorted(self.known.items())}}
 
 
 class _EngineStore(RedisStore):
