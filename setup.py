@@ -23,9 +23,9 @@ setup(
     ],
     extras_require={
         # cryptography (also pulled in by twisted[tls]) makes the TLS tests' certificates.
-        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3"],
-        "dev": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "flake8", "mypy",
-                "mypy-zope"],
+        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0"],
+        "dev": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
+                "flake8", "mypy", "mypy-zope"],
     },
     entry_points={"console_scripts": ["lttx = lttx.cli:main"]},
     classifiers=[

@@ -34,7 +34,6 @@ The Redis engine: several daemons on one Redis act as one data center.
 
 from __future__ import annotations
 
-import struct
 from typing import Any, Callable, Iterable, Optional
 
 import msgpack
@@ -42,9 +41,9 @@ import msgpack
 from ...errors import LTtxError
 from ...state.channels import ChannelRegistry, ISubscriber
 from ...wire import codec
+from ...wire.frames import PREFIX
 from .resp import RedisClient
 
-_LENGTH = struct.Struct("!I")
 _ID_SIZE = 16
 
 
@@ -114,7 +113,7 @@ class SharedChannelRegistry(ChannelRegistry):
         batch = self._outgoing.get(channel)
         if batch is None:
             batch = self._outgoing[channel] = []
-        batch.append(_LENGTH.pack(len(encoded)) + encoded)
+        batch.append(PREFIX.pack(len(encoded)) + encoded)
         return count
 
     def flush(self) -> None:
@@ -149,7 +148,7 @@ class SharedChannelRegistry(ChannelRegistry):
         deliver = super().publish
         try:
             while pos < end:
-                (n,) = _LENGTH.unpack_from(payload, pos)
+                (n,) = PREFIX.unpack_from(payload, pos)
                 encoded = payload[pos + 4:pos + 4 + n]
                 pos += 4 + n
                 unpacker = msgpack.Unpacker(raw=False)
