@@ -34,6 +34,7 @@ The Redis engine: several daemons on one Redis act as one data center.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable, Iterable, Optional
 
 import msgpack
