@@ -355,7 +355,7 @@ class _ProtocolWithExtraCommand(LTtxServerProtocol):
 
 
 class AuthorizeTests(SynchronousTestCase):
-    """``authorize`` is the one check channel and file handlers call."""
+    """``authorize`` checks one action of the connection's token on one name."""
 
     def connect(self, token: str, protocol: type = LTtxServerProtocol) -> tuple[
             LTtxServerProtocol, StringTransport]:
