@@ -95,7 +95,9 @@ class Dispatcher:
 
     def dispatch(self, request_id: int, name: Any, args: Any) -> None:
         """Serve one request; the reply or error is sent now or when it is known."""
-        handler = getattr(self.handlers, f"cmd_{name}", None) if isinstance(name, str) else None
+        handler: Any = None
+        if isinstance(name, str):
+            handler = getattr(self.handlers, f"cmd_{name}", None)
         marked = getattr(handler, "command", None)
         if marked is None:  # no such handler, or a method not marked as a command
             self.refuse(request_id, name, BadRequest(f"unknown command {name!r:.40}"))

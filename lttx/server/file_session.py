@@ -144,6 +144,7 @@ class FileSession:
     # -- frames ---------------------------------------------------------------
 
     def frame_received(self, frame: bytes) -> None:
+        """One frame of the connection: upload data while an upload expects it, else a request."""
         if self.closed:
             return
         upload = self.upload
