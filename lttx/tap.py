@@ -18,14 +18,14 @@ from twisted.python import usage
 
 from .diskio import pool_runner
 from .errors import RecoveryError
-from .server.factory import DEFAULT_MAX_FRAME, LTtxFactory
+from .server.factory import LTtxFactory
 from .server.files import FileService
+from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER
 from .state.auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
 from .state.channels import ChannelRegistry
 from .storage.durable import FSYNC_POLICIES, DurableStore
 
 ENGINES = ("memory", "redis")
-DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
           "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
@@ -191,7 +191,7 @@ class _LoggingEndpointService(StreamServerEndpointService):
         self.log.info("LTtx listening on {description} at {address}",
                       description=self.description, address=_address(port))
         # The Redis engine tells the other daemons where this one listens.
-        listening = getattr(getattr(self.factory, "store", None), "listening", None)
+        listening = getattr(self.factory.state.store, "listening", None)
         if isinstance(listening, list):
             listening.append(_address(port))
         return port

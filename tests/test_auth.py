@@ -19,10 +19,20 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 import lttx
 from lttx import tap
 from lttx.wire import codec
-from lttx.state.auth import ACTIONS, Grant, RolesError, TokenAuthenticator, parse_roles
+from lttx.state.auth import (
+    ACTIONS,
+    COMMAND_RIGHTS,
+    Grant,
+    RolesError,
+    Right,
+    TokenAuthenticator,
+    parse_roles,
+)
 from lttx.errors import PermissionDenied
+from lttx.server.commands import Commands
+from lttx.server.dispatch import command
 from lttx.server.factory import LTtxFactory
-from lttx.server.protocol import COMMAND_RIGHTS, LTtxServerProtocol, command
+from lttx.server.protocol import LTtxServerProtocol
 from lttx.state.store import MemoryStore
 
 from .common import Daemon, frame, frames_of, listeners, server_protocol
@@ -203,10 +213,10 @@ class CommandRightsTests(SynchronousTestCase):
     def test_table_covers_every_variable_command(self) -> None:
         """The one table lists each variable command with the action it needs."""
         for (name, _), _ in self.READS:
-            self.assertEqual(COMMAND_RIGHTS[name], ("read", 0))
+            self.assertEqual(COMMAND_RIGHTS[name], Right("read", 0))
         for name, _ in self.WRITES:
-            self.assertEqual(COMMAND_RIGHTS[name], ("write", 0))
-        self.assertEqual(COMMAND_RIGHTS["keys"], ("read", None))
+            self.assertEqual(COMMAND_RIGHTS[name], Right("write", 0))
+        self.assertEqual(COMMAND_RIGHTS["keys"], Right("read", None))
         self.assertIsNone(COMMAND_RIGHTS["ping"])
 
     def test_reader_reads_and_may_not_write(self) -> None:
@@ -334,19 +344,23 @@ class ChannelRightsTests(SynchronousTestCase):
         self.assertEqual(frames_of(self.feed_out.value()), [[codec.REPLY, 1, []]])
 
 
-class _ProtocolWithExtraCommand(LTtxServerProtocol):
+class _CommandsWithExtraCommand(Commands):
     @command(0)
     def cmd_status_like(self) -> str:
         return "served"
 
 
+class _ProtocolWithExtraCommand(LTtxServerProtocol):
+    command_handlers = _CommandsWithExtraCommand
+
+
 class AuthorizeTests(SynchronousTestCase):
-    """``authorize`` is the one check channel and file handlers call."""
+    """``authorize`` checks one action of the connection's token on one name."""
 
     def connect(self, token: str, protocol: type = LTtxServerProtocol) -> tuple[
             LTtxServerProtocol, StringTransport]:
         factory = LTtxFactory(MemoryStore(), roles_authenticator())
-        proto = protocol(factory)
+        proto = protocol(factory.state)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
         proto.makeConnection(transport)
         proto.dataReceived(frame([codec.REQUEST, 0, "hello", [token, {}]]))
@@ -373,7 +387,7 @@ class AuthorizeTests(SynchronousTestCase):
         self.assertRaises(PermissionDenied, files.authorize, "publish", "hq_center")
 
     def test_before_hello_nothing_is_allowed(self) -> None:
-        proto = LTtxServerProtocol(LTtxFactory(MemoryStore(), roles_authenticator()))
+        proto = LTtxFactory(MemoryStore(), roles_authenticator()).buildProtocol(None)
         self.assertRaises(PermissionDenied, proto.authorize, "read", "pos")
 
     def test_unlisted_command_needs_every_right(self) -> None:

@@ -415,7 +415,7 @@ class ListDeleteStatusTests(SessionTestCase):
         self.request(proto, 1, "list")
         [reply] = self.sent(transport)
         self.assertEqual([(f["name"], f["size"]) for f in reply[2]], [("a.csv", 1), ("b.csv", 2)])
-        self.assertEqual(self.factory.status()["files"],
+        self.assertEqual(self.factory.state.status()["files"],
                          {"files": 2, "bytes": 3, "uploads": 0, "downloads": 0,
                           "partials": 1})
         self.request(proto, 2, "delete", "a.csv")
@@ -578,7 +578,7 @@ class ClientInMemoryTests(SessionTestCase):
 
     def test_upload_frames_fit_a_small_max_frame(self) -> None:
         """With --max-frame below the chunk size, the client sends smaller raw frames."""
-        self.factory.max_frame = 4096
+        self.factory.state.max_frame = 4096
         data = os.urandom(50_000)
         d = send_file(self.clock, self.settings, self.source(data), "s.bin",
                       run_in_thread=run_inline)

@@ -13,10 +13,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from lttx.wire import codec
+from lttx.state.auth import TokenAuthenticator
 from lttx.state.channels import ISubscriber
+from lttx.state.store import MemoryStore
+from lttx.server.factory import LTtxFactory
 from lttx.server.outbox import CHUNK, Outbox
 
-from .common import frame, frames_of, server_protocol
+from .common import TOKEN, frame, frames_of, server_protocol
 
 
 def message(channel: str, key: Any, data: Any, seq: int) -> bytes:
@@ -187,8 +190,9 @@ class ProtocolChannelTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.pub, self.pub_t = server_protocol(subscriber_buffer=4096, clock=self.clock)
-        self.factory = self.pub.factory
+        self.factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN),
+                                   subscriber_buffer=4096, clock=self.clock)
+        self.pub, self.pub_t = server_protocol(factory=self.factory)
 
     def subscriber(self, *args: Any, request_id: int = 1) -> tuple[Any, StringTransport, Any]:
         proto, transport = server_protocol(factory=self.factory)
@@ -252,8 +256,9 @@ class ProtocolChannelTests(SynchronousTestCase):
         self.assertTrue(slow_t.disconnecting)
         self.assertEqual([m[4] for m in frames_of(fast_t.value())], list(range(1, 61)))
         self.assertEqual(self.pub_t.value(), b"")
-        self.assertEqual(self.factory.status()["channels"]["slow_subscribers_cut_off"], 1)
-        self.assertEqual(self.factory.status()["channels"]["channels"]["hq"]["subscribers"], 1)
+        channels = self.factory.state.status()["channels"]
+        self.assertEqual(channels["slow_subscribers_cut_off"], 1)
+        self.assertEqual(channels["channels"]["hq"]["subscribers"], 1)
         # It does not read its notice either: aborted after the grace period.
         self.clock.advance(5)
         self.assertTrue(slow_t.disconnected)
@@ -274,5 +279,5 @@ class ProtocolChannelTests(SynchronousTestCase):
         """A subscriber whose connection closes is gone from the registry."""
         proto, t, _ = self.subscriber("hq", "pw")
         proto.connectionLost(None)
-        self.assertEqual(self.factory.status()["channels"]["channels"], {})
+        self.assertEqual(self.factory.state.status()["channels"]["channels"], {})
         self.subscriber("hq", "another")  # the password went with it

@@ -58,11 +58,11 @@ class OptionsTests(SynchronousTestCase):
         from lttx.tap import makeService
 
         service = makeService(options, MemoryReactorClock())
-        factory = listeners(service)[0].factory
-        os.makedirs(factory.files.partial_directory)  # the file service's start makes it
-        self.assertIsInstance(factory.store, RedisStore)
-        self.assertIsInstance(factory.channels, SharedChannelRegistry)
-        status = factory.status()
+        state = listeners(service)[0].factory.state
+        os.makedirs(state.files.partial_directory)  # the file service's start makes it
+        self.assertIsInstance(state.store, RedisStore)
+        self.assertIsInstance(state.channels, SharedChannelRegistry)
+        status = state.status()
         self.assertEqual(status["engine"]["engine"], "redis")
         self.assertEqual(status["engine"]["address"], "redis://127.0.0.1:6390/0")
         self.assertEqual(status["engine"]["role"], "disconnected")
@@ -74,10 +74,10 @@ class OptionsTests(SynchronousTestCase):
         from lttx.tap import makeService
 
         service = makeService(parse("--data-dir", self.mktemp()), MemoryReactorClock())
-        factory = listeners(service)[0].factory
-        os.makedirs(factory.files.partial_directory)
-        self.assertNotIn("engine", factory.status())
-        self.assertIn("journal_bytes", factory.status()["journal"])
+        state = listeners(service)[0].factory.state
+        os.makedirs(state.files.partial_directory)
+        self.assertNotIn("engine", state.status())
+        self.assertIn("journal_bytes", state.status()["journal"])
 
 
 def connected_client(pubsub: bool) -> tuple[RedisClient, StringTransport]:

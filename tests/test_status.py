@@ -67,15 +67,15 @@ class StatusRequestTests(SynchronousTestCase):
         journal = FakeSource({"bytes": 4096})
         files = FakeSource({"count": 2, "bytes": 10})
         factory = make_factory(clock, journal=journal, files=files)
-        factory.store.put("a", 1)
-        factory.store.put("b", [1])
+        factory.state.store.put("a", 1)
+        factory.state.store.put("b", [1])
         proto, transport = server_protocol(factory=factory)
         server_protocol(factory=factory)  # a second client
         clock.advance(90.5)
         proto.dataReceived(frame([codec.REQUEST, 7, "status", []]))
         self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 7, {
             "version": __version__, "uptime": 90.5, "connections": 2, "variables": 2,
-            "channels": factory.channels.status(),
+            "channels": factory.state.channels.status(),
             "journal": {"bytes": 4096}, "files": {"count": 2, "bytes": 10}}]])
         self.assertEqual((journal.asked, files.asked), (1, 1))
 

@@ -85,8 +85,8 @@ class MakeServiceTests(SynchronousTestCase):
         options = parse("--subscriber-buffer", "2MiB", "--data-dir", self.mktemp())
         service = makeService(options, MemoryReactorClock())
         [listener] = listeners(service)
-        self.assertEqual(listener.factory.subscriber_buffer, 2 * 1024 * 1024)
-        self.assertEqual(listener.factory.channels.status()["channels"], {})
+        self.assertEqual(listener.factory.state.subscriber_buffer, 2 * 1024 * 1024)
+        self.assertEqual(listener.factory.state.channels.status()["channels"], {})
 
     def test_port_when_no_listen(self) -> None:
         reactor = MemoryReactorClock()

@@ -1,45 +1,41 @@
 """
-The daemon's side of one client connection.
+The daemon's side of one client connection: its plumbing.
 
-Frames are 4-byte big-endian length prefixed (:class:`Int32StringReceiver`);
-each payload is decoded by :mod:`lttx.codec` and dispatched to one small
-``cmd_<name>`` handler.  The protocol keeps only its connection's facts
-(authenticated or not, its peer); the store and everything shared belong to
-the factory.  The message set is documented in ``docs/protocol.md``.
+Frames are 4-byte big-endian length prefixed (:class:`Int32StringReceiver`,
+read through :class:`~lttx.wire.framing.FrameDecoder`); each payload is
+decoded by :mod:`lttx.wire.codec`.  The protocol owns what is about the
+connection itself: ``hello`` and its timeout, the frame loop and the reading
+throttle, errors after which the connection cannot go on, publish frames (the
+hot path) and the cut-off of a slow subscriber.  Requests go to a
+:class:`~lttx.server.dispatch.Dispatcher` over the handlers of
+:mod:`lttx.server.commands`, or, on a file connection, to its
+:class:`~lttx.server.file_session.FileSession`.  The protocol keeps only its
+connection's facts (authenticated or not, its peer, its grant); what
+connections share is the :class:`~lttx.server.state.ServerState` it is
+given.  The message set is documented in ``docs/protocol.md``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from .._version import PROTOCOL_VERSION, __version__
-from ..errors import (
-    AuthError,
-    BadRequest,
-    FrameTooLarge,
-    LTtxError,
-    PermissionDenied,
-    ServerError,
-    SlowSubscriber,
-)
-from ..state.auth import NOTHING, Grant
-from ..state.store import MISSING
+from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError, SlowSubscriber
+from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
 from ..wire.frames import PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
-from ..wire.names import split_channels
 from ..wire.tls import tls_failure
+from .commands import CommandConnection, Commands
+from .dispatch import Dispatcher
+from .file_session import FileSession, IFileConnection
 from .outbox import Outbox, ReadThrottle, set_reading
-
-if TYPE_CHECKING:
-    from .factory import LTtxFactory
-
-_F = TypeVar("_F", bound=Callable[..., Any])
+from .state import ServerState
 
 #: Seconds a cut-off subscriber has to read its notice before it is aborted.
 CUT_OFF_GRACE = 5.0
@@ -52,56 +48,24 @@ HELLO_MAX_FRAME = 64 * 1024
 HELLO_TIMEOUT = 10.0
 
 
-def command(min_args: int, max_args: Optional[int] = None) -> Callable[[_F], _F]:
-    """Mark a ``cmd_*`` method as a command taking that many arguments."""
-
-    def mark(handler: _F) -> _F:
-        arity = (min_args, min_args if max_args is None else max_args)
-        handler.arity = arity  # type: ignore[attr-defined]
-        return handler
-
-    return mark
-
-
-#: The right each command needs of the connection's token, checked before
-#: its handler runs: ``(action, i)`` means the action on the name in argument
-#: ``i``; ``(action, None)`` means the action on some name (the handler keeps
-#: to the allowed names, as ``keys`` does); ``None`` means nothing is checked
-#: here (``ping``, or a handler that calls ``authorize`` itself).  A command
-#: missing from this table is served only to tokens with every right.
-COMMAND_RIGHTS: dict[str, Optional[tuple[str, Optional[int]]]] = {
-    "ping": None,
-    "get": ("read", 0),
-    "exists": ("read", 0),
-    "keys": ("read", None),
-    "get_dict_value": ("read", 0),
-    "get_list_value": ("read", 0),
-    "put": ("write", 0),
-    "delete": ("write", 0),
-    "dict_change": ("write", 0),
-    "list_append": ("write", 0),
-    "list_pop": ("write", 0),
-    "list_remove": ("write", 0),
-    # The handlers check each channel of the list themselves.
-    "subscribe": None,
-    "unsubscribe": None,
-}
-
-
-def _present(value: Any) -> list[Any]:
-    """``[value]`` for a value, ``[]`` for none: tells a stored None from no variable."""
-    return [] if value is MISSING else [value]
-
-
+@implementer(IFileConnection)
 class LTtxServerProtocol(Int32StringReceiver):
-    """One client connection to the daemon."""
+    """
+    One client connection to the daemon.
+
+    :param state: what the daemon's connections share.
+    """
 
     log = Logger()
 
-    def __init__(self, factory: "LTtxFactory") -> None:
-        self.factory = factory
+    #: Builds the request handlers of a command connection from the state and
+    #: the connection (:class:`~lttx.server.commands.CommandConnection`).
+    command_handlers: Callable[[ServerState, CommandConnection], object] = Commands
+
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
         # Raised to --max-frame by hello.
-        self._decoder = FrameDecoder(min(HELLO_MAX_FRAME, factory.max_frame))
+        self._decoder = FrameDecoder(min(HELLO_MAX_FRAME, state.max_frame))
         self.paused = False  # set_reading(False): requests wait in the decoder
         self._hello_timer: Any = None
         self.authenticated = False
@@ -111,14 +75,15 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.outbox: Optional[Outbox] = None  # made by the first subscribe
         self._refused_publishes = 0
         self._lost = False
-        self.file_session: Optional[Any] = None  # a FileSession on a file connection
+        self.file_session: Optional[FileSession] = None  # on a file connection
+        self._dispatcher: Optional[Dispatcher] = None  # on a command connection, after hello
 
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
         self.peer = _describe(address)
-        if not self.factory.auth.allows_peer(address):
+        if not self.state.auth.allows_peer(address):
             self.log.warn(
                 "refused {peer}: no token is set, so only loopback clients are served "
                 "(protected mode)", peer=self.peer)
@@ -126,9 +91,9 @@ class LTtxServerProtocol(Int32StringReceiver):
                 "the daemon runs without a token and serves loopback clients only"))
             return
         _no_delay(self.transport)
-        if self.factory.clock is not None:
-            self._hello_timer = self.factory.clock.callLater(HELLO_TIMEOUT, self._hello_late)
-        self.factory.connection_made(self)
+        if self.state.clock is not None:
+            self._hello_timer = self.state.clock.callLater(HELLO_TIMEOUT, self._hello_late)
+        self.state.connection_made(self)
 
     def _hello_late(self) -> None:
         self._hello_timer = None
@@ -142,14 +107,14 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._hello_timer.cancel()
             self._hello_timer = None
         if self.outbox is not None:
-            self.factory.channels.remove(self.outbox)
+            self.state.channels.remove(self.outbox)
         if self.file_session is not None:
             self.file_session.connection_lost()
         problem = None if self.authenticated else tls_failure(reason)
         if problem is not None:
             self.log.info("{peer}: TLS handshake failed: {problem}",
                           peer=self.peer, problem=problem)
-        self.factory.connection_lost(self)
+        self.state.connection_lost(self)
 
     # -- frames -------------------------------------------------------------
 
@@ -179,7 +144,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             # The publishes of this chunk are queued in the subscribers'
             # outboxes: one write per subscriber for the whole chunk, sent
             # even if a later frame of the chunk failed.
-            self.factory.channels.flush()
+            self.state.channels.flush()
 
     def set_reading(self, reading: bool) -> None:
         """
@@ -197,7 +162,7 @@ class LTtxServerProtocol(Int32StringReceiver):
     def stringReceived(self, frame: bytes) -> None:
         if self.transport.disconnecting:
             return  # after a fatal error, nothing more is served
-        if self.file_session is not None:  # a file connection (lttx.filetransfer)
+        if self.file_session is not None:  # a file connection
             self.file_session.frame_received(frame)
             return
         try:
@@ -236,42 +201,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         if not self.authenticated:
             self._hello(request_id, name, args)
             return
-        handler = getattr(self, f"cmd_{name}", None) if isinstance(name, str) else None
-        if handler is None or name == "hello":
-            self._reply_error(request_id, name, BadRequest(f"unknown command {name!r:.40}"))
-            return
-        if not isinstance(args, list):
-            self._reply_error(request_id, name, BadRequest("arguments must be an array"))
-            return
-        low, high = handler.arity
-        if not low <= len(args) <= high:
-            expected = str(low) if low == high else f"{low} to {high}"
-            self._reply_error(request_id, name, BadRequest(
-                f"{name} takes {expected} arguments, not {len(args)}"))
-            return
-        try:
-            self._authorize_command(name, args)
-            result = handler(*args)
-        except LTtxError as e:
-            self._reply_error(request_id, name, e)
-            return
-        except Exception:
-            self.log.failure("{peer}: {command} failed", peer=self.peer, command=name)
-            self._reply_error(request_id, name, ServerError(f"{name} failed in the daemon"))
-            return
-        if isinstance(result, Deferred):
-            result.addCallbacks(
-                lambda value: self.send_reply(request_id, value),
-                lambda failure: self._deferred_error(request_id, name, failure))
-        else:
-            self.send_reply(request_id, result)
-
-    def _deferred_error(self, request_id: int, name: str, failure: Failure) -> None:
-        if failure.check(LTtxError):
-            self._reply_error(request_id, name, failure.value)
-        else:
-            self.log.failure("{peer}: {command} failed", failure, peer=self.peer, command=name)
-            self._reply_error(request_id, name, ServerError(f"{name} failed in the daemon"))
+        assert self._dispatcher is not None  # made by hello
+        self._dispatcher.dispatch(request_id, name, args)
 
     def _hello(self, request_id: int, name: Any, args: Any) -> None:
         if name != "hello":
@@ -279,26 +210,29 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._fatal(request_id, AuthError("authenticate first: the first frame must be hello"))
             return
         token = args[0] if isinstance(args, list) and args else None
-        grant = self.factory.auth.authenticate(token)
+        grant = self.state.auth.authenticate(token)
         if grant is None:
             self.log.warn("{peer} failed to authenticate: wrong token", peer=self.peer)
             self._fatal(request_id, AuthError("wrong token"))
             return
         options = args[1] if isinstance(args, list) and len(args) > 1 else None
         if isinstance(options, dict) and options.get("mode") == "file":
-            if self.factory.files is None:
+            if self.state.files is None:
                 self._fatal(request_id, BadRequest("this daemon does not serve files"))
                 return
-            self.file_session = self.factory.files.session(self)
+            self.file_session = FileSession(self.state.files, self)
+        else:
+            self._dispatcher = Dispatcher(self.command_handlers(self.state, self), self,
+                                          COMMAND_RIGHTS, self.log)
         self.authenticated = True
         self.grant = grant
-        self._decoder.max_length = self.factory.max_frame
+        self._decoder.max_length = self.state.max_frame
         if self.file_session is None:
             self.transport.registerProducer(ReadThrottle(self.set_reading), True)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
-        if self.factory.auth.named_tokens:
+        if self.state.auth.named_tokens:
             self.log.info("{peer} connected as {role}", peer=self.peer, role=grant.name)
         else:
             self.log.info("{peer} connected", peer=self.peer)
@@ -319,20 +253,7 @@ class LTtxServerProtocol(Int32StringReceiver):
 
         :raises PermissionDenied: if it may not.
         """
-        if not self.grant.allows(action, resource):
-            what = "anything" if resource is None else repr(resource)[:80]
-            raise PermissionDenied(f"the token {self.grant.name!r} may not {action} {what}")
-
-    def _authorize_command(self, name: str, args: list[Any]) -> None:
-        if self.grant.unlimited:
-            return
-        if name not in COMMAND_RIGHTS:
-            raise PermissionDenied(
-                f"the token {self.grant.name!r} may not use {name}: it needs every right")
-        needs = COMMAND_RIGHTS[name]
-        if needs is not None:
-            action, argument = needs
-            self.authorize(action, None if argument is None else args[argument])
+        authorize(self.grant, action, resource)
 
     # -- replies ------------------------------------------------------------
 
@@ -341,6 +262,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.sendString(codec.encode(payload))
 
     def send_reply(self, request_id: int, result: Any) -> None:
+        """Send ``[1, request_id, result]``, unless the connection is closing."""
         if self.transport.disconnecting:
             return
         try:
@@ -351,14 +273,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.sendString(frame)
 
     def send_error(self, request_id: Optional[int], error: LTtxError) -> None:
+        """Send ``[2, request_id, code, message]``."""
         self.send_frame([codec.ERROR, request_id, error.code, error.message])
-
-    def _reply_error(self, request_id: int, name: Any, error: LTtxError) -> None:
-        # Not a field named "message": a legacy log observer (trial's) replaces
-        # it with () in the event every observer shares.
-        self.log.info("{peer}: {command!r:.40} refused: {code}: {reason}",
-                      peer=self.peer, command=name, code=error.code, reason=error.message)
-        self.send_error(request_id, error)
 
     def _fatal(self, request_id: Optional[int], error: LTtxError) -> None:
         """Send an error, then close: the connection cannot go on."""
@@ -370,7 +286,7 @@ class LTtxServerProtocol(Int32StringReceiver):
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
 
-    # -- channels (the registry lives in the factory) -----------------------
+    # -- channels (the registry lives in the state) -------------------------
 
     def publish_received(self, channel: Any, key: Any, data: Any,
                          payload: Optional[bytes] = None) -> None:
@@ -380,8 +296,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         encoded = payload[2:] if payload is not None and payload[:2] == PUBLISH_HEAD else None
         try:
             if not self.grant.unlimited:
-                self.authorize("publish", channel)
-            self.factory.channels.publish(channel, key, data, encoded)
+                authorize(self.grant, "publish", channel)
+            self.state.channels.publish(channel, key, data, encoded)
         except LTtxError as e:
             # One log line per connection, not one per refused message.
             if not self._refused_publishes:
@@ -390,9 +306,18 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._refused_publishes += 1
             self.send_frame([codec.NOTICE, e.code, e.message])
 
+    def open_outbox(self) -> Outbox:
+        """This connection's outbox, made by its first subscribe."""
+        if self.outbox is None:
+            # The outbox takes over from the read throttle as the producer.
+            self.transport.unregisterProducer()
+            self.outbox = Outbox(self.transport, self.state.subscriber_buffer,
+                                 self._slow_subscriber, self._cut_off, self.set_reading)
+        return self.outbox
+
     def _slow_subscriber(self, reason: str) -> None:
         assert self.outbox is not None
-        self.factory.channels.cut_off(self.outbox, reason, who=self.peer)
+        self.state.channels.cut_off(self.outbox, reason, who=self.peer)
 
     def _cut_off(self, reason: str) -> None:
         """The registry dropped this subscriber: say why, then close."""
@@ -403,7 +328,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.transport.loseConnection()
         # A subscriber that does not read would hold the connection open
         # forever waiting for the notice to drain: abort it after a grace.
-        clock = self.factory.clock
+        clock = self.state.clock
         if clock is not None:
             clock.callLater(CUT_OFF_GRACE, self._abort_if_open)
 
@@ -412,102 +337,6 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.log.info("{peer} did not read its cut-off notice within {grace} s; aborted",
                           peer=self.peer, grace=CUT_OFF_GRACE)
             self.transport.abortConnection()
-
-    @command(1, 3)
-    def cmd_subscribe(self, channels: Any, password: Any = None, options: Any = None) -> Any:
-        names = split_channels(channels)
-        if options is None:
-            options = {}
-        if not isinstance(options, dict):
-            raise BadRequest("subscribe options must be a map")
-        conflate = bool(options.get("conflate", False))
-        for name in names:
-            self.authorize("subscribe", name)
-        if self.outbox is None:
-            # The outbox takes over from the read throttle as the producer.
-            self.transport.unregisterProducer()
-            self.outbox = Outbox(self.transport, self.factory.subscriber_buffer,
-                                 self._slow_subscriber, self._cut_off, self.set_reading)
-        result = self.factory.channels.subscribe(self.outbox, names, password, conflate)
-        self.log.info("{peer} subscribed to {channels}{conflating}", peer=self.peer,
-                      channels=", ".join(names), conflating=" (conflating)" if conflate else "")
-        return result
-
-    @command(1)
-    def cmd_unsubscribe(self, channels: Any) -> Any:
-        names = split_channels(channels)
-        if self.outbox is None:
-            return []
-        left = self.factory.channels.unsubscribe(self.outbox, names)
-        if left:
-            self.log.info("{peer} unsubscribed from {channels}", peer=self.peer,
-                          channels=", ".join(left))
-        return left
-
-    # -- commands -----------------------------------------------------------
-
-    @command(0)
-    def cmd_ping(self) -> str:
-        return "pong"
-
-    @command(2)
-    def cmd_put(self, name: Any, value: Any) -> Any:
-        return self.factory.store.put(name, value)
-
-    @command(1)
-    def cmd_get(self, name: Any) -> Any:
-        return _map(self.factory.store.get(name), _present)
-
-    @command(1)
-    def cmd_delete(self, name: Any) -> Any:
-        return self.factory.store.delete(name)
-
-    @command(1)
-    def cmd_exists(self, name: Any) -> Any:
-        return self.factory.store.exists(name)
-
-    @command(0, 1)
-    def cmd_keys(self, pattern: Any = "*") -> Any:
-        names = self.factory.store.keys(pattern)
-        if self.grant.unlimited:
-            return names
-        # A token sees only the names it may read.
-        return _map(names, lambda found: [n for n in found if self.grant.allows("read", n)])
-
-    @command(3)
-    def cmd_dict_change(self, name: Any, key: Any, value: Any) -> Any:
-        return self.factory.store.dict_change(name, key, value)
-
-    @command(2)
-    def cmd_get_dict_value(self, name: Any, key: Any) -> Any:
-        return _map(self.factory.store.get_dict_value(name, key), _present)
-
-    @command(2)
-    def cmd_list_append(self, name: Any, item: Any) -> Any:
-        return self.factory.store.list_append(name, item)
-
-    @command(1, 2)
-    def cmd_list_pop(self, name: Any, index: Any = -1) -> Any:
-        return self.factory.store.list_pop(name, index)
-
-    @command(2)
-    def cmd_list_remove(self, name: Any, item: Any) -> Any:
-        return self.factory.store.list_remove(name, item)
-
-    @command(2)
-    def cmd_get_list_value(self, name: Any, index: Any) -> Any:
-        return self.factory.store.get_list_value(name, index)
-
-    @command(0)
-    def cmd_status(self) -> Any:
-        return self.factory.status()
-
-
-def _map(result: Any, f: Callable[[Any], Any]) -> Any:
-    """Apply ``f`` to a result that may still be a Deferred."""
-    if isinstance(result, Deferred):
-        return result.addCallback(f)
-    return f(result)
 
 
 def _no_delay(transport: Any) -> None:

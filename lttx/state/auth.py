@@ -8,6 +8,11 @@ each with its rights: an action (``read``, ``write``, ``publish``,
 The authenticator turns the token of ``hello`` into a :class:`Grant`, which
 the connection keeps and asks before each action.  Without any token the
 daemon is in protected mode: loopback peers only, with every right.
+
+The rights each request needs, for command and file connections, are the
+tables :data:`COMMAND_RIGHTS` and :data:`FILE_COMMAND_RIGHTS`, checked by
+:func:`authorize_command`; the daemon's dispatcher asks it before a handler
+runs (docs/protocol.md, "Rights").
 """
 
 from __future__ import annotations
@@ -17,10 +22,13 @@ import hmac
 import ipaddress
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.address import IPv4Address, IPv6Address
+
+from ..errors import PermissionDenied
+from ..wire.names import check_file_name
 
 #: What a right can allow.  ``read``/``write`` are about variables,
 #: ``publish``/``subscribe`` about channels, ``upload``/``download`` about
@@ -104,6 +112,95 @@ class Grant:
 
 #: The grant of a connection that has not said hello yet.
 NOTHING = Grant("unauthenticated")
+
+
+class Right(NamedTuple):
+    """The right one command needs of the connection's token."""
+
+    #: One of :data:`ACTIONS`.
+    action: str
+    #: The index of the argument naming the variable, channel or file the
+    #: action is on; None: the action on some name (the handler keeps to the
+    #: allowed names, as ``keys`` and ``list`` do).
+    argument: Optional[int] = None
+    #: Checks that argument before the right is asked, so that a malformed
+    #: name is a ``bad_request`` whatever the token (raises a BadRequest).
+    check: Optional[Callable[[Any], object]] = None
+
+
+#: The right each request of a command connection needs, checked before its
+#: handler runs; ``None`` means nothing is checked here (``ping``, or a
+#: handler that checks each name itself, as ``subscribe`` does).  A command
+#: missing from the table is served only to tokens with every right.
+COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
+    "ping": None,
+    "get": Right("read", 0),
+    "exists": Right("read", 0),
+    "keys": Right("read"),
+    "get_dict_value": Right("read", 0),
+    "get_list_value": Right("read", 0),
+    "put": Right("write", 0),
+    "delete": Right("write", 0),
+    "dict_change": Right("write", 0),
+    "list_append": Right("write", 0),
+    "list_pop": Right("write", 0),
+    "list_remove": Right("write", 0),
+    # The handlers check each channel of the list themselves.
+    "subscribe": None,
+    "unsubscribe": None,
+}
+
+#: The same for a file connection (``hello`` with mode ``file``): listing
+#: files counts as ``download``, deleting one as ``upload``.  ``upload_end``
+#: and ``download_end`` finish a transfer whose start was checked.
+FILE_COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
+    "list": Right("download"),
+    # The name is checked by the file service after the right, as it always was.
+    "delete": Right("upload", 0),
+    "partial": Right("upload", 0, check_file_name),
+    "upload": Right("upload", 0, check_file_name),
+    "upload_end": None,
+    "download": Right("download", 0, check_file_name),
+    "download_end": None,
+}
+
+
+def authorize(grant: Grant, action: str, resource: Any = None) -> None:
+    """
+    Check that ``grant`` allows ``action`` on the variable, channel or file
+    named ``resource`` (None: on some name).
+
+    :raises PermissionDenied: if it does not.
+    """
+    if not grant.allows(action, resource):
+        what = "anything" if resource is None else repr(resource)[:80]
+        raise PermissionDenied(f"the token {grant.name!r} may not {action} {what}")
+
+
+def authorize_command(grant: Grant, command: str, args: Sequence[Any],
+                      rights: Mapping[str, Optional[Right]]) -> None:
+    """
+    Check the right that ``command`` with ``args`` (whose count is already
+    checked) needs, as listed in ``rights``.
+
+    :raises PermissionDenied: if ``grant`` does not give it.
+    :raises BadRequest: if a :attr:`Right.check` refuses the name.
+    """
+    if grant.unlimited:
+        return
+    if command not in rights:
+        raise PermissionDenied(
+            f"the token {grant.name!r} may not use {command}: it needs every right")
+    needs = rights[command]
+    if needs is None:
+        return
+    if needs.argument is None:
+        authorize(grant, needs.action)
+        return
+    resource = args[needs.argument]
+    if needs.check is not None:
+        needs.check(resource)
+    authorize(grant, needs.action, resource)
 
 
 def is_roles_file(text: str) -> bool:

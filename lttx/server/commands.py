@@ -1,0 +1,160 @@
+"""
+The requests of a command connection: variables, channels, ``ping`` and
+``status``, one small ``cmd_<name>`` handler each.
+
+A handler gets the request's arguments (their count checked by the
+:class:`~lttx.server.dispatch.Dispatcher`, and the token's right from
+:data:`lttx.state.auth.COMMAND_RIGHTS`) and returns the reply's value, or a
+Deferred of it, or raises an :class:`~lttx.errors.LTtxError`.  The message
+set is in ``docs/protocol.md``.  To add a command: a ``cmd_<name>`` here
+marked with :func:`~lttx.server.dispatch.command`, and its right in
+``COMMAND_RIGHTS``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ..errors import BadRequest
+from ..state.auth import Grant, authorize
+from ..state.store import MISSING
+from ..wire.names import split_channels
+from .dispatch import command
+from .outbox import Outbox
+from .state import ServerState
+
+
+class CommandConnection(Protocol):
+    """What the handlers need of their connection."""
+
+    #: The peer's address, for log lines.
+    peer: str
+    #: What the connection's token may do.
+    grant: Grant
+    #: The connection's subscriber side, once it subscribed.
+    outbox: Optional[Outbox]
+
+    def open_outbox(self) -> Outbox:
+        """The connection's outbox, made by the first subscribe."""
+
+
+class Commands:
+    """
+    The handlers of one command connection.
+
+    :param state: what the daemon's connections share.
+    :param connection: the connection the requests come from.
+    """
+
+    log = Logger()
+
+    def __init__(self, state: ServerState, connection: CommandConnection) -> None:
+        self.state = state
+        self.connection = connection
+
+    # -- channels (the registry lives in the state) -------------------------
+
+    @command(1, 3)
+    def cmd_subscribe(self, channels: Any, password: Any = None, options: Any = None) -> Any:
+        names = split_channels(channels)
+        if options is None:
+            options = {}
+        if not isinstance(options, dict):
+            raise BadRequest("subscribe options must be a map")
+        conflate = bool(options.get("conflate", False))
+        grant = self.connection.grant
+        for name in names:
+            authorize(grant, "subscribe", name)
+        outbox = self.connection.open_outbox()
+        result = self.state.channels.subscribe(outbox, names, password, conflate)
+        self.log.info("{peer} subscribed to {channels}{conflating}", peer=self.connection.peer,
+                      channels=", ".join(names), conflating=" (conflating)" if conflate else "")
+        return result
+
+    @command(1)
+    def cmd_unsubscribe(self, channels: Any) -> Any:
+        names = split_channels(channels)
+        outbox = self.connection.outbox
+        if outbox is None:
+            return []
+        left = self.state.channels.unsubscribe(outbox, names)
+        if left:
+            self.log.info("{peer} unsubscribed from {channels}", peer=self.connection.peer,
+                          channels=", ".join(left))
+        return left
+
+    # -- variables ----------------------------------------------------------
+
+    @command(0)
+    def cmd_ping(self) -> str:
+        return "pong"
+
+    @command(2)
+    def cmd_put(self, name: Any, value: Any) -> Any:
+        return self.state.store.put(name, value)
+
+    @command(1)
+    def cmd_get(self, name: Any) -> Any:
+        return _map(self.state.store.get(name), _present)
+
+    @command(1)
+    def cmd_delete(self, name: Any) -> Any:
+        return self.state.store.delete(name)
+
+    @command(1)
+    def cmd_exists(self, name: Any) -> Any:
+        return self.state.store.exists(name)
+
+    @command(0, 1)
+    def cmd_keys(self, pattern: Any = "*") -> Any:
+        names = self.state.store.keys(pattern)
+        grant = self.connection.grant
+        if grant.unlimited:
+            return names
+        # A token sees only the names it may read.
+        return _map(names, lambda found: [n for n in found if grant.allows("read", n)])
+
+    @command(3)
+    def cmd_dict_change(self, name: Any, key: Any, value: Any) -> Any:
+        return self.state.store.dict_change(name, key, value)
+
+    @command(2)
+    def cmd_get_dict_value(self, name: Any, key: Any) -> Any:
+        return _map(self.state.store.get_dict_value(name, key), _present)
+
+    @command(2)
+    def cmd_list_append(self, name: Any, item: Any) -> Any:
+        return self.state.store.list_append(name, item)
+
+    @command(1, 2)
+    def cmd_list_pop(self, name: Any, index: Any = -1) -> Any:
+        return self.state.store.list_pop(name, index)
+
+    @command(2)
+    def cmd_list_remove(self, name: Any, item: Any) -> Any:
+        return self.state.store.list_remove(name, item)
+
+    @command(2)
+    def cmd_get_list_value(self, name: Any, index: Any) -> Any:
+        return self.state.store.get_list_value(name, index)
+
+    # -- the daemon ---------------------------------------------------------
+
+    @command(0)
+    def cmd_status(self) -> Any:
+        return self.state.status()
+
+
+def _present(value: Any) -> list[Any]:
+    """``[value]`` for a value, ``[]`` for none: tells a stored None from no variable."""
+    return [] if value is MISSING else [value]
+
+
+def _map(result: Any, f: Callable[[Any], Any]) -> Any:
+    """Apply ``f`` to a result that may still be a Deferred."""
+    if isinstance(result, Deferred):
+        return result.addCallback(f)
+    return f(result)

@@ -1,0 +1,122 @@
+"""
+What the daemon's connections share: :class:`ServerState`.
+
+The variable store, the channel registry, the authenticator and the file
+service are passed in (``makeService`` builds them; tests pass fakes), with
+the limits every connection applies and the clock.  The state also keeps the
+set of open connections and answers the ``status`` request.  A protocol is
+given this object, not the factory, as transit-relay's protocol talks to
+``factory.transit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from .._version import __version__
+from ..state.auth import TokenAuthenticator
+from ..state.channels import ChannelRegistry
+from ..state.status import StatusSource, gather_status
+from ..state.store import IVariableStore
+from .files import FileService
+
+#: The largest frame a connection accepts after hello (``--max-frame``).
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+#: The most bytes queued for one subscriber (``--subscriber-buffer``).
+DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
+
+#: The keys of :meth:`ServerState.status` that no status source may take.
+_OWN_STATUS = frozenset({"version", "uptime", "connections", "variables"})
+
+
+class Connection(Protocol):
+    """What the state keeps of an open connection."""
+
+    #: The peer's address, for log lines.
+    peer: str
+    #: Whether it said a good hello.
+    authenticated: bool
+
+
+class ServerState:
+    """
+    What every connection of one daemon shares.
+
+    :param max_frame: the largest frame accepted after hello, in bytes.
+    :param channels: the channel registry; a new one if None.
+    :param subscriber_buffer: the most bytes queued for one subscriber
+        before the slow-subscriber policy acts.
+    :param clock: tells the uptime (the status report has none without) and
+        times the hello timeout and the abort of a cut-off subscriber that
+        does not read; None: neither is timed.
+    :param files: the file service; None: file connections are refused.
+    :param status_sources: the components whose ``status()`` the ``status``
+        request reports, each under its name (``"journal"``, ``"engine"``);
+        wiring one more is one entry here.  The channel registry and the
+        file service are ones without being named.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IVariableStore,
+        auth: TokenAuthenticator,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        channels: Optional[ChannelRegistry] = None,
+        subscriber_buffer: int = DEFAULT_SUBSCRIBER_BUFFER,
+        clock: Optional[IReactorTime] = None,
+        files: Optional[FileService] = None,
+        status_sources: Optional[Mapping[str, StatusSource]] = None,
+    ) -> None:
+        self.store = store
+        self.auth = auth
+        self.max_frame = max_frame
+        self.channels = channels if channels is not None else ChannelRegistry()
+        self.subscriber_buffer = subscriber_buffer
+        self.clock = clock
+        self.files = files
+        self.connections: set[Connection] = set()
+        self.started = None if clock is None else clock.seconds()
+        self.status_sources: dict[str, StatusSource] = {"channels": self.channels}
+        if files is not None:
+            self.status_sources["files"] = files
+        self.status_sources.update(status_sources or {})
+        clash = set(self.status_sources) & _OWN_STATUS
+        if clash:
+            raise ValueError(f"status source names clash with the daemon's own: {sorted(clash)}")
+
+    def connection_made(self, connection: Connection) -> None:
+        """A connection was accepted (a refused peer is never added)."""
+        self.connections.add(connection)
+
+    def connection_lost(self, connection: Connection) -> None:
+        """A connection closed."""
+        if connection in self.connections:
+            self.connections.remove(connection)
+            if connection.authenticated:
+                self.log.info("{peer} disconnected", peer=connection.peer)
+
+    def status(self) -> "dict[str, Any] | Deferred[dict[str, Any]]":
+        """
+        What ``lttx status`` shows of this daemon: its own figures, and each
+        status source's ``status()`` under the source's name.
+
+        Everything is read from counters kept anyway, at the moment of the
+        request: nothing on the hot path works for it.  A Deferred only if a
+        source answers with one (a remote engine).
+        """
+        report: dict[str, Any] = {
+            "version": __version__,
+            "uptime": (None if self.clock is None or self.started is None
+                       else max(0.0, self.clock.seconds() - self.started)),
+            "connections": len(self.connections),
+            "variables": len(self.store),
+        }
+        for name, source in self.status_sources.items():
+            report[name] = source.status()
+        return gather_status(report)
