@@ -37,13 +37,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from twisted.internet import defer, task  # noqa: E402
 
-from lttx import codec  # noqa: E402
-from lttx.auth import TokenAuthenticator  # noqa: E402
+from lttx.wire import codec  # noqa: E402
+from lttx.state.auth import TokenAuthenticator  # noqa: E402
 from lttx.client import AsyncClient, ConnectionSettings  # noqa: E402
-from lttx.durable import DurableStore, InlineLane  # noqa: E402
-from lttx.factory import LTtxFactory  # noqa: E402
-from lttx.journal import journal_name  # noqa: E402
-from lttx.store import MemoryStore  # noqa: E402
+from lttx.diskio import InlineLane  # noqa: E402
+from lttx.storage.durable import DurableStore  # noqa: E402
+from lttx.server.factory import LTtxFactory  # noqa: E402
+from lttx.storage.journal import journal_name  # noqa: E402
+from lttx.state.store import MemoryStore  # noqa: E402
 
 TOKEN = "bench"
 

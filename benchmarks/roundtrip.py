@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     args = parser.parse_args()
 
-    from lttx import codec
+    from lttx.wire import codec
 
     request = codec.encode([0, 1, "put", ["pos", VALUE]])
     frame = struct.pack("!I", len(request)) + request

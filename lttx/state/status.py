@@ -2,7 +2,7 @@
 What the ``status`` request reports, gathered from the daemon's components.
 
 Each component that has something to show (the channel registry, the
-journal, the file store) offers ``status() -> dict``; the factory keeps them
+journal, the file store) offers ``status() -> dict``; the daemon's ServerState keeps them
 by name and asks them only when a client asks it, so a status request costs
 the hot path nothing.  Rates come from the components too, computed from
 counters they keep anyway (the channel registry samples its sequence
