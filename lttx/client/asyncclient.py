@@ -56,6 +56,9 @@ class AsyncClient(VariableCommands):
         self._paused = False  # the transport's buffer is full
         self._closing = False
         self._writable_waiters: list[Deferred[None]] = []
+        # Attached before the reconnector takes the connection, as each new one is:
+        # at a loss the client forgets it before the service hears of it, so
+        # close() fires with the client disconnected.
         self._attach(protocol)
         self._connection = Reconnector(reactor, settings, protocol, self._resubscribe)
 
