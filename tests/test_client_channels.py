@@ -1,7 +1,7 @@
 """
 The Twisted-native client's channel side against the real server protocol, in
 memory (twisted.test.iosim): subscriptions, callbacks, push flow control,
-what a reconnection does with them; and the client protocol's framing.
+what a reconnection does with them.
 """
 
 from __future__ import annotations
@@ -132,41 +132,6 @@ class PushFlowControlTests(SynchronousTestCase):
         self.assertEqual(client.pending_push_bytes, 0)
         self.successResultOf(flushed)
         self.assertEqual(writes[0], b"".join(len(f).to_bytes(4, "big") + f for f in frames))
-
-
-class FramingTests(SynchronousTestCase):
-    def test_frames_split_anywhere(self) -> None:
-        """Messages, a reply and a notice fed in pieces of every size arrive whole and in
-        order; messages before a reply are delivered before its Deferred fires."""
-        stream = (frame([codec.MESSAGE, "hq", "600000.SH", {"px": 10.23}, 1])
-                  + frame([codec.MESSAGE, "hq", b"\x95\x03", "x" * 300, 2])
-                  + frame([codec.REPLY, 1, "pong"])
-                  + frame([codec.NOTICE, "slow_subscriber", "bye"])
-                  + frame([codec.MESSAGE, "hq", 7, None, 3]))
-        for size in range(1, 12):
-            events: list[Any] = []
-            protocol = ClientProtocol(events.append, lambda *n: events.append(n))
-            protocol.makeConnection(StringTransport())
-            d = protocol.request("ping")
-            d.addCallback(events.append)
-            protocol.set_receivers(lambda batch: events.extend(batch),
-                                   lambda *n: events.append(n))
-            for i in range(0, len(stream), size):
-                protocol.dataReceived(stream[i:i + size])
-            self.assertEqual(events, [
-                Message("hq", "600000.SH", {"px": 10.23}, 1),
-                Message("hq", b"\x95\x03", "x" * 300, 2),
-                "pong", ("slow_subscriber", "bye"), Message("hq", 7, None, 3)])
-
-    def test_garbage_closes(self) -> None:
-        """A frame that looks like a message but does not decode closes the connection."""
-        protocol = ClientProtocol(lambda m: None, lambda *n: None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        protocol.set_receivers(lambda batch: None, lambda *n: None)
-        protocol.dataReceived(b"\x00\x00\x00\x03\x95\x03\xc1")
-        self.assertTrue(transport.disconnecting)
-        self.flushLoggedErrors()
 
 
 class MessageQueueTests(SynchronousTestCase):
