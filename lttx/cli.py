@@ -40,7 +40,7 @@ import os
 import sys
 from typing import IO, Any, Callable, NoReturn, Optional, Sequence
 
-from ._version import __version__
+from ._version import DEFAULT_PORT, __version__
 from .errors import (
     AuthError,
     ConnectError,
@@ -61,8 +61,9 @@ EXIT_NOT_FOUND = 5  #: no such variable or file (on the daemon or locally)
 EXIT_INTERRUPTED = 130  #: Ctrl-C (but ``sub`` ends normally on Ctrl-C)
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 2025
-DEFAULT_TIMEOUT = 10.0
+#: Seconds the command waits for the daemon: its own default, shorter than a
+#: program's client (lttx.client.DEFAULT_TIMEOUT).
+CLI_TIMEOUT = 10.0
 
 _MISSING = object()
 
@@ -309,7 +310,7 @@ def _address(args: argparse.Namespace) -> tuple[str, int, Optional[str], float]:
     if not 0 < port < 65536:
         raise UsageError(f"the port must be between 1 and 65535, not {port}")
     token = getattr(args, "token", None) or os.environ.get("LTTX_TOKEN") or None
-    timeout = getattr(args, "timeout", None) or DEFAULT_TIMEOUT
+    timeout = getattr(args, "timeout", None) or CLI_TIMEOUT
     if timeout <= 0:
         raise UsageError("--timeout must be positive")
     return host, port, token, timeout
@@ -441,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--token", default=argparse.SUPPRESS,
                        help="the daemon's token (env LTTX_TOKEN)")
     group.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
-                       help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})")
+                       help=f"seconds to wait for the daemon (default {CLI_TIMEOUT:g})")
     group.add_argument("--tls", action="store_true", default=argparse.SUPPRESS,
                        help="speak TLS to a daemon on an ssl: endpoint (env LTTX_TLS=1)")
     group.add_argument("--ca", default=argparse.SUPPRESS, metavar="PEM",

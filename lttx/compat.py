@@ -38,6 +38,8 @@ What is better, and may differ:
 - a wrong token raises :class:`lttx.AuthError` instead of retrying forever.
 - calls made before ``start_tx()`` connect first (the original returned an
   error dict).
+- the new client's other variable commands are there too (``ping``,
+  ``delete``, ``exists``, ``keys``, ``status``, ``call``).
 """
 
 from __future__ import annotations
@@ -46,11 +48,12 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
 
 from .client import DEFAULT_TIMEOUT, Client, Message, connect
+from .client.commands import VariableCommands
 from .errors import ConnectError, IndexOutOfRange, NotFound
 
 __all__ = ["txl"]
@@ -61,9 +64,13 @@ def key_data(message: Message) -> str:
     return "%s|%s" % (message.key, message.data)
 
 
-class txl:  # noqa: N801  (the original's name, kept so old scripts run)
+class txl(VariableCommands):  # noqa: N801  (the original's name, kept so old scripts run)
     """
     The original LTtx client, ``txl(ip, port, token)``.
+
+    Its variable commands are the new client's (:mod:`lttx.client.commands`)
+    under the original's argument names; it also has the new ones the
+    original lacked (``ping``, ``delete``, ``exists``, ``keys``, ``status``).
 
     :param ip: the daemon's address.
     :param port: the daemon's port.
@@ -184,40 +191,50 @@ class txl:  # noqa: N801  (the original's name, kept so old scripts run)
         if client is not None:
             client.close()
 
-    # -- cloud variables ----------------------------------------------------
+    # -- cloud variables: lttx.client.commands, under the original's names --
 
-    def put(self, key: str, data: Any) -> None:
+    def call(self, command: str, *args: Any) -> Any:
+        """Send any command of the new protocol (docs/protocol.md); its result."""
+        return self._connection().call(command, *args)
+
+    def _then(self, result: Any, transform: Callable[[Any], Any]) -> Any:
+        return transform(result)
+
+    # The original's argument names (``key``, ``var``, ``data``) are kept, so
+    # calls that name them still work; what each sends is VariableCommands'.
+
+    def put(self, key: str, data: Any) -> None:  # type: ignore[override]
         """Set the cloud variable ``key`` to ``data``."""
-        self._connection().put(key, data)
+        super().put(key, data)
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> Any:  # type: ignore[override]
         """The value of ``key``, None if there is none."""
-        return self._connection().get(key)
+        return super().get(key)
 
-    def list_append(self, var: str, data: Any) -> int:
+    def list_append(self, var: str, data: Any) -> int:  # type: ignore[override]
         """Append ``data`` to the list ``var`` (created if absent)."""
-        return self._connection().list_append(var, data)
+        return super().list_append(var, data)  # type: ignore[no-any-return]
 
-    def list_pop(self, var: str, data: Any = -1) -> Any:
+    def list_pop(self, var: str, data: Any = -1) -> Any:  # type: ignore[override]
         """Pop the item at index ``data`` of the list ``var``; the popped item."""
-        return self._connection().list_pop(var, int(data))
+        return super().list_pop(var, int(data))
 
-    def list_remove(self, var: str, data: Any) -> bool:
+    def list_remove(self, var: str, data: Any) -> bool:  # type: ignore[override]
         """Remove the first item equal to ``data`` from the list ``var``."""
-        return self._connection().list_remove(var, data)
+        return super().list_remove(var, data)  # type: ignore[no-any-return]
 
-    def dict_change(self, var: str, key: Any, value: Any) -> None:
+    def dict_change(self, var: str, key: Any, value: Any) -> None:  # type: ignore[override]
         """``var[key] = value`` on the dict ``var`` (created if absent)."""
-        self._connection().dict_change(var, key, value)
+        super().dict_change(var, key, value)
 
-    def get_dict_value(self, var: str, key: Any) -> Any:
+    def get_dict_value(self, var: str, key: Any) -> Any:  # type: ignore[override]
         """``var[key]`` of a dict variable; None if either does not exist."""
-        return self._connection().get_dict_value(var, key)
+        return super().get_dict_value(var, key)
 
-    def get_list_value(self, key: str, index: int) -> Any:
+    def get_list_value(self, key: str, index: int) -> Any:  # type: ignore[override]
         """``key[index]`` of a list variable; None if either does not exist."""
         try:
-            return self._connection().get_list_value(key, index)
+            return super().get_list_value(key, index)
         except (IndexOutOfRange, NotFound):
             return None
 

@@ -6,17 +6,21 @@ protocol, in memory (twisted.test.iosim), and the blocking client's loop.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred
-from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
+from twisted.logger import globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 import lttx
 from lttx.wire import codec
 from lttx.state.auth import TokenAuthenticator
-from lttx.client import AsyncClient, ClientProtocol, ConnectionSettings, Message
+from lttx.client import AsyncClient, ConnectionSettings, Message
 from lttx.client.eventloop import EventLoop
 from lttx.server.factory import LTtxFactory
 from lttx.state.store import MemoryStore
@@ -24,59 +28,128 @@ from lttx.state.store import MemoryStore
 from .common import TOKEN
 
 
+class MemoryDaemon:
+    """
+    A real server factory reached in memory: each connection the client makes
+    is a new server protocol, joined to it by an iosim pump.  ``down`` refuses
+    new connections; :meth:`restart` closes the open ones.
+    """
+
+    def __init__(self, clock: MemoryReactorClock, store: Any = None, **factory_args: Any) -> None:
+        self.clock = clock
+        self.factory = LTtxFactory(store if store is not None else MemoryStore(),
+                                   TokenAuthenticator(TOKEN), **factory_args)
+        self.pumps: list[iosim.IOPump] = []
+        self.down = False
+
+    def connect(self, protocol_factory: Any) -> "Deferred[Any]":
+        if self.down:
+            return fail(ConnectionRefusedError("the daemon is down"))
+        client = protocol_factory.buildProtocol(None)
+        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.pumps.append(iosim.connect(server, iosim.makeFakeServer(server),
+                                        client, iosim.makeFakeClient(client),
+                                        greet=False, clock=self.clock))
+        return succeed(client)
+
+    def flush(self) -> None:
+        """Move bytes both ways until nothing moves (and run calls due now)."""
+        while any([pump.pump() for pump in self.pumps]):
+            pass
+
+    def restart(self) -> None:
+        """The daemon closes every connection (and is up again at once, unless down)."""
+        for pump in self.pumps:
+            pump.serverIO.loseConnection()
+        self.flush()
+
+
+@dataclass(frozen=True)
+class MemorySettings(ConnectionSettings):
+    """ConnectionSettings whose connections go to in-memory daemons, by host name."""
+
+    daemons: Any = None
+
+    def endpoint(self, reactor: Any) -> Any:
+        return self.daemons[self.host]
+
+
+def memory_settings(daemon: Any, **settings: Any) -> MemorySettings:
+    settings.setdefault("token", TOKEN)
+    return MemorySettings("memory", 1, daemons={"memory": daemon}, **settings)
+
+
+def connect_client(test: SynchronousTestCase, daemon: MemoryDaemon,
+                   settings: Optional[ConnectionSettings] = None,
+                   on_message: Optional[Callable[[Message], None]] = None) -> AsyncClient:
+    """AsyncClient.connect to an in-memory daemon, pumped until it is connected."""
+    d = AsyncClient.connect(daemon.clock, settings or memory_settings(daemon), on_message)
+    daemon.flush()
+    return test.successResultOf(d)
+
+
 def connected_client(test: SynchronousTestCase, max_frame: int = 1024 * 1024,
-                     store: Any = None) -> tuple[AsyncClient, iosim.IOPump, list[Any]]:
-    """An authenticated AsyncClient wired to a real server protocol in memory."""
-    factory = LTtxFactory(store if store is not None else MemoryStore(), TokenAuthenticator(TOKEN),
-                          max_frame=max_frame)
-    server = factory.buildProtocol(None)
-    notices: list[Any] = []
-    messages: list[Message] = []
-    client_protocol = ClientProtocol(messages.append, lambda *n: notices.append(n))
-    pump = iosim.connect(server, iosim.makeFakeServer(server),
-                         client_protocol, iosim.makeFakeClient(client_protocol))
-    settings = ConnectionSettings("127.0.0.1", 1, TOKEN)
-    hello = client_protocol.request("hello", *settings.hello_args())
-    pump.flush()
-    info = test.successResultOf(hello)
-    client_protocol.max_frame = info["max_frame"]
-    reactor = MemoryReactorClock()
-    client = AsyncClient(reactor, settings, client_protocol, info, messages.append)
-    client.test_reactor = reactor  # type: ignore[attr-defined]
-    return client, pump, notices
+                     store: Any = None,
+                     on_message: Optional[Callable[[Message], None]] = None,
+                     ) -> tuple[AsyncClient, MemoryDaemon]:
+    """An authenticated AsyncClient on a real server protocol in memory."""
+    daemon = MemoryDaemon(MemoryReactorClock(), store, max_frame=max_frame)
+    return connect_client(test, daemon, on_message=on_message), daemon
+
+
+def logged(events: Any, text: str) -> list[str]:
+    """The logged lines whose format contains ``text``, formatted."""
+    return [e["log_format"].format(**e) for e in events if text in e.get("log_format", "")]
 
 
 class AsyncClientTests(SynchronousTestCase):
     def test_pipelined_requests(self) -> None:
         """Requests sent together get their own results, matched by id."""
-        client, pump, _ = connected_client(self)
+        client, daemon = connected_client(self)
         results = [client.put("a", 1), client.list_append("l", "x"), client.get("a"),
                    client.get("missing", default="dflt"), client.get_dict_value("a", "k")]
-        pump.flush()
+        daemon.flush()
         self.assertEqual(self.successResultOf(results[0]), None)
         self.assertEqual(self.successResultOf(results[1]), 1)
         self.assertEqual(self.successResultOf(results[2]), 1)
         self.assertEqual(self.successResultOf(results[3]), "dflt")
         self.assertIsInstance(self.failureResultOf(results[4]).value, lttx.WrongTypeError)
 
+    def test_every_variable_command(self) -> None:
+        """Each variable command sends its request and gives its result, post-processed."""
+        client, daemon = connected_client(self)
+        calls = [client.ping(), client.put("d", {"k": 1}), client.get_dict_value("d", "k"),
+                 client.get_dict_value("d", "nope", 0), client.dict_change("d", "j", 2),
+                 client.get("d"), client.exists("d"), client.list_append("l", "a"),
+                 client.list_append("l", "b"), client.get_list_value("l", 1),
+                 client.list_remove("l", "a"), client.list_pop("l"), client.keys(),
+                 client.delete("d"), client.exists("d")]
+        daemon.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls],
+                         ["pong", None, 1, 0, None, {"k": 1, "j": 2}, True, 1, 2, "b",
+                          True, "b", ["d", "l"], True, False])
+        status = client.status()
+        daemon.flush()
+        self.assertIn("version", self.successResultOf(status))
+
     def test_errors_come_back_as_their_classes(self) -> None:
-        client, pump, _ = connected_client(self)
+        client, daemon = connected_client(self)
         pops = [client.list_pop("none"), client.call("nosuch")]
-        pump.flush()
+        daemon.flush()
         self.failureResultOf(pops[0], lttx.NotFound)
         failure = self.failureResultOf(pops[1], lttx.BadRequest)
         self.assertEqual(str(failure.value), "unknown command 'nosuch'")
 
     def test_frame_too_large_is_refused_before_sending(self) -> None:
         """The client knows the daemon's limit and refuses locally; the connection goes on."""
-        client, pump, _ = connected_client(self, max_frame=2048)
+        client, daemon = connected_client(self, max_frame=2048)
         self.failureResultOf(client.put("big", b"x" * 4096), lttx.FrameTooLarge)
         d = client.ping()
-        pump.flush()
+        daemon.flush()
         self.assertEqual(self.successResultOf(d), "pong")
 
     def test_unencodable_value(self) -> None:
-        client, _, _ = connected_client(self)
+        client, _ = connected_client(self)
         self.failureResultOf(client.put("s", {1, 2}), lttx.EncodeError)
 
     def test_lost_connection_fails_pending_requests(self) -> None:
@@ -86,22 +159,22 @@ class AsyncClientTests(SynchronousTestCase):
             def get(self, name: str) -> Deferred[Any]:
                 return Deferred()
 
-        client, pump, _ = connected_client(self, store=NeverAnswers())
+        client, daemon = connected_client(self, store=NeverAnswers())
         d = client.get("a")
-        pump.flush()
+        daemon.flush()
         self.assertNoResult(d)
-        client.protocol.transport.loseConnection()
-        pump.flush()
+        daemon.down = True
+        daemon.restart()
         self.failureResultOf(d, lttx.ConnectionLost)
         # A call made while disconnected waits for the reconnection, at most the timeout.
         later = client.get("a")
         self.assertNoResult(later)
-        client.test_reactor.advance(client.settings.timeout)  # type: ignore[attr-defined]
+        daemon.clock.advance(client.settings.timeout)
         self.failureResultOf(later, lttx.ConnectionLost)
 
     def test_pushes_are_written_together(self) -> None:
         """Pushes made in one reactor turn leave in a single write."""
-        client, pump, _ = connected_client(self)
+        client, daemon = connected_client(self)
         writes: list[bytes] = []
         transport = client.protocol.transport
         original_write = transport.write
@@ -109,19 +182,135 @@ class AsyncClientTests(SynchronousTestCase):
         for i in range(100):
             client.push(f"k{i}", {"px": i}, "hq")
         self.assertEqual(writes, [])
-        client.test_reactor.advance(0)  # type: ignore[attr-defined]
+        daemon.clock.advance(0)
         self.assertEqual(len(writes), 1)
         self.assertEqual(writes[0].count(codec.encode("hq")), 100)
 
     def test_cancelled_request_is_forgotten(self) -> None:
-        """A cancelled request's late reply is dropped quietly."""
-        client, pump, notices = connected_client(self)
+        """A cancelled request's late reply is dropped quietly; the next calls go on."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        client, daemon = connected_client(self)
         d = client.get("a")
         d.cancel()
         self.failureResultOf(d)
-        pump.flush()
-        self.assertEqual(client.protocol._pending, {})
-        self.assertEqual(notices, [])
+        daemon.flush()
+        self.assertEqual(logged(events, "the daemon says"), [])
+        later = client.ping()
+        daemon.flush()
+        self.assertEqual(self.successResultOf(later), "pong")
+
+    def test_wrong_token_fails_at_once(self) -> None:
+        """A wrong token on the first connect is an AuthError, and nothing is retried,
+        not even at the other addresses."""
+        clock = MemoryReactorClock()
+        a, b = MemoryDaemon(clock), MemoryDaemon(clock)
+        settings = MemorySettings("a", 1, "wrong", addresses=(("a", 1), ("b", 1)),
+                                  daemons={"a": a, "b": b})
+        d = AsyncClient.connect(clock, settings)
+        a.flush()
+        self.failureResultOf(d, lttx.AuthError)
+        clock.advance(60)
+        self.assertEqual((len(a.pumps), len(b.pumps)), (1, 0))
+
+    def test_first_connect_skips_the_daemons_that_are_down(self) -> None:
+        """With several addresses, connect uses the first daemon that can be reached."""
+        clock = MemoryReactorClock()
+        a, b = MemoryDaemon(clock), MemoryDaemon(clock)
+        a.down = True
+        settings = MemorySettings("a", 1, TOKEN, addresses=(("a", 1), ("b", 1)),
+                                  daemons={"a": a, "b": b})
+        client = connect_client(self, b, settings)
+        self.assertEqual((client.settings.host, client.connected), ("b", True))
+
+    def test_connect_to_nothing_is_a_connect_error(self) -> None:
+        """A daemon that cannot be reached: ConnectError, with the address in its text."""
+        daemon = MemoryDaemon(MemoryReactorClock())
+        daemon.down = True
+        d = AsyncClient.connect(daemon.clock, memory_settings(daemon))
+        failure = self.failureResultOf(d, lttx.ConnectError)
+        self.assertIn("cannot connect to LTtx at memory:1: ", failure.getErrorMessage())
+
+
+class ReconnectionTests(SynchronousTestCase):
+    """A client whose daemon goes away and comes back, as its user sees it."""
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.clock = MemoryReactorClock()
+
+    def test_outage_logs_one_warning_and_the_reconnection(self) -> None:
+        """However many attempts fail, an outage logs the loss, one failed attempt and
+        the reconnection; calls then go on."""
+        daemon = MemoryDaemon(self.clock)
+        client = connect_client(self, daemon)
+        daemon.down = True
+        daemon.restart()
+        self.assertFalse(client.connected)
+        for _ in range(8):  # 0.1 + 0.2 + ... + 5 s of backoff: eight failed attempts
+            self.clock.advance(5)
+        daemon.down = False
+        self.clock.advance(5)
+        daemon.flush()
+        self.assertTrue(client.connected)
+        self.assertEqual(len(logged(self.events, "lost the connection")), 1)
+        self.assertEqual(len(logged(self.events, "cannot reconnect yet")), 1)
+        self.assertEqual(len(logged(self.events, "reconnected to LTtx")), 1)
+        d = client.ping()
+        daemon.flush()
+        self.assertEqual(self.successResultOf(d), "pong")
+
+    def test_backoff_doubles_up_to_five_seconds(self) -> None:
+        """Attempts come 0.1 s after the loss, then twice as long each time, at most 5 s."""
+        daemon = MemoryDaemon(self.clock)
+        connect_client(self, daemon)
+        daemon.down = True
+        daemon.restart()
+        delays = []
+        for _ in range(8):
+            [retry] = self.clock.getDelayedCalls()
+            delays.append(round(retry.getTime() - self.clock.seconds(), 3))
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])
+
+    def test_each_attempt_tries_the_next_daemon(self) -> None:
+        """With several daemons, a lost connection is replaced by one to the next."""
+        a, b = MemoryDaemon(self.clock), MemoryDaemon(self.clock)
+        settings = MemorySettings("a", 1, TOKEN, addresses=(("a", 1), ("b", 1)),
+                                  daemons={"a": a, "b": b})
+        client = connect_client(self, a, settings)
+        a.restart()
+        self.clock.advance(0.1)
+        b.flush()
+        self.assertEqual((client.settings.host, client.connected), ("b", True))
+        d = client.ping()
+        b.flush()
+        self.assertEqual(self.successResultOf(d), "pong")
+
+    def test_close_stops_reconnecting(self) -> None:
+        """close() while reconnecting: no more attempts, and waiting calls fail."""
+        daemon = MemoryDaemon(self.clock)
+        client = connect_client(self, daemon)
+        daemon.down = True
+        daemon.restart()
+        waiting = client.ping()
+        self.successResultOf(client.close())
+        self.failureResultOf(waiting, lttx.ConnectionLost)
+        daemon.down = False
+        self.clock.advance(60)
+        self.assertEqual(len(daemon.pumps), 1)
+        self.failureResultOf(client.ping(), lttx.ConnectionLost)
+
+    def test_close_closes_the_connection(self) -> None:
+        """close() on a connected client closes its connection; it is not reopened."""
+        daemon = MemoryDaemon(self.clock)
+        client = connect_client(self, daemon)
+        closed = client.close()
+        daemon.flush()
+        self.successResultOf(closed)
+        self.assertFalse(client.connected)
+        self.clock.advance(60)
+        self.assertEqual(len(daemon.pumps), 1)
+        self.assertEqual(logged(self.events, "lost the connection"), [])
 
 
 class EventLoopTests(SynchronousTestCase):
@@ -182,8 +371,9 @@ class EventLoopTests(SynchronousTestCase):
                          ["the client was closed while this call waited"])
 
     def test_stop_ends_the_thread(self) -> None:
+        """stop() stops the reactor and waits for its thread; later calls are refused."""
         self.loop.stop()
-        self.assertFalse(self.loop._thread.is_alive())
+        self.assertFalse(self.loop.reactor.running)
         self.assertRaises(lttx.LTtxError, self.loop.run, lambda: 1, timeout=1)
 
 

@@ -1,21 +1,26 @@
 """
 The Twisted-native client's channel side against the real server protocol, in
-memory (twisted.test.iosim): subscriptions, callbacks, push flow control.
+memory (twisted.test.iosim): subscriptions, callbacks, push flow control,
+what a reconnection does with them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.testing import StringTransport
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 import lttx
 from lttx.wire import codec
-from lttx.client import ClientProtocol, Message, MessageQueue
+from lttx.client import AsyncClient, ClientProtocol, Message, MessageQueue
 
 from .common import frame, frames_of
-from .test_client import connected_client
+from .test_client import MemoryDaemon, connect_client, connected_client, logged, memory_settings
 
 
 def recording_writes(client: Any) -> list[bytes]:
@@ -28,10 +33,9 @@ def recording_writes(client: Any) -> list[bytes]:
 
 class SubscriptionTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.client, self.pump, self.notices = connected_client(self)
-        self.reactor = self.client.test_reactor  # type: ignore[attr-defined]
         self.received: list[Message] = []
-        self.client._deliver = self.received.append
+        self.client, self.pump = connected_client(self, on_message=self.received.append)
+        self.reactor = self.pump.clock
 
     def push_and_pump(self, *pushes: tuple[Any, Any, str]) -> None:
         for key, data, channel in pushes:
@@ -80,14 +84,26 @@ class SubscriptionTests(SynchronousTestCase):
 
     def test_refused_subscribe_restores_the_previous_subscription(self) -> None:
         """A subscribe refused for a wrong password fails with AuthError; the client
-        keeps (and would resubscribe) only what the daemon accepted."""
+        keeps, and resubscribes after a reconnection, only what the daemon accepted."""
         self.client.subscribe("locked", password="right")
         self.pump.flush()
         d = self.client.subscribe(["locked", "fresh"], password="wrong")
         self.pump.flush()
         self.failureResultOf(d, lttx.AuthError)
         self.assertEqual(self.client.subscriptions, ["locked"])
-        self.assertEqual(self.client._subscriptions["locked"].password, "right")
+        # After a restart another client takes the channel with the right password
+        # first: only the right one gets this client in again.
+        self.pump.restart()
+        other = connect_client(self, self.pump)
+        other.subscribe("locked", password="right")
+        self.pump.flush()
+        self.reactor.advance(0.1)
+        self.pump.flush()
+        self.assertEqual(self.client.subscriptions, ["locked"])
+        other.push("k", "in", "locked")
+        self.reactor.advance(0)
+        self.pump.flush()
+        self.assertEqual(self.received, [Message("locked", "k", "in", 1)])
 
     def test_bad_channel_name_fails_locally(self) -> None:
         self.failureResultOf(self.client.subscribe("a@"), lttx.BadRequest)
@@ -98,8 +114,8 @@ class PushFlowControlTests(SynchronousTestCase):
     def test_pushes_wait_while_the_transport_is_paused(self) -> None:
         """While the transport's buffer is full pushes stay in the client; on resume
         they leave in one write, in order, and flush() fires."""
-        client, pump, _ = connected_client(self)
-        reactor = client.test_reactor  # type: ignore[attr-defined]
+        client, pump = connected_client(self)
+        reactor = pump.clock
         writes = recording_writes(client)
         client.pauseProducing()  # what the TCP transport does when its buffer fills
         self.assertFalse(client.writable)
@@ -116,41 +132,6 @@ class PushFlowControlTests(SynchronousTestCase):
         self.assertEqual(client.pending_push_bytes, 0)
         self.successResultOf(flushed)
         self.assertEqual(writes[0], b"".join(len(f).to_bytes(4, "big") + f for f in frames))
-
-
-class FramingTests(SynchronousTestCase):
-    def test_frames_split_anywhere(self) -> None:
-        """Messages, a reply and a notice fed in pieces of every size arrive whole and in
-        order; messages before a reply are delivered before its Deferred fires."""
-        stream = (frame([codec.MESSAGE, "hq", "600000.SH", {"px": 10.23}, 1])
-                  + frame([codec.MESSAGE, "hq", b"\x95\x03", "x" * 300, 2])
-                  + frame([codec.REPLY, 1, "pong"])
-                  + frame([codec.NOTICE, "slow_subscriber", "bye"])
-                  + frame([codec.MESSAGE, "hq", 7, None, 3]))
-        for size in range(1, 12):
-            events: list[Any] = []
-            protocol = ClientProtocol(events.append, lambda *n: events.append(n))
-            protocol.makeConnection(StringTransport())
-            d = protocol.request("ping")
-            d.addCallback(events.append)
-            protocol.set_receivers(lambda batch: events.extend(batch),
-                                   lambda *n: events.append(n))
-            for i in range(0, len(stream), size):
-                protocol.dataReceived(stream[i:i + size])
-            self.assertEqual(events, [
-                Message("hq", "600000.SH", {"px": 10.23}, 1),
-                Message("hq", b"\x95\x03", "x" * 300, 2),
-                "pong", ("slow_subscriber", "bye"), Message("hq", 7, None, 3)])
-
-    def test_garbage_closes(self) -> None:
-        """A frame that looks like a message but does not decode closes the connection."""
-        protocol = ClientProtocol(lambda m: None, lambda *n: None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        protocol.set_receivers(lambda batch: None, lambda *n: None)
-        protocol.dataReceived(b"\x00\x00\x00\x03\x95\x03\xc1")
-        self.assertTrue(transport.disconnecting)
-        self.flushLoggedErrors()
 
 
 class MessageQueueTests(SynchronousTestCase):
@@ -182,47 +163,171 @@ class MessageQueueTests(SynchronousTestCase):
         self.assertEqual(q.get().seq, 21)  # the gap 11..20 shows what was dropped
 
 
+class ScriptedDaemon:
+    """
+    The daemon played by the test: each connection the client makes is a
+    StringTransport whose frames the test reads, and answers by feeding bytes.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[ClientProtocol, StringTransport]] = []
+
+    def connect(self, factory: Any) -> "Deferred[Any]":
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+    def requests(self) -> list[Any]:
+        """The frames the newest connection wrote since the last look."""
+        transport = self.connections[-1][1]
+        sent = frames_of(transport.value())
+        transport.clear()
+        return sent
+
+    def answer(self, *frames: Any) -> None:
+        """Feed frames to the newest connection, all in one chunk."""
+        self.connections[-1][0].dataReceived(b"".join(frame(f) for f in frames))
+
+    def accept_hello(self) -> None:
+        [hello] = self.requests()
+        self.answer([codec.REPLY, hello[1], {"server": "lttx", "max_frame": 1 << 20}])
+
+    def drop(self) -> None:
+        """The daemon goes away: the newest connection is lost."""
+        protocol, transport = self.connections[-1]
+        transport.loseConnection()
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+
 class ResubscribeTests(SynchronousTestCase):
-    """What a reconnection does with the messages and refusals that follow it."""
+    """What a reconnection does with subscriptions, messages, waiting calls and pushes."""
 
     def setUp(self) -> None:
-        from twisted.internet.testing import MemoryReactorClock, StringTransport
-
-        from lttx.client import AsyncClient, ClientProtocol, ConnectionSettings
-
-        def new_protocol() -> ClientProtocol:
-            protocol = ClientProtocol(lambda m: None, lambda c, m: None)
-            protocol.makeConnection(StringTransport())
-            return protocol
-
-        self.new_protocol = new_protocol
-        self.received: list[Any] = []
-        first = new_protocol()
-        self.client = AsyncClient(MemoryReactorClock(), ConnectionSettings(), first, {},
-                                  self.received.append)
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.clock = MemoryReactorClock()
+        self.daemon = ScriptedDaemon()
+        self.received: list[Message] = []
+        d = AsyncClient.connect(self.clock, memory_settings(self.daemon), self.received.append)
+        self.daemon.accept_hello()
+        self.client = self.successResultOf(d)
         self.client.subscribe("hq")
-        [request] = frames_of(first.transport.value())
-        first.dataReceived(frame([codec.REPLY, request[1], {"hq": 1}]))
+        [subscribe] = self.daemon.requests()
+        self.daemon.answer([codec.REPLY, subscribe[1], {"hq": 1}])
+
+    def reconnect(self) -> list[Any]:
+        """Drop the connection, let the client reconnect; its resubscribe request."""
+        self.daemon.drop()
+        self.clock.advance(0.1)
+        self.daemon.accept_hello()
+        [subscribe] = self.daemon.requests()
+        self.assertEqual(subscribe[2:], ["subscribe", [["hq"], None, {"conflate": False}]])
+        return subscribe
 
     def test_messages_in_the_chunk_of_the_resubscribe_reply_are_kept(self) -> None:
         """Ticks that share a TCP segment with the resubscribe reply reach the user."""
-        protocol = self.new_protocol()
-        self.client._resubscribe((protocol, {})).addCallback(self.client._reconnected)
-        [request] = frames_of(protocol.transport.value())
-        protocol.dataReceived(frame([codec.REPLY, request[1], {"hq": 5}])
-                              + frame([codec.MESSAGE, "hq", "k", "a", 5])
-                              + frame([codec.MESSAGE, "hq", "k", "b", 6]))
-        protocol.dataReceived(frame([codec.MESSAGE, "hq", "k", "c", 7]))
+        subscribe = self.reconnect()
+        self.daemon.answer([codec.REPLY, subscribe[1], {"hq": 5}],
+                           [codec.MESSAGE, "hq", "k", "a", 5],
+                           [codec.MESSAGE, "hq", "k", "b", 6])
+        self.daemon.answer([codec.MESSAGE, "hq", "k", "c", 7])
         self.assertEqual([m.seq for m in self.received], [5, 6, 7])
+        [line] = logged(self.events, "reconnected to LTtx")
+        self.assertIn("resubscribed to hq", line)
+
+    def test_messages_before_the_last_resubscribe_reply_are_kept(self) -> None:
+        """Channels subscribed with other passwords are resubscribed by separate
+        requests; the messages that follow the first reply reach the user too."""
+        self.client.subscribe("private", password="pw")
+        [subscribe] = self.daemon.requests()
+        self.daemon.answer([codec.REPLY, subscribe[1], {"private": 1}])
+        self.daemon.drop()
+        self.clock.advance(0.1)
+        self.daemon.accept_hello()
+        first, second = self.daemon.requests()
+        self.daemon.answer([codec.REPLY, first[1], {"hq": 3}], [codec.MESSAGE, "hq", "k", "a", 3])
+        self.daemon.answer([codec.REPLY, second[1], {"private": 2}],
+                           [codec.MESSAGE, "private", "k", "b", 2])
+        self.assertEqual([(m.channel, m.seq) for m in self.received], [("hq", 3), ("private", 2)])
+
+    def test_calls_and_pushes_wait_for_the_resubscribe(self) -> None:
+        """What was asked for during the outage leaves only once the channels are
+        subscribed again: the pushes, in order, then the calls."""
+        self.daemon.drop()
+        got = self.client.get("x")
+        for i in range(3):
+            self.client.push("k", i, "hq")
+        self.clock.advance(0.1)
+        self.daemon.accept_hello()
+        [subscribe] = self.daemon.requests()
+        self.assertNoResult(got)
+        self.daemon.answer([codec.REPLY, subscribe[1], {"hq": 1}])
+        sent = self.daemon.requests()
+        self.assertEqual(sent[:3], [[codec.PUBLISH, "hq", "k", i] for i in range(3)])
+        self.assertEqual(sent[3][2:], ["get", ["x"]])
+        self.daemon.answer([codec.REPLY, sent[3][1], [42]])
+        self.assertEqual(self.successResultOf(got), 42)
 
     def test_forbidden_resubscribe_drops_the_channel_not_the_connection(self) -> None:
-        """A token that lost a channel's right keeps its connection for everything else."""
-        protocol = self.new_protocol()
-        outcome: list[Any] = []
-        self.client._resubscribe((protocol, {})).addCallbacks(outcome.append, outcome.append)
-        [request] = frames_of(protocol.transport.value())
-        protocol.dataReceived(frame([codec.ERROR, request[1], "forbidden",
-                                     "the token 'x' may not subscribe 'hq'"]))
-        self.assertEqual(outcome, [(protocol, {}, [])])
-        self.assertFalse(protocol.transport.disconnecting)
+        """A token that lost a channel's right keeps its connection for everything else,
+        logs one error line, and does not try that channel again."""
+        subscribe = self.reconnect()
+        self.daemon.answer([codec.ERROR, subscribe[1], "forbidden",
+                            "the token 'x' may not subscribe 'hq'"])
         self.assertEqual(self.client.subscriptions, [])
+        self.assertTrue(self.client.connected)
+        self.assertEqual(len(logged(self.events, "could not resubscribe")), 1)
+        d = self.client.ping()
+        [ping] = self.daemon.requests()
+        self.daemon.answer([codec.REPLY, ping[1], "pong"])
+        self.assertEqual(self.successResultOf(d), "pong")
+        self.clock.advance(60)
+        self.assertEqual(len(self.daemon.connections), 2)
+
+    def test_connection_lost_while_resubscribing_is_retried(self) -> None:
+        """A connection lost before the resubscribe reply is one more failed attempt:
+        the next one resubscribes."""
+        self.reconnect()
+        self.daemon.drop()
+        self.assertFalse(self.client.connected)
+        self.clock.advance(0.2)
+        self.daemon.accept_hello()
+        [subscribe] = self.daemon.requests()
+        self.daemon.answer([codec.REPLY, subscribe[1], {"hq": 9}],
+                           [codec.MESSAGE, "hq", "k", "z", 9])
+        self.assertTrue(self.client.connected)
+        self.assertEqual([m.seq for m in self.received], [9])
+        self.assertEqual(len(logged(self.events, "cannot reconnect yet")), 1)
+
+
+class RealDaemonResubscribeTests(SynchronousTestCase):
+    """Reconnection against the real server protocol, in memory."""
+
+    def test_refused_channel_is_dropped_the_others_resubscribed(self) -> None:
+        """After a restart a channel taken with another password is dropped (one error
+        line, no retry loop); the client's other channels get their messages."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        daemon = MemoryDaemon(MemoryReactorClock())
+        received: list[Message] = []
+        client = connect_client(self, daemon, on_message=received.append)
+        client.subscribe("hq")
+        client.subscribe("locked", password="mine")
+        daemon.flush()
+        daemon.restart()
+        publisher = connect_client(self, daemon)
+        publisher.subscribe("locked", password="theirs")
+        daemon.flush()
+        daemon.clock.advance(0.1)
+        daemon.flush()
+        self.assertTrue(client.connected)
+        self.assertEqual(client.subscriptions, ["hq"])
+        [line] = logged(events, "could not resubscribe")
+        self.assertIn("locked", line)
+        publisher.push("k", "after", "hq")
+        daemon.clock.advance(0)
+        daemon.flush()
+        self.assertEqual(received, [Message("hq", "k", "after", 1)])
+        connections = len(daemon.pumps)
+        daemon.clock.advance(60)
+        self.assertEqual(len(daemon.pumps), connections)

@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 import lttx
 from lttx.wire import codec
-from lttx.client.files import _client_partial
+from lttx.client.files import partial_path
 from lttx.wire.frames import FILE_CHUNK_SIZE as CHUNK_SIZE
 
 from .common import PACKAGE_ROOT, TOKEN, Daemon
@@ -310,7 +310,7 @@ class InterruptedTransferTests(FilesTestCase):
         header = conn.request("download", "dl.bin", 0, None)
         self.assertEqual(header[2], {"name": "dl.bin", "size": 20 * MiB + 1, "offset": 0})
         received = 0
-        with open(_client_partial(target), "wb") as f:
+        with open(partial_path(target), "wb") as f:
             while received < 9 * MiB:
                 chunk = conn.recv_frame()
                 f.write(chunk)

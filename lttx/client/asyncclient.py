@@ -1,7 +1,10 @@
 """
 The Twisted-native LTtx client: :class:`AsyncClient`, every method returning
-a Deferred.  It keeps one connection to the daemon (reconnecting, with
-backoff, to the next address when it is lost), resubscribes, and batches pushes.
+a Deferred.  It owns what a client remembers across connections: its
+subscriptions (resubscribed after a reconnection, before calls resume), the
+pushes not yet written, and its callbacks.  The connection itself is kept up
+by :class:`~lttx.client.connection.Reconnector`; the variable commands come
+from :class:`~lttx.client.commands.VariableCommands`.
 """
 
 from __future__ import annotations
@@ -10,46 +13,39 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
-from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ..errors import AuthError, BadRequest, ConnectError, LTtxError, PermissionDenied
-from ..errors import ConnectionLost
+from ..errors import AuthError, BadRequest, ConnectionLost, LTtxError, PermissionDenied
 from ..wire import codec
 from ..wire.names import split_channels
 from . import files
+from .commands import VariableCommands
+from .connection import Reconnector, open_first
 from .messages import Message
 from .protocol import ClientProtocol
 from .settings import ConnectionSettings
 
-#: Reconnection backoff: the first delay, doubled each attempt up to the last.
-RECONNECT_FIRST_DELAY = 0.1
-RECONNECT_MAX_DELAY = 5.0
-
-
-def _unwrap(default: Any) -> Callable[[list[Any]], Any]:
-    """``[value]`` -> value, ``[]`` -> default (see ``get`` in docs/protocol.md)."""
-    return lambda present: present[0] if present else default
-
 
 @implementer(IPushProducer)
-class AsyncClient:
+class AsyncClient(VariableCommands):
     """
     The Twisted-native LTtx client; each method returns a Deferred.
 
-    Build one with :meth:`connect`.
+    Build one with :meth:`connect`.  After a lost connection it reconnects by
+    itself (with backoff, to the next address when there are several),
+    authenticates again and resubscribes before calls go on.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, settings: ConnectionSettings, protocol: ClientProtocol,
-                 server_info: dict[str, Any], messages: Callable[[Message], None],
+    def __init__(self, reactor: IReactorTime, settings: ConnectionSettings,
+                 protocol: ClientProtocol, server_info: dict[str, Any],
+                 messages: Callable[[Message], None],
                  many_messages: Optional[Callable[[list[Message]], None]] = None) -> None:
         self.reactor = reactor
-        self.settings = settings
         self.protocol: Optional[ClientProtocol] = None  # None while disconnected
         self.server_info = server_info
         self._deliver = messages
@@ -59,19 +55,21 @@ class AsyncClient:
         self._push_flush_scheduled = False
         self._paused = False  # the transport's buffer is full
         self._closing = False
-        self._waiting: list[Deferred[ClientProtocol]] = []  # calls waiting for a connection
         self._writable_waiters: list[Deferred[None]] = []
-        self._reconnect_attempt = 0
-        self._reconnect_call: Any = None
+        # Attached before the reconnector takes the connection, as each new one is:
+        # at a loss the client forgets it before the service hears of it, so
+        # close() fires with the client disconnected.
         self._attach(protocol)
+        self._connection = Reconnector(reactor, settings, protocol, self._resubscribe)
 
     @classmethod
-    def connect(cls, reactor: Any, settings: ConnectionSettings,
+    def connect(cls, reactor: IReactorTime, settings: ConnectionSettings,
                 on_message: Optional[Callable[[Message], None]] = None,
                 on_messages: Optional[Callable[[list[Message]], None]] = None,
                 ) -> "Deferred[AsyncClient]":
         """
-        Connect and authenticate.
+        Connect and authenticate, at the first of the settings' addresses
+        that can be reached.
 
         :param on_message: called in the reactor thread with each
             :class:`Message` received on a channel subscribed without a callback.
@@ -81,10 +79,16 @@ class AsyncClient:
         :raises ConnectError: when the daemon cannot be reached.
         """
         deliver = on_message or (lambda message: None)
-        return _open_first(reactor, settings).addCallback(
-            lambda opened: cls(reactor, opened[2], opened[0], opened[1], deliver, on_messages))
+        return open_first(reactor, settings).addCallback(
+            lambda opened: cls(reactor, opened[1], opened[0], opened[0].server_info,
+                               deliver, on_messages))
 
     # -- the connection -----------------------------------------------------
+
+    @property
+    def settings(self) -> ConnectionSettings:
+        """Where the client is connected, or reconnecting to, and how."""
+        return self._connection.settings
 
     @property
     def connected(self) -> bool:
@@ -97,9 +101,8 @@ class AsyncClient:
         protocol.lost.addCallback(lambda _: self._connection_lost(protocol))
         self._paused = False
         protocol.transport.registerProducer(self, True)
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.callback(protocol)
+        # Pushes made while disconnected go first, in order, before the calls
+        # that waited are sent (the reconnector hands the connection to them next).
         self._flush_pushes()
 
     def _connection_lost(self, protocol: ClientProtocol) -> None:
@@ -111,24 +114,9 @@ class AsyncClient:
             return
         self.log.warn("lost the connection to LTtx at {host}:{port}; reconnecting",
                       host=self.settings.host, port=self.settings.port)
-        self._schedule_reconnect()
 
-    def _schedule_reconnect(self) -> None:
-        delay = min(RECONNECT_MAX_DELAY, RECONNECT_FIRST_DELAY * 2 ** self._reconnect_attempt)
-        self._reconnect_attempt += 1
-        self._reconnect_call = self.reactor.callLater(delay, self._reconnect)
-
-    def _reconnect(self) -> None:
-        self._reconnect_call = None
-        # With several daemons, each attempt tries the next one.
-        self.settings = self.settings.next_address()
-        d = _open(self.reactor, self.settings)
-        d.addCallback(self._resubscribe)
-        d.addCallbacks(self._reconnected, self._reconnect_failed)
-
-    def _resubscribe(self, opened: tuple[ClientProtocol, dict[str, Any]]
-                     ) -> "Deferred[tuple[ClientProtocol, dict[str, Any], list[str]]]":
-        protocol, info = opened
+    def _resubscribe(self, protocol: ClientProtocol) -> "Deferred[object]":
+        """Make a new connection ready: subscribe it to this client's channels."""
         # Messages follow a subscribe reply at once, often in the same chunk:
         # route them before asking, or the first ones after the outage are lost.
         protocol.set_receivers(self._messages_received, _log_notice)
@@ -141,10 +129,12 @@ class AsyncClient:
             d.addCallbacks(lambda _, names=names: names,
                            lambda failure, names=names: self._resubscribe_refused(failure, names))
             requests.append(d)
-        d = gatherResults(requests, consumeErrors=True)
-        d.addCallback(lambda done: (protocol, info, [n for names in done for n in names]))
-        d.addErrback(self._unwrap_first_error, protocol)
-        return d
+        done: Deferred[Any] = gatherResults(requests, consumeErrors=True)
+        done.addCallbacks(lambda accepted: self._reconnected(
+                              protocol, [name for names in accepted for name in names]),
+                          lambda failure: failure.value.subFailure
+                          if failure.check(FirstError) else failure)
+        return done
 
     def _resubscribe_refused(self, failure: Failure, names: list[str]) -> list[str]:
         # The daemon refused these channels (recreated with another password,
@@ -156,60 +146,15 @@ class AsyncClient:
             self._subscriptions.pop(name, None)
         return []
 
-    @staticmethod
-    def _unwrap_first_error(failure: Failure, protocol: ClientProtocol) -> Failure:
-        if protocol.transport is not None:
-            protocol.transport.loseConnection()
-        return failure.value.subFailure if failure.check(FirstError) else failure
-
-    def _reconnected(self, result: tuple[ClientProtocol, dict[str, Any], list[str]]) -> None:
-        protocol, info, channels = result
+    def _reconnected(self, protocol: ClientProtocol, channels: list[str]) -> None:
         if self._closing:
-            protocol.transport.loseConnection()
-            return
-        self._reconnect_attempt = 0
-        self.server_info = info
+            raise LTtxError("the client was closed while it reconnected")
+        self.server_info = protocol.server_info
         self.log.info("reconnected to LTtx at {host}:{port}; resubscribed to {channels} "
                       "(a gap in Message.seq shows what was missed)",
                       host=self.settings.host, port=self.settings.port,
                       channels=", ".join(channels) or "no channels")
         self._attach(protocol)
-
-    def _reconnect_failed(self, failure: Failure) -> None:
-        if self._closing:
-            return
-        if self._reconnect_attempt == 1:  # one line per outage, not one per attempt
-            self.log.warn("cannot reconnect yet ({error}); retrying",
-                          error=failure.getErrorMessage())
-        self._schedule_reconnect()
-
-    def _when_connected(self) -> "Deferred[ClientProtocol]":
-        """The protocol now, or once reconnected (within the timeout: else ConnectionLost)."""
-        if self.protocol is not None:
-            return succeed(self.protocol)
-        if self._closing:
-            return fail(ConnectionLost("the client is closed"))
-
-        def cancel(d: Deferred[ClientProtocol]) -> None:
-            if d in self._waiting:
-                self._waiting.remove(d)
-
-        d: Deferred[ClientProtocol] = Deferred(cancel)
-        self._waiting.append(d)
-        timeout = self.settings.timeout
-
-        def give_up() -> None:
-            cancel(d)
-            d.errback(ConnectionLost(f"not reconnected to the daemon within {timeout} s"))
-
-        timer = self.reactor.callLater(timeout, give_up)
-
-        def stop_timer(result: Any) -> Any:
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return d.addBoth(stop_timer)
 
     # -- requests -----------------------------------------------------------
 
@@ -222,58 +167,13 @@ class AsyncClient:
         """
         if self.protocol is not None:
             return self.protocol.request(command, *args)
-        return self._when_connected().addCallback(lambda p: p.request(command, *args))
+        if self._closing:
+            return fail(ConnectionLost("the client is closed"))
+        return self._connection.when_connected(self.settings.timeout).addCallback(
+            lambda protocol: protocol.request(command, *args))
 
-    def ping(self) -> "Deferred[str]":
-        return self.call("ping")
-
-    def put(self, name: str, value: Any) -> "Deferred[None]":
-        """Set the variable ``name`` to ``value``."""
-        return self.call("put", name, value)
-
-    def get(self, name: str, default: Any = None) -> "Deferred[Any]":
-        """The value of ``name``, or ``default`` if there is no such variable."""
-        return self.call("get", name).addCallback(_unwrap(default))
-
-    def delete(self, name: str) -> "Deferred[bool]":
-        """Delete ``name``; fires with whether it existed."""
-        return self.call("delete", name)
-
-    def exists(self, name: str) -> "Deferred[bool]":
-        return self.call("exists", name)
-
-    def keys(self, pattern: str = "*") -> "Deferred[list[str]]":
-        """Sorted names matching a glob pattern (``*``, ``?``, ``[abc]``)."""
-        return self.call("keys", pattern)
-
-    def dict_change(self, name: str, key: Any, value: Any) -> "Deferred[None]":
-        """``d[key] = value`` on the server; the dict is created if absent."""
-        return self.call("dict_change", name, key, value)
-
-    def get_dict_value(self, name: str, key: Any, default: Any = None) -> "Deferred[Any]":
-        """One key of a dict variable, or ``default`` if the variable or key is absent."""
-        return self.call("get_dict_value", name, key).addCallback(_unwrap(default))
-
-    def list_append(self, name: str, item: Any) -> "Deferred[int]":
-        """Append to a list variable (created if absent); fires with the new length."""
-        return self.call("list_append", name, item)
-
-    def list_pop(self, name: str, index: int = -1) -> "Deferred[Any]":
-        """Pop and return an item, as ``list.pop``."""
-        return self.call("list_pop", name, index)
-
-    def list_remove(self, name: str, item: Any) -> "Deferred[bool]":
-        """Remove the first item equal to ``item`` (same type and value); whether one was."""
-        return self.call("list_remove", name, item)
-
-    def get_list_value(self, name: str, index: int) -> "Deferred[Any]":
-        """One item of a list variable."""
-        return self.call("get_list_value", name, index)
-
-    def status(self) -> "Deferred[dict[str, Any]]":
-        """The daemon's figures: version, uptime, connections, variables, and
-        one dict per component (channels, journal, files); see ``lttx status``."""
-        return self.call("status")
+    def _then(self, result: "Deferred[Any]", transform: Callable[[Any], Any]) -> "Deferred[Any]":
+        return result.addCallback(transform)
 
     # -- channels -----------------------------------------------------------
 
@@ -464,19 +364,15 @@ class AsyncClient:
     def close(self) -> "Deferred[None]":
         """Write queued pushes and close the connection; no reconnection follows."""
         self._closing = True
-        if self._reconnect_call is not None and self._reconnect_call.active():
-            self._reconnect_call.cancel()
-        waiting, self._waiting = self._waiting, []
-        for d in waiting:
-            d.errback(ConnectionLost("the client was closed"))
         protocol = self.protocol
-        if protocol is not None and protocol.transport is not None and protocol.transport.connected:
-            self._flush_pushes(force=True)
-            # A TLS transport closes only once its producer is gone (TCP does not wait).
-            protocol.transport.unregisterProducer()
-            protocol.transport.loseConnection()
-            return protocol.lost.addCallback(lambda _: None)
-        return succeed(None)
+        if protocol is None or protocol.transport is None or protocol.transport.disconnecting:
+            # Calls waiting for a reconnection fail with ConnectionLost now.
+            self._connection.stop()
+            return succeed(None)
+        self._flush_pushes(force=True)
+        # A TLS transport closes only once its producer is gone (TCP does not wait).
+        protocol.transport.unregisterProducer()
+        return self._connection.stop()  # fires once the connection is closed
 
 
 @dataclass(frozen=True)
@@ -486,52 +382,6 @@ class _Subscription:
     password: Optional[str]
     conflate: bool
     callback: Optional[Callable[[Message], None]]
-
-
-def _open(reactor: Any, settings: ConnectionSettings,
-          ) -> "Deferred[tuple[ClientProtocol, dict[str, Any]]]":
-    """Connect and authenticate one connection; fires with it and the daemon's hello."""
-    protocol = ClientProtocol(lambda message: None, _log_notice)
-    endpoint = settings.endpoint(reactor)
-
-    def connect_failed(failure: Failure) -> Failure:
-        failure.trap(Exception)
-        if failure.check(LTtxError):
-            return failure
-        raise ConnectError(f"cannot connect to LTtx at {settings.host}:{settings.port}: "
-                           f"{failure.getErrorMessage()}")
-
-    def authenticate(_: Any) -> "Deferred[tuple[ClientProtocol, dict[str, Any]]]":
-        d = protocol.request("hello", *settings.hello_args())
-        return d.addCallback(authenticated)
-
-    def authenticated(info: dict[str, Any]) -> tuple[ClientProtocol, dict[str, Any]]:
-        protocol.max_frame = int(info.get("max_frame", protocol.max_frame))
-        return protocol, info
-
-    d = connectProtocol(endpoint, protocol)
-    d.addCallback(authenticate)
-    d.addErrback(connect_failed)
-    return d
-
-
-def _open_first(reactor: Any, settings: ConnectionSettings,
-                ) -> "Deferred[tuple[ClientProtocol, dict[str, Any], ConnectionSettings]]":
-    """:func:`_open` at the first of the addresses that can be reached (in order)."""
-    tried = [settings]
-    while len(tried) < len(settings.addresses):
-        tried.append(tried[-1].next_address())
-
-    def attempt(i: int) -> "Deferred[tuple[ClientProtocol, dict[str, Any], ConnectionSettings]]":
-        d = _open(reactor, tried[i]).addCallback(lambda opened: (*opened, tried[i]))
-
-        def next_one(failure: Failure) -> Any:
-            failure.trap(ConnectError)  # a wrong token is wrong everywhere: no next
-            return attempt(i + 1)
-        if i + 1 < len(tried):
-            d.addErrback(next_one)
-        return d
-    return attempt(0)
 
 
 def _log_notice(code: str, message: str) -> None:

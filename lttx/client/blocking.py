@@ -2,7 +2,9 @@
 The blocking LTtx client for scripts, notebooks and threads: :class:`Client`,
 made by :func:`connect`.  It runs an :class:`~lttx.client.asyncclient.AsyncClient`
 on a reactor of its own in a background thread (:mod:`lttx.client.eventloop`)
-and holds no protocol logic.
+and holds no protocol logic: each call waits for the Twisted-native one, and
+pushes are batched across the thread boundary.  The variable commands come
+from :class:`~lttx.client.commands.VariableCommands`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.internet.defer import Deferred
 from ..errors import ConnectionLost, EncodeError, LTtxError, TimeoutError
 from ..wire import codec
 from .asyncclient import AsyncClient
+from .commands import VariableCommands
 from .eventloop import EventLoop
 from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
 from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_address
@@ -29,7 +32,7 @@ from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_a
 DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
 
 
-class Client:
+class Client(VariableCommands):
     """
     The blocking LTtx client; safe to use from several threads at once.
 
@@ -74,67 +77,23 @@ class Client:
                                      f"within {self.timeout} s") from None
             raise
 
+    def call(self, command: str, *args: Any) -> Any:
+        """
+        Send any command (see docs/protocol.md) and return its result, waiting
+        at most the client's timeout.
+
+        :raises ConnectionLost: if the client stays disconnected that long.
+        :raises TimeoutError: if the daemon does not answer in time.
+        """
+        return self._call(self._client.call, command, *args)
+
+    def _then(self, result: Any, transform: Callable[[Any], Any]) -> Any:
+        return transform(result)
+
     @property
     def server_info(self) -> dict[str, Any]:
         """What the daemon said of itself at ``hello`` (version, limits)."""
         return self._client.server_info
-
-    def ping(self) -> str:
-        return self._call(self._client.ping)
-
-    def put(self, name: str, value: Any) -> None:
-        """Set the variable ``name`` to ``value`` (None, bool, int, float, str, bytes,
-        list, dict, nested); returns once the daemon has applied it."""
-        return self._call(self._client.put, name, value)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The value of ``name``, or ``default`` if there is no such variable."""
-        return self._call(self._client.get, name, default)
-
-    def delete(self, name: str) -> bool:
-        """Delete ``name``; whether it existed."""
-        return self._call(self._client.delete, name)
-
-    def exists(self, name: str) -> bool:
-        return self._call(self._client.exists, name)
-
-    def keys(self, pattern: str = "*") -> list[str]:
-        """Sorted variable names matching a glob pattern."""
-        return self._call(self._client.keys, pattern)
-
-    def dict_change(self, name: str, key: Any, value: Any) -> None:
-        """``d[key] = value`` on the server; the dict is created if absent.
-
-        :raises WrongTypeError: if ``name`` holds something other than a dict."""
-        return self._call(self._client.dict_change, name, key, value)
-
-    def get_dict_value(self, name: str, key: Any, default: Any = None) -> Any:
-        """One key of a big dict without fetching the dict."""
-        return self._call(self._client.get_dict_value, name, key, default)
-
-    def list_append(self, name: str, item: Any) -> int:
-        """Append to a list variable (created if absent); the new length."""
-        return self._call(self._client.list_append, name, item)
-
-    def list_pop(self, name: str, index: int = -1) -> Any:
-        """Pop an item, as ``list.pop``.
-
-        :raises IndexOutOfRange: on an empty list or an index outside it.
-        :raises NotFound: if there is no such variable."""
-        return self._call(self._client.list_pop, name, index)
-
-    def list_remove(self, name: str, item: Any) -> bool:
-        """Remove the first equal item; True if one was removed, False if none."""
-        return self._call(self._client.list_remove, name, item)
-
-    def get_list_value(self, name: str, index: int) -> Any:
-        """One item of a big list without fetching the list."""
-        return self._call(self._client.get_list_value, name, index)
-
-    def status(self) -> dict[str, Any]:
-        """The daemon's figures: version, uptime, connections, variables, and
-        one dict per component (channels, journal, files); see ``lttx status``."""
-        return self._call(self._client.status)
 
     # -- channels -----------------------------------------------------------
 

@@ -16,17 +16,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 try:
     import fcntl
 except ImportError:  # Windows: downloads to one target are not locked against each other
     fcntl = None  # type: ignore[assignment]
 
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.internet.endpoints import connectProtocol
-from twisted.logger import Logger
-from twisted.protocols.basic import FileSender, Int32StringReceiver
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
 from ..diskio import (
@@ -34,26 +32,16 @@ from ..diskio import (
     StreamWriter,
     hash_file_prefix,
     pool_runner,
-    read_big,
     stop_sender,
     storage_error,
     sync_file,
     unlink_quietly,
 )
-from ..errors import (
-    BadRequest,
-    ChecksumMismatch,
-    ConnectError,
-    ConnectionLost,
-    FileBusy,
-    LTtxError,
-    NotFound,
-    TimeoutError,
-)
-from ..wire import codec
+from ..errors import ChecksumMismatch, ConnectionLost, FileBusy, LTtxError, NotFound, TimeoutError
 from ..wire.frames import FILE_CHUNK_SIZE, PREFIX
 from ..wire.names import check_file_name
-from .replies import settle
+from .connection import open_connection
+from .protocol import FILE, ClientProtocol
 
 if TYPE_CHECKING:
     from .settings import ConnectionSettings
@@ -61,121 +49,6 @@ if TYPE_CHECKING:
 #: Bytes per second a slow disk still hashes or syncs: how long the client
 #: waits, beyond its timeout, for replies that hash a prefix or fsync a file.
 _SLOW_DISK = 20 * 1024 * 1024
-
-
-# -- the client ----------------------------------------------------------------
-
-class FileClientProtocol(Int32StringReceiver):
-    """The client's side of a file connection: requests, replies, raw data in."""
-
-    log = Logger()
-
-    def __init__(self, reactor: Any, timeout: float) -> None:
-        self.MAX_LENGTH = 2**31
-        self.reactor = reactor
-        self.timeout = timeout
-        self.max_frame = FILE_CHUNK_SIZE  # the daemon's limit, once hello tells it
-        self._next_id = 0
-        self._pending: dict[int, Deferred[Any]] = {}
-        self._raw_after: Optional[int] = None
-        self.raw_left = 0
-        self.raw_sink: Optional[Callable[[bytes], None]] = None
-        self._early: list[bytes] = []
-        self.error: Optional[LTtxError] = None
-        self.on_error: Callable[[LTtxError], None] = lambda error: None
-        self.lost: Deferred[None] = Deferred()
-
-    def connectionMade(self) -> None:
-        read_big(self.transport)
-
-    def request(self, command: str, *args: Any, data_follows: bool = False,
-                extra_time: float = 0.0) -> "Deferred[Any]":
-        """
-        Send a request; the Deferred fires with its result.
-
-        :param data_follows: the reply (``{"size", "offset"}``) is followed by
-            ``size - offset`` bytes of raw frames, given to :attr:`raw_sink`.
-        :param extra_time: seconds allowed beyond the client's timeout (for a
-            reply that waits on hashing or syncing a big file).
-        :raises TimeoutError: (as a failure) without a reply in time; the
-            connection is then aborted, since its state is unknown.
-        """
-        if self.error is not None:
-            return fail(self.error)
-        if self.transport is None or self.transport.disconnecting:
-            return fail(ConnectionLost("the file connection was lost"))
-        self._next_id += 1
-        request_id = self._next_id
-
-        def forget(_: Deferred[Any]) -> None:
-            self._pending.pop(request_id, None)
-
-        d: Deferred[Any] = Deferred(forget)
-        self._pending[request_id] = d
-        if data_follows:
-            self._raw_after = request_id
-        self.sendString(codec.encode([codec.REQUEST, request_id, command, list(args)]))
-        return d.addTimeout(self.timeout + extra_time, self.reactor,
-                            onTimeoutCancel=lambda result, seconds: self._timed_out(
-                                command, seconds))
-
-    def _timed_out(self, command: str, seconds: float) -> None:
-        error = TimeoutError(f"no reply to {command} within {seconds:.0f} seconds")
-        if self.error is None:
-            self.error = error
-        self.transport.abortConnection()
-        raise error
-
-    def set_sink(self, sink: Callable[[bytes], None]) -> None:
-        self.raw_sink = sink
-        early, self._early = self._early, []
-        for chunk in early:
-            sink(chunk)
-
-    def stringReceived(self, frame: bytes) -> None:
-        if self.raw_left > 0:
-            self.raw_left -= len(frame)
-            if self.raw_left < 0:
-                self._broken(BadRequest("the daemon sent more data than announced"))
-            elif self.raw_sink is None:
-                self._early.append(frame)
-            else:
-                self.raw_sink(frame)
-            return
-        try:
-            message = codec.decode(frame)
-            kind = message[0]
-            if kind == codec.REPLY or kind == codec.ERROR:
-                if kind == codec.REPLY and message[1] == self._raw_after:
-                    self._raw_after = None
-                    self.raw_left = int(message[2]["size"]) - int(message[2]["offset"])
-                unanswered = settle(self._pending, message)
-                if unanswered is not None:
-                    self.error = unanswered
-                    self.on_error(unanswered)
-            elif kind == codec.NOTICE:
-                self.log.warn("the daemon says: {code}: {message}", code=message[1],
-                              message=message[2])
-            else:
-                raise BadRequest(f"unexpected frame kind {kind!r}")
-        except (LTtxError, IndexError, TypeError, KeyError, ValueError) as e:
-            self._broken(BadRequest(f"undecodable frame from the daemon: {e}"))
-
-    def _broken(self, error: LTtxError) -> None:
-        self.log.error("file connection: {error}; closing", error=error)
-        self.error = error
-        self.on_error(error)
-        self.transport.loseConnection()
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        pending, self._pending = self._pending, {}
-        error = self.error or ConnectionLost("the file connection to the daemon was lost")
-        if self.error is None:
-            self.error = error
-        for d in pending.values():
-            d.errback(error)
-        self.on_error(error)
-        self.lost.callback(None)
 
 
 class _Progress:
@@ -201,7 +74,7 @@ class _Progress:
 class _Watchdog:
     """Abort a transfer that makes no progress for ``timeout`` seconds."""
 
-    def __init__(self, reactor: Any, timeout: float, protocol: FileClientProtocol) -> None:
+    def __init__(self, reactor: Any, timeout: float, protocol: ClientProtocol) -> None:
         self.reactor = reactor
         self.timeout = timeout
         self.protocol = protocol
@@ -215,10 +88,8 @@ class _Watchdog:
         idle = self.reactor.seconds() - self.last
         if idle >= self.timeout:
             self.call = None
-            error = TimeoutError(f"the file transfer made no progress for {self.timeout} s")
-            if self.protocol.error is None:
-                self.protocol.error = error
-            self.protocol.transport.abortConnection()
+            self.protocol.fatal(TimeoutError(
+                f"the file transfer made no progress for {self.timeout} s"), abort=True)
         else:
             self.call = self.reactor.callLater(self.timeout - idle, self._check)
 
@@ -228,25 +99,18 @@ class _Watchdog:
         self.call = None
 
 
-@inlineCallbacks
-def open_file_connection(reactor: Any, settings: "ConnectionSettings") -> Any:
-    """Connect and authenticate a file connection; fires with its protocol."""
-    protocol = FileClientProtocol(reactor, settings.timeout)
-    try:
-        yield connectProtocol(settings.endpoint(reactor), protocol)
-    except Exception as e:  # noqa: BLE001 - every way of not connecting is a ConnectError
-        raise ConnectError(f"cannot connect to LTtx at {settings.host}:{settings.port}: "
-                           f"{e}") from None
-    try:
-        info = yield protocol.request("hello", *settings.hello_args(mode="file"))
-    except BaseException:
-        protocol.transport.loseConnection()
-        raise
-    protocol.max_frame = int(info.get("max_frame", protocol.max_frame))
-    return protocol
+def _ask(protocol: ClientProtocol, settings: "ConnectionSettings", command: str, *args: Any,
+         extra_time: float = 0.0, data_follows: bool = False) -> "Deferred[Any]":
+    """
+    One request of a file connection, answered within the client's timeout
+    plus ``extra_time`` (for a reply that waits on hashing or syncing a big
+    file), or the transfer fails with :class:`TimeoutError`.
+    """
+    return protocol.request(command, *args, timeout=settings.timeout + extra_time,
+                            data_follows=data_follows)
 
 
-def _close(protocol: FileClientProtocol) -> "Deferred[None]":
+def _close(protocol: ClientProtocol) -> "Deferred[None]":
     if not protocol.lost.called:
         protocol.transport.loseConnection()
         return protocol.lost
@@ -276,15 +140,15 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
     protocol = None
     try:
         size = os.fstat(file.fileno()).st_size
-        protocol = yield open_file_connection(reactor, settings)
+        protocol = yield open_connection(reactor, settings, FILE)
         offset, prefix_md5, md5 = 0, None, hashlib.md5()
         if resume:
-            partial = yield protocol.request("partial", name)
+            partial = yield _ask(protocol, settings, "partial", name)
             if 0 < partial["offset"] <= size:
                 offset = partial["offset"]
                 md5, prefix_md5 = yield run(hash_file_prefix, path, offset)
-        reply = yield protocol.request("upload", name, size, offset, prefix_md5,
-                                       extra_time=offset / _SLOW_DISK)
+        reply = yield _ask(protocol, settings, "upload", name, size, offset, prefix_md5,
+                           extra_time=offset / _SLOW_DISK)
         if reply["offset"] != offset:
             md5 = hashlib.md5()
         offset = reply["offset"]
@@ -313,8 +177,8 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
                 raise LTtxError(f"{path} shrank from {size} to {sent[0]} bytes while "
                                 "being sent; nothing was stored")
             ours = md5.hexdigest()
-            result = yield protocol.request("upload_end", ours,
-                                            extra_time=(size - offset) / _SLOW_DISK)
+            result = yield _ask(protocol, settings, "upload_end", ours,
+                                extra_time=(size - offset) / _SLOW_DISK)
         except LTtxError:
             raise
         except Exception:
@@ -352,8 +216,10 @@ def _download_target(name: str, dest: str) -> str:
     return dest
 
 
-def _client_partial(target: str) -> str:
-    """Where a download is written until verified: hidden, beside its target."""
+def partial_path(target: str) -> str:
+    """Where a download to ``target`` is written until verified: hidden, beside
+    its target; a later download to the same target (from any process)
+    resumes from it."""
     folder, base = os.path.split(target)
     tag = hashlib.md5(base.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return os.path.join(folder, f".lttx-{tag}.part")
@@ -382,7 +248,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
     folder = os.path.dirname(target) or "."
     if not os.path.isdir(folder):
         raise FileNotFoundError(errno.ENOENT, "no such folder to download into", folder)
-    partial = _client_partial(target)
+    partial = partial_path(target)
     run = run_in_thread or pool_runner(reactor)
     # Held (locked) from here to the rename: two downloads to one target, from
     # threads or processes, cannot write the same partial.
@@ -397,10 +263,10 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
         prefix_md5, md5 = None, hashlib.md5()
         if offset:
             md5, prefix_md5 = yield run(hash_file_prefix, partial, offset)
-        protocol = yield open_file_connection(reactor, settings)
+        protocol = yield open_connection(reactor, settings, FILE)
         try:
-            header = yield protocol.request("download", name, offset, prefix_md5,
-                                            data_follows=True, extra_time=offset / _SLOW_DISK)
+            header = yield _ask(protocol, settings, "download", name, offset, prefix_md5,
+                                data_follows=True, extra_time=offset / _SLOW_DISK)
         except NotFound:
             unlink_quietly(partial)  # a partial of a file that is gone is of no use
             raise
@@ -416,9 +282,8 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
 
         def write_failed(failure: Failure) -> None:
             assert protocol is not None
-            protocol.error = (storage_error(failure.value, target)
-                              if failure.check(OSError) else LTtxError(str(failure.value)))
-            protocol.transport.loseConnection()
+            protocol.fatal(storage_error(failure.value, target)
+                           if failure.check(OSError) else LTtxError(str(failure.value)))
 
         writer = StreamWriter(file, md5, run, protocol, write_failed)
         left = [size - start]
@@ -454,7 +319,7 @@ def recv_file(reactor: Any, settings: "ConnectionSettings", name: str, dest: str
             raise storage_error(e, partial) from None
         ours = md5.hexdigest()
         try:
-            yield protocol.request("download_end", ours)
+            yield _ask(protocol, settings, "download_end", ours)
         except ChecksumMismatch:
             unlink_quietly(partial)
             raise
@@ -493,9 +358,9 @@ def _open_locked(partial: str, target: str) -> Any:
 @inlineCallbacks
 def list_files(reactor: Any, settings: "ConnectionSettings") -> Any:
     """The daemon's files, by name: ``[{"name", "size", "mtime"}, ...]``."""
-    protocol = yield open_file_connection(reactor, settings)
+    protocol = yield open_connection(reactor, settings, FILE)
     try:
-        return (yield protocol.request("list"))
+        return (yield _ask(protocol, settings, "list"))
     finally:
         yield _close(protocol)
 
@@ -503,8 +368,8 @@ def list_files(reactor: Any, settings: "ConnectionSettings") -> Any:
 @inlineCallbacks
 def delete_file(reactor: Any, settings: "ConnectionSettings", name: str) -> Any:
     """Delete a stored file; fires with whether it existed."""
-    protocol = yield open_file_connection(reactor, settings)
+    protocol = yield open_connection(reactor, settings, FILE)
     try:
-        return (yield protocol.request("delete", name))
+        return (yield _ask(protocol, settings, "delete", name))
     finally:
         yield _close(protocol)

@@ -1,6 +1,9 @@
 """
-The client's side of one command connection: request ids, pending replies,
-and the subscriber's hot path that decodes MESSAGE frames in batches.
+The client's side of one connection to the daemon, command or file
+(:class:`ClientProtocol`): request ids and the replies and error frames that
+answer them, per-request time limits, the raw frames of a download, the
+first fatal error, and the subscriber's hot path that decodes MESSAGE frames
+in batches.  Frames are split by :class:`lttx.wire.framing.FrameDecoder`.
 """
 
 from __future__ import annotations
@@ -9,28 +12,59 @@ import itertools
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from ..errors import BadRequest, ConnectionLost, FrameTooLarge, LTtxError
+from ..diskio import read_big
+from ..errors import (
+    BadRequest,
+    ConnectionLost,
+    FrameTooLarge,
+    LTtxError,
+    TimeoutError,
+    error_from_wire,
+)
 from ..wire import codec
 from ..wire.frames import PREFIX
 from ..wire.framing import FrameDecoder
 from .messages import Message
-from .replies import settle
+
+#: The two kinds of connection a client opens (``hello``'s ``mode`` option).
+COMMAND = "command"
+FILE = "file"
 
 
-class ClientProtocol(Int32StringReceiver):
-    """The client's side of one connection: ids, pending replies, pushes in."""
+class ClientProtocol(Protocol):
+    """
+    The client's side of one connection: ids, pending replies, pushes and raw data in.
+
+    :param on_message: called with each MESSAGE frame's :class:`Message`
+        until :meth:`set_receivers` says otherwise; None (a file connection)
+        makes a MESSAGE frame a protocol violation.
+    :param on_notice: called with ``(code, message)`` of each NOTICE frame.
+    :param reactor: the clock of per-request time limits (``timeout=`` of
+        :meth:`request`); needed only by requests that have one.
+    :param mode: :data:`COMMAND` or :data:`FILE`.  On a file connection an
+        error frame that answers no request ends the transfer (it is fatal);
+        on a command connection it is reported as a notice and calls go on.
+    """
 
     log = Logger()
+    # A TCP or TLS transport: more than ITransport (disconnecting, producers, abort).
+    transport: Any
 
-    def __init__(self, on_message: Callable[[Message], None],
-                 on_notice: Callable[[str, str], None]) -> None:
+    def __init__(self, on_message: Optional[Callable[[Message], None]] = None,
+                 on_notice: Optional[Callable[[str, str], None]] = None, *,
+                 reactor: Optional[IReactorTime] = None, mode: str = COMMAND) -> None:
         self.max_frame = 64 * 1024 * 1024  # until hello tells the daemon's
+        self.mode = mode
+        self.reactor = reactor
+        #: What the daemon said of itself at ``hello`` (set by open_connection).
+        self.server_info: dict[str, Any] = {}
         self._on_message = on_message
-        self._on_notice = on_notice
+        self._on_notice = on_notice if on_notice is not None else self._log_notice
         self._on_messages: Optional[Callable[[list[Message]], None]] = None
         self._batch: Optional[list[Message]] = None
         # No limit of its own (a 4-byte prefix is under 2**32): the daemon's
@@ -38,15 +72,67 @@ class ClientProtocol(Int32StringReceiver):
         self._decoder = FrameDecoder(2**32)
         self._ids = itertools.count(1)
         self._pending: dict[int, Deferred[Any]] = {}
+        self._paused = False  # reads held back (a download's disk lags)
+        # A download: the request whose reply announces raw frames, how many
+        # bytes of them are still to come, where they go, and what came early.
+        self._raw_after: Optional[int] = None
+        self.raw_left = 0
+        self._raw_sink: Optional[Callable[[bytes], None]] = None
+        self._early: list[bytes] = []
+        #: The first fatal error (a time-out, a broken frame, the loss):
+        #: pending and later requests fail with it.
+        self.error: Optional[LTtxError] = None
+        #: Called with each fatal error, e.g. to stop a transfer at once.
+        self.on_error: Callable[[LTtxError], None] = lambda error: None
         self.connected_deferred: Deferred[None] = Deferred()
         self.lost: Deferred[None] = Deferred()
 
+    @property
+    def label(self) -> str:
+        return "file connection" if self.mode == FILE else "connection"
+
+    # -- the connection -----------------------------------------------------
+
     def connectionMade(self) -> None:
-        # Disable Nagle: a push must not wait 40 ms for a delayed ACK.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
+        if self.mode == FILE:
+            read_big(self.transport)
+        else:
+            # Disable Nagle: a push must not wait 40 ms for a delayed ACK.
+            set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                set_no_delay(True)
         self.connected_deferred.callback(None)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.error is None:
+            self.error = ConnectionLost(f"the {self.label} to the daemon was lost")
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.errback(self.error)
+        self.on_error(self.error)
+        self.lost.callback(None)
+
+    def fatal(self, error: LTtxError, abort: bool = False) -> None:
+        """
+        End the connection for ``error``: pending and later requests fail with
+        it (unless another error came first).  ``abort`` drops what is not yet
+        written (the connection's state is unknown, e.g. after a time-out).
+        """
+        if self.error is None:
+            self.error = error
+        self.on_error(error)
+        if self.transport is not None:
+            if abort:
+                self.transport.abortConnection()
+            else:
+                self.transport.loseConnection()
+
+    def _broken(self, error: LTtxError) -> None:
+        # A daemon speaking another protocol: nothing more can be trusted.
+        self.log.error("{label}: {error}; closing", label=self.label, error=error)
+        self.fatal(error)
+
+    # -- receiving ----------------------------------------------------------
 
     def set_receivers(self, on_messages: Callable[[list[Message]], None],
                       on_notice: Callable[[str, str], None]) -> None:
@@ -62,15 +148,17 @@ class ClientProtocol(Int32StringReceiver):
         decoder = self._decoder
         decoder.feed(data)
         if self._on_messages is None:
-            while not self.transport.disconnecting:
+            # File connections and connections not yet handed to a client:
+            # one frame at a time, as long as reads are not paused.
+            while not self._paused and not self.transport.disconnecting:
                 frame = decoder.next_frame()
                 if frame is None:
                     return
-                self.stringReceived(frame)
+                self.frame_received(frame)
             return
         # The hot path of a subscriber: MESSAGE frames (payload head 95 03)
         # are decoded straight into a batch; other frames go through
-        # stringReceived, after the messages before them.
+        # frame_received, after the messages before them.
         batch: list[Message] = []
         self._batch = batch
         try:
@@ -82,23 +170,116 @@ class ClientProtocol(Int32StringReceiver):
                     try:
                         _, channel, key, data_, seq = codec.decode(frame)
                     except (LTtxError, ValueError):
-                        self.stringReceived(frame)  # reports and closes
+                        self.frame_received(frame)  # reports and closes
                         break
                     batch.append(Message(channel, key, data_, seq))
                 else:
                     if batch:  # what came before a reply is delivered before it
                         self._on_messages(batch)
                         batch = self._batch = []
-                    self.stringReceived(frame)
+                    self.frame_received(frame)
         finally:
             self._batch = None
             if batch:
                 self._on_messages(batch)
 
-    def request(self, command: str, *args: Any) -> "Deferred[Any]":
-        """Send one request; the Deferred fires with its result or fails with its error."""
+    def frame_received(self, frame: bytes) -> None:
+        """One frame's payload: raw file data, or a decoded frame to act on."""
+        if self.raw_left > 0:
+            self._raw_received(frame)
+            return
+        try:
+            message = codec.decode(frame)
+            kind = message[0]
+            if kind == codec.MESSAGE and self._on_message is not None:
+                if self._batch is not None:
+                    self._batch.append(Message._make(message[1:5]))
+                else:
+                    self._on_message(Message._make(message[1:5]))
+            elif kind == codec.REPLY or kind == codec.ERROR:
+                self._settle(message)
+            elif kind == codec.NOTICE:
+                self._on_notice(message[1], message[2])
+            else:
+                raise BadRequest(f"unexpected frame kind {kind!r}")
+        except (LTtxError, IndexError, TypeError, KeyError, ValueError) as e:
+            self._broken(BadRequest(f"undecodable frame from the daemon: {e}"))
+
+    def _settle(self, message: list[Any]) -> None:
+        """Fire the Deferred of the request a REPLY or ERROR frame answers."""
+        request_id = message[1]
+        if message[0] == codec.REPLY:
+            if request_id == self._raw_after and request_id is not None:
+                # Raw frames follow this reply at once: count them from here.
+                self._raw_after = None
+                self.raw_left = int(message[2]["size"]) - int(message[2]["offset"])
+            d = self._pending.pop(request_id, None)
+            if d is not None:
+                d.callback(message[2])
+            return
+        error = error_from_wire(message[2], message[3])
+        d = self._pending.pop(request_id, None)
+        if d is not None:
+            d.errback(error)
+        elif self.mode == FILE:
+            # The daemon could not read a frame of the transfer: it is over.
+            self.fatal(error)
+        else:
+            # The daemon could not read a frame (nil id); the connection goes on.
+            self._on_notice(error.code, error.message)
+
+    def _raw_received(self, chunk: bytes) -> None:
+        self.raw_left -= len(chunk)
+        if self.raw_left < 0:
+            self._broken(BadRequest("the daemon sent more data than announced"))
+        elif self._raw_sink is None:
+            self._early.append(chunk)
+        else:
+            self._raw_sink(chunk)
+
+    def set_sink(self, sink: Callable[[bytes], None]) -> None:
+        """Where the raw frames of a download go (those already here first)."""
+        self._raw_sink = sink
+        early, self._early = self._early, []
+        for chunk in early:
+            sink(chunk)
+
+    # Reads can be held back while a download's disk lags (StreamWriter
+    # pauses its producer, this protocol): frames stay in the decoder.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self.transport.resumeProducing()
+        self.dataReceived(b"")
+
+    def stopProducing(self) -> None:
+        self.transport.loseConnection()
+
+    def _log_notice(self, code: str, message: str) -> None:
+        self.log.warn("the daemon says: {code}: {message}", code=code, message=message)
+
+    # -- sending ------------------------------------------------------------
+
+    def request(self, command: str, *args: Any, timeout: Optional[float] = None,
+                data_follows: bool = False) -> "Deferred[Any]":
+        """
+        Send one request; the Deferred fires with its result or fails with its error.
+
+        :param timeout: seconds to wait for the reply (None: no limit).
+            Without a reply in time the request fails with
+            :class:`~lttx.errors.TimeoutError` and the connection is aborted,
+            since its state is unknown.
+        :param data_follows: the reply (``{"size", "offset"}``) is followed by
+            ``size - offset`` bytes of raw frames, given to :meth:`set_sink`'s sink.
+        """
+        if self.error is not None:
+            return fail(self.error)
         if self.transport is None or self.transport.disconnecting:
-            return fail(ConnectionLost("not connected"))
+            return fail(ConnectionLost(f"the {self.label} to the daemon was lost"))
         request_id = next(self._ids)
         try:
             frame = codec.encode([codec.REQUEST, request_id, command, list(args)])
@@ -108,43 +289,31 @@ class ClientProtocol(Int32StringReceiver):
             return fail(FrameTooLarge(
                 f"{command} needs a frame of {len(frame)} bytes, over the daemon's "
                 f"limit of {self.max_frame}"))
-        d: Deferred[Any] = Deferred(lambda _: self._pending.pop(request_id, None))
+
+        def forget(_: Deferred[Any]) -> None:
+            self._pending.pop(request_id, None)
+
+        d: Deferred[Any] = Deferred(forget)
         self._pending[request_id] = d
-        self.sendString(frame)
-        return d
+        if data_follows:
+            self._raw_after = request_id
+        self.transport.write(PREFIX.pack(len(frame)) + frame)
+        if timeout is None:
+            return d
+        if self.reactor is None:
+            raise ValueError("a request with a timeout needs the protocol's reactor")
+
+        def timed_out(result: Any, seconds: float) -> None:
+            error = TimeoutError(f"no reply to {command} within {seconds:.0f} seconds")
+            self.fatal(error, abort=True)
+            raise error
+
+        return d.addTimeout(timeout, self.reactor, onTimeoutCancel=timed_out)
 
     def write_frames(self, frames: list[bytes]) -> None:
         """Write already-encoded frames in one write (for batched pushes)."""
         if self.transport is not None and not self.transport.disconnecting:
             self.transport.write(b"".join(PREFIX.pack(len(f)) + f for f in frames))
 
-    def stringReceived(self, frame: bytes) -> None:
-        try:
-            message = codec.decode(frame)
-            kind = message[0]
-            if kind == codec.MESSAGE:
-                if self._batch is not None:
-                    self._batch.append(Message._make(message[1:5]))
-                else:
-                    self._on_message(Message._make(message[1:5]))
-            elif kind == codec.REPLY or kind == codec.ERROR:
-                unanswered = settle(self._pending, message)
-                if unanswered is not None:
-                    self._on_notice(unanswered.code, unanswered.message)
-            elif kind == codec.NOTICE:
-                self._on_notice(message[1], message[2])
-            else:
-                raise BadRequest(f"unknown frame kind {kind!r}")
-        except (LTtxError, IndexError, TypeError) as e:
-            # A daemon speaking another protocol: nothing more can be trusted.
-            self.log.error("undecodable frame from the daemon ({error}); closing", error=e)
-            self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        pending, self._pending = self._pending, {}
-        for d in pending.values():
-            d.errback(ConnectionLost("the connection to the daemon was lost"))
-        self.lost.callback(None)
-
-
-__all__ = ["ClientProtocol"]
+__all__ = ["COMMAND", "FILE", "ClientProtocol"]

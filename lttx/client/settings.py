@@ -12,11 +12,9 @@ from typing import Any, Optional
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
 
-from .._version import PROTOCOL_VERSION, __version__
+from .._version import DEFAULT_PORT, PROTOCOL_VERSION, __version__
 from .tls import tls_endpoint
 
-#: The daemon's port unless told otherwise (``twistd lttx --port``).
-DEFAULT_PORT = 2025
 #: Seconds a client waits for a reply, and for a connection.
 DEFAULT_TIMEOUT = 30.0
 

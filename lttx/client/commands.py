@@ -1,0 +1,104 @@
+"""
+The variable commands, written once: :class:`VariableCommands`, a mixin over
+``call()`` (as redis-py's ``CoreCommands`` over ``execute_command``).
+
+:class:`~lttx.client.asyncclient.AsyncClient` mixes it in and each command
+returns a Deferred; :class:`~lttx.client.blocking.Client` mixes it in and each
+returns the value; ``lttx.compat.txl`` maps the original client's names onto
+it.  What each command sends and returns is in ``docs/protocol.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+#: What a command method returns: the value itself (the blocking client), or a
+#: Deferred of it (the Twisted-native client).
+Result = Any
+
+
+class VariableCommands:
+    """
+    The 13 commands on cloud variables, over :meth:`call`.
+
+    A class that mixes this in provides :meth:`call` (send one command, get
+    its result or a Deferred of it) and :meth:`_then` (apply a function to
+    what :meth:`call` returned: ``addCallback`` for a Deferred, a plain call
+    for a value).
+    """
+
+    def call(self, command: str, *args: Any) -> Result:
+        """Send any command (see docs/protocol.md) and get its result."""
+        raise NotImplementedError
+
+    def _then(self, result: Result, transform: Callable[[Any], Any]) -> Result:
+        """``transform`` applied to a result of :meth:`call`, when it is there."""
+        raise NotImplementedError
+
+    def ping(self) -> Result:
+        """``"pong"``: the daemon is there and answers."""
+        return self.call("ping")
+
+    def put(self, name: str, value: Any) -> Result:
+        """Set the variable ``name`` to ``value`` (None, bool, int, float, str, bytes,
+        list, dict, nested); done once the daemon has applied it."""
+        return self.call("put", name, value)
+
+    def get(self, name: str, default: Any = None) -> Result:
+        """The value of ``name``, or ``default`` if there is no such variable."""
+        return self._then(self.call("get", name), _present_or(default))
+
+    def delete(self, name: str) -> Result:
+        """Delete ``name``; whether it existed."""
+        return self.call("delete", name)
+
+    def exists(self, name: str) -> Result:
+        """Whether there is a variable ``name``."""
+        return self.call("exists", name)
+
+    def keys(self, pattern: str = "*") -> Result:
+        """Sorted variable names matching a glob pattern (``*``, ``?``, ``[abc]``)."""
+        return self.call("keys", pattern)
+
+    def dict_change(self, name: str, key: Any, value: Any) -> Result:
+        """``d[key] = value`` on the server; the dict is created if absent.
+
+        :raises WrongTypeError: if ``name`` holds something other than a dict."""
+        return self.call("dict_change", name, key, value)
+
+    def get_dict_value(self, name: str, key: Any, default: Any = None) -> Result:
+        """One key of a (big) dict without fetching the dict, or ``default`` if
+        the variable or the key is absent."""
+        return self._then(self.call("get_dict_value", name, key), _present_or(default))
+
+    def list_append(self, name: str, item: Any) -> Result:
+        """Append to a list variable (created if absent); the new length."""
+        return self.call("list_append", name, item)
+
+    def list_pop(self, name: str, index: int = -1) -> Result:
+        """Pop and return an item, as ``list.pop``.
+
+        :raises IndexOutOfRange: on an empty list or an index outside it.
+        :raises NotFound: if there is no such variable."""
+        return self.call("list_pop", name, index)
+
+    def list_remove(self, name: str, item: Any) -> Result:
+        """Remove the first item equal to ``item`` (same type and value); whether one was."""
+        return self.call("list_remove", name, item)
+
+    def get_list_value(self, name: str, index: int) -> Result:
+        """One item of a (big) list without fetching the list."""
+        return self.call("get_list_value", name, index)
+
+    def status(self) -> Result:
+        """The daemon's figures: version, uptime, connections, variables, and
+        one dict per component (channels, journal, files); see ``lttx status``."""
+        return self.call("status")
+
+
+def _present_or(default: Any) -> Callable[[list[Any]], Any]:
+    """``[value]`` -> value, ``[]`` -> default (see ``get`` in docs/protocol.md)."""
+    return lambda present: present[0] if present else default
+
+
+__all__ = ["Result", "VariableCommands"]
