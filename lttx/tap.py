@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ._version import DEFAULT_PORT
 from .diskio import pool_runner
 from .errors import RecoveryError
 from .server.factory import LTtxFactory
@@ -50,7 +51,7 @@ class Options(usage.Options):
     )
 
     optParameters = [
-        ["port", "p", 2025, "Listen on this TCP port, on all interfaces.", int],
+        ["port", "p", DEFAULT_PORT, "Listen on this TCP port, on all interfaces.", int],
         ["token", "t", None, "The shared secret clients must present (or env LTTX_TOKEN)."],
         ["token-file", None, None,
          "Read the token from this file (its first line), or, if the file holds a JSON "
