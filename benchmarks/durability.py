@@ -43,6 +43,7 @@ from lttx.client import AsyncClient, ConnectionSettings  # noqa: E402
 from lttx.diskio import InlineLane  # noqa: E402
 from lttx.storage.durable import DurableStore  # noqa: E402
 from lttx.server.factory import LTtxFactory  # noqa: E402
+from lttx.server.state import ServerState  # noqa: E402
 from lttx.storage.journal import journal_name  # noqa: E402
 from lttx.state.store import MemoryStore  # noqa: E402
 
@@ -60,7 +61,7 @@ def serve(kind: str, data_dir: str) -> None:
     else:
         store = DurableStore.open(data_dir, kind, reactor)
         store.startService()
-    factory = LTtxFactory(store, TokenAuthenticator(TOKEN))
+    factory = LTtxFactory(ServerState(store, TokenAuthenticator(TOKEN)))
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
     print(f"PORT {port.getHost().port}", flush=True)
 

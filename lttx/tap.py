@@ -21,7 +21,7 @@ from .diskio import pool_runner
 from .errors import RecoveryError
 from .server.factory import LTtxFactory
 from .server.files import FileService
-from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER
+from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER, ServerState
 from .state.auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
 from .state.channels import ChannelRegistry
 from .storage.durable import FSYNC_POLICIES, DurableStore
@@ -251,10 +251,11 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         status_sources = {"journal": store}
     files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
                         max_file_size=options["max-file-size"])
-    factory = LTtxFactory(store, auth, max_frame=options["max-frame"], channels=channels,
-                          subscriber_buffer=options["subscriber-buffer"],
-                          clock=reactor, files=files,  # type: ignore[arg-type]
-                          status_sources=status_sources)
+    state = ServerState(store, auth, max_frame=options["max-frame"], channels=channels,
+                        subscriber_buffer=options["subscriber-buffer"],
+                        clock=reactor, files=files,  # type: ignore[arg-type]
+                        status_sources=status_sources)
+    factory = LTtxFactory(state)
 
     rates = TimerService(1.0, channels.sample)
     rates.clock = reactor

@@ -25,6 +25,7 @@ import lttx
 from lttx.wire import codec
 from lttx.state.auth import TokenAuthenticator
 from lttx.server.factory import LTtxFactory
+from lttx.server.state import ServerState
 from lttx.server.protocol import LTtxServerProtocol
 from lttx.state.store import MemoryStore
 
@@ -70,8 +71,8 @@ def server_protocol(
 ) -> tuple[LTtxServerProtocol, StringTransport]:
     """A server protocol on a StringTransport, authenticated unless told not."""
     if factory is None:
-        factory = LTtxFactory(store if store is not None else MemoryStore(),
-                              TokenAuthenticator(token), **factory_args)
+        factory = LTtxFactory(ServerState(store if store is not None else MemoryStore(),
+                              TokenAuthenticator(token), **factory_args))
     proto = factory.buildProtocol(IPv4Address("TCP", *peer))
     transport = StringTransport(peerAddress=IPv4Address("TCP", *peer))
     proto.makeConnection(transport)

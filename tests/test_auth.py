@@ -32,6 +32,7 @@ from lttx.errors import PermissionDenied
 from lttx.server.commands import Commands
 from lttx.server.dispatch import command
 from lttx.server.factory import LTtxFactory
+from lttx.server.state import ServerState
 from lttx.server.protocol import LTtxServerProtocol
 from lttx.state.store import MemoryStore
 
@@ -199,7 +200,7 @@ class CommandRightsTests(SynchronousTestCase):
 
     def connect(self, token: str) -> tuple[LTtxServerProtocol, StringTransport, MemoryStore]:
         store = store_with_data()
-        factory = LTtxFactory(store, roles_authenticator())
+        factory = LTtxFactory(ServerState(store, roles_authenticator()))
         proto, transport = server_protocol(token=token, factory=factory)
         return proto, transport, store
 
@@ -310,7 +311,7 @@ class ChannelRightsTests(SynchronousTestCase):
     """subscribe and publish follow the token's channel patterns, exactly."""
 
     def setUp(self) -> None:
-        self.factory = LTtxFactory(MemoryStore(), roles_authenticator())
+        self.factory = LTtxFactory(ServerState(MemoryStore(), roles_authenticator()))
         self.feed, self.feed_out = server_protocol(token="tok-feed", factory=self.factory)
         self.sub, self.sub_out = server_protocol(token="tok-files", factory=self.factory,
                                                  peer=("127.0.0.1", 40001))
@@ -359,7 +360,7 @@ class AuthorizeTests(SynchronousTestCase):
 
     def connect(self, token: str, protocol: type = LTtxServerProtocol) -> tuple[
             LTtxServerProtocol, StringTransport]:
-        factory = LTtxFactory(MemoryStore(), roles_authenticator())
+        factory = LTtxFactory(ServerState(MemoryStore(), roles_authenticator()))
         proto = protocol(factory.state)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
         proto.makeConnection(transport)
@@ -387,7 +388,7 @@ class AuthorizeTests(SynchronousTestCase):
         self.assertRaises(PermissionDenied, files.authorize, "publish", "hq_center")
 
     def test_before_hello_nothing_is_allowed(self) -> None:
-        proto = LTtxFactory(MemoryStore(), roles_authenticator()).buildProtocol(None)
+        proto = LTtxFactory(ServerState(MemoryStore(), roles_authenticator())).buildProtocol(None)
         self.assertRaises(PermissionDenied, proto.authorize, "read", "pos")
 
     def test_unlisted_command_needs_every_right(self) -> None:

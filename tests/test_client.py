@@ -23,6 +23,7 @@ from lttx.state.auth import TokenAuthenticator
 from lttx.client import AsyncClient, ConnectionSettings, Message
 from lttx.client.eventloop import EventLoop
 from lttx.server.factory import LTtxFactory
+from lttx.server.state import ServerState
 from lttx.state.store import MemoryStore
 
 from .common import TOKEN
@@ -37,8 +38,8 @@ class MemoryDaemon:
 
     def __init__(self, clock: MemoryReactorClock, store: Any = None, **factory_args: Any) -> None:
         self.clock = clock
-        self.factory = LTtxFactory(store if store is not None else MemoryStore(),
-                                   TokenAuthenticator(TOKEN), **factory_args)
+        self.factory = LTtxFactory(ServerState(store if store is not None else MemoryStore(),
+                                   TokenAuthenticator(TOKEN), **factory_args))
         self.pumps: list[iosim.IOPump] = []
         self.down = False
 

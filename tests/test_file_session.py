@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 
 from lttx.diskio import run_inline
 from lttx.server.factory import LTtxFactory
+from lttx.server.state import ServerState
 from lttx.server.file_session import IFileConnection
 from lttx.server.files import FileService
 from lttx.state.auth import TokenAuthenticator, parse_roles
@@ -58,7 +59,7 @@ class FileSessionTestCase(SynchronousTestCase):
             with open(os.path.join(self.directory, name), "wb") as f:
                 f.write(b"1,2\n")
         auth = TokenAuthenticator.from_roles(parse_roles(json.dumps(ROLES)))
-        self.factory = LTtxFactory(MemoryStore(), auth, files=self.service)
+        self.factory = LTtxFactory(ServerState(MemoryStore(), auth, files=self.service))
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
 
     def connect(self, token: str = TOKEN) -> tuple[Any, StringTransport]:

@@ -28,6 +28,7 @@ from lttx.client import ConnectionSettings
 from lttx.errors import BadFileName, ChecksumMismatch, FileBusy, NotFound, StorageError
 from lttx.errors import TimeoutError as LTtxTimeoutError
 from lttx.server.factory import LTtxFactory
+from lttx.server.state import ServerState
 from lttx.client.files import delete_file, list_files, recv_file, send_file
 from lttx.diskio import _write_chunks, run_inline, storage_error
 from lttx.server.files import FileService
@@ -115,8 +116,8 @@ class SessionTestCase(SynchronousTestCase):
         self.service = FileService(self.directory, lambda f, *a: self.runner(f, *a),
                                    max_file_size=64 * 1024 * 1024)
         self.service.startService()
-        self.factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN),
-                                   files=self.service)
+        self.factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN),
+                                   files=self.service))
 
     def connect(self) -> tuple[Any, StringTransport]:
         """An authenticated file connection; the hello reply is checked and cleared."""
@@ -433,7 +434,7 @@ class ListDeleteStatusTests(SessionTestCase):
 
     def test_daemon_without_files(self) -> None:
         """A factory without a file service refuses mode file at hello."""
-        factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN))
+        factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN)))
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
         proto.makeConnection(transport)

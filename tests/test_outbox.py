@@ -17,6 +17,7 @@ from lttx.state.auth import TokenAuthenticator
 from lttx.state.channels import ISubscriber
 from lttx.state.store import MemoryStore
 from lttx.server.factory import LTtxFactory
+from lttx.server.state import ServerState
 from lttx.server.outbox import CHUNK, Outbox
 
 from .common import TOKEN, frame, frames_of, server_protocol
@@ -190,8 +191,8 @@ class ProtocolChannelTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN),
-                                   subscriber_buffer=4096, clock=self.clock)
+        self.factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN),
+                                   subscriber_buffer=4096, clock=self.clock))
         self.pub, self.pub_t = server_protocol(factory=self.factory)
 
     def subscriber(self, *args: Any, request_id: int = 1) -> tuple[Any, StringTransport, Any]:

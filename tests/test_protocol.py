@@ -272,9 +272,10 @@ class PublishTests(SynchronousTestCase):
         """A map as channel gets a notice; the good publish before it reaches the subscriber."""
         from lttx.state.auth import TokenAuthenticator
         from lttx.server.factory import LTtxFactory
+        from lttx.server.state import ServerState
         from lttx.state.store import MemoryStore
 
-        factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN))
+        factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN)))
         subscriber, sub_transport = server_protocol(factory=factory)
         publisher, pub_transport = server_protocol(factory=factory)
         subscriber.dataReceived(frame([0, 1, "subscribe", [["hq"], None, {}]]))
@@ -309,11 +310,12 @@ class BeforeHelloTests(SynchronousTestCase):
 
         from lttx.state.auth import TokenAuthenticator
         from lttx.server.factory import LTtxFactory
+        from lttx.server.state import ServerState
         from lttx.server.protocol import HELLO_TIMEOUT
         from lttx.state.store import MemoryStore
 
         clock = Clock()
-        factory = LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock)
+        factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock))
         silent, silent_transport = server_protocol(factory=factory, authenticate=False)
         talker, talker_transport = server_protocol(factory=factory)
         clock.advance(HELLO_TIMEOUT)

@@ -17,6 +17,7 @@ from lttx import __version__
 from lttx.wire import codec
 from lttx.state.auth import TokenAuthenticator
 from lttx.server.factory import LTtxFactory
+from lttx.server.state import ServerState
 from lttx.state.store import MemoryStore
 
 from .common import TOKEN, frame, frames_of, server_protocol
@@ -35,8 +36,8 @@ class FakeSource:
 
 
 def make_factory(clock: Clock, **sources: Any) -> LTtxFactory:
-    return LTtxFactory(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock,
-                       status_sources=sources)
+    return LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock,
+                       status_sources=sources))
 
 
 class StatusDocumentationTests(SynchronousTestCase):
