@@ -6,78 +6,40 @@ protocol, in memory (twisted.test.iosim), and the blocking client's loop.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver, MemoryReactorClock
 from twisted.logger import globalLogPublisher
-from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 import lttx
+from lttx import testing
 from lttx.wire import codec
-from lttx.state.auth import TokenAuthenticator
 from lttx.client import AsyncClient, ConnectionSettings, Message
 from lttx.client.eventloop import EventLoop
-from lttx.server.factory import LTtxFactory
-from lttx.server.state import ServerState
 from lttx.state.store import MemoryStore
 
 from .common import TOKEN
 
 
-class MemoryDaemon:
-    """
-    A real server factory reached in memory: each connection the client makes
-    is a new server protocol, joined to it by an iosim pump.  ``down`` refuses
-    new connections; :meth:`restart` closes the open ones.
-    """
-
-    def __init__(self, clock: MemoryReactorClock, store: Any = None, **factory_args: Any) -> None:
-        self.clock = clock
-        self.factory = LTtxFactory(ServerState(store if store is not None else MemoryStore(),
-                                   TokenAuthenticator(TOKEN), **factory_args))
-        self.pumps: list[iosim.IOPump] = []
-        self.down = False
-
-    def connect(self, protocol_factory: Any) -> "Deferred[Any]":
-        if self.down:
-            return fail(ConnectionRefusedError("the daemon is down"))
-        client = protocol_factory.buildProtocol(None)
-        server = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        self.pumps.append(iosim.connect(server, iosim.makeFakeServer(server),
-                                        client, iosim.makeFakeClient(client),
-                                        greet=False, clock=self.clock))
-        return succeed(client)
-
-    def flush(self) -> None:
-        """Move bytes both ways until nothing moves (and run calls due now)."""
-        while any([pump.pump() for pump in self.pumps]):
-            pass
-
-    def restart(self) -> None:
-        """The daemon closes every connection (and is up again at once, unless down)."""
-        for pump in self.pumps:
-            pump.serverIO.loseConnection()
-        self.flush()
+def MemoryDaemon(clock: MemoryReactorClock, store: Any = None, **state_args: Any) -> Any:
+    """lttx.testing's in-memory daemon on ``clock``, with the tests' token."""
+    return testing.MemoryDaemon(TOKEN, clock, store=store, **state_args)
 
 
-@dataclass(frozen=True)
-class MemorySettings(ConnectionSettings):
-    """ConnectionSettings whose connections go to in-memory daemons, by host name."""
-
-    daemons: Any = None
-
-    def endpoint(self, reactor: Any) -> Any:
-        return self.daemons[self.host]
-
-
-def memory_settings(daemon: Any, **settings: Any) -> MemorySettings:
+def memory_settings(daemon: Any, **settings: Any) -> ConnectionSettings:
+    """Settings reaching ``daemon``: an lttx.testing daemon, or any endpoint a test plays."""
+    if isinstance(daemon, testing.MemoryDaemon):
+        return daemon.settings(**settings)
     settings.setdefault("token", TOKEN)
-    return MemorySettings("memory", 1, daemons={"memory": daemon}, **settings)
+    return ConnectionSettings("memory", 1, connector=lambda reactor, host, port: daemon,
+                              **settings)
+
+
+def cluster(token: Optional[str], **daemons: Any) -> ConnectionSettings:
+    """Settings for the in-memory daemons given by name, starting at the first."""
+    return testing.cluster_settings(daemons, next(iter(daemons)), token=token)
 
 
 def connect_client(test: SynchronousTestCase, daemon: MemoryDaemon,
@@ -165,7 +127,7 @@ class AsyncClientTests(SynchronousTestCase):
         daemon.flush()
         self.assertNoResult(d)
         daemon.down = True
-        daemon.restart()
+        daemon.drop_connections()
         self.failureResultOf(d, lttx.ConnectionLost)
         # A call made while disconnected waits for the reconnection, at most the timeout.
         later = client.get("a")
@@ -205,21 +167,19 @@ class AsyncClientTests(SynchronousTestCase):
         not even at the other addresses."""
         clock = MemoryReactorClock()
         a, b = MemoryDaemon(clock), MemoryDaemon(clock)
-        settings = MemorySettings("a", 1, "wrong", addresses=(("a", 1), ("b", 1)),
-                                  daemons={"a": a, "b": b})
+        settings = cluster("wrong", a=a, b=b)
         d = AsyncClient.connect(clock, settings)
         a.flush()
         self.failureResultOf(d, lttx.AuthError)
         clock.advance(60)
-        self.assertEqual((len(a.pumps), len(b.pumps)), (1, 0))
+        self.assertEqual((a.connections_made, b.connections_made), (1, 0))
 
     def test_first_connect_skips_the_daemons_that_are_down(self) -> None:
         """With several addresses, connect uses the first daemon that can be reached."""
         clock = MemoryReactorClock()
         a, b = MemoryDaemon(clock), MemoryDaemon(clock)
         a.down = True
-        settings = MemorySettings("a", 1, TOKEN, addresses=(("a", 1), ("b", 1)),
-                                  daemons={"a": a, "b": b})
+        settings = cluster(TOKEN, a=a, b=b)
         client = connect_client(self, b, settings)
         self.assertEqual((client.settings.host, client.connected), ("b", True))
 
@@ -245,7 +205,7 @@ class ReconnectionTests(SynchronousTestCase):
         daemon = MemoryDaemon(self.clock)
         client = connect_client(self, daemon)
         daemon.down = True
-        daemon.restart()
+        daemon.drop_connections()
         self.assertFalse(client.connected)
         for _ in range(8):  # 0.1 + 0.2 + ... + 5 s of backoff: eight failed attempts
             self.clock.advance(5)
@@ -265,7 +225,7 @@ class ReconnectionTests(SynchronousTestCase):
         daemon = MemoryDaemon(self.clock)
         connect_client(self, daemon)
         daemon.down = True
-        daemon.restart()
+        daemon.drop_connections()
         delays = []
         for _ in range(8):
             [retry] = self.clock.getDelayedCalls()
@@ -276,10 +236,9 @@ class ReconnectionTests(SynchronousTestCase):
     def test_each_attempt_tries_the_next_daemon(self) -> None:
         """With several daemons, a lost connection is replaced by one to the next."""
         a, b = MemoryDaemon(self.clock), MemoryDaemon(self.clock)
-        settings = MemorySettings("a", 1, TOKEN, addresses=(("a", 1), ("b", 1)),
-                                  daemons={"a": a, "b": b})
+        settings = cluster(TOKEN, a=a, b=b)
         client = connect_client(self, a, settings)
-        a.restart()
+        a.drop_connections()
         self.clock.advance(0.1)
         b.flush()
         self.assertEqual((client.settings.host, client.connected), ("b", True))
@@ -292,13 +251,13 @@ class ReconnectionTests(SynchronousTestCase):
         daemon = MemoryDaemon(self.clock)
         client = connect_client(self, daemon)
         daemon.down = True
-        daemon.restart()
+        daemon.drop_connections()
         waiting = client.ping()
         self.successResultOf(client.close())
         self.failureResultOf(waiting, lttx.ConnectionLost)
         daemon.down = False
         self.clock.advance(60)
-        self.assertEqual(len(daemon.pumps), 1)
+        self.assertEqual(daemon.connections_made, 1)
         self.failureResultOf(client.ping(), lttx.ConnectionLost)
 
     def test_close_closes_the_connection(self) -> None:
@@ -310,7 +269,7 @@ class ReconnectionTests(SynchronousTestCase):
         self.successResultOf(closed)
         self.assertFalse(client.connected)
         self.clock.advance(60)
-        self.assertEqual(len(daemon.pumps), 1)
+        self.assertEqual(daemon.connections_made, 1)
         self.assertEqual(logged(self.events, "lost the connection"), [])
 
 

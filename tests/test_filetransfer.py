@@ -511,19 +511,9 @@ class _MemoryEndpoint:
         return succeed(client)
 
 
-class _MemorySettings:
-    """ConnectionSettings whose connections go to an in-memory daemon."""
-
-    host, port, token, timeout = "memory", 0, TOKEN, 30.0
-
-    def __init__(self, endpoint: _MemoryEndpoint) -> None:
-        self._endpoint = endpoint
-
-    def endpoint(self, reactor: Any) -> _MemoryEndpoint:
-        return self._endpoint
-
-    def hello_args(self, **options: Any) -> list[Any]:
-        return ConnectionSettings(token=TOKEN).hello_args(**options)
+def _memory_settings(endpoint: Any) -> ConnectionSettings:
+    """Settings whose connections all go to ``endpoint`` (an in-memory daemon)."""
+    return ConnectionSettings("memory", 0, TOKEN, connector=lambda reactor, host, port: endpoint)
 
 
 class ClientInMemoryTests(SessionTestCase):
@@ -536,7 +526,7 @@ class ClientInMemoryTests(SessionTestCase):
         self.tamper: Callable[[bytes], bytes] = lambda data: data
         endpoint = _MemoryEndpoint(self.factory, self.pumps, self.clock,
                                    lambda data: self.tamper(data))
-        self.settings = _MemorySettings(endpoint)
+        self.settings = _memory_settings(endpoint)
         self.work = self.mktemp()
         os.makedirs(self.work)
 
@@ -662,7 +652,7 @@ class ClientInMemoryTests(SessionTestCase):
 
         silent = _MemoryEndpoint(Factory.forProtocol(Silent), self.pumps, self.clock,
                                  lambda data: data)
-        d = list_files(self.clock, _MemorySettings(silent))
+        d = list_files(self.clock, _memory_settings(silent))
         self.run_until_done_or(d, lambda: None)
         self.assertNoResult(d)
         self.clock.advance(31)

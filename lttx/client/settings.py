@@ -7,7 +7,7 @@ reconnections) is made, TLS included.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
@@ -35,6 +35,10 @@ class ConnectionSettings:
     #: Every daemon of the data center, ``(host, port)``, in the order to try
     #: them (``host``/``port`` is the one in use); empty for one daemon.
     addresses: tuple[tuple[str, int], ...] = ()
+    #: Makes the endpoint of every connection, ``connector(reactor, host,
+    #: port)``, instead of TCP (and TLS) to ``host:port``: in-memory daemons
+    #: in tests (:mod:`lttx.testing`), a tunnel.
+    connector: Optional[Callable[[Any, str, int], IStreamClientEndpoint]] = None
 
     def next_address(self) -> "ConnectionSettings":
         """These settings at the address after the current one (cyclic)."""
@@ -52,6 +56,8 @@ class ConnectionSettings:
 
         :raises TLSError: (now) if the ``ca`` file cannot be read.
         """
+        if self.connector is not None:
+            return self.connector(reactor, self.host, self.port)
         endpoint: IStreamClientEndpoint = HostnameEndpoint(
             reactor, self.host, self.port, timeout=self.timeout)
         if self.tls:
