@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lttx.wire import codec
 from lttx.errors import ServerError
 
-from .common import TOKEN, frame, frames_of, server_protocol
+from ..common import TOKEN, frame, frames_of, server_protocol
 
 R, E = codec.REPLY, codec.ERROR
 

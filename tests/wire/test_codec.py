@@ -10,7 +10,7 @@ from lttx.wire import codec
 from lttx.errors import BadRequest, EncodeError
 from lttx.state.store import strict_equal
 
-from .strategies import values
+from ..strategies import values
 
 
 class CodecTests(SynchronousTestCase):

@@ -20,7 +20,7 @@ from lttx.server.factory import LTtxFactory
 from lttx.server.state import ServerState
 from lttx.state.store import MemoryStore
 
-from .common import TOKEN, frame, frames_of, server_protocol
+from ..common import TOKEN, frame, frames_of, server_protocol
 
 
 class FakeSource:
@@ -45,7 +45,7 @@ class StatusDocumentationTests(SynchronousTestCase):
 
     def test_example_frames(self) -> None:
         """The hex lines of the status section are the request and reply they name."""
-        docs = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "protocol.md")
+        docs = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "docs", "protocol.md")
         if not os.path.exists(docs):
             raise SkipTest("docs/ is not installed beside the tests")
         with open(docs, encoding="utf-8") as f:

@@ -24,7 +24,7 @@ from lttx.state.auth import TokenAuthenticator, parse_roles
 from lttx.state.store import MemoryStore
 from lttx.wire import codec
 
-from .common import TOKEN, frame, frames_of
+from ..common import TOKEN, frame, frames_of
 
 R, E = codec.REPLY, codec.ERROR
 

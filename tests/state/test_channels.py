@@ -19,7 +19,7 @@ from lttx import AuthError, BadRequest, EncodeError
 from lttx.wire import codec
 from lttx.state.channels import ChannelRegistry, ISubscriber, pack_seq, split_channels
 
-from .common import frames_of
+from ..common import frames_of
 
 
 @implementer(ISubscriber)

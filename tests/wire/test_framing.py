@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lttx.wire import codec
 from lttx.wire.framing import FrameDecoder, FrameTooLong
 
-from .common import frame, frames_of, server_protocol
+from ..common import frame, frames_of, server_protocol
 
 #: Frames from this size on are collected while incomplete (lttx.wire.framing).
 LARGE_FRAME = 256 * 1024

@@ -16,7 +16,7 @@ from lttx.client import ClientProtocol, Message
 from lttx.client.protocol import FILE
 from lttx.wire import codec
 
-from .common import frame, frames_of
+from ..common import frame, frames_of
 
 
 def file_protocol() -> tuple[ClientProtocol, StringTransport, MemoryReactorClock]:

@@ -20,7 +20,7 @@ from lttx.server.factory import LTtxFactory
 from lttx.server.state import ServerState
 from lttx.server.outbox import CHUNK, Outbox
 
-from .common import TOKEN, frame, frames_of, server_protocol
+from ..common import TOKEN, frame, frames_of, server_protocol
 
 
 def message(channel: str, key: Any, data: Any, seq: int) -> bytes:

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 import lttx
 from lttx.storage.journal import HEADER_SIZE, PUT, encode_record, journal_name, snapshot_name
 
-from .common import Daemon
+from ..common import Daemon
 from .test_durable import compacted, open_store
 
 

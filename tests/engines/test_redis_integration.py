@@ -12,8 +12,8 @@ from twisted.trial.unittest import TestCase
 
 import lttx
 
-from .common import TOKEN, Daemon
-from .redis_server import RedisServer, free_port
+from ..common import TOKEN, Daemon
+from ..redis_server import RedisServer, free_port
 
 
 def redis_daemon(testcase: TestCase, redis: RedisServer, *args: str) -> Daemon:

@@ -33,7 +33,7 @@ from lttx.errors import (
 from lttx.storage.journal import journal_name, snapshot_name
 from lttx.state.store import MISSING, MemoryStore, strict_equal
 
-from .common import frame, frames_of, server_protocol
+from ..common import frame, frames_of, server_protocol
 
 
 class ManualLane:

@@ -18,8 +18,8 @@ from lttx.engines.redis.resp import RedisAddress, RedisClient
 from lttx.engines.redis.store import SCRIPTS, RedisStore, compare_form, decode_item, encode_item
 from lttx.state.store import MISSING, strict_equal
 
-from .redis_server import RedisServer
-from .test_store import StoreMachine
+from ..redis_server import RedisServer
+from ..state.test_store import StoreMachine
 
 
 class _Blocking:

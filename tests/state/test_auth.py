@@ -36,9 +36,9 @@ from lttx.server.state import ServerState
 from lttx.server.protocol import LTtxServerProtocol
 from lttx.state.store import MemoryStore
 
-from .common import Daemon, frame, frames_of, listeners, server_protocol
+from ..common import Daemon, frame, frames_of, listeners, server_protocol
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "contrib" / "tokens.example.json"
+EXAMPLE = Path(__file__).resolve().parent.parent.parent / "contrib" / "tokens.example.json"
 
 ROLES = {"tokens": [
     {"name": "reader", "token": "tok-reader", "rights": ["read"]},

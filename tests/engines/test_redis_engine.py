@@ -18,9 +18,9 @@ from lttx.engines.redis.channels import SharedChannelRegistry
 from lttx.engines.redis.engine import redis_address
 from lttx.engines.redis.store import RedisStore
 
-from .common import listeners
-from .test_channels import ListSubscriber
-from .test_tap import parse
+from ..common import listeners
+from ..state.test_channels import ListSubscriber
+from ..test_tap import parse
 
 DAEMON_ID = b"D" * 16
 

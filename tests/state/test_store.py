@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lttx.errors import BadRequest, IndexOutOfRange, LTtxError, NotFound, WrongTypeError
 from lttx.state.store import MISSING, MemoryStore, strict_equal
 
-from .strategies import dict_keys, values
+from ..strategies import dict_keys, values
 
 names = st.sampled_from(["a", "b", "c", "pos", "orders"])
 # Items that are == in Python but different on the wire, so that list_remove's

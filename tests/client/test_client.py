@@ -20,7 +20,7 @@ from lttx.client import AsyncClient, ConnectionSettings, Message
 from lttx.client.eventloop import EventLoop
 from lttx.state.store import MemoryStore
 
-from .common import TOKEN
+from ..common import TOKEN
 
 
 def MemoryDaemon(clock: MemoryReactorClock, store: Any = None, **state_args: Any) -> Any:

@@ -19,7 +19,7 @@ import lttx
 from lttx.wire import codec
 from lttx.client import AsyncClient, ClientProtocol, Message, MessageQueue
 
-from .common import frame, frames_of
+from ..common import frame, frames_of
 from .test_client import MemoryDaemon, connect_client, connected_client, logged, memory_settings
 
 

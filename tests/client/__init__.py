@@ -1,0 +1,1 @@
+"""Tests of :mod:`lttx.client`, a module each as in the package."""

@@ -1,0 +1,1 @@
+"""Tests of :mod:`lttx.server`, a module each as in the package."""
