@@ -87,6 +87,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["legacy-listen"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -95,6 +96,14 @@ class Options(usage.Options):
         replaces --port.
         """
         self["listen"].append(endpoint)
+
+    def opt_legacy_listen(self, endpoint: str) -> None:
+        """
+        Also serve the original LTtx protocol (unmodified tx.py clients) on this
+        Twisted endpoint, e.g. tcp:2049; repeatable.  It has no TLS: for trusted
+        networks; the token, roles and protected mode apply as on --listen.
+        """
+        self["legacy-listen"].append(endpoint)
 
     def opt_fsync(self, policy: str) -> None:
         """Durability of variable writes: always, everysec or no."""
@@ -180,17 +189,21 @@ class _LoggingEndpointService(StreamServerEndpointService):
 
     log = Logger()
 
-    def __init__(self, description: str, *args: Any) -> None:
+    def __init__(self, description: str, *args: Any, what: str = "LTtx") -> None:
         super().__init__(*args)
         self.description = description
+        #: Who listens, for the log line ("LTtx", or the legacy protocol).
+        self.what = what
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:
-        self.log.info("LTtx listening on {description} at {address}",
+        self.log.info("{what} listening on {description} at {address}", what=self.what,
                       description=self.description, address=_address(port))
+        if self.what != "LTtx":
+            return port
         # The Redis engine tells the other daemons where this one listens.
         listening = getattr(self.factory.state.store, "listening", None)
         if isinstance(listening, list):
@@ -249,6 +262,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         store.setServiceParent(top)
         channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
         status_sources = {"journal": store}
+    legacy = _legacy_status(options, status_sources)
     files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
                         max_file_size=options["max-file-size"])
     state = ServerState(store, auth, max_frame=options["max-frame"], channels=channels,
@@ -266,4 +280,29 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         endpoint = serverFromString(reactor, description)
         service = _LoggingEndpointService(description, endpoint, factory)
         service.setServiceParent(top)
+    _legacy_listeners(options, reactor, state, legacy, top)
     return top
+
+
+def _legacy_status(options: Options, status_sources: dict[str, Any]) -> Any:
+    """The legacy port's figures, a status source, if --legacy-listen is given."""
+    if not options.get("legacy-listen"):
+        return None
+    from .server.legacy import LegacyStatus
+
+    status_sources["legacy"] = legacy = LegacyStatus()
+    return legacy
+
+
+def _legacy_listeners(options: Options, reactor: Any, state: ServerState, legacy: Any,
+                      top: MultiService) -> None:
+    """One listening service per --legacy-listen endpoint (the original protocol)."""
+    if legacy is None:
+        return
+    from .server.legacy import LegacyFactory
+
+    factory = LegacyFactory(state, legacy)
+    for description in options["legacy-listen"]:
+        service = _LoggingEndpointService(description, serverFromString(reactor, description),
+                                          factory, what="LTtx legacy protocol")
+        service.setServiceParent(top)

@@ -15,11 +15,10 @@ joins them once, when the last byte is there.
 
 from __future__ import annotations
 
+import struct
 from typing import Optional
 
 from .frames import PREFIX
-
-_HEADER = PREFIX.size
 
 
 class FrameTooLong(Exception):
@@ -40,8 +39,11 @@ class FrameDecoder:
         changed at any time, e.g. raised once the peer authenticated).
     """
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self, max_length: int, prefix: struct.Struct = PREFIX) -> None:
         self.max_length = max_length
+        # The length prefix: 4 bytes big-endian; the original LTtx's 8 bytes
+        # little-endian on its legacy port.
+        self._prefix = prefix
         self._buffer = b""  # complete frames and the start of the next one
         self._position = 0  # where the next unread frame starts in _buffer
         # The reads of an incomplete frame too long to re-join on every read.
@@ -78,22 +80,23 @@ class FrameDecoder:
             return None
         buffer, position = self._buffer, self._position
         available = len(buffer) - position
-        if available < _HEADER:
+        header = self._prefix.size
+        if available < header:
             return None
-        (length,) = PREFIX.unpack_from(buffer, position)
+        (length,) = self._prefix.unpack_from(buffer, position)
         if length > self.max_length:
             raise FrameTooLong(length, self.max_length)
-        end = position + _HEADER + length
+        end = position + header + length
         if end > len(buffer):
             # Incomplete: a long one collects its reads until it is whole.
             if length >= _COLLECT_FROM:
                 self._pieces = [buffer[position:]]
                 self._have = available
-                self._need = _HEADER + length
+                self._need = header + length
                 self._buffer, self._position = b"", 0
             return None
         self._position = end
-        return buffer[position + _HEADER:end]
+        return buffer[position + header:end]
 
     @property
     def buffered(self) -> int:
