@@ -23,7 +23,10 @@ setup(
     ],
     extras_require={
         # cryptography (also pulled in by twisted[tls]) makes the TLS tests' certificates.
-        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0"],
+        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
+                 "chinese-calendar>=1.9", "pandas>=1.5"],
+        # lttx.compat's judge_is_TradeDay / get_last_TradeDay (the A-share calendar).
+        "calendar": ["chinese-calendar>=1.9"],
         "dev": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
                 "flake8", "mypy", "mypy-zope"],
     },

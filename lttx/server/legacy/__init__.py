@@ -3,7 +3,7 @@ The original LTtx protocol, served on ``--legacy-listen`` ports, so that
 unmodified ``tx.py`` clients share the daemon's variables, channels and files
 with native ones (SPEC.md section 7; ``docs/migrating.md``).
 
-- :mod:`.oldwire`: the old frames and value conventions, as bytes and values;
+- :mod:`lttx.wire.legacy`: the old frames and value conventions, as bytes and values;
 - :mod:`.handshake`: one connection, its JSON handshake and token;
 - :mod:`.framed`: the frame loop of the modes whose clients send frames;
 - :mod:`.put_mode`, :mod:`.push_mode`, :mod:`.plus_mode`, :mod:`.file_mode`:

@@ -21,7 +21,7 @@ from ...state.auth import authorize
 from ...wire.framing import FrameDecoder, FrameTooLong
 from ..outbox import set_reading
 from .handshake import LegacyProtocol, Mode
-from .oldwire import OLD_PREFIX, split_key_data
+from ...wire.legacy import OLD_PREFIX, split_key_data
 
 #: Refusals logged one by one per connection; after that, one line per this many.
 LOG_EVERY = 1000

@@ -15,7 +15,7 @@ from typing import Any
 from ...errors import BadRequest
 from .framed import FramedMode
 from .handshake import LegacyProtocol
-from .oldwire import PLUS_HEARTBEAT
+from ...wire.legacy import PLUS_HEARTBEAT
 
 
 class PlusMode(FramedMode):

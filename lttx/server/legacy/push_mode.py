@@ -33,7 +33,7 @@ from ...wire import codec
 from ...wire.names import split_channels
 from ..outbox import Outbox
 from .handshake import LegacyProtocol, Mode
-from .oldwire import HEARTBEAT_FRAME, message_body, old_frame
+from ...wire.legacy import HEARTBEAT_FRAME, message_body, old_frame
 
 #: Seconds between two heartbeats to an old subscriber (the original's 5).
 HEARTBEAT_INTERVAL = 5.0

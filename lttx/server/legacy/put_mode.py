@@ -9,7 +9,7 @@ original client then returns).  Writes (``put``, ``put_dataframe``,
 ``list_*``, ``dict_change``) and ``push`` get no reply, as before; a refused
 one is logged.  The variables are the daemon's (native clients see what old
 ones write, and the reverse) with the old value conventions applied here
-(:mod:`.oldwire`), and the token's rights checked as on the native port.
+(:mod:`lttx.wire.legacy`), and the token's rights checked as on the native port.
 
 While the client does not read its replies, its requests are not read
 either (:class:`~lttx.server.outbox.ReadThrottle`), so replies never pile up.
@@ -30,7 +30,7 @@ from ...state.store import MISSING
 from ..outbox import ReadThrottle
 from .framed import FramedMode
 from .handshake import LegacyProtocol
-from .oldwire import (
+from ...wire.legacy import (
     TX_HEARTBEAT,
     dataframe_reply,
     dataframe_to_stored,

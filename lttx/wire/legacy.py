@@ -1,8 +1,9 @@
 """
 The original LTtx wire and value conventions, as bytes and plain values.
 
-No I/O here: the legacy connections (:mod:`lttx.server.legacy`) use these to
-read and write what the original ``tx.py`` client sends and expects.
+No I/O here: the daemon's legacy port (:mod:`lttx.server.legacy`) reads and
+writes with these what the original ``tx.py`` client sends and expects, and
+:mod:`lttx.compat` applies the same value conventions to the new client.
 
 - Frames: an 8-byte little-endian length (``struct.pack('Q', n)`` on the
   x86 machines the original ran on), then UTF-8 JSON.
@@ -80,6 +81,12 @@ def dict_key(key: Any) -> str:
     return key if isinstance(key, str) else json.dumps(key)
 
 
+def old_value(value: Any) -> Any:
+    """``value`` as an original client got it back: through JSON (dict keys str,
+    tuples lists, bytes text)."""
+    return json.loads(json.dumps(to_json(value)))
+
+
 def to_json(value: Any) -> Any:
     """
     ``value`` as JSON can carry it: bytes as text (UTF-8, replacing what is
@@ -134,4 +141,4 @@ def dataframe_reply(stored: Any) -> str:
 
 __all__ = ["HEARTBEAT_FRAME", "OLD_PREFIX", "PLUS_HEARTBEAT", "TX_HEARTBEAT",
            "dataframe_reply", "dataframe_to_stored", "decode_put_value", "dict_key",
-           "message_body", "old_frame", "reply_frame", "split_key_data", "to_json"]
+           "message_body", "old_frame", "old_value", "reply_frame", "split_key_data", "to_json"]
