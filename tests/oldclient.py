@@ -41,7 +41,7 @@ import ast, json, os, sys
 sys.path.insert(0, sys.argv[1])
 from tx import *
 ns = dict(globals())
-out = os.fdopen(os.dup(1), "w")
+out = os.fdopen(int(sys.argv[2]), "w")
 for line in sys.stdin:
     code = json.loads(line)
     try:
@@ -53,7 +53,7 @@ for line in sys.stdin:
     except BaseException as e:
         reply = {"error": "%s: %s" % (type(e).__name__, e)}
     sys.stdout.flush()
-    out.write("@@RESULT " + json.dumps(reply, default=repr) + "\n")
+    out.write(json.dumps(reply, default=repr) + "\n")
     out.flush()
 out.close()
 sys.stdout.flush()
@@ -73,21 +73,29 @@ class OldClient:
         self.cwd = cwd or testcase.mktemp()
         os.makedirs(self.cwd, exist_ok=True)
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", DRIVER, seed], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.cwd, env=env)
+        results, theirs = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", DRIVER, seed, str(theirs)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.cwd,
+                env=env, pass_fds=(theirs,))
+        finally:
+            os.close(theirs)
         self.results: "queue.Queue[dict[str, Any]]" = queue.Queue()
         self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_output, daemon=True).start()
+        threading.Thread(target=self._read_results, args=(results,), daemon=True).start()
         testcase.addCleanup(self.stop)
 
-    def _read(self) -> None:
+    def _read_output(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
-            if line.startswith("@@RESULT "):
-                self.results.put(json.loads(line[len("@@RESULT "):]))
-            else:
-                self.output.append(line.rstrip("\n"))
+            self.output.append(line.rstrip("\n"))
+
+    def _read_results(self, fd: int) -> None:
+        with os.fdopen(fd) as results:
+            for line in results:
+                self.results.put(json.loads(line))
 
     def run(self, code: str, timeout: float = 30.0) -> Any:
         """Run ``code`` in the client process; the value of its last expression."""
