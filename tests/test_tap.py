@@ -93,3 +93,28 @@ class MakeServiceTests(SynchronousTestCase):
         service = makeService(parse("--port", "3000", "--data-dir", self.mktemp()), reactor)
         start_listeners(self, service)
         self.assertEqual([port for port, *_ in reactor.tcpServers], [3000])
+
+
+class LegacyListenTests(SynchronousTestCase):
+    def test_legacy_listeners_share_the_state(self) -> None:
+        """Each --legacy-listen is a listener of the old protocol on the native port's
+        state; its figures are a status source."""
+        from lttx.server.legacy import LegacyFactory
+
+        reactor = MemoryReactorClock()
+        options = parse("--listen", "tcp:2026", "--legacy-listen", "tcp:2025",
+                        "--legacy-listen", "tcp:2049:interface=127.0.0.1", "--token", "t",
+                        "--data-dir", self.mktemp())
+        self.assertEqual(options["legacy-listen"], ["tcp:2025", "tcp:2049:interface=127.0.0.1"])
+        service = makeService(options, reactor)
+        native, *legacy = listeners(service)
+        self.assertEqual([type(s.factory) for s in legacy], [LegacyFactory, LegacyFactory])
+        self.assertIs(legacy[0].factory.state, native.factory.state)
+        self.assertIn("legacy", native.factory.state.status_sources)
+        start_listeners(self, service)
+        self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [2025, 2026, 2049])
+
+    def test_off_by_default(self) -> None:
+        service = makeService(parse("--data-dir", self.mktemp()), MemoryReactorClock())
+        self.assertEqual(len(listeners(service)), 1)
+        self.assertNotIn("legacy", listeners(service)[0].factory.state.status_sources)
