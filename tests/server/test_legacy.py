@@ -142,7 +142,9 @@ class PutModeTests(LegacyTestCase):
             + old({"func": "get_dict_value", "value": ["d", 5]})
             + old({"func": "get_list_value", "value": ["l", 0]})
             + old({"func": "get_list_value", "value": ["l", 9]})
-            + old({"func": "get_dataframe", "value": "none"}))
+            + old({"func": "get_dataframe", "value": "none"})
+            + old({"func": "put", "value": [600000, 10.5]})
+            + old({"func": "get", "value": 600000}))
         self.assertEqual(self.store.get("cfg"), {"a": 1})
         self.assertEqual(self.store.get("d"), {"5": "five"})
         data, replies = transport.value(), []
@@ -151,7 +153,8 @@ class PutModeTests(LegacyTestCase):
             replies.append(json.loads(json.loads(data[8:8 + length])))
             data = data[8 + length:]
         self.assertEqual(replies, [{"value": {"a": 1}}, {"value": "five"}, {"value": 2},
-                                   {"value": None}, {"value": "[]"}])
+                                   {"value": None}, {"value": "[]"}, {"value": 10.5}])
+        self.assertEqual(self.store.get("600000"), 10.5)  # as the original's data0.txt had it
 
     def test_push_published_and_heartbeat_not(self) -> None:
         """A push is split at the first '|'; start_tx's heartbeat reaches no one."""

@@ -48,10 +48,17 @@ def _then(result: Any, f: Callable[[Any], Any]) -> Any:
     return f(result)
 
 
+def _name(name: Any) -> Any:
+    """A variable name as the original kept it: a number named it by its JSON text
+    (which is what the original's data0.txt saved)."""
+    return dict_key(name) if isinstance(name, (int, float)) else name
+
+
 def _args(value: Any, count: int, func: str) -> list[Any]:
+    """The items of a request's value, its first (the variable's name) as :func:`_name`."""
     if not isinstance(value, list) or len(value) != count:
         raise BadRequest(f"{func} takes a value of {count} items")
-    return value
+    return [_name(value[0]), *value[1:]]
 
 
 class PutMode(FramedMode):
@@ -126,6 +133,7 @@ class PutMode(FramedMode):
             self.transport.write(b"".join(out))
 
     def _get(self, value: Any) -> Any:
+        value = _name(value)
         authorize(self.connection.grant, "read", value)
         return _then(self.state.store.get(value), _value)
 
@@ -150,6 +158,7 @@ class PutMode(FramedMode):
                      _value)
 
     def _get_dataframe(self, value: Any) -> Any:
+        value = _name(value)
         authorize(self.connection.grant, "read", value)
         return _then(self.state.store.get(value),
                      lambda stored: {"value": dataframe_reply(stored)})
