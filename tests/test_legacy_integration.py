@@ -340,3 +340,29 @@ for _ in range({2 * n}):
     seen[k].append(int(d))
 [seen['old'] == list(range({n})), seen['new'] == list(range({n}))]""", timeout=90)
         self.assertEqual(counts, [True, True])
+
+
+class RolesTests(TestCase):
+    """A roles file applies on the legacy port as on the native one."""
+
+    def test_old_client_with_a_limited_token(self) -> None:
+        seed_client_dir()
+        path = self.mktemp()
+        with open(path, "w") as f:
+            json.dump({"tokens": [
+                {"name": "admin", "token": "admin-token", "rights": ["all"]},
+                {"name": "feed", "token": "feed-token", "rights": ["publish:hq_*", "read"]}]}, f)
+        daemon, port = legacy_daemon(self, "--token-file", path, token=None)
+        native = daemon.connect(token="admin-token")
+        native.put("limits", {"max": 5})
+        sub = daemon.connect(token="admin-token")
+        sub.subscribe("hq_sh@orders")
+        old = OldClient(self)
+        start(old, port, token="feed-token")
+        self.assertEqual(old.run("tx1.put('limits', 1)\ntx1.push('k', 'no', 'orders')\n"
+                                 "tx1.push('600000.SH', '10.2', 'hq_sh')\ntx1.get('limits')"),
+                         {"max": 5})
+        self.assertEqual(sub.Q.get(timeout=10), lttx.Message("hq_sh", "600000.SH", "10.2", 1))
+        daemon.wait_for_log(r"legacy put refused: forbidden")
+        daemon.wait_for_log(r"legacy push refused: forbidden")
+        self.assertEqual(native.get("limits"), {"max": 5})
