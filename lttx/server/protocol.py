@@ -90,7 +90,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._fatal(None, AuthError(
                 "the daemon runs without a token and serves loopback clients only"))
             return
-        _no_delay(self.transport)
+        _tune_tcp(self.transport)
         if self.state.clock is not None:
             self._hello_timer = self.state.clock.callLater(HELLO_TIMEOUT, self._hello_late)
         self.state.connection_made(self)
@@ -339,11 +339,17 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.transport.abortConnection()
 
 
-def _no_delay(transport: Any) -> None:
-    """Disable Nagle: a message must not wait 40 ms for a delayed ACK."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        set_no_delay(True)
+def _tune_tcp(transport: Any) -> None:
+    """
+    Disable Nagle (a message must not wait 40 ms for a delayed ACK) and turn
+    TCP keepalive on, so a peer whose machine vanished without a FIN is found
+    out by the kernel instead of holding its connection (and an upload's
+    name) forever.
+    """
+    for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+        setter = getattr(transport, option, None)
+        if setter is not None:
+            setter(True)
 
 
 def _describe(address: Any) -> str:
