@@ -28,6 +28,7 @@ from .._version import PROTOCOL_VERSION, __version__
 from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError, SlowSubscriber
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
+from ..wire.excerpt import excerpt
 from ..wire.frames import PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
 from ..wire.tls import tls_failure
@@ -179,13 +180,16 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._protocol_violation(BadRequest("a frame must hold a non-empty array"))
             return
         kind = message[0]
-        if kind == codec.REQUEST and len(message) == 4:
+        if type(kind) is not int:  # False and 0.0 equal 0 but are not frame kinds
+            self._protocol_violation(BadRequest(
+                f"a frame kind must be an int, not {excerpt(kind, 20)}"))
+        elif kind == codec.REQUEST and len(message) == 4:
             self._request(message[1], message[2], message[3])
         elif kind == codec.PUBLISH and len(message) == 4 and self.authenticated:
             self.publish_received(message[1], message[2], message[3], frame)
         else:
             self._protocol_violation(BadRequest(
-                f"not a request or publish frame: kind {kind!r:.20}, {len(message)} elements"))
+                f"not a request or publish frame: kind {kind}, {len(message)} elements"))
 
     def _protocol_violation(self, error: LTtxError) -> None:
         if self.authenticated:
@@ -206,7 +210,8 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def _hello(self, request_id: int, name: Any, args: Any) -> None:
         if name != "hello":
-            self.log.warn("{peer} sent {command!r:.40} before hello", peer=self.peer, command=name)
+            self.log.warn("{peer} sent {command} before hello", peer=self.peer,
+                          command=excerpt(name, 40))
             self._fatal(request_id, AuthError("authenticate first: the first frame must be hello"))
             return
         token = args[0] if isinstance(args, list) and args else None

@@ -19,6 +19,7 @@ import unicodedata
 from typing import Any
 
 from ..errors import BadFileName, BadRequest
+from .excerpt import excerpt
 
 #: The longest channel name, in characters.
 MAX_CHANNEL_NAME = 200
@@ -38,7 +39,7 @@ def check_variable_name(name: Any) -> str:
     :raises BadRequest: unless it is a non-empty str.
     """
     if not isinstance(name, str) or not name:
-        raise BadRequest(f"a variable name must be a non-empty string, not {name!r:.60}")
+        raise BadRequest(f"a variable name must be a non-empty string, not {excerpt(name)}")
     return name
 
 
@@ -51,7 +52,7 @@ def check_channel(name: Any) -> str:
     if not isinstance(name, str):
         raise BadRequest(f"a channel name must be a str, not {type(name).__name__}")
     if not name or len(name) > MAX_CHANNEL_NAME or "@" in name:
-        raise BadRequest(f"bad channel name {name!r:.60}: 1 to {MAX_CHANNEL_NAME} "
+        raise BadRequest(f"bad channel name {excerpt(name)}: 1 to {MAX_CHANNEL_NAME} "
                          "characters, no '@'")
     return name
 
