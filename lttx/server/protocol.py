@@ -78,16 +78,19 @@ class LTtxServerProtocol(Int32StringReceiver):
         self._lost = False
         self.file_session: Optional[FileSession] = None  # on a file connection
         self._dispatcher: Optional[Dispatcher] = None  # on a command connection, after hello
+        self._host = "?"  # the peer's host: the throttle and the refusal log key on it
+        self._held_hello: Any = None  # a hello waiting for its turn (HelloThrottle)
 
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
         self.peer = _describe(address)
+        self._host = str(getattr(address, "host", address))
         if not self.state.auth.allows_peer(address):
-            self.log.warn(
+            self._log_refusal(
                 "refused {peer}: no token is set, so only loopback clients are served "
-                "(protected mode)", peer=self.peer)
+                "(protected mode)")
             self._fatal(None, AuthError(
                 "the daemon runs without a token and serves loopback clients only"))
             return
@@ -96,10 +99,20 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._hello_timer = self.state.clock.callLater(HELLO_TIMEOUT, self._hello_late)
         self.state.connection_made(self)
 
+    def _log_refusal(self, text: str, **fields: Any) -> None:
+        """A warning about a refused or failed connection attempt, logged for the
+        first few of its host in each minute; the rest are counted, then summed."""
+        hidden = self.state.refusals.note(self._host)
+        if hidden is None:
+            return
+        if hidden:
+            text += " ({hidden} more refusals from this host were not logged)"
+        self.log.warn(text, peer=self.peer, hidden=hidden, **fields)
+
     def _hello_late(self) -> None:
         self._hello_timer = None
-        self.log.warn("{peer} did not authenticate within {seconds} s; closed",
-                      peer=self.peer, seconds=HELLO_TIMEOUT)
+        self._log_refusal("{peer} did not authenticate within {seconds} s; closed",
+                          seconds=HELLO_TIMEOUT)
         self._fatal(None, AuthError(f"no hello within {HELLO_TIMEOUT:g} seconds"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -107,6 +120,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+        if self._held_hello is not None:
+            self._held_hello.cancel()
+            self._held_hello = None
+            self.state.hello_throttle.abandoned(self._host)
         if self.outbox is not None:
             self.state.channels.remove(self.outbox)
         if self.file_session is not None:
@@ -210,14 +227,37 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def _hello(self, request_id: int, name: Any, args: Any) -> None:
         if name != "hello":
-            self.log.warn("{peer} sent {command} before hello", peer=self.peer,
-                          command=excerpt(name, 40))
+            self._log_refusal("{peer} sent {command} before hello", command=excerpt(name, 40))
             self._fatal(request_id, AuthError("authenticate first: the first frame must be hello"))
+            return
+        if self._held_hello is not None:
+            self._fatal(request_id, AuthError("one hello at a time"))
+            return
+        wait = self.state.hello_throttle.admit(self._host)
+        if wait is None:
+            self._log_refusal("{peer}: too many failed hellos from this host are waiting; "
+                              "refused")
+            self._fatal(request_id, AuthError(
+                "too many failed authentications from this address: try again later"))
+            return
+        if wait > 0 and self.state.clock is not None:
+            # This host sent wrong tokens: its token is checked only at its turn.
+            # Reading stops meanwhile; other connections are served as usual.
+            self.set_reading(False)
+            self._held_hello = self.state.clock.callLater(
+                wait, self._check_hello, request_id, args)
+            return
+        self._check_hello(request_id, args)
+
+    def _check_hello(self, request_id: int, args: Any) -> None:
+        held, self._held_hello = self._held_hello is not None or self.paused, None
+        if self._lost:
             return
         token = args[0] if isinstance(args, list) and args else None
         grant = self.state.auth.authenticate(token)
+        self.state.hello_throttle.checked(self._host, grant is not None)
         if grant is None:
-            self.log.warn("{peer} failed to authenticate: wrong token", peer=self.peer)
+            self._log_refusal("{peer} failed to authenticate: wrong token")
             self._fatal(request_id, AuthError("wrong token"))
             return
         options = args[1] if isinstance(args, list) and len(args) > 1 else None
@@ -247,6 +287,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             "protocol": PROTOCOL_VERSION,
             "max_frame": self._decoder.max_length,
         })
+        if held:
+            self.set_reading(True)  # the requests sent behind the held hello
 
     # -- rights -------------------------------------------------------------
 
