@@ -38,9 +38,11 @@ import json
 import math
 import os
 import sys
+import unicodedata
 from typing import IO, Any, Callable, NoReturn, Optional, Sequence
 
 from ._version import DEFAULT_PORT, __version__
+from .wire.names import printable
 from .errors import (
     AuthError,
     ConnectError,
@@ -125,8 +127,40 @@ def from_json(data: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
-    """One line of JSON for a value; non-ASCII text stays readable."""
-    return json.dumps(to_json(value), ensure_ascii=False)
+    """
+    One line of JSON for a value; non-ASCII text stays readable, but control,
+    invisible and bidirectional formatting characters are escaped (``\\u202e``),
+    so a value cannot forge a line or reorder what the terminal shows.
+    """
+    return _escape_formatting(json.dumps(to_json(value), ensure_ascii=False))
+
+
+def _escape_formatting(text: str) -> str:
+    # json.dumps already escapes C0 controls; C1, Cf (bidi, BOM, zero-width)
+    # and line/paragraph separators pass through raw unless escaped here.
+    if text.isascii():
+        return text
+    return "".join(c if not _formatting(c) else _json_escape(c) for c in text)
+
+
+def _formatting(char: str) -> bool:
+    return not char.isascii() and (unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"))
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # astral: a surrogate pair, as JSON spells it
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def shown_name(name: str) -> str:
+    """A name from the daemon as a terminal line shows it: as it is when it is
+    plain, else quoted with its control and formatting characters escaped."""
+    if name.isprintable() and not any(_formatting(c) for c in name):
+        return name
+    return printable(name)
 
 
 def parse_json_argument(text: str, what: str) -> Any:
@@ -336,10 +370,10 @@ def cmd_keys(ctx: Context) -> int:
     with ctx.connect() as client:
         names = client.keys(ctx.args.pattern)
     if ctx.args.json:
-        ctx.print(json.dumps(names, ensure_ascii=False))
+        ctx.print(_escape_formatting(json.dumps(names, ensure_ascii=False)))
     else:
         for name in names:
-            ctx.print(name)
+            ctx.print(shown_name(name))
     return EXIT_OK
 
 
@@ -363,9 +397,8 @@ def cmd_sub(ctx: Context) -> int:
         received = 0
         while args.count is None or received < args.count:
             message = client.Q.get()
-            ctx.print(json.dumps({"channel": message.channel, "seq": message.seq,
-                                  "key": to_json(message.key),
-                                  "data": to_json(message.data)}, ensure_ascii=False))
+            ctx.print(dumps({"channel": message.channel, "seq": message.seq,
+                             "key": message.key, "data": message.data}))
             received += 1
     except KeyboardInterrupt:
         pass  # Ctrl-C is how `sub` is meant to end
@@ -412,7 +445,7 @@ def cmd_files(ctx: Context) -> int:
         mtime = info.get("mtime")
         when = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
                 if isinstance(mtime, (int, float)) else "-")
-        ctx.print(f"{info.get('size', '-'):>12}  {when}  {info.get('name')}")
+        ctx.print(f"{info.get('size', '-'):>12}  {when}  {shown_name(str(info.get('name')))}")
     return EXIT_OK
 
 

@@ -264,7 +264,8 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         status_sources = {"journal": store}
     legacy = _legacy_status(options, status_sources)
     files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
-                        max_file_size=options["max-file-size"])
+                        max_file_size=options["max-file-size"],
+                        clock=reactor)  # type: ignore[arg-type]
     state = ServerState(store, auth, max_frame=options["max-frame"], channels=channels,
                         subscriber_buffer=options["subscriber-buffer"],
                         clock=reactor, files=files,  # type: ignore[arg-type]

@@ -57,7 +57,7 @@ TEST_TOKEN = "lttx-test-token"
 
 def _state(token: Optional[str], files_dir: str, clock: Any, run: Any,
            **state_args: Any) -> ServerState:
-    files = FileService(files_dir, run)
+    files = FileService(files_dir, run, clock=clock)
     files.startService()  # creates the folder; nothing is left running
     store = state_args.pop("store", None)
     if store is None:

@@ -101,6 +101,11 @@ class ClientProtocol(Protocol):
             set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
             if set_no_delay is not None:
                 set_no_delay(True)
+        # A daemon whose machine vanished without a FIN is found out by the
+        # kernel, so the client reconnects instead of waiting forever.
+        keepalive = getattr(self.transport, "setTcpKeepAlive", None)
+        if keepalive is not None:
+            keepalive(True)
         self.connected_deferred.callback(None)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]

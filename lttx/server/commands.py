@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from ..errors import BadRequest
 from ..state.auth import Grant, authorize
 from ..state.store import MISSING
+from ..wire.limits import MAX_NESTING, check_nesting
 from ..wire.names import split_channels
 from .dispatch import command
 from .outbox import Outbox
@@ -94,7 +95,7 @@ class Commands:
 
     @command(2)
     def cmd_put(self, name: Any, value: Any) -> Any:
-        return self.state.store.put(name, value)
+        return self.state.store.put(name, check_nesting(value))
 
     @command(1)
     def cmd_get(self, name: Any) -> Any:
@@ -119,7 +120,8 @@ class Commands:
 
     @command(3)
     def cmd_dict_change(self, name: Any, key: Any, value: Any) -> Any:
-        return self.state.store.dict_change(name, key, value)
+        # The value goes one level down, inside the variable's dict.
+        return self.state.store.dict_change(name, key, check_nesting(value, MAX_NESTING - 1))
 
     @command(2)
     def cmd_get_dict_value(self, name: Any, key: Any) -> Any:
@@ -127,7 +129,7 @@ class Commands:
 
     @command(2)
     def cmd_list_append(self, name: Any, item: Any) -> Any:
-        return self.state.store.list_append(name, item)
+        return self.state.store.list_append(name, check_nesting(item, MAX_NESTING - 1))
 
     @command(1, 2)
     def cmd_list_pop(self, name: Any, index: Any = -1) -> Any:

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from ..errors import BadRequest, LTtxError, ServerError
 from ..state.auth import Grant, Right, authorize_command
+from ..wire.excerpt import excerpt
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -55,6 +56,14 @@ def command(min_args: int, max_args: Optional[int] = None, *,
         return handler
 
     return mark
+
+
+def _loggable(name: Any) -> str:
+    """A command name for a log event: itself when it is a short str, else a
+    bounded excerpt (a deep or huge value must not reach the log formatter)."""
+    if type(name) is str and len(name) <= 40:
+        return name
+    return excerpt(name, 40)
 
 
 class Requester(Protocol):
@@ -100,7 +109,7 @@ class Dispatcher:
             handler = getattr(self.handlers, f"cmd_{name}", None)
         marked = getattr(handler, "command", None)
         if marked is None:  # no such handler, or a method not marked as a command
-            self.refuse(request_id, name, BadRequest(f"unknown command {name!r:.40}"))
+            self.refuse(request_id, name, BadRequest(f"unknown command {excerpt(name, 40)}"))
             return
         if not isinstance(args, list):
             self.refuse(request_id, name, BadRequest("arguments must be an array"))
@@ -136,8 +145,8 @@ class Dispatcher:
         """Send an error frame for a request (or a frame) and log it in one line."""
         # Not a field named "message": a legacy log observer (trial's) replaces
         # it with () in the event every observer shares.
-        self.log.info("{peer}: {command!r:.40} refused: {code}: {reason}",
-                      peer=self.connection.peer, command=name, code=error.code,
+        self.log.info("{peer}: {command!r} refused: {code}: {reason}",
+                      peer=self.connection.peer, command=_loggable(name), code=error.code,
                       reason=error.message)
         self.connection.send_error(request_id, error)
 

@@ -23,8 +23,10 @@ A session needs of its connection only :class:`IFileConnection`.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import time
 from typing import Any, Callable, Optional
 
@@ -134,6 +136,41 @@ class FileSession:
         os.makedirs(service.partial_directory, exist_ok=True)
         service.sessions.add(self)
         read_big(connection.transport)
+        self._idle_call: Any = None
+        self._last_progress = 0.0
+        if service.clock is not None:
+            self._last_progress = service.clock.seconds()
+            self._idle_call = service.clock.callLater(service.idle_timeout, self._check_idle)
+
+    # -- a peer that goes silent ------------------------------------------------
+
+    def _progress(self) -> None:
+        """Bytes moved, or a request came: the peer is alive."""
+        if self._idle_call is not None:
+            self._last_progress = self.service.clock.seconds()  # type: ignore[union-attr]
+
+    def _check_idle(self) -> None:
+        clock, timeout = self.service.clock, self.service.idle_timeout
+        assert clock is not None
+        idle = clock.seconds() - self._last_progress
+        upload = self.upload
+        daemon_busy = self.opening_download or (upload is not None and (
+            upload.writer is None or upload.ending))
+        if self.closed:
+            self._idle_call = None
+            return
+        if idle < timeout or daemon_busy:
+            # (While the daemon opens, hashes or syncs a file, the peer waits on it.)
+            self._idle_call = clock.callLater(max(timeout - idle, 1.0), self._check_idle)
+            return
+        self._idle_call = None
+        what = (f"upload of {upload.name} at {upload.received} of {upload.size} bytes"
+                if upload is not None else
+                f"download of {self.download.name}" if self.download is not None else
+                "no transfer")
+        self.log.info("{peer}: file connection made no progress for {seconds:g} s "
+                      "({what}); closed", peer=self.peer, seconds=timeout, what=what)
+        self.connection.transport.abortConnection()
 
     @property
     def grant(self) -> Grant:
@@ -147,6 +184,7 @@ class FileSession:
         """One frame of the connection: upload data while an upload expects it, else a request."""
         if self.closed:
             return
+        self._progress()
         upload = self.upload
         if upload is not None and upload.writer is not None and upload.received < upload.size:
             self._upload_data(upload, frame)
@@ -221,6 +259,9 @@ class FileSession:
         return stopped
 
     def _close(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
         self.closed = True
         self.upload = None
         self.download = None
@@ -279,7 +320,8 @@ class FileSession:
         self.service.uploading.add(name)
         upload = _Upload(name, size, offset, self.service.partial_path_of(name))
         self.upload = upload
-        d = self.service.run_in_thread(_open_partial, upload.partial, offset, prefix_md5)
+        d = self.service.run_in_thread(_open_partial, upload.partial, offset, prefix_md5,
+                                       self.service.real_partial_directory)
         d.addCallbacks(lambda opened: self._upload_opened(upload, *opened),
                        lambda failure: self._upload_open_failed(upload, failure))
         return d
@@ -410,7 +452,8 @@ class FileSession:
         self._busy()
         path = self.service.path_of(name)
         self.opening_download = True
-        d = self.service.run_in_thread(_open_for_download, path, offset, prefix_md5)
+        d = self.service.run_in_thread(_open_for_download, path, offset, prefix_md5,
+                                       self.service.real_directory)
         d.addBoth(self._download_opened)
         d.addCallbacks(lambda opened: self._start_download(request_id, name, *opened),
                        lambda failure: self._download_open_failed(name, failure))
@@ -445,6 +488,7 @@ class FileSession:
 
         def frame(chunk: bytes) -> bytes:
             download.md5.update(chunk)
+            self._progress()
             return PREFIX.pack(len(chunk)) + chunk
 
         sent = sender.beginFileTransfer(file, self.connection.transport, frame)
@@ -476,7 +520,45 @@ class FileSession:
         return {"md5": ours}
 
 
-def _open_partial(path: str, offset: int, prefix_md5: Optional[str]) -> tuple[Any, Any, int]:
+def open_regular(path: str, flags: int, folder: str) -> Any:
+    """
+    Open ``path``, a name directly inside the daemon's folder ``folder`` (a
+    resolved path), as a binary file object, never through a link.
+
+    ``O_NOFOLLOW`` refuses a symbolic link in place of the file; the folder
+    the file is in must resolve to ``folder`` (a ``.partial`` replaced by a
+    link to elsewhere is refused); what is opened must be a regular file.
+    An upload's partial that is a link is removed (the daemon owns that
+    folder) and created afresh.
+
+    :raises FileNotFoundError: for a link, a missing file or not a regular
+        file when reading (the caller says "no such file").
+    :raises OSError: for a folder that resolves elsewhere (EXDEV).
+    """
+    if os.path.realpath(os.path.dirname(path)) != folder:
+        raise OSError(errno.EXDEV, "the folder resolves outside the daemon's files", path)
+    flags |= os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        if not flags & os.O_CREAT:
+            raise FileNotFoundError(errno.ENOENT, "a link, not a file", path) from None
+        os.unlink(path)  # a link planted as our partial: never write through it
+        fd = os.open(path, flags | os.O_EXCL, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
+        mode = "r+b" if flags & os.O_RDWR else ("wb" if flags & os.O_WRONLY else "rb")
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_partial(path: str, offset: int, prefix_md5: Optional[str],
+                  folder: str) -> tuple[Any, Any, int]:
     """
     Open the partial file of an upload (in a thread).
 
@@ -485,7 +567,7 @@ def _open_partial(path: str, offset: int, prefix_md5: Optional[str]) -> tuple[An
     """
     if offset > 0 and prefix_md5:
         try:
-            f = open(path, "r+b")
+            f = open_regular(path, os.O_RDWR, folder)
         except FileNotFoundError:
             f = None
         if f is not None:
@@ -496,13 +578,13 @@ def _open_partial(path: str, offset: int, prefix_md5: Optional[str]) -> tuple[An
                 f.truncate()
                 return f, md5, offset
             f.close()
-    return open(path, "wb"), hashlib.md5(), 0
+    return open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, folder), hashlib.md5(), 0
 
 
-def _open_for_download(path: str, offset: int,
-                       prefix_md5: Optional[str]) -> tuple[Any, int, Any, int]:
+def _open_for_download(path: str, offset: int, prefix_md5: Optional[str],
+                       folder: str) -> tuple[Any, int, Any, int]:
     """Open a stored file (in a thread); resume at ``offset`` if the prefixes agree."""
-    f = open(path, "rb")
+    f = open_regular(path, os.O_RDONLY, folder)
     try:
         size = os.fstat(f.fileno()).st_size
         md5 = hashlib.md5()

@@ -24,16 +24,19 @@ from typing import Any, Optional, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..diskio import RunInThread, unlink_quietly
-from ..errors import StorageError
+from ..errors import BadFileName, StorageError
 from ..wire.names import check_file_name
 
 #: The hidden folder, inside the files folder, holding uploads in progress.
 PARTIAL_DIR = ".partial"
 #: A partial upload left untouched this long is removed when the daemon starts.
 PARTIAL_MAX_AGE = 7 * 24 * 3600
+#: Seconds a file connection may make no progress before it is closed.
+IDLE_TIMEOUT = 60.0
 
 
 class Transfer(Protocol):
@@ -51,6 +54,14 @@ class Transfer(Protocol):
         """Discard an upload in flight and close the connection."""
 
 
+def _addressable(name: str) -> bool:
+    """Whether a client can name this file: a plain name, in NFC form."""
+    try:
+        return check_file_name(name) == name
+    except BadFileName:
+        return False
+
+
 class FileService(Service):
     """
     The daemon's files: the folder, the size limit, the uploads in flight.
@@ -59,14 +70,26 @@ class FileService(Service):
     :param run_in_thread: runs blocking file work off the reactor thread
         (:func:`lttx.diskio.pool_runner`).
     :param max_file_size: the largest accepted upload in bytes; 0 for no limit.
+    :param clock: times :data:`IDLE_TIMEOUT`; None: a silent peer is never closed
+        (tests that step a session by hand).
+    :param idle_timeout: seconds a file connection may make no progress (no
+        byte in or out, no request) before it is closed; its name is freed
+        and an upload's partial kept for a resume.
     """
 
     log = Logger()
 
     def __init__(self, directory: str, run_in_thread: RunInThread,
-                 max_file_size: int = 0) -> None:
+                 max_file_size: int = 0, clock: Optional[IReactorTime] = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.clock = clock
+        self.idle_timeout = idle_timeout
         self.directory = os.path.abspath(directory)
         self.partial_directory = os.path.join(self.directory, PARTIAL_DIR)
+        #: The folders resolved once: a file is opened only if its folder still
+        #: resolves here (a link planted as ``.partial`` leads nowhere else).
+        self.real_directory = os.path.realpath(self.directory)
+        self.real_partial_directory = os.path.join(self.real_directory, PARTIAL_DIR)
         self.run_in_thread = run_in_thread
         self.max_file_size = max_file_size
         self.uploading: set[str] = set()
@@ -75,6 +98,8 @@ class FileService(Service):
 
     def startService(self) -> None:
         os.makedirs(self.partial_directory, exist_ok=True)
+        self.real_directory = os.path.realpath(self.directory)
+        self.real_partial_directory = os.path.join(self.real_directory, PARTIAL_DIR)
         self.remove_stale_partials(time.time())
         super().startService()
 
@@ -121,11 +146,17 @@ class FileService(Service):
                                f"{available} bytes left")
 
     def list(self) -> list[dict[str, Any]]:
-        """The stored files, by name: ``{"name", "size", "mtime"}`` each."""
+        """
+        The stored files, by name: ``{"name", "size", "mtime"}`` each.
+
+        Only regular files with names a client could ask for: links, folders
+        and names put there by other means that the name rules refuse
+        (control characters, a leading dot...) are not listed.
+        """
         found = []
         with os.scandir(self.directory) as entries:
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                if not entry.is_file(follow_symlinks=False) or not _addressable(entry.name):
                     continue
                 info = entry.stat(follow_symlinks=False)
                 found.append({"name": entry.name, "size": info.st_size,

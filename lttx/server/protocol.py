@@ -28,6 +28,7 @@ from .._version import PROTOCOL_VERSION, __version__
 from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError, SlowSubscriber
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
+from ..wire.excerpt import excerpt
 from ..wire.frames import PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
 from ..wire.tls import tls_failure
@@ -77,28 +78,41 @@ class LTtxServerProtocol(Int32StringReceiver):
         self._lost = False
         self.file_session: Optional[FileSession] = None  # on a file connection
         self._dispatcher: Optional[Dispatcher] = None  # on a command connection, after hello
+        self._host = "?"  # the peer's host: the throttle and the refusal log key on it
+        self._held_hello: Any = None  # a hello waiting for its turn (HelloThrottle)
 
     # -- connection ---------------------------------------------------------
 
     def connectionMade(self) -> None:
         address = self.transport.getPeer()
         self.peer = _describe(address)
+        self._host = str(getattr(address, "host", address))
         if not self.state.auth.allows_peer(address):
-            self.log.warn(
+            self._log_refusal(
                 "refused {peer}: no token is set, so only loopback clients are served "
-                "(protected mode)", peer=self.peer)
+                "(protected mode)")
             self._fatal(None, AuthError(
                 "the daemon runs without a token and serves loopback clients only"))
             return
-        _no_delay(self.transport)
+        _tune_tcp(self.transport)
         if self.state.clock is not None:
             self._hello_timer = self.state.clock.callLater(HELLO_TIMEOUT, self._hello_late)
         self.state.connection_made(self)
 
+    def _log_refusal(self, text: str, **fields: Any) -> None:
+        """A warning about a refused or failed connection attempt, logged for the
+        first few of its host in each minute; the rest are counted, then summed."""
+        hidden = self.state.refusals.note(self._host)
+        if hidden is None:
+            return
+        if hidden:
+            text += " ({hidden} more refusals from this host were not logged)"
+        self.log.warn(text, peer=self.peer, hidden=hidden, **fields)
+
     def _hello_late(self) -> None:
         self._hello_timer = None
-        self.log.warn("{peer} did not authenticate within {seconds} s; closed",
-                      peer=self.peer, seconds=HELLO_TIMEOUT)
+        self._log_refusal("{peer} did not authenticate within {seconds} s; closed",
+                          seconds=HELLO_TIMEOUT)
         self._fatal(None, AuthError(f"no hello within {HELLO_TIMEOUT:g} seconds"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
@@ -106,6 +120,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+        if self._held_hello is not None:
+            self._held_hello.cancel()
+            self._held_hello = None
+            self.state.hello_throttle.abandoned(self._host)
         if self.outbox is not None:
             self.state.channels.remove(self.outbox)
         if self.file_session is not None:
@@ -179,13 +197,16 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._protocol_violation(BadRequest("a frame must hold a non-empty array"))
             return
         kind = message[0]
-        if kind == codec.REQUEST and len(message) == 4:
+        if type(kind) is not int:  # False and 0.0 equal 0 but are not frame kinds
+            self._protocol_violation(BadRequest(
+                f"a frame kind must be an int, not {excerpt(kind, 20)}"))
+        elif kind == codec.REQUEST and len(message) == 4:
             self._request(message[1], message[2], message[3])
         elif kind == codec.PUBLISH and len(message) == 4 and self.authenticated:
             self.publish_received(message[1], message[2], message[3], frame)
         else:
             self._protocol_violation(BadRequest(
-                f"not a request or publish frame: kind {kind!r:.20}, {len(message)} elements"))
+                f"not a request or publish frame: kind {kind}, {len(message)} elements"))
 
     def _protocol_violation(self, error: LTtxError) -> None:
         if self.authenticated:
@@ -206,13 +227,37 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def _hello(self, request_id: int, name: Any, args: Any) -> None:
         if name != "hello":
-            self.log.warn("{peer} sent {command!r:.40} before hello", peer=self.peer, command=name)
+            self._log_refusal("{peer} sent {command} before hello", command=excerpt(name, 40))
             self._fatal(request_id, AuthError("authenticate first: the first frame must be hello"))
+            return
+        if self._held_hello is not None:
+            self._fatal(request_id, AuthError("one hello at a time"))
+            return
+        wait = self.state.hello_throttle.admit(self._host)
+        if wait is None:
+            self._log_refusal("{peer}: too many failed hellos from this host are waiting; "
+                              "refused")
+            self._fatal(request_id, AuthError(
+                "too many failed authentications from this address: try again later"))
+            return
+        if wait > 0 and self.state.clock is not None:
+            # This host sent wrong tokens: its token is checked only at its turn.
+            # Reading stops meanwhile; other connections are served as usual.
+            self.set_reading(False)
+            self._held_hello = self.state.clock.callLater(
+                wait, self._check_hello, request_id, args)
+            return
+        self._check_hello(request_id, args)
+
+    def _check_hello(self, request_id: int, args: Any) -> None:
+        held, self._held_hello = self._held_hello is not None or self.paused, None
+        if self._lost:
             return
         token = args[0] if isinstance(args, list) and args else None
         grant = self.state.auth.authenticate(token)
+        self.state.hello_throttle.checked(self._host, grant is not None)
         if grant is None:
-            self.log.warn("{peer} failed to authenticate: wrong token", peer=self.peer)
+            self._log_refusal("{peer} failed to authenticate: wrong token")
             self._fatal(request_id, AuthError("wrong token"))
             return
         options = args[1] if isinstance(args, list) and len(args) > 1 else None
@@ -242,6 +287,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             "protocol": PROTOCOL_VERSION,
             "max_frame": self._decoder.max_length,
         })
+        if held:
+            self.set_reading(True)  # the requests sent behind the held hello
 
     # -- rights -------------------------------------------------------------
 
@@ -339,11 +386,17 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.transport.abortConnection()
 
 
-def _no_delay(transport: Any) -> None:
-    """Disable Nagle: a message must not wait 40 ms for a delayed ACK."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        set_no_delay(True)
+def _tune_tcp(transport: Any) -> None:
+    """
+    Disable Nagle (a message must not wait 40 ms for a delayed ACK) and turn
+    TCP keepalive on, so a peer whose machine vanished without a FIN is found
+    out by the kernel instead of holding its connection (and an upload's
+    name) forever.
+    """
+    for option in ("setTcpNoDelay", "setTcpKeepAlive"):
+        setter = getattr(transport, option, None)
+        if setter is not None:
+            setter(True)
 
 
 def _describe(address: Any) -> str:

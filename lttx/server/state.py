@@ -11,6 +11,7 @@ given this object, not the factory, as transit-relay's protocol talks to
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping, Optional, Protocol
 
 from twisted.internet.defer import Deferred
@@ -22,6 +23,7 @@ from ..state.auth import TokenAuthenticator
 from ..state.channels import ChannelRegistry
 from ..state.status import StatusSource, gather_status
 from ..state.store import IVariableStore
+from ..state.throttle import HelloThrottle, RefusalLog
 from .files import FileService
 
 #: The largest frame a connection accepts after hello (``--max-frame``).
@@ -30,7 +32,7 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
 #: The keys of :meth:`ServerState.status` that no status source may take.
-_OWN_STATUS = frozenset({"version", "uptime", "connections", "variables"})
+_OWN_STATUS = frozenset({"version", "uptime", "connections", "variables", "hellos"})
 
 
 class Connection(Protocol):
@@ -82,6 +84,11 @@ class ServerState:
         self.files = files
         self.connections: set[Connection] = set()
         self.started = None if clock is None else clock.seconds()
+        now = clock.seconds if clock is not None else time.monotonic
+        #: Slows down the hellos of hosts that keep sending wrong tokens.
+        self.hello_throttle = HelloThrottle(now)
+        #: Keeps a flood of refused connections from flooding the log.
+        self.refusals = RefusalLog(now)
         self.status_sources: dict[str, StatusSource] = {"channels": self.channels}
         if files is not None:
             self.status_sources["files"] = files
@@ -116,6 +123,7 @@ class ServerState:
                        else max(0.0, self.clock.seconds() - self.started)),
             "connections": len(self.connections),
             "variables": len(self.store),
+            "hellos": self.hello_throttle.status(),
         }
         for name, source in self.status_sources.items():
             report[name] = source.status()

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import IAddress
 from twisted.internet.address import IPv4Address, IPv6Address
 
 from ..errors import PermissionDenied
+from ..wire.excerpt import excerpt
 from ..wire.names import check_file_name
 
 #: What a right can allow.  ``read``/``write`` are about variables,
@@ -173,7 +174,7 @@ def authorize(grant: Grant, action: str, resource: Any = None) -> None:
     :raises PermissionDenied: if it does not.
     """
     if not grant.allows(action, resource):
-        what = "anything" if resource is None else repr(resource)[:80]
+        what = "anything" if resource is None else excerpt(resource, 80)
         raise PermissionDenied(f"the token {grant.name!r} may not {action} {what}")
 
 
@@ -328,9 +329,11 @@ class TokenAuthenticator:
         """
         if self.protected_mode:
             return Grant.everything("protected mode")
-        if isinstance(token, str):
+        if not isinstance(token, str):  # a token is text (bytes are not one)
+            return None
+        try:
             token = token.encode("utf-8")
-        if not isinstance(token, bytes):
+        except UnicodeEncodeError:  # a lone surrogate: no token has one
             return None
         found = None
         for secret, grant in self._roles:

@@ -166,6 +166,49 @@ class RecordReader:
             yield value
 
 
+#: Where a record could start: 8 header bytes, then a payload that opens with
+#: a MessagePack array head (fixarray, array16, array32) and an int tag.
+_RECORD_START = re.compile(rb"(?=.{8}[\x90-\x9f\xdc\xdd][\x00-\x7f])", re.DOTALL)
+#: Candidates :func:`intact_record_after` checks before it gives up looking
+#: (then the damage is taken for a torn tail, as before).
+_SCAN_CANDIDATES = 1_000_000
+
+
+def intact_record_after(data: bytes, damaged: int) -> Optional[int]:
+    """
+    The offset of an intact record somewhere after the damage at ``damaged``,
+    or None if the rest of the file holds none (a torn last write).
+
+    First the place where the damaged record's own length says the next one
+    starts (a flipped bit inside a record leaves its length intact), then
+    every later offset whose bytes could start a record (found by a regular
+    expression, at C speed), each checked by its CRC.
+    """
+    size = len(data)
+    view = memoryview(data)
+
+    def intact_at(offset: int) -> bool:
+        if size - offset < RECORD_OVERHEAD + 2:
+            return False
+        length, crc = _RECORD.unpack_from(data, offset)
+        start = offset + RECORD_OVERHEAD
+        if length < 2 or length > size - start:
+            return False
+        return zlib.crc32(view[start:start + length], zlib.crc32(view[offset:offset + 4])) == crc
+
+    if size - damaged >= RECORD_OVERHEAD:
+        (length,) = _RECORD.unpack_from(data, damaged)[:1]
+        following = damaged + RECORD_OVERHEAD + length
+        if following < size and intact_at(following):
+            return following
+    for checked, match in enumerate(_RECORD_START.finditer(data, damaged + 1)):
+        if checked >= _SCAN_CANDIDATES:
+            break
+        if intact_at(match.start()):
+            return match.start()
+    return None
+
+
 def apply_record(store: MemoryStore, record: list[Any]) -> None:
     """
     Apply one journal record to ``store``.
@@ -403,6 +446,13 @@ class Recovery:
             snapshot_bytes = os.path.getsize(path)
         journals = sorted(g for g in plan.journals if base is None or g >= base)
         first = base if base is not None else 1
+        if base is not None and base not in plan.journals:
+            # The snapshot is sealed only after its journal was created by the
+            # rotation: without it, the writes made since are gone.
+            raise RecoveryError(
+                f"snapshot {plan.snapshots[base]} has no journal of its generation "
+                f"({journal_name(base)}): the writes made after it are missing; refusing "
+                "to start")
         if journals and journals[0] != first:
             raise RecoveryError(
                 f"journal {plan.journals[journals[0]]} follows generation {first}, whose "
@@ -473,6 +523,14 @@ class Recovery:
             raise RecoveryError(
                 f"journal {path} is damaged at byte {damage.offset} ({damage.reason}) but "
                 "newer journals follow it, so this is not a torn write; refusing to start")
+        intact = intact_record_after(data, damage.offset)
+        if intact is not None:
+            # Not a torn last write: cutting here would destroy good records.
+            raise RecoveryError(
+                f"journal {path} is damaged at byte {damage.offset} ({damage.reason}) and "
+                f"an intact record follows at byte {intact}, so this is not a torn write; "
+                "refusing to start rather than drop the records after the damage (keep a "
+                "copy of the data directory and see docs/storage.md, \"Damaged journals\")")
         self.log.warn(
             "journal {path}: damaged tail at byte {offset} ({reason}): cut off {dropped} "
             "bytes; the {records} records before it were recovered",

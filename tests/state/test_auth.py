@@ -152,7 +152,9 @@ class AuthenticatorTests(SynchronousTestCase):
     def test_single_token_may_do_everything(self) -> None:
         auth = TokenAuthenticator("secret")
         self.assertTrue(auth.authenticate("secret").unlimited)  # type: ignore[union-attr]
-        self.assertTrue(auth.authenticate(b"secret").unlimited)  # type: ignore[union-attr]
+        # A token is text: the same bytes are not a token (issue 19, finding 13).
+        self.assertIsNone(auth.authenticate(b"secret"))
+        self.assertIsNone(auth.authenticate("secret\udcff"))  # unencodable: refused, no raise
         self.assertIsNone(auth.authenticate("Secret"))
         self.assertIsNone(auth.authenticate(None))
         self.assertIsNone(auth.authenticate(["secret"]))

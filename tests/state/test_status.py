@@ -76,6 +76,7 @@ class StatusRequestTests(SynchronousTestCase):
         proto.dataReceived(frame([codec.REQUEST, 7, "status", []]))
         self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 7, {
             "version": __version__, "uptime": 90.5, "connections": 2, "variables": 2,
+            "hellos": {"failed_hellos": 0, "hellos_refused_waiting": 0, "hosts_slowed_down": 0},
             "channels": factory.state.channels.status(),
             "journal": {"bytes": 4096}, "files": {"count": 2, "bytes": 10}}]])
         self.assertEqual((journal.asked, files.asked), (1, 1))

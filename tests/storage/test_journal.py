@@ -176,21 +176,51 @@ class RecoveryTests(SynchronousTestCase):
         self.assertEqual(event["dropped"], len(torn))
         self.assertIn(f"cut off {len(torn)} bytes", formatEvent(event))
 
-    def test_bit_flip_in_tail_is_cut(self) -> None:
-        """A corrupt record and all after it are dropped; everything before recovers."""
+    def test_bit_flip_in_the_last_record_is_cut(self) -> None:
+        """A corrupt last record (nothing intact after it) is a torn tail: cut off;
+        everything before recovers, and appending goes on after it."""
         bad = bytearray(encode_record([PUT, "bad", 1]))
         bad[-1] ^= 0x40
-        after = encode_record([PUT, "after", 2])
-        path = write_journal(self.dir, 1, RECORDS, tail=bytes(bad) + after)
+        path = write_journal(self.dir, 1, RECORDS, tail=bytes(bad))
         store, recovered = self.recover()
         self.assertEqual(dict(store.items()), STATE)
-        self.assertEqual(recovered.dropped_bytes, len(bad) + len(after))
-        # Appending goes on after the good records, so new records are readable.
+        self.assertEqual(recovered.dropped_bytes, len(bad))
         recovered.journal.write(encode_record([PUT, "new", 3]))
         recovered.journal.close()
         store2, _ = self.recover()
         self.assertEqual(dict(store2.items()), dict(STATE, new=3))
         self.assertEqual(os.path.getsize(path), recovered.journal.size)
+
+    def test_damage_followed_by_intact_records_refuses_to_start(self) -> None:
+        """A corrupt record with intact ones after it is not a torn write: recovery
+        refuses, naming both places, and the journal is left exactly as it was
+        (issue 19, finding 7: it used to cut the 491 good records after a flip)."""
+        bad = bytearray(encode_record([PUT, "bad", 1]))
+        bad[-1] ^= 0x40
+        after = b"".join(encode_record([PUT, f"after{i}", i]) for i in range(491))
+        path = write_journal(self.dir, 1, RECORDS, tail=bytes(bad) + after)
+        with open(path, "rb") as f:
+            before = f.read()
+        with self.assertRaises(RecoveryError) as caught:
+            self.recover()
+        self.assertIn("an intact record follows", str(caught.exception))
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), before)
+
+    def test_damaged_length_followed_by_intact_records_refuses_to_start(self) -> None:
+        """Damage in a record's length field: the scan still finds the intact records."""
+        bad = bytearray(encode_record([PUT, "bad", "x" * 50]))
+        bad[1] ^= 0x10  # the length now points past the end of the file
+        after = encode_record([PUT, "after", 2])
+        write_journal(self.dir, 1, RECORDS, tail=bytes(bad) + after)
+        self.assertRaises(RecoveryError, self.recover)
+
+    def test_a_zeroed_tail_is_a_torn_tail(self) -> None:
+        """A tail of zeroes (a crash with preallocated blocks) holds nothing intact: cut."""
+        write_journal(self.dir, 1, RECORDS, tail=b"\0" * 100_000)
+        store, recovered = self.recover()
+        self.assertEqual(dict(store.items()), STATE)
+        self.assertEqual(recovered.dropped_bytes, 100_000)
 
     def test_torn_journal_header_is_dropped(self) -> None:
         """A journal cut inside its header (crash at creation) is replaced."""
@@ -267,3 +297,17 @@ class RecoveryTests(SynchronousTestCase):
         store, _ = self.recover()
         self.assertEqual(dict(store.items()), STATE)
         self.assertEqual(os.listdir(self.dir), [journal_name(1)])
+
+
+class MissingJournalTests(SynchronousTestCase):
+    def test_a_snapshot_without_its_journal_refuses_to_start(self) -> None:
+        """Snapshot 2 with journal 2 gone: the writes after it are missing, so refuse."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        writer = journal.SnapshotWriter(directory, 2)
+        writer.open()
+        writer.write(encode_record([journal.SNAPSHOT_ITEMS, ["a", 1]]))
+        writer.finish(1)
+        with self.assertRaises(RecoveryError) as caught:
+            journal.recover(directory, MemoryStore())
+        self.assertIn("has no journal of its generation", str(caught.exception))

@@ -1,0 +1,51 @@
+"""
+Bounds every value on the wire keeps, whatever a peer sends.
+
+Nesting: MessagePack decodes values nested about a thousand deep, but
+re-encoding one (a reply, a journal record, a snapshot) fails past the
+encoder's own limit once the record's envelope is added: a value accepted
+once could then never be read back, and made every compaction fail.  Values
+a client asks the daemon to keep are refused past :data:`MAX_NESTING` levels.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BadRequest
+
+#: The deepest nesting of lists and maps in a value the daemon keeps (a
+#: scalar is level 0, ``[1]`` level 1, ``{"a": [1]}`` level 2).
+MAX_NESTING = 100
+
+_CONTAINERS = frozenset({list, dict})
+
+
+def check_nesting(value: Any, limit: int = MAX_NESTING) -> Any:
+    """
+    Return ``value`` if its lists and maps nest at most ``limit`` deep.
+
+    Costs one pass over the containers' items at C speed (``map(type, ...)``)
+    and descends only into the items that are containers themselves.
+
+    :raises BadRequest: if they nest deeper.
+    """
+    if type(value) not in _CONTAINERS:
+        return value
+    level = [value]
+    depth = 1
+    while level:
+        if depth > limit:
+            raise BadRequest(f"a value may nest lists and maps at most {limit} levels deep")
+        deeper = []
+        for container in level:
+            items = container.values() if type(container) is dict else container
+            if _CONTAINERS.isdisjoint(set(map(type, items))):
+                continue
+            deeper.extend(item for item in items if type(item) in _CONTAINERS)
+        level = deeper
+        depth += 1
+    return value
+
+
+__all__ = ["MAX_NESTING", "check_nesting"]
