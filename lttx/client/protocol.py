@@ -29,6 +29,7 @@ from ..errors import (
 from ..wire import codec
 from ..wire.frames import PREFIX
 from ..wire.framing import FrameDecoder
+from .dataframes import default, ext_hook
 from .messages import Message
 
 #: The two kinds of connection a client opens (``hello``'s ``mode`` option).
@@ -168,7 +169,7 @@ class ClientProtocol(Protocol):
                     break
                 if len(frame) > 2 and frame[0] == 0x95 and frame[1] == 0x03:
                     try:
-                        _, channel, key, data_, seq = codec.decode(frame)
+                        _, channel, key, data_, seq = codec.decode(frame, ext_hook)
                     except (LTtxError, ValueError):
                         self.frame_received(frame)  # reports and closes
                         break
@@ -189,7 +190,7 @@ class ClientProtocol(Protocol):
             self._raw_received(frame)
             return
         try:
-            message = codec.decode(frame)
+            message = codec.decode(frame, ext_hook)
             kind = message[0]
             if kind == codec.MESSAGE and self._on_message is not None:
                 if self._batch is not None:
@@ -282,7 +283,7 @@ class ClientProtocol(Protocol):
             return fail(ConnectionLost(f"the {self.label} to the daemon was lost"))
         request_id = next(self._ids)
         try:
-            frame = codec.encode([codec.REQUEST, request_id, command, list(args)])
+            frame = codec.encode([codec.REQUEST, request_id, command, list(args)], default)
         except LTtxError as e:
             return fail(e)
         if len(frame) > self.max_frame:
