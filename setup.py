@@ -22,9 +22,15 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
+        # DataFrames and arrays as values (lttx.client.dataframes); the daemon needs none.
+        "pandas": ["pandas>=1.5", "pyarrow>=14"],
+        "polars": ["polars>=1.0"],
+        "numpy": ["numpy>=1.22"],
         # cryptography (also pulled in by twisted[tls]) makes the TLS tests' certificates.
-        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0"],
+        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
+                 "pandas>=1.5", "pyarrow>=14", "polars>=1.0", "numpy>=1.22"],
         "dev": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
+                "pandas>=1.5", "pyarrow>=14", "polars>=1.0", "numpy>=1.22",
                 "flake8", "mypy", "mypy-zope"],
     },
     entry_points={"console_scripts": ["lttx = lttx.cli:main"]},
