@@ -49,6 +49,8 @@ NDARRAY_KINDS = frozenset("biufcmMSU")
 _U64 = struct.Struct(">Q")
 #: Schema metadata key of a pandas Series sent as a one-column table.
 _SERIES_KEY = b"lttx.series"
+#: Schema metadata key of the frequency of a datetime or timedelta index.
+_FREQ_KEY = b"lttx.freq"
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,10 +112,14 @@ def _pandas_ext(value: Any, series: bool) -> msgpack.ExtType:
             f"cannot encode the {'Series' if series else 'DataFrame'}: {what} holds "
             f"values Arrow cannot carry ({_first_line(e)}); LTtx never pickles: convert "
             "it to a supported type (numbers, str, bytes, datetime, Decimal)") from None
-    if series:
-        # Keep the name (None included) and its type beside pandas' metadata.
-        meta = dict(table.schema.metadata or {})
+    # Beside pandas' own metadata: what it does not keep.
+    meta = dict(table.schema.metadata or {})
+    if series:  # the name (None included) and its type
         meta[_SERIES_KEY] = msgpack.packb(value.name) if _plain(value.name) else b"\xc0"
+    freq = getattr(frame.index, "freqstr", None)
+    if freq is not None and isinstance(frame.index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+        meta[_FREQ_KEY] = freq.encode()  # a regular index's frequency ("s", "B", ...)
+    if len(meta) != len(table.schema.metadata or {}):
         table = table.replace_schema_metadata(meta)
     code = PANDAS_SERIES if series else PANDAS_DATAFRAME
     return msgpack.ExtType(code, _ipc_stream(pa, table))
@@ -212,13 +218,22 @@ def _read_table(pa: Any, data: bytes) -> Any:
 
 def _pandas_frame(modules: tuple[Any, ...], data: bytes) -> Any:
     pd, pa = modules
-    return _read_table(pa, data).to_pandas()
+    table = _read_table(pa, data)
+    return _with_freq(pd, table, table.to_pandas())
+
+
+def _with_freq(pd: Any, table: Any, frame: Any) -> Any:
+    freq = (table.schema.metadata or {}).get(_FREQ_KEY)
+    index = frame.index
+    if freq is not None and isinstance(index, (pd.DatetimeIndex, pd.TimedeltaIndex)):
+        frame.index = type(index)(index, freq=freq.decode())
+    return frame
 
 
 def _pandas_series(modules: tuple[Any, ...], data: bytes) -> Any:
     pd, pa = modules
     table = _read_table(pa, data)
-    frame = table.to_pandas()
+    frame = _with_freq(pd, table, table.to_pandas())
     series = frame.iloc[:, 0]
     packed = (table.schema.metadata or {}).get(_SERIES_KEY)
     series.name = msgpack.unpackb(packed) if packed is not None else series.name

@@ -81,12 +81,16 @@ class PandasTests(SynchronousTestCase):
         self.assertEqual(str(back["shanghai"].dt.tz), "Asia/Shanghai")
 
     def test_indexes_and_column_labels(self) -> None:
-        """Range, datetime and named indexes; int and multi-level column labels."""
+        """Range, datetime (with its freq) and named indexes; int and multi-level
+        column labels; empty frames."""
         frames = [
             pd.DataFrame({"a": [1, 2]}, index=pd.RangeIndex(10, 14, 2, name="r")),
             pd.DataFrame({"a": [1.0, 2.0]},
                          index=pd.DatetimeIndex(["2026-01-01", "2026-01-02"], name="day",
                                                 tz="America/New_York")),
+            pd.DataFrame({"a": [1, 2, 3]},
+                         index=pd.date_range("2026-12-01", periods=3, freq="B", name="day")),
+            pd.DataFrame({"a": [1, 2]}, index=pd.timedelta_range("1s", periods=2, freq="s")),
             pd.DataFrame([[1, 2], [3, 4]], columns=[10, 20]),
             pd.DataFrame([[1, 2]], columns=pd.MultiIndex.from_tuples([("px", "bid"),
                                                                       ("px", "ask")])),
