@@ -30,6 +30,7 @@ import msgpack
 
 from ..errors import BadRequest, EncodeError
 from ..wire.ext import (
+    CODES,
     KINDS,
     MISSING,
     NUMPY_NDARRAY,
@@ -74,6 +75,14 @@ def _library(code: int) -> tuple[Any, ...]:
         raise
 
 
+def _need(code: int) -> tuple[Any, ...]:
+    """The modules a kind needs; MissingDependency naming the extra if one is missing."""
+    try:
+        return _library(code)
+    except ImportError as e:
+        raise Encoded(KINDS[code], b"", f"{MISSING} {e.name or 'a library'}").unusable() from None
+
+
 # -- encoding ---------------------------------------------------------------
 
 
@@ -101,7 +110,7 @@ def default(value: Any) -> Any:
 
 
 def _pandas_ext(value: Any, series: bool) -> msgpack.ExtType:
-    pd, pa = _library(PANDAS_DATAFRAME)
+    pd, pa = _need(PANDAS_DATAFRAME)  # pandas is there: pyarrow may not be
     frame = value.to_frame(name="_") if series else value
     try:
         table = pa.Table.from_pandas(frame, preserve_index=None)
@@ -154,7 +163,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _polars_ext(value: Any, series: bool) -> msgpack.ExtType:
-    (pl,) = _library(POLARS_DATAFRAME)
+    (pl,) = _need(POLARS_DATAFRAME)
     frame = value.to_frame() if series else value
     try:
         stream = frame.write_ipc_stream(None, compat_level=pl.CompatLevel.oldest())
@@ -170,7 +179,7 @@ def ndarray_bytes(array: Any) -> bytes:
 
     :raises EncodeError: for an object, structured or sub-array dtype.
     """
-    (np,) = _library(NUMPY_NDARRAY)
+    (np,) = _need(NUMPY_NDARRAY)
     dtype = array.dtype
     if dtype.kind not in NDARRAY_KINDS or dtype.fields is not None or dtype.subdtype:
         raise EncodeError(
@@ -287,4 +296,82 @@ _READERS: dict[int, Callable[[tuple[Any, ...], bytes], Any]] = {
     NUMPY_NDARRAY: read_ndarray,
 }
 
-__all__ = ["NDARRAY_VERSION", "default", "ext_hook", "ndarray_bytes", "read_ndarray"]
+
+# -- for the command line ---------------------------------------------------
+
+
+def is_frame(value: Any) -> bool:
+    """Whether ``value`` is a DataFrame, series or array (or its placeholder)."""
+    kind = type(value)
+    return kind is Encoded or f"{kind.__module__.partition('.')[0]}.{kind.__name__}" in CODES
+
+
+def frame_text(value: Any, csv: bool, terminal: bool) -> str:
+    """
+    A DataFrame, series or array as people read it: a table (cut to what a
+    terminal shows when ``terminal``), or CSV with ``csv``.
+
+    :raises MissingDependency: for a placeholder (the library is missing).
+    """
+    if type(value) is Encoded:
+        raise value.unusable()
+    module = type(value).__module__.partition(".")[0]
+    if module == "numpy":
+        if csv:
+            (np,) = _need(NUMPY_NDARRAY)
+            import io
+
+            out = io.StringIO()
+            np.savetxt(out, value if value.ndim else value.reshape(1), delimiter=",", fmt="%s")
+            return out.getvalue().rstrip("\n")
+        return str(value)
+    if csv:
+        text = value.to_csv() if module == "pandas" else value.write_csv()
+        return str(text).rstrip("\n")
+    if module == "pandas":
+        return str(value) if terminal else str(value.to_string())
+    return str(value)  # polars: its own table, cut to its configured rows
+
+
+def read_csv(path: str) -> Any:
+    """A CSV file (``-``: standard input) as a pandas DataFrame, its dtypes inferred."""
+    pd, _ = _need(PANDAS_DATAFRAME)
+    import sys
+
+    return pd.read_csv(sys.stdin if path == "-" else path)
+
+
+def ext_json(value: Any) -> dict[str, Any]:
+    """
+    A DataFrame, series or array inside a JSON value (``lttx get``):
+    ``{"$ext": [kind, base64]}``, its encoded bytes, stored unchanged by
+    ``lttx put``.
+
+    :raises TypeError: for a value that is none of these.
+    """
+    import base64
+
+    ext = default(value)
+    return {"$ext": [KINDS[ext.code], base64.b64encode(ext.data).decode("ascii")]}
+
+
+def from_ext_json(pair: Any) -> Encoded:
+    """
+    The value of ``{"$ext": [kind, base64]}``, as an :class:`Encoded`.
+
+    :raises ValueError: if ``pair`` is not a known kind and base64 data.
+    """
+    import base64
+    import binascii
+
+    if (not isinstance(pair, list) or len(pair) != 2 or pair[0] not in CODES
+            or not isinstance(pair[1], str)):
+        raise ValueError(f'"$ext" must hold [kind, base64], a kind among {", ".join(CODES)}')
+    try:
+        return Encoded(pair[0], base64.b64decode(pair[1], validate=True))
+    except binascii.Error as e:
+        raise ValueError(f'"$ext" data is not valid base64: {e}') from None
+
+
+__all__ = ["NDARRAY_VERSION", "default", "ext_hook", "ext_json", "frame_text", "from_ext_json",
+           "is_frame", "ndarray_bytes", "read_csv", "read_ndarray"]
