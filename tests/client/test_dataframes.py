@@ -223,6 +223,21 @@ class NdarrayTests(SynchronousTestCase):
                          "0000000000000002" "01000200")
 
 
+class ProtocolDocumentTests(SynchronousTestCase):
+    def test_the_documented_ndarray_frame(self) -> None:
+        """docs/protocol.md's hex example of an ndarray put is what the client sends."""
+        from pathlib import Path
+
+        from lttx.wire.frames import frame
+
+        doc = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
+        if not doc.exists():
+            self.skipTest("not run from a checkout")
+        sent = frame(codec.encode([0, 2, "put", ["w", np.array([[1, 2], [3, 4]], dtype="<i2")]],
+                                  default))
+        self.assertIn(" ".join(f"{b:02x}" for b in sent), doc.read_text(encoding="utf-8"))
+
+
 class ReceivingTests(SynchronousTestCase):
     def test_unknown_code_is_refused(self) -> None:
         self.assertRaises(BadRequest, codec.decode, b"\xd4\x09\x00", ext_hook)
