@@ -283,12 +283,15 @@ class ClientProtocol(Protocol):
             return fail(ConnectionLost(f"the {self.label} to the daemon was lost"))
         request_id = next(self._ids)
         try:
-            frame = codec.encode([codec.REQUEST, request_id, command, list(args)], default)
+            # Large DataFrames and arrays are pieces of their own, not copied.
+            pieces = codec.encode_pieces([codec.REQUEST, request_id, command, list(args)],
+                                         default)
         except LTtxError as e:
             return fail(e)
-        if len(frame) > self.max_frame:
+        size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        if size > self.max_frame:
             return fail(FrameTooLarge(
-                f"{command} needs a frame of {len(frame)} bytes, over the daemon's "
+                f"{command} needs a frame of {size} bytes, over the daemon's "
                 f"limit of {self.max_frame}"))
 
         def forget(_: Deferred[Any]) -> None:
@@ -298,7 +301,10 @@ class ClientProtocol(Protocol):
         self._pending[request_id] = d
         if data_follows:
             self._raw_after = request_id
-        self.transport.write(PREFIX.pack(len(frame)) + frame)
+        if len(pieces) == 1:
+            self.transport.write(PREFIX.pack(size) + pieces[0])
+        else:
+            self.transport.writeSequence([PREFIX.pack(size) + pieces[0], *pieces[1:]])
         if timeout is None:
             return d
         if self.reactor is None:

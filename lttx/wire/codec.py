@@ -24,6 +24,7 @@ code is refused.  The client passes its own ``default``/``ext_hook``
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import msgpack
@@ -68,6 +69,64 @@ def encode(value: Any, default: Callable[[Any], Any] = encoded_default) -> bytes
         if isinstance(e, EncodeError):
             raise
         raise EncodeError(f"cannot encode value: {e}") from None
+
+
+#: Extension data from this size on is not copied into an encoded payload by
+#: :func:`encode_pieces`: it is handed on as a piece of its own.
+SPLICE_FROM = 64 * 1024
+_TOKEN_SIZE = 16
+
+
+def encode_pieces(value: Any, default: Callable[[Any], Any] = encoded_default) -> list[bytes]:
+    """
+    Encode one payload as pieces whose concatenation is ``encode(value, default)``,
+    large extension data (a DataFrame, an array) being pieces of their own,
+    not copied: a 100 MB frame is written with one copy (the transport's
+    join), not packed into MessagePack's growing buffer, copied out of it and
+    copied again behind its length prefix.
+
+    :raises EncodeError: as :func:`encode`.
+    """
+    large: list[msgpack.ExtType] = []
+    token = b""
+
+    def splice(obj: Any) -> Any:
+        nonlocal token
+        ext = default(obj)
+        if type(ext) is not msgpack.ExtType or len(ext.data) < SPLICE_FROM:
+            return ext
+        # A stand-in: a random token (in the payload only where put here, but
+        # for a 2**-128 chance, checked below) and the index of its data.
+        if not token:
+            token = os.urandom(_TOKEN_SIZE)
+        large.append(ext)
+        return msgpack.ExtType(ext.code, token + (len(large) - 1).to_bytes(4, "big"))
+
+    payload = encode(value, splice)
+    if not large:
+        return [payload]
+    if payload.count(token) != len(large):
+        return [encode(value, default)]  # the token was in the value after all
+    pieces: list[bytes] = []
+    start = 0
+    for i, ext in enumerate(large):
+        # The stand-in is an ext 8 of 20 bytes: c7 14 code token index.
+        at = payload.find(token, start) - 3
+        if (at < start or payload[at:at + 3] != bytes([0xc7, 20, ext.code])
+                or payload[at + 3 + _TOKEN_SIZE:at + 23] != i.to_bytes(4, "big")):
+            return [encode(value, default)]  # not the layout msgpack writes: be safe
+        pieces.append(payload[start:at] + _ext_head(ext.code, len(ext.data)))
+        pieces.append(ext.data)
+        start = at + 23
+    pieces.append(payload[start:])
+    return pieces
+
+
+def _ext_head(code: int, size: int) -> bytes:
+    """The head msgpack writes for extension data of ``size`` >= 256 bytes."""
+    if size < 0x10000:
+        return b"\xc8" + size.to_bytes(2, "big") + bytes([code])
+    return b"\xc9" + size.to_bytes(4, "big") + bytes([code])
 
 
 def packer(default: Callable[[Any], Any] = encoded_default) -> msgpack.Packer:

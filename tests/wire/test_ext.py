@@ -108,3 +108,32 @@ class DaemonImportsTests(SynchronousTestCase):
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                 timeout=60, env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
         self.assertEqual(result.stdout.strip(), "[]", result.stderr[-2000:])
+
+
+class EncodePiecesTests(SynchronousTestCase):
+    @given(st.lists(st.sampled_from([0, 100, codec.SPLICE_FROM - 1, codec.SPLICE_FROM,
+                                     65535, 65536, 200_000]), max_size=4),
+           st.sampled_from(sorted(KINDS)))
+    def test_pieces_join_to_the_payload(self, sizes: list[int], code: int) -> None:
+        """The pieces join to exactly what encode writes; each large extension's
+        data is a piece of its own, the very bytes object (not a copy)."""
+        datas = [bytes([i]) * n for i, n in enumerate(sizes)]
+        value = [1, 9, {"v": [Encoded(KINDS[code], d) for d in datas], "n": b"x"}]
+        pieces = codec.encode_pieces(value)
+        self.assertEqual(b"".join(pieces), codec.encode(value))
+        large = [d for d in datas if len(d) >= codec.SPLICE_FROM]
+        self.assertEqual(len(pieces), 1 + 2 * len(large))
+        for d, piece in zip(large, pieces[1::2]):
+            self.assertIs(piece, d)
+
+    def test_a_value_holding_the_token_is_encoded_whole(self) -> None:
+        """Should the random token appear in the value itself, the payload is
+        encoded in one piece, still correct."""
+        from unittest import mock
+
+        token = b"T" * 16
+        stand_in = b"\xc7\x14\x05" + token + b"\x00\x00\x00\x00"
+        value = [stand_in, Encoded("numpy.ndarray", b"d" * codec.SPLICE_FROM)]
+        with mock.patch.object(codec.os, "urandom", return_value=token):
+            pieces = codec.encode_pieces(value)
+        self.assertEqual(pieces, [codec.encode(value)])
