@@ -2,9 +2,10 @@
 A DataFrame of 1,000,000 rows (float, int, categorical columns) stored and
 read back three ways, in one run on this machine:
 
-- ``lttx``: ``c.put(name, df)`` then ``c.get(name)`` through a real daemon
-  (its journal at the default ``--fsync everysec``); Arrow IPC inside a
-  MessagePack extension type;
+- ``lttx``: ``c.put(name, df)`` then ``c.get(name)`` through a real daemon,
+  its journal at the default ``--fsync everysec`` and at ``--fsync no`` (as
+  the Redis below, which persists nothing); Arrow IPC inside a MessagePack
+  extension type;
 - ``redis-py + pickle``: ``SET``/``GET`` of ``pickle.dumps(df, protocol=5)``
   on a ``redis-server`` started here (no persistence) -- the workaround the
   issue replaces, which runs code from the network on ``loads``;
@@ -77,8 +78,8 @@ def mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def bench_lttx(df: pd.DataFrame, repeat: int) -> list[Any]:
-    with DaemonProcess() as daemon:
+def bench_lttx(df: pd.DataFrame, repeat: int, fsync: str) -> list[Any]:
+    with DaemonProcess("--fsync", fsync) as daemon:
         c = lttx.connect("127.0.0.1", daemon.port, token=daemon.token, timeout=120)
         c.put("bars", df)
         back = c.get("bars")
@@ -87,7 +88,7 @@ def bench_lttx(df: pd.DataFrame, repeat: int) -> list[Any]:
         get = median_ms(repeat, lambda: c.get("bars"))
         c.close()
     size = len(codec.encode(df, default))
-    return ["lttx (Arrow IPC)", f"{put:.0f}", f"{get:.0f}", f"{put + get:.0f}", mb(size)]
+    return [f"lttx, --fsync {fsync}", f"{put:.0f}", f"{get:.0f}", f"{put + get:.0f}", mb(size)]
 
 
 def bench_redis_pickle(df: pd.DataFrame, repeat: int) -> list[Any]:
@@ -175,7 +176,8 @@ def main() -> None:
     print(f"{args.rows:,} rows (float64, int64, categorical of 50), "
           f"{df.memory_usage(deep=True).sum() / 1e6:.1f} MB in pandas; "
           f"median of {args.repeat}")
-    rows = [bench_lttx(df, args.repeat), bench_redis_pickle(df, args.repeat),
+    rows = [bench_lttx(df, args.repeat, "everysec"), bench_lttx(df, args.repeat, "no"),
+            bench_redis_pickle(df, args.repeat),
             bench_parquet(df, args.repeat), bench_codec(df, args.repeat)]
     print(table(rows, ["", "put ms", "get ms", "put+get ms", "size"]))
     if not args.no_large:
