@@ -17,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..diskio import read_big
+from ..diskio import read_big, read_size
 from ..errors import (
     BadRequest,
     ConnectionLost,
@@ -166,6 +166,7 @@ class ClientProtocol(Protocol):
             while not self.transport.disconnecting:
                 frame = decoder.next_frame()
                 if frame is None:
+                    read_size(self.transport, decoder.collecting)  # a large reply coming?
                     break
                 if len(frame) > 2 and frame[0] == 0x95 and frame[1] == 0x03:
                     try:

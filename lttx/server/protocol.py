@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._version import PROTOCOL_VERSION, __version__
+from ..diskio import read_size
 from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError, SlowSubscriber
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
@@ -138,6 +139,8 @@ class LTtxServerProtocol(Int32StringReceiver):
                     self.lengthLimitExceeded(e.length)
                     return
                 if frame is None:
+                    if self.file_session is None:
+                        read_size(self.transport, decoder.collecting)
                     return
                 self.stringReceived(frame)
         finally:

@@ -110,6 +110,11 @@ class FrameDecoder:
         return buffer[position + _HEADER:end]
 
     @property
+    def collecting(self) -> bool:
+        """Whether a long frame is arriving (its reader may read in bigger chunks)."""
+        return self._need > 0
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not yet taken as frames."""
         ready = len(self._ready) if self._ready is not None else 0

@@ -118,3 +118,16 @@ class ProtocolLargeFrameTests(SynchronousTestCase):
             self.assertEqual(transport.value(), b"")
         proto.dataReceived(data[start + 65536:])
         self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 1, None]])
+
+    def test_a_large_frame_is_read_in_big_chunks(self) -> None:
+        """While a long frame arrives the daemon reads 1 MiB per recv, then 64 KiB again."""
+        from lttx.diskio import READ_SIZE, SMALL_READ_SIZE
+
+        proto, transport = server_protocol()
+        transport.bufferSize = SMALL_READ_SIZE  # type: ignore[attr-defined]
+        data = frame([0, 1, "put", ["big", b"y" * (4 * LARGE_FRAME)]])
+        proto.dataReceived(data[:100_000])
+        self.assertEqual(transport.bufferSize, READ_SIZE)  # type: ignore[attr-defined]
+        proto.dataReceived(data[100_000:])
+        self.assertEqual(transport.bufferSize, SMALL_READ_SIZE)  # type: ignore[attr-defined]
+        self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 1, None]])
