@@ -108,13 +108,17 @@ class DaemonTests(TestCase):
 
 class FrameLimitTests(TestCase):
     def test_over_max_frame_is_frame_too_large(self) -> None:
-        """A frame over --max-frame is FrameTooLarge in the client; the client goes on."""
+        """A put or push over --max-frame is FrameTooLarge in the client, nothing
+        is sent, and the client goes on on the same connection."""
         daemon = Daemon(self, "--max-frame", "200000")
         c = daemon.connect()
         with self.assertRaises(lttx.FrameTooLarge):
             c.put("big", np.zeros(30_000))  # 240,000 bytes of elements
+        with self.assertRaises(lttx.FrameTooLarge):
+            c.push("k", np.zeros(30_000), "hq")
         c.put("small", np.zeros(1000))
         self.assertEqual(c.get("small").shape, (1000,))
+        self.assertNotIn("over the limit", daemon.log_text())
 
 
 #: A client in a Python without pandas and pyarrow (the imports blocked).

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from ..errors import ConnectionLost, EncodeError, LTtxError, TimeoutError
+from ..errors import ConnectionLost, EncodeError, FrameTooLarge, LTtxError, TimeoutError
 from ..wire import codec
 from .asyncclient import AsyncClient
 from .commands import VariableCommands
@@ -238,6 +238,11 @@ class Client(VariableCommands):
                 raise
             except (TypeError, ValueError, OverflowError) as e:
                 raise EncodeError(f"cannot encode value: {e}") from None
+            limit = self._client.server_info.get("max_frame")
+            if isinstance(limit, int) and len(frame) > limit:
+                # The daemon would close the connection on it: refuse it here.
+                raise FrameTooLarge(f"push needs a frame of {len(frame)} bytes, over the "
+                                    f"daemon's limit of {limit}")
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
             self._push_frames.append(frame)
