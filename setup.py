@@ -22,12 +22,18 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
+        # DataFrames and arrays as values (lttx.client.dataframes); the daemon needs none.
+        "pandas": ["pandas>=1.5", "pyarrow>=14"],
+        "polars": ["polars>=1.0"],
+        "numpy": ["numpy>=1.22"],
         # cryptography (also pulled in by twisted[tls]) makes the TLS tests' certificates.
         "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
-                 "chinese-calendar>=1.9", "pandas>=1.5"],
+                 "chinese-calendar>=1.9", "pandas>=1.5", "pyarrow>=14", "polars>=1.0",
+                 "numpy>=1.22"],
         # lttx.compat's judge_is_TradeDay / get_last_TradeDay (the A-share calendar).
         "calendar": ["chinese-calendar>=1.9"],
         "dev": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
+                "pandas>=1.5", "pyarrow>=14", "polars>=1.0", "numpy>=1.22",
                 "flake8", "mypy", "mypy-zope"],
     },
     entry_points={"console_scripts": ["lttx = lttx.cli:main"]},

@@ -21,11 +21,13 @@ from .errors import (
     ChecksumMismatch,
     ConnectError,
     ConnectionLost,
+    DecodeError,
     EncodeError,
     FileBusy,
     FrameTooLarge,
     IndexOutOfRange,
     LTtxError,
+    MissingDependency,
     NotFound,
     PermissionDenied,
     ServerError,
@@ -36,6 +38,7 @@ from .errors import (
     Unavailable,
     WrongTypeError,
 )
+from .wire.ext import Encoded
 
 #: The client's public names, imported from lttx.client when first asked for.
 _CLIENT_NAMES = frozenset({"AsyncClient", "Client", "Message", "connect"})
@@ -51,7 +54,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
-    "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
+    "DecodeError", "Encoded", "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange",
+    "LTtxError", "MissingDependency", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
     "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Client", "Message", "connect",
     "__version__",

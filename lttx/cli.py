@@ -5,6 +5,8 @@ The ``lttx`` command: LTtx for people and shell scripts.
 
     lttx put pos '{"600000.SH": 100}'
     lttx get pos                      # {"600000.SH": 100}
+    lttx put bars --csv bars.csv      # a pandas DataFrame
+    lttx get bars [--csv]             # a table on a terminal, or CSV
     lttx keys 'p*'
     lttx del pos
     lttx sub hq_center                # one JSON line per message, until Ctrl-C
@@ -22,7 +24,9 @@ Values are printed as JSON, one document per line.  JSON has no bytes and no
 non-string keys, so two objects stand for them, in output and in ``put``
 input alike: ``{"$bytes": "<base64>"}`` is a bytes value, and
 ``{"$map": [[key, value], ...]}`` a dict with a key that is not a string
-(or a dict whose only key is ``"$bytes"`` or ``"$map"``).
+(or a dict whose only key is ``"$bytes"``, ``"$map"`` or ``"$ext"``).  A
+DataFrame, series or array inside a value is ``{"$ext": [kind, "<base64>"]}``,
+its encoded bytes (``docs/protocol.md``); ``put`` stores them unchanged.
 
 An error is one line on stderr and an exit status that says its kind:
 :data:`EXIT_ERROR`, :data:`EXIT_USAGE`, :data:`EXIT_CONNECTION`,
@@ -90,13 +94,17 @@ def to_json(value: Any) -> Any:
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, dict):
         plain = all(isinstance(k, str) for k in value) and not (
-            len(value) == 1 and next(iter(value)) in ("$bytes", "$map"))
+            len(value) == 1 and next(iter(value)) in ("$bytes", "$map", "$ext"))
         if plain:
             return {k: to_json(v) for k, v in value.items()}
         return {"$map": [[to_json(k), to_json(v)] for k, v in value.items()]}
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
-    return value
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    from .client.dataframes import ext_json
+
+    return ext_json(value)  # a DataFrame, series or array (TypeError for others)
 
 
 def from_json(data: Any) -> Any:
@@ -120,6 +128,13 @@ def from_json(data: Any) -> Any:
             except TypeError:
                 raise UsageError('a "$map" key must be a string, number, bool, null '
                                  'or bytes') from None
+        if len(data) == 1 and "$ext" in data:
+            from .client.dataframes import from_ext_json
+
+            try:
+                return from_ext_json(data["$ext"])
+            except ValueError as e:
+                raise UsageError(str(e)) from None
         return {k: from_json(v) for k, v in data.items()}
     if isinstance(data, list):
         return [from_json(v) for v in data]
@@ -351,16 +366,31 @@ def _address(args: argparse.Namespace) -> tuple[str, int, Optional[str], float]:
 
 
 def cmd_get(ctx: Context) -> int:
+    from .client.dataframes import frame_text, is_frame
+
     with ctx.connect() as client:
         value = client.get(ctx.args.name, _MISSING)
     if value is _MISSING:
         raise NotFound(f"no variable named {ctx.args.name!r}")
-    ctx.print(dumps(value))
+    if is_frame(value):  # a table for people, or CSV
+        ctx.print(frame_text(value, ctx.args.csv, ctx.out.isatty()))
+    elif ctx.args.csv:
+        raise UsageError(f"{ctx.args.name!r} holds no DataFrame, series or array: "
+                         "--csv has nothing to write")
+    else:
+        ctx.print(dumps(value))
     return EXIT_OK
 
 
 def cmd_put(ctx: Context) -> int:
-    value = parse_json_argument(ctx.args.json, "the value")
+    if (ctx.args.csv is None) == (ctx.args.json is None):
+        raise UsageError("put takes a JSON value or --csv FILE (one of the two)")
+    if ctx.args.csv is not None:
+        from .client.dataframes import read_csv
+
+        value = read_csv(ctx.args.csv)
+    else:
+        value = parse_json_argument(ctx.args.json, "the value")
     with ctx.connect() as client:
         client.put(ctx.args.name, value)
     return EXIT_OK
@@ -497,11 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler, progress=None)
         return sub
 
-    sub = command("get", cmd_get, "print a variable's value as JSON")
+    sub = command("get", cmd_get, "print a variable's value as JSON (a DataFrame as a table)")
     sub.add_argument("name")
-    sub = command("put", cmd_put, "set a variable to a JSON value")
+    sub.add_argument("--csv", action="store_true",
+                     help="print a DataFrame, series or array as CSV")
+    sub = command("put", cmd_put, "set a variable to a JSON value, or a CSV file's DataFrame")
     sub.add_argument("name")
-    sub.add_argument("json", metavar="JSON")
+    sub.add_argument("json", metavar="JSON", nargs="?", default=None)
+    sub.add_argument("--csv", metavar="FILE", default=None,
+                     help="store this CSV file (- for stdin) as a pandas DataFrame")
     sub = command("keys", cmd_keys, "list variable names matching a glob pattern")
     sub.add_argument("pattern", nargs="?", default="*")
     sub.add_argument("--json", action="store_true", help="print one JSON array")

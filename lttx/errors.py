@@ -88,6 +88,21 @@ class EncodeError(LTtxError, ValueError):
     code = "encode"
 
 
+class MissingDependency(LTtxError, ImportError):
+    """A DataFrame, series or array came, but this client lacks the library it
+    needs (pandas, polars, numpy, pyarrow); the message names the extra to
+    install, e.g. ``pip install 'lttx[pandas]'``."""
+
+    code = "missing_dependency"
+
+
+class DecodeError(LTtxError, ValueError):
+    """A DataFrame, series or array came whose bytes this client cannot read
+    (a sender wrote them wrongly); the value is kept as :class:`lttx.Encoded`."""
+
+    code = "decode"
+
+
 class SlowSubscriber(LTtxError):
     """The daemon cut this subscriber off: its queue passed the bound."""
 

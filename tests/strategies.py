@@ -6,6 +6,11 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from lttx.wire.ext import KINDS, Encoded
+
+#: DataFrames, series and arrays as the daemon holds them: opaque typed bytes.
+encoded = st.builds(Encoded, st.sampled_from(sorted(KINDS.values())), st.binary(max_size=24))
+
 scalars = (
     st.none()
     | st.booleans()
@@ -13,6 +18,7 @@ scalars = (
     | st.floats(allow_nan=False)
     | st.text(max_size=20)
     | st.binary(max_size=20)
+    | encoded
 )
 
 dict_keys = st.text(max_size=8) | st.integers(-(2**63), 2**63 - 1) | st.binary(max_size=8)

@@ -23,6 +23,7 @@ from ..wire import codec
 from ..wire.names import split_channels
 from . import files
 from .commands import VariableCommands
+from .dataframes import default
 from .connection import Reconnector, open_first
 from .messages import Message
 from .protocol import ClientProtocol
@@ -295,7 +296,7 @@ class AsyncClient(VariableCommands):
         connection's send buffer is full, or the client reconnects, pushes
         are kept here (see :attr:`pending_push_bytes`) and written later, in order.
         """
-        self.push_frames([codec.encode([codec.PUBLISH, channel, key, data])])
+        self.push_frames([codec.encode([codec.PUBLISH, channel, key, data], default)])
 
     def push_frames(self, frames: list[bytes]) -> None:
         """Queue already-encoded publish frames for the next write."""

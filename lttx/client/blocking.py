@@ -19,10 +19,11 @@ from typing import Any, Callable, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from ..errors import ConnectionLost, EncodeError, LTtxError, TimeoutError
+from ..errors import ConnectionLost, EncodeError, FrameTooLarge, LTtxError, TimeoutError
 from ..wire import codec
 from .asyncclient import AsyncClient
 from .commands import VariableCommands
+from .dataframes import default
 from .eventloop import EventLoop
 from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
 from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_address
@@ -55,7 +56,7 @@ class Client(VariableCommands):
         self._push_room = threading.Condition(self._push_lock)
         # One packer, used under the push lock: msgpack.packb would build a
         # new Packer for every push.
-        self._packer = codec.packer()
+        self._packer = codec.packer(default)
         self._push_frames: list[bytes] = []
         self._push_bytes = 0
         self._hand_over_pending = False
@@ -233,8 +234,15 @@ class Client(VariableCommands):
         with self._push_lock:
             try:
                 frame = self._packer.pack([codec.PUBLISH, channel, key, data])
+            except EncodeError:  # a DataFrame refused (lttx.client.dataframes)
+                raise
             except (TypeError, ValueError, OverflowError) as e:
                 raise EncodeError(f"cannot encode value: {e}") from None
+            limit = self._client.server_info.get("max_frame")
+            if isinstance(limit, int) and len(frame) > limit:
+                # The daemon would close the connection on it: refuse it here.
+                raise FrameTooLarge(f"push needs a frame of {len(frame)} bytes, over the "
+                                    f"daemon's limit of {limit}")
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
             self._push_frames.append(frame)

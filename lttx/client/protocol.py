@@ -17,7 +17,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..diskio import read_big
+from ..diskio import read_big, read_size
 from ..errors import (
     BadRequest,
     ConnectionLost,
@@ -29,6 +29,7 @@ from ..errors import (
 from ..wire import codec
 from ..wire.frames import PREFIX
 from ..wire.framing import FrameDecoder
+from .dataframes import default, ext_hook
 from .messages import Message
 
 #: The two kinds of connection a client opens (``hello``'s ``mode`` option).
@@ -170,10 +171,11 @@ class ClientProtocol(Protocol):
             while not self.transport.disconnecting:
                 frame = decoder.next_frame()
                 if frame is None:
+                    read_size(self.transport, decoder.collecting)  # a large reply coming?
                     break
                 if len(frame) > 2 and frame[0] == 0x95 and frame[1] == 0x03:
                     try:
-                        _, channel, key, data_, seq = codec.decode(frame)
+                        _, channel, key, data_, seq = codec.decode(frame, ext_hook)
                     except (LTtxError, ValueError):
                         self.frame_received(frame)  # reports and closes
                         break
@@ -194,7 +196,7 @@ class ClientProtocol(Protocol):
             self._raw_received(frame)
             return
         try:
-            message = codec.decode(frame)
+            message = codec.decode(frame, ext_hook)
             kind = message[0]
             if kind == codec.MESSAGE and self._on_message is not None:
                 if self._batch is not None:
@@ -287,12 +289,15 @@ class ClientProtocol(Protocol):
             return fail(ConnectionLost(f"the {self.label} to the daemon was lost"))
         request_id = next(self._ids)
         try:
-            frame = codec.encode([codec.REQUEST, request_id, command, list(args)])
+            # Large DataFrames and arrays are pieces of their own, not copied.
+            pieces = codec.encode_pieces([codec.REQUEST, request_id, command, list(args)],
+                                         default)
         except LTtxError as e:
             return fail(e)
-        if len(frame) > self.max_frame:
+        size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
+        if size > self.max_frame:
             return fail(FrameTooLarge(
-                f"{command} needs a frame of {len(frame)} bytes, over the daemon's "
+                f"{command} needs a frame of {size} bytes, over the daemon's "
                 f"limit of {self.max_frame}"))
 
         def forget(_: Deferred[Any]) -> None:
@@ -302,7 +307,10 @@ class ClientProtocol(Protocol):
         self._pending[request_id] = d
         if data_follows:
             self._raw_after = request_id
-        self.transport.write(PREFIX.pack(len(frame)) + frame)
+        if len(pieces) == 1:
+            self.transport.write(PREFIX.pack(size) + pieces[0])
+        else:
+            self.transport.writeSequence([PREFIX.pack(size) + pieces[0], *pieces[1:]])
         if timeout is None:
             return d
         if self.reactor is None:

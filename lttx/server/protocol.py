@@ -25,11 +25,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._version import PROTOCOL_VERSION, __version__
+from ..diskio import read_size
 from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError, SlowSubscriber
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
 from ..wire.excerpt import excerpt
-from ..wire.frames import PUBLISH_HEAD
+from ..wire.frames import PREFIX, PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
 from ..wire.tls import tls_failure
 from .commands import CommandConnection, Commands
@@ -156,6 +157,8 @@ class LTtxServerProtocol(Int32StringReceiver):
                     self.lengthLimitExceeded(e.length)
                     return
                 if frame is None:
+                    if self.file_session is None:
+                        read_size(self.transport, decoder.collecting)
                     return
                 self.stringReceived(frame)
         finally:
@@ -313,11 +316,16 @@ class LTtxServerProtocol(Int32StringReceiver):
         if self.transport.disconnecting:
             return
         try:
-            frame = codec.encode([codec.REPLY, request_id, result])
+            # A large DataFrame or array the store holds is a piece of its own.
+            pieces = codec.encode_pieces([codec.REPLY, request_id, result])
         except LTtxError as e:  # only values the store holds are sent, but say so if not
             self.send_error(request_id, e)
             return
-        self.sendString(frame)
+        if len(pieces) == 1:
+            self.sendString(pieces[0])
+        else:
+            self.transport.writeSequence(
+                [PREFIX.pack(sum(map(len, pieces))) + pieces[0], *pieces[1:]])
 
     def send_error(self, request_id: Optional[int], error: LTtxError) -> None:
         """Send ``[2, request_id, code, message]``."""

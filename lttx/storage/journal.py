@@ -91,11 +91,17 @@ def encode_record(payload: Any) -> bytes:
 
     :raises EncodeError: if ``payload`` holds a value MessagePack cannot carry.
     """
-    data = codec.encode(payload)
-    if len(data) > MAX_RECORD:
-        raise RecoveryError(f"a record of {len(data)} bytes is over the format's 4 GiB limit")
-    length = _CRC.pack(len(data))
-    return length + _CRC.pack(zlib.crc32(data, zlib.crc32(length))) + data
+    # A large DataFrame or array stays out of MessagePack's buffer: the
+    # record is joined once from the pieces.
+    pieces = codec.encode_pieces(payload)
+    size = sum(map(len, pieces))
+    if size > MAX_RECORD:
+        raise RecoveryError(f"a record of {size} bytes is over the format's 4 GiB limit")
+    length = _CRC.pack(size)
+    crc = zlib.crc32(length)
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    return b"".join([length, _CRC.pack(crc), *pieces])
 
 
 def _check_header(path: str, data: bytes, magic: bytes) -> int:

@@ -14,15 +14,23 @@ kind      array                                       direction
 4         ``[4, code, message]``                      daemon -> client
 5         ``[5, channel, key, data]``                 client -> daemon
 ========  ==========================================  ==============
+
+Values may hold the extension types of :mod:`lttx.wire.ext` (DataFrames,
+series, arrays): :func:`decode` makes each an :class:`~lttx.wire.ext.Encoded`
+and :func:`encode` writes it back byte for byte; any other extension type
+code is refused.  The client passes its own ``default``/``ext_hook``
+(:mod:`lttx.client.dataframes`) to make and read the library objects.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable
 
 import msgpack
 
 from ..errors import BadRequest, EncodeError
+from .ext import KINDS, Encoded, from_ext, to_ext
 
 REQUEST = 0
 REPLY = 1
@@ -32,32 +40,106 @@ NOTICE = 4
 PUBLISH = 5
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
-    raise BadRequest(f"MessagePack extension type {code} is not part of the protocol")
+def encoded_ext(code: int, data: bytes) -> Encoded:
+    """The daemon's extension hook: a known code becomes an opaque :class:`Encoded`."""
+    if code not in KINDS:
+        raise BadRequest(f"MessagePack extension type {code} is not part of the protocol")
+    return from_ext(code, data)
 
 
-def encode(value: Any) -> bytes:
+def encoded_default(value: Any) -> Any:
+    """The daemon's ``default``: an :class:`Encoded` goes out as its extension type."""
+    if type(value) is Encoded:
+        return to_ext(value)
+    raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
+
+def encode(value: Any, default: Callable[[Any], Any] = encoded_default) -> bytes:
     """
     Encode one payload.
 
+    :param default: turns a value MessagePack does not know into one it does
+        (msgpack's ``default``); it raises ``TypeError`` for what it refuses.
     :raises EncodeError: for a type the protocol does not carry (a set, an
         object, a datetime) or an int outside [-2**63, 2**64).
     """
     try:
-        return msgpack.packb(value, use_bin_type=True, datetime=False)
+        return msgpack.packb(value, use_bin_type=True, datetime=False, default=default)
     except (TypeError, ValueError, OverflowError) as e:
+        if isinstance(e, EncodeError):
+            raise
         raise EncodeError(f"cannot encode value: {e}") from None
 
 
-def packer() -> msgpack.Packer:
+#: Extension data from this size on is not copied into an encoded payload by
+#: :func:`encode_pieces`: it is handed on as a piece of its own.
+SPLICE_FROM = 64 * 1024
+_TOKEN_SIZE = 16
+
+
+def encode_pieces(value: Any, default: Callable[[Any], Any] = encoded_default) -> list[bytes]:
+    """
+    Encode one payload as pieces whose concatenation is ``encode(value, default)``,
+    large extension data (a DataFrame, an array) being pieces of their own,
+    not copied: a 100 MB frame is written with one copy (the transport's
+    join), not packed into MessagePack's growing buffer, copied out of it and
+    copied again behind its length prefix.
+
+    :raises EncodeError: as :func:`encode`.
+    """
+    large: list[msgpack.ExtType] = []
+    token = b""
+
+    def splice(obj: Any) -> Any:
+        nonlocal token
+        ext = default(obj)
+        if type(ext) is not msgpack.ExtType or len(ext.data) < SPLICE_FROM:
+            return ext
+        # A stand-in: a random token (in the payload only where put here, but
+        # for a 2**-128 chance, checked below) and the index of its data.
+        if not token:
+            token = os.urandom(_TOKEN_SIZE)
+        large.append(ext)
+        return msgpack.ExtType(ext.code, token + (len(large) - 1).to_bytes(4, "big"))
+
+    payload = encode(value, splice)
+    if not large:
+        return [payload]
+    if payload.count(token) != len(large):
+        return [encode(value, default)]  # the token was in the value after all
+    pieces: list[bytes] = []
+    start = 0
+    for i, ext in enumerate(large):
+        # The stand-in is an ext 8 of 20 bytes: c7 14 code token index.
+        at = payload.find(token, start) - 3
+        if (at < start or payload[at:at + 3] != bytes([0xc7, 20, ext.code])
+                or payload[at + 3 + _TOKEN_SIZE:at + 23] != i.to_bytes(4, "big")):
+            return [encode(value, default)]  # not the layout msgpack writes: be safe
+        pieces.append(payload[start:at] + _ext_head(ext.code, len(ext.data)))
+        pieces.append(ext.data)
+        start = at + 23
+    pieces.append(payload[start:])
+    return pieces
+
+
+def _ext_head(code: int, size: int) -> bytes:
+    """The head msgpack writes for extension data of ``size`` >= 256 bytes."""
+    if size < 0x10000:
+        return b"\xc8" + size.to_bytes(2, "big") + bytes([code])
+    return b"\xc9" + size.to_bytes(4, "big") + bytes([code])
+
+
+def packer(default: Callable[[Any], Any] = encoded_default) -> msgpack.Packer:
     """A reusable encoder writing what :func:`encode` writes (not thread-safe)."""
-    return msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True)
+    return msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True, default=default)
 
 
-def decode(payload: bytes) -> Any:
+def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext) -> Any:
     """
     Decode one payload.
 
+    :param ext_hook: makes the value of one extension type (msgpack's
+        ``ext_hook``); it raises :class:`BadRequest` for a code it refuses.
     :raises BadRequest: if the bytes are not exactly one MessagePack value of
         the types the protocol carries.
     """
@@ -66,7 +148,7 @@ def decode(payload: bytes) -> Any:
             payload,
             raw=False,
             strict_map_key=False,
-            ext_hook=_refuse_ext,
+            ext_hook=ext_hook,
             use_list=True,
         )
     except BadRequest:

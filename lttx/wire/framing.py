@@ -10,7 +10,8 @@ Large frames cost one copy, not a quadratic number: Twisted's
 ``IntNStringReceiver`` joins every read onto what it holds, so a frame of N
 bytes arriving in 64 KiB reads costs about N²/128 KiB of copying (7 s for
 32 MiB).  Here a frame that is still incomplete keeps its reads in a list and
-joins them once, when the last byte is there.
+joins them once, when the last byte is there, into its payload alone (a
+100 MB DataFrame costs one copy of 100 MB here, not two).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class FrameDecoder:
         self._pieces: list[bytes] = []
         self._have = 0  # bytes in _pieces
         self._need = 0  # bytes the incomplete frame needs in all (prefix included)
+        self._ready: Optional[bytes] = None  # a long frame just joined, before _buffer
 
     def feed(self, data: bytes) -> None:
         """Add the bytes of one read."""
@@ -59,8 +61,17 @@ class FrameDecoder:
             self._pieces.append(data)
             self._have += len(data)
             if self._have >= self._need:
-                self._buffer = b"".join(self._pieces)
-                self._position = 0
+                # Join the payload alone (without its prefix and without the
+                # bytes after it): the frame is then handed on as it is,
+                # never sliced out of a bigger buffer (a second copy).
+                pieces, extra = self._pieces, self._have - self._need
+                if extra:
+                    pieces[-1], rest = data[:len(data) - extra], data[len(data) - extra:]
+                else:
+                    rest = b""
+                pieces[0] = pieces[0][self._prefix.size:]
+                self._ready = b"".join(pieces)
+                self._buffer, self._position = rest, 0
                 self._pieces, self._have, self._need = [], 0, 0
             return
         if self._position < len(self._buffer):
@@ -78,6 +89,9 @@ class FrameDecoder:
         """
         if self._need:
             return None
+        if self._ready is not None:
+            ready, self._ready = self._ready, None
+            return ready
         buffer, position = self._buffer, self._position
         available = len(buffer) - position
         header = self._prefix.size
@@ -99,9 +113,15 @@ class FrameDecoder:
         return buffer[position + header:end]
 
     @property
+    def collecting(self) -> bool:
+        """Whether a long frame is arriving (its reader may read in bigger chunks)."""
+        return self._need > 0
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not yet taken as frames."""
-        return len(self._buffer) - self._position + self._have
+        ready = len(self._ready) if self._ready is not None else 0
+        return len(self._buffer) - self._position + self._have + ready
 
 
 #: Incomplete frames from this size on are collected and joined once.

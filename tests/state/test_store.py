@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.errors import BadRequest, IndexOutOfRange, LTtxError, NotFound, WrongTypeError
 from lttx.state.store import MISSING, MemoryStore, strict_equal
+from lttx.wire.ext import Encoded
 
 from ..strategies import dict_keys, values
 
@@ -27,7 +28,8 @@ names = st.sampled_from(["a", "b", "c", "pos", "orders"])
 # Items that are == in Python but different on the wire, so that list_remove's
 # strict equality is exercised, not just random values that never collide.
 items = st.sampled_from([0, 1, 1.0, True, False, "1", b"1", None, [1], [True], {"a": 1},
-                         {"a": 1.0}]) | values
+                         {"a": 1.0}, Encoded("numpy.ndarray", b"1"),
+                         Encoded("pandas.Series", b"1")]) | values
 indexes = st.integers(-4, 4)
 
 

@@ -262,6 +262,40 @@ class LifecycleTests(SynchronousTestCase):
         self.assertEqual(contents(again), expected)
         self.assertEqual(again.get("orders"), [{"id": 2}])
 
+    def test_dataframes_survive_journal_and_snapshot(self) -> None:
+        """DataFrames and arrays (opaque Encoded values, small and over the
+        splice size) come back byte for byte from the journal, then from a
+        snapshot after compaction; list_remove finds them after a restart."""
+        from lttx.wire.codec import SPLICE_FROM
+        from lttx.wire.ext import Encoded
+
+        small = Encoded("numpy.ndarray", b"\x01\x03<f8\x00" + b"\x00" * 8)
+        large = Encoded("pandas.DataFrame", bytes(range(256)) * (SPLICE_FROM // 128))
+        store = open_store(self.dir, "no", self.clock)
+        store.startService()
+        store.put("bars", large)
+        store.dict_change("book", "arr", small)
+        for item in (large, small, large):
+            store.list_append("hist", item)
+        store.list_remove("hist", large)
+        expected = contents(store)
+        self.successResultOf(store.stopService())
+        again = open_store(self.dir, "no", self.clock)
+        again.startService()
+        self.assertEqual(contents(again), expected)
+        self.successResultOf(compacted(again, self.clock))
+        self.successResultOf(again.stopService())
+        snapshots = [n for n in os.listdir(self.dir) if n.endswith(".snap")]
+        self.assertEqual(len(snapshots), 1)
+        snapshot_size = os.path.getsize(os.path.join(self.dir, snapshots[0]))
+        self.assertGreater(snapshot_size, 2 * len(large.data))  # bars and a list item
+        third = open_store(self.dir, "no", self.clock)
+        self.addCleanup(third.stopService)
+        self.assertEqual(contents(third), expected)
+        self.assertEqual(third.get("bars").data, large.data)
+        self.assertTrue(third.list_remove("hist", large))
+        self.assertEqual(third.get("hist"), [small])
+
     def test_stop_flushes_syncs_and_refuses_later_writes(self) -> None:
         """stopService writes and fsyncs everything queued, then refuses writes."""
         lane = ManualLane()

@@ -44,7 +44,9 @@ class CodecTests(SynchronousTestCase):
             self.assertTrue(e.message)
 
     def test_extension_types_refused(self) -> None:
-        self.assertRaises(BadRequest, codec.decode, bytes.fromhex("d40500"))
+        """Extension type codes outside lttx.wire.ext (0, 6-127, negative) are refused."""
+        for code in (0, 6, 9, 127, 0x80, 0xfb):
+            self.assertRaises(BadRequest, codec.decode, bytes([0xd4, code, 0]))
 
     def test_truncated_and_trailing(self) -> None:
         self.assertRaises(BadRequest, codec.decode, b"\x92\x01")

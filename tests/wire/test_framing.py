@@ -55,6 +55,28 @@ class FrameDecoderTests(SynchronousTestCase):
         self.assertEqual(decoder.next_frame(), b"tail")
         self.assertIsNone(decoder.next_frame())
 
+    @settings(max_examples=50)
+    @given(st.lists(st.sampled_from([0, 5, LARGE_FRAME, LARGE_FRAME + 3, 2 * LARGE_FRAME + 1]),
+                    min_size=1, max_size=5),
+           st.lists(st.integers(min_value=0), max_size=12), st.booleans())
+    def test_large_frames_cut_anywhere(self, sizes: list[int], cuts: list[int],
+                                       take_late: bool) -> None:
+        """Large frames joined from reads cut anywhere (the next frame's start in
+        the same read, or not) come out whole, in order, counted in buffered."""
+        payloads = [bytes([i]) * n for i, n in enumerate(sizes)]
+        stream = b"".join(struct.pack("!I", len(p)) + p for p in payloads)
+        decoder = FrameDecoder(2**31)
+        out = []
+        for piece in split(stream, cuts):
+            decoder.feed(piece)
+            while not take_late and (f := decoder.next_frame()) is not None:
+                out.append(f)
+        self.assertEqual(decoder.buffered, len(stream) - sum(4 + len(f) for f in out))
+        while (f := decoder.next_frame()) is not None:
+            out.append(f)
+        self.assertEqual(out, payloads)
+        self.assertEqual(decoder.buffered, 0)
+
     def test_frame_over_the_limit_is_refused(self) -> None:
         """A length prefix over the limit raises FrameTooLong, with the length."""
         decoder = FrameDecoder(100)
@@ -95,4 +117,17 @@ class ProtocolLargeFrameTests(SynchronousTestCase):
             proto.dataReceived(data[start:start + 65536])
             self.assertEqual(transport.value(), b"")
         proto.dataReceived(data[start + 65536:])
+        self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 1, None]])
+
+    def test_a_large_frame_is_read_in_big_chunks(self) -> None:
+        """While a long frame arrives the daemon reads 1 MiB per recv, then 64 KiB again."""
+        from lttx.diskio import READ_SIZE, SMALL_READ_SIZE
+
+        proto, transport = server_protocol()
+        transport.bufferSize = SMALL_READ_SIZE  # type: ignore[attr-defined]
+        data = frame([0, 1, "put", ["big", b"y" * (4 * LARGE_FRAME)]])
+        proto.dataReceived(data[:100_000])
+        self.assertEqual(transport.bufferSize, READ_SIZE)  # type: ignore[attr-defined]
+        proto.dataReceived(data[100_000:])
+        self.assertEqual(transport.bufferSize, SMALL_READ_SIZE)  # type: ignore[attr-defined]
         self.assertEqual(frames_of(transport.value()), [[codec.REPLY, 1, None]])
