@@ -14,18 +14,23 @@ setup(
     # twisted.plugins is a namespace shared with Twisted itself: list it by
     # hand (find_packages would miss it) and never ship an __init__.py there.
     packages=find_packages(include=["lttx", "lttx.*"]) + ["twisted.plugins"],
-    package_data={"lttx": ["py.typed"], "twisted.plugins": ["lttx_plugin.py"]},
+    package_data={"lttx": ["py.typed"], "lttx.web": ["static/*"],
+                  "twisted.plugins": ["lttx_plugin.py"]},
     install_requires=[
         "twisted[tls]>=22.10",
         "service-identity>=21.1",
         "msgpack>=1.0",
         "tqdm>=4.60",
+        # The --http side's /metrics (a custom collector over the status report).
+        "prometheus_client>=0.16",
     ],
     extras_require={
         # cryptography (also pulled in by twisted[tls]) makes the TLS tests' certificates.
-        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0"],
+        # selenium drives Debian's chromium + chromium-driver in the status page's tests.
+        "test": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
+                 "selenium>=4.10"],
         "dev": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
-                "flake8", "mypy", "mypy-zope"],
+                "selenium>=4.10", "flake8", "mypy", "mypy-zope"],
     },
     entry_points={"console_scripts": ["lttx = lttx.cli:main"]},
     classifiers=[

@@ -129,6 +129,7 @@ class FileSession:
         self.download: Optional[_Download] = None
         self.opening_download = False
         self.closed = False
+        self.bytes_sent = 0  # file data written, for the status page
         # The session answers for its connection: nothing is sent once closed.
         self.dispatcher = Dispatcher(self, self, FILE_COMMAND_RIGHTS, self.log)
         os.makedirs(service.partial_directory, exist_ok=True)
@@ -445,6 +446,7 @@ class FileSession:
 
         def frame(chunk: bytes) -> bytes:
             download.md5.update(chunk)
+            self.bytes_sent += len(chunk) + PREFIX.size
             return PREFIX.pack(len(chunk)) + chunk
 
         sent = sender.beginFileTransfer(file, self.connection.transport, frame)

@@ -1,0 +1,68 @@
+"""
+The JSON documents of the HTTP side, read from the daemon's state when asked.
+
+- :func:`status_report`: the ``status`` request's report, as is
+  (``/status.json``), possibly a Deferred (a remote engine answers later);
+- :func:`connections_report`: each open connection's peer, token name,
+  kind, since when, bytes in and out and subscription count
+  (``/connections.json``), from integers the protocols keep;
+- :func:`health`: whether the daemon can serve (``/healthz``): the journal
+  writable and the engine connected, asked of those two components only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..server.state import ServerState
+
+#: The most connections ``/connections.json`` lists (the oldest first).
+MAX_CONNECTIONS_LISTED = 1000
+
+
+def status_report(state: ServerState) -> Any:
+    """The ``status`` command's report: a dict, or a Deferred firing with one."""
+    return state.status()
+
+
+def connections_report(state: ServerState,
+                       limit: int = MAX_CONNECTIONS_LISTED) -> dict[str, Any]:
+    """The open connections, oldest first, at most ``limit`` of them."""
+    rows = []
+    for connection in state.connections:
+        grant = getattr(connection, "grant", None)
+        outbox = getattr(connection, "outbox", None)
+        rows.append({
+            "peer": connection.peer,
+            "token": grant.name if connection.authenticated and grant is not None else None,
+            "kind": ("file" if getattr(connection, "file_session", None) is not None
+                     else "command" if connection.authenticated else "hello"),
+            "since": getattr(connection, "since", None),
+            "bytes_in": getattr(connection, "bytes_in", 0),
+            "bytes_out": getattr(connection, "bytes_out", 0),
+            "subscriptions": (len(state.channels.channels_of(outbox))
+                              if outbox is not None else 0),
+        })
+    rows.sort(key=lambda row: (row["since"] is None, row["since"] or 0.0, row["peer"]))
+    return {"total": len(rows), "connections": rows[:limit]}
+
+
+def health(state: ServerState) -> Optional[str]:
+    """
+    None while the daemon can serve; otherwise why not (one short line,
+    nothing else of the status report).
+    """
+    journal = state.status_sources.get("journal")
+    if journal is not None:
+        figures = journal.status()
+        if isinstance(figures, dict) and figures.get("writable") is False:
+            return "the journal is not writable"
+    engine = state.status_sources.get("engine")
+    if engine is not None:
+        figures = engine.status()
+        if isinstance(figures, dict) and figures.get("role") == "disconnected":
+            return "the engine is unavailable (Redis disconnected)"
+    return None
+
+
+__all__ = ["MAX_CONNECTIONS_LISTED", "connections_report", "health", "status_report"]
