@@ -47,7 +47,8 @@ ASSETS = {"app.js": b"text/javascript; charset=utf-8",
 
 _SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
-    b"referrer-policy": b"no-referrer",
+    # Same-origin: a form post carries its Origin (no-referrer would make it "null").
+    b"referrer-policy": b"same-origin",
     b"cache-control": b"no-store",
     b"x-frame-options": b"DENY",
 }

@@ -121,8 +121,9 @@ class RolesFileTests(SynchronousTestCase):
         """contrib/tokens.example.json (shown in the README) parses as documented."""
         roles = dict((grant.name, grant) for _, grant in
                      parse_roles(EXAMPLE.read_text(encoding="utf-8")))
-        self.assertEqual(sorted(roles), ["admin", "md-feed", "reports", "strategy"])
+        self.assertEqual(sorted(roles), ["admin", "md-feed", "prometheus", "reports", "strategy"])
         self.assertTrue(roles["admin"].unlimited)
+        self.assertEqual(roles["prometheus"].rights(), ["monitor:*"])
         self.assertEqual(roles["md-feed"].rights(), ["read:cfg_*", "publish:hq_*"])
 
     def test_errors_name_the_entry(self) -> None:
@@ -439,9 +440,9 @@ class TokenFileOptionTests(SynchronousTestCase):
         options = tap.Options()
         options.parseOptions(["--token-file", str(EXAMPLE), "--data-dir", self.mktemp()])
         self.assertEqual([grant.name for _, grant in options["roles"]],
-                         ["admin", "md-feed", "strategy", "reports"])
+                         ["admin", "md-feed", "strategy", "reports", "prometheus"])
         auth = tap.make_authenticator(options, {"LTTX_TOKEN": "ignored"})
-        self.assertEqual(auth.token_count, 4)
+        self.assertEqual(auth.token_count, 5)
         self.assertIsNone(auth.authenticate("ignored"))
         service = tap.makeService(options, MemoryReactorClock())
         self.assertEqual(len(listeners(service)), 1)

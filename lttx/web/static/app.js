@@ -57,7 +57,9 @@ async function getJson(path) {
 function fillTable(table, columns, rows) {
   table.replaceChildren();
   const head = el("tr");
-  for (const c of columns) head.appendChild(el("th", { scope: "col" }, c.label));
+  for (const c of columns) {
+    head.appendChild(el("th", { scope: "col", class: c.text ? "text" : "" }, c.label));
+  }
   table.appendChild(el("thead")).appendChild(head);
   const body = table.appendChild(el("tbody"));
   if (!rows.length) {
@@ -67,7 +69,9 @@ function fillTable(table, columns, rows) {
   }
   for (const row of rows) {
     const tr = body.appendChild(el("tr"));
-    for (const c of columns) tr.appendChild(el("td", { "data-key": c.key }, c.show(row)));
+    for (const c of columns) {
+      tr.appendChild(el("td", { "data-key": c.key, class: c.text ? "text" : "" }, c.show(row)));
+    }
   }
 }
 
@@ -114,8 +118,8 @@ function connections(doc) {
   const now = Date.now() / 1000;
   fillTable(document.getElementById("connections"), [
     { label: "peer", key: "peer", show: r => r.peer },
-    { label: "token", key: "token", show: r => show(r.token) },
-    { label: "kind", key: "kind", show: r => r.kind },
+    { label: "token", key: "token", show: r => show(r.token), text: true },
+    { label: "kind", key: "kind", show: r => r.kind, text: true },
     { label: "connected for", key: "since",
       show: r => r.since ? duration(now - r.since) : "–" },
     { label: "in", key: "bytes_in", show: r => bytes(r.bytes_in) },
@@ -149,8 +153,11 @@ function chart(id, series) {
   const box = document.getElementById(id);
   const W = 600, H = 180, top = 14, bottom = 16;
   box.replaceChildren();
+  // The last 15 minutes, or since the first sample if the daemon is younger.
   const end = samples.length ? samples[samples.length - 1][0] : Date.now() / 1000;
-  const start = end - WINDOW_S;
+  const first = samples.length ? samples[0][0] : end;
+  const span = Math.min(WINDOW_S, Math.max(60, end - first));
+  const start = end - span;
   let max = 1;
   for (const s of samples) for (const { column } of series) max = Math.max(max, s[column]);
   max = niceCeil(max * 1.05);
@@ -163,10 +170,10 @@ function chart(id, series) {
   const axis = box.appendChild(svg("text", { x: W - 4, y: H - 3, "text-anchor": "end" }));
   axis.textContent = "now";
   const axis0 = box.appendChild(svg("text", { x: 40, y: H - 3 }));
-  axis0.textContent = "−15 min";
+  axis0.textContent = "−" + Math.round(span / 60) + " min";
   for (const { column, cls } of series) {
     const points = samples.filter(s => s[0] >= start).map(s => {
-      const x = (s[0] - start) / WINDOW_S * W;
+      const x = (s[0] - start) / span * W;
       const y = top + (H - top - bottom) * (1 - s[column] / max);
       return x.toFixed(1) + "," + y.toFixed(1);
     });
