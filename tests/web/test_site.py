@@ -227,3 +227,28 @@ class HistoryTests(SynchronousTestCase):
             history.sample()
         self.assertEqual(list(history.samples), [[6.0, 150.0, 450.0, 2], [8.0, 200.0, 600.0, 2],
                                                  [10.0, 250.0, 750.0, 2]])
+
+
+class MetricsTests(SynchronousTestCase):
+    def test_new_report_keys_appear_without_code_changes(self) -> None:
+        """Per-channel and component keys the report gains become samples as they are."""
+        from lttx.web.metrics import exposition
+
+        report = {"version": "9", "connections": 1,
+                  "channels": {"channels": {"hq": {"messages": 5, "log_bytes": 640,
+                                                   "oldest_seq": 2, "slowest": "a:1",
+                                                   "password": True}},
+                               "published": 5},
+                  "journal": {"writable": False, "last_compaction": {"seconds": 0.5}}}
+        text = exposition(report).decode()
+        found = {(s.name, tuple(s.labels.items())): s.value
+                 for f in text_string_to_metric_families(text) for s in f.samples}
+        hq = (("channel", "hq"),)
+        self.assertEqual(found[("lttx_channel_log_bytes", hq)], 640)
+        self.assertEqual(found[("lttx_channel_oldest_seq", hq)], 2)
+        self.assertEqual(found[("lttx_channel_password", hq)], 1)
+        self.assertEqual(found[("lttx_channel_messages_total", hq)], 5)
+        self.assertNotIn(("lttx_channel_slowest", hq), found)  # not a number
+        self.assertEqual(found[("lttx_journal_writable", ())], 0)
+        self.assertEqual(found[("lttx_journal_last_compaction_seconds", ())], 0.5)
+        self.assertEqual(found[("lttx_build_info", (("version", "9"),))], 1)
