@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ..server.state import ServerState
 from ..state.auth import Grant
@@ -165,7 +165,7 @@ class _Page(_Guarded):
         token = request.args.get(b"token")
         if token:
             try:
-                grant = self.gate.check_token(token[0].decode("utf-8", "replace"))
+                grant = self.gate.check_token(request, token[0].decode("utf-8", "replace"))
             except Refused as refused:
                 log.info("HTTP {peer}: login refused: {reason}",
                          peer=_peer(request), reason=refused.reason)
@@ -209,7 +209,7 @@ class _Login(Resource):
             return login_form(request, "the form must be posted from this daemon's own page")
         token = (request.args.get(b"token") or [b""])[0].decode("utf-8", "replace").strip()
         try:
-            grant = self.gate.check_token(token)
+            grant = self.gate.check_token(request, token)
         except Refused as refused:
             log.info("HTTP {peer}: login refused: {reason}",
                      peer=_peer(request), reason=refused.reason)
@@ -273,11 +273,35 @@ class _Asset(Resource):
         return self.body
 
 
+#: The largest request body read (a login form is under 1 KiB).
+MAX_BODY = 16 * 1024
+#: Seconds an idle HTTP connection is kept.
+IDLE_TIMEOUT = 60
+
+
+class _LimitedRequest(Request):
+    """A request whose body may not exceed :data:`MAX_BODY`: past it, the
+    connection is dropped (no one may make the daemon buffer a large upload)."""
+
+    _body_bytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_bytes > MAX_BODY:
+            if not self.channel.transport.disconnecting:
+                log.info("HTTP {peer}: request body over {limit} bytes; closed",
+                         peer=_peer(self), limit=MAX_BODY)
+                self.channel.transport.abortConnection()
+            return
+        super().handleContentChunk(data)
+
+
 class StatusSite(Site):
     """The site; requests are not logged one line each (a scrape a second would flood)."""
 
     displayTracebacks = False
     noisy = False
+    requestFactory = _LimitedRequest
 
     def log(self, request: Any) -> None:
         pass
@@ -309,7 +333,7 @@ def make_site(state: ServerState, history: History,
     root.putChild(b"healthz", _Health(state))
     root.putChild(b"static", _Static())
     root.putChild(b"favicon.ico", _Asset("favicon.svg", ASSETS["favicon.svg"]))
-    site = StatusSite(root)
+    site = StatusSite(root, timeout=IDLE_TIMEOUT)
     site.gate = gate  # type: ignore[attr-defined]
     return site
 

@@ -147,6 +147,27 @@ class SiteTests(SynchronousTestCase):
         self.assertIn(b"loopback clients only", remote.body)
         self.assertEqual(request(site, "/healthz", peer="10.1.2.3").status, 200)
 
+    def test_protected_mode_gives_remote_peers_no_session(self) -> None:
+        """Without a token, a remote peer cannot log in by any token either."""
+        site = self.site(roles=None)
+        reply = request(site, "/?token=anything", peer="10.1.2.3")
+        self.assertEqual(reply.status, 403)
+        self.assertIsNone(reply.header("Set-Cookie"))
+        self.assertEqual(len(site.gate.sessions), 0)
+
+    def test_large_request_body_is_refused(self) -> None:
+        """A body over 16 KiB is not read: the connection is dropped."""
+        site = self.site()
+        protocol = site.buildProtocol(IPv4Address("TCP", "10.1.2.3", 4))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"POST /login HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: 100000000\r\n\r\n")
+        for _ in range(5):
+            protocol.dataReceived(b"t" * 8192)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertEqual(transport.value(), b"")
+
     def test_bearer_scheme_is_required(self) -> None:
         """Authorization other than Bearer TOKEN is a 401 saying how."""
         site = self.site()
