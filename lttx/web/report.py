@@ -1,8 +1,11 @@
 """
 The JSON documents of the HTTP side, read from the daemon's state when asked.
 
-- :func:`status_report`: the ``status`` request's report, as is
-  (``/status.json``), possibly a Deferred (a remote engine answers later);
+- :class:`StatusReports`: the ``status`` request's report, as is
+  (``/status.json``, ``/metrics``), possibly a Deferred (a remote engine
+  answers later); one report serves every HTTP request of the same second,
+  so that pages left open and scrapers cost the reactor at most one report
+  a second however many they are (the files part scans the files folder);
 - :func:`connections_report`: each open connection's peer, token name,
   kind, since when, bytes in and out and subscription count
   (``/connections.json``), from integers the protocols keep;
@@ -12,7 +15,9 @@ The JSON documents of the HTTP side, read from the daemon's state when asked.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred
 
 from ..server.state import ServerState
 
@@ -20,9 +25,36 @@ from ..server.state import ServerState
 MAX_CONNECTIONS_LISTED = 1000
 
 
-def status_report(state: ServerState) -> Any:
-    """The ``status`` command's report: a dict, or a Deferred firing with one."""
-    return state.status()
+#: Seconds one status report serves the HTTP requests that follow it.
+REPORT_MAX_AGE = 1.0
+
+
+class StatusReports:
+    """
+    The ``status`` command's report for HTTP requests, made at most once per
+    ``max_age`` seconds.
+
+    :param state: the daemon's state, whose ``status()`` makes the report.
+    :param clock: the time now, in seconds.
+    """
+
+    def __init__(self, state: ServerState, clock: Callable[[], float],
+                 max_age: float = REPORT_MAX_AGE) -> None:
+        self._state = state
+        self._clock = clock
+        self._max_age = max_age
+        self._report: Optional[dict[str, Any]] = None
+        self._made = 0.0
+
+    def get(self) -> Any:
+        """A report (a dict, not to be changed), or a Deferred firing with one."""
+        now = self._clock()
+        if self._report is not None and 0 <= now - self._made < self._max_age:
+            return self._report
+        report = self._state.status()
+        if not isinstance(report, Deferred):  # a remote engine's answer is not kept
+            self._report, self._made = report, now
+        return report
 
 
 def connections_report(state: ServerState,
@@ -65,4 +97,5 @@ def health(state: ServerState) -> Optional[str]:
     return None
 
 
-__all__ = ["MAX_CONNECTIONS_LISTED", "connections_report", "health", "status_report"]
+__all__ = ["MAX_CONNECTIONS_LISTED", "REPORT_MAX_AGE", "StatusReports", "connections_report",
+           "health"]

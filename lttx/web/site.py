@@ -36,7 +36,7 @@ from ..state.auth import Grant
 from .access import Gate, Refused, Sessions, same_origin
 from .history import History
 from .metrics import CONTENT_TYPE, exposition
-from .report import connections_report, health, status_report
+from .report import StatusReports, connections_report, health
 
 log = Logger(namespace="lttx.web")
 
@@ -147,15 +147,15 @@ class _Json(_Guarded):
 
 
 class _Metrics(_Guarded):
-    def __init__(self, gate: Gate, state: ServerState) -> None:
+    def __init__(self, gate: Gate, reports: StatusReports) -> None:
         super().__init__(gate)
-        self.state = state
+        self.reports = reports
 
     def serve(self, request: IRequest, grant: Grant) -> Any:
         def render(report: Any) -> bytes:
             _headers(request, CONTENT_TYPE.encode("ascii"))
             return exposition(report)
-        return _answer(request, status_report(self.state), render)
+        return _answer(request, self.reports.get(), render)
 
 
 class _Page(_Guarded):
@@ -320,16 +320,17 @@ def make_site(state: ServerState, history: History,
         assert state.clock is not None, "give a clock, or a state with one"
         clock = state.clock.seconds
     gate = Gate(state.auth, Sessions(clock))
+    reports = StatusReports(state, clock)
     root = Resource()
     root.putChild(b"", _Page(gate))
     root.putChild(b"login", _Login(gate))
     root.putChild(b"logout", _Logout(gate))
-    root.putChild(b"status.json", _Json(gate, lambda request: status_report(state)))
+    root.putChild(b"status.json", _Json(gate, lambda request: reports.get()))
     root.putChild(b"connections.json",
                   _Json(gate, lambda request: connections_report(state)))
     root.putChild(b"history.json",
                   _Json(gate, lambda request: history.since(_since(request))))
-    root.putChild(b"metrics", _Metrics(gate, state))
+    root.putChild(b"metrics", _Metrics(gate, reports))
     root.putChild(b"healthz", _Health(state))
     root.putChild(b"static", _Static())
     root.putChild(b"favicon.ico", _Asset("favicon.svg", ASSETS["favicon.svg"]))

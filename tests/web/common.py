@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import ssl
 from typing import Any, Optional
 
 from twisted.trial.unittest import TestCase
@@ -48,21 +49,27 @@ class Response:
 class HttpDaemon:
     """A real ``twistd -n lttx`` with the roles of :data:`ROLES` and ``--http``."""
 
-    def __init__(self, testcase: TestCase, *args: str, roles: Any = ROLES) -> None:
+    def __init__(self, testcase: TestCase, *args: str, roles: Any = ROLES,
+                 http: str = "tcp:0:interface=127.0.0.1",
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         path = testcase.mktemp()
         with open(path, "w", encoding="utf-8") as f:
             json.dump(roles, f)
         self.daemon = Daemon(testcase, "--token-file", path,
-                             "--http", "tcp:0:interface=127.0.0.1", *args, token=None)
+                             "--http", http, *args, token=None)
         line = self.daemon.wait_for_log(r"LTtx HTTP status page on .* at [\d.]+:\d+")
         self.http_port = int(re.search(r"at [\d.]+:(\d+)", line).group(1))  # type: ignore
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.http_port}"
 
     def request(self, path: str, token: Optional[str] = None, method: str = "GET",
                 headers: Optional[dict[str, str]] = None, body: Optional[bytes] = None
                 ) -> Response:
         """One request; ``token`` goes in ``Authorization: Bearer``."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=15)
+        connection = (
+            http.client.HTTPSConnection("127.0.0.1", self.http_port, timeout=15,
+                                        context=self.tls) if self.tls
+            else http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=15))
         try:
             sent = dict(headers or {})
             if token is not None:

@@ -6,6 +6,8 @@ balancer asking ``/healthz``, people logging in with a token.
 
 from __future__ import annotations
 
+import os
+import ssl
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +15,7 @@ from twisted.trial.unittest import TestCase
 
 import lttx
 
+from ..certs import CA, ssl_endpoint
 from .common import HttpDaemon
 
 
@@ -183,3 +186,23 @@ class AccessTests(TestCase):
         out = daemon.request("/logout", method="POST", headers={"Cookie": session, **ours})
         self.assertEqual(out.status, 303)
         self.assertEqual(daemon.request("/", headers={"Cookie": session}).status, 401)
+
+
+class TLSTests(TestCase):
+    def test_https_endpoint_and_secure_cookie(self) -> None:
+        """--http ssl:... serves over TLS, and the session cookie is Secure there."""
+        folder = self.mktemp()
+        os.makedirs(folder)
+        ca = CA.create("test-ca")
+        key, cert = ca.issue(folder, "server", ["localhost"], ["127.0.0.1"])
+        context = ssl.create_default_context(cafile=ca.write(folder))
+        daemon = HttpDaemon(self, http=ssl_endpoint(key, cert), tls=context)
+        self.assertEqual(daemon.request("/healthz").status, 200)
+        login = daemon.request("/?token=tok-monitor")
+        self.assertEqual(login.status, 303)
+        cookie = login.header("Set-Cookie")
+        self.assertIn("Secure", cookie)
+        session = cookie.split(";")[0]
+        report = daemon.request("/status.json", headers={"Cookie": session})
+        self.assertEqual(report.status, 200)
+        self.assertIn("channels", report.json())

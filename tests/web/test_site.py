@@ -273,3 +273,25 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(found[("lttx_journal_writable", ())], 0)
         self.assertEqual(found[("lttx_journal_last_compaction_seconds", ())], 0.5)
         self.assertEqual(found[("lttx_build_info", (("version", "9"),))], 1)
+
+
+class StatusReportsTests(SynchronousTestCase):
+    def test_one_report_a_second_serves_every_request(self) -> None:
+        """HTTP requests within a second share one report; the next second makes a new one."""
+        from lttx.web.report import StatusReports
+
+        clock = Clock()
+        made = []
+
+        class State:
+            def status(self) -> dict[str, Any]:
+                made.append(clock.seconds())
+                return {"n": len(made)}
+
+        reports = StatusReports(State(), clock.seconds)  # type: ignore[arg-type]
+        self.assertEqual([reports.get()["n"] for _ in range(5)], [1] * 5)
+        clock.advance(0.999)
+        self.assertEqual(reports.get()["n"], 1)
+        clock.advance(0.001)
+        self.assertEqual(reports.get()["n"], 2)
+        self.assertEqual(made, [0.0, 1.0])
