@@ -13,6 +13,7 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
+from ..diskio import pool_runner
 from ..server.state import ServerState
 from .history import SAMPLE_INTERVAL, History
 from .site import make_site
@@ -51,7 +52,7 @@ def make_http_service(state: ServerState, endpoints: Sequence[str], reactor: Any
     sampler = TimerService(SAMPLE_INTERVAL, history.sample)
     sampler.clock = reactor
     sampler.setServiceParent(services)
-    site = make_site(state, history, reactor.seconds)
+    site = make_site(state, history, reactor.seconds, pool_runner(reactor))
     for description in endpoints:
         listener = _HttpEndpointService(description, serverFromString(reactor, description), site)
         listener.setServiceParent(services)
