@@ -59,7 +59,7 @@ _PAGE_POLICY = (b"default-src 'none'; script-src 'self'; style-src 'self'; "
 
 
 def _asset(name: str) -> bytes:
-    return resources.files(__package__).joinpath("static", name).read_bytes()
+    return resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
 
 
 def _headers(request: IRequest, content_type: bytes) -> None:
@@ -88,7 +88,7 @@ def _peer(request: IRequest) -> str:
     return f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
 
 
-def _answer(request: IRequest, value: Any, render: Callable[[Any], bytes]) -> Any:
+def _answer(request: Any, value: Any, render: Callable[[Any], bytes]) -> Any:
     """Render ``value`` now, or once the Deferred it is fires."""
     if not isinstance(value, Deferred):
         return render(value)
@@ -301,10 +301,11 @@ class _LimitedRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         self._body_bytes += len(data)
         if self._body_bytes > MAX_BODY:
-            if not self.channel.transport.disconnecting:
+            transport: Any = self.channel.transport
+            if not transport.disconnecting:
                 log.info("HTTP {peer}: request body over {limit} bytes; closed",
                          peer=_peer(self), limit=MAX_BODY)
-                self.channel.transport.abortConnection()
+                transport.abortConnection()
             return
         super().handleContentChunk(data)
 

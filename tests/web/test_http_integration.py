@@ -76,14 +76,18 @@ class MetricsTests(TestCase):
 
 class StatusJsonTests(TestCase):
     def test_status_json_is_the_status_report(self) -> None:
-        """/status.json equals what the status command reports (but for the uptime)."""
+        """/status.json equals what the status command reports (but for uptime and rates)."""
         daemon = HttpDaemon(self)
         traffic(daemon, "hq", 20)
         client = daemon.daemon.connect(token="tok-monitor")
         native = client.status()
         document = daemon.request("/status.json", token="tok-monitor").json()
+        # What moves with the clock between the two requests: the uptime, and
+        # the rates the channel registry samples once a second.
         for report in (native, document):
             self.assertIsInstance(report.pop("uptime"), float)
+            for figures in report["channels"]["channels"].values():
+                self.assertGreaterEqual(figures.pop("rate"), 0)
         self.assertEqual(document, native)
         self.assertEqual(document["channels"]["channels"]["hq"]["messages"], 20)
 
