@@ -104,6 +104,7 @@ class _Download:
         self.md5 = md5
         self.sender: Optional[FileSender] = None
         self.sent = False
+        self.done = offset  # bytes of the file sent so far, for the status page
         self.started = time.monotonic()
 
 
@@ -447,6 +448,7 @@ class FileSession:
         def frame(chunk: bytes) -> bytes:
             download.md5.update(chunk)
             self.bytes_sent += len(chunk) + PREFIX.size
+            download.done += len(chunk)
             return PREFIX.pack(len(chunk)) + chunk
 
         sent = sender.beginFileTransfer(file, self.connection.transport, frame)

@@ -7,7 +7,8 @@ The JSON documents of the HTTP side, read from the daemon's state when asked.
   so that pages left open and scrapers cost the reactor at most one report
   a second however many they are (the files part scans the files folder);
 - :func:`connections_report`: each open connection's peer, token name,
-  kind, since when, bytes in and out and subscription count
+  kind, since when, bytes in and out, subscription count and file transfer
+  in flight
   (``/connections.json``), from integers the protocols keep;
 - :func:`health`: whether the daemon can serve (``/healthz``): the journal
   writable and the engine connected, asked of those two components only.
@@ -74,9 +75,24 @@ def connections_report(state: ServerState,
             "bytes_out": getattr(connection, "bytes_out", 0),
             "subscriptions": (len(state.channels.channels_of(outbox))
                               if outbox is not None else 0),
+            "transfer": _transfer(getattr(connection, "file_session", None)),
         })
     rows.sort(key=lambda row: (row["since"] is None, row["since"] or 0.0, row["peer"]))
     return {"total": len(rows), "connections": rows[:limit]}
+
+
+def _transfer(session: Any) -> Optional[dict[str, Any]]:
+    """A file connection's transfer in flight: its kind, file, bytes done and size."""
+    if session is None:
+        return None
+    upload, download = session.upload, session.download
+    if upload is not None:
+        return {"kind": "upload", "name": upload.name, "done": upload.received,
+                "size": upload.size}
+    if download is not None:
+        return {"kind": "download", "name": download.name, "done": download.done,
+                "size": download.size}
+    return None
 
 
 def health(state: ServerState) -> Optional[str]:

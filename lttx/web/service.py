@@ -52,7 +52,7 @@ def make_http_service(state: ServerState, endpoints: Sequence[str], reactor: Any
     sampler = TimerService(SAMPLE_INTERVAL, history.sample)
     sampler.clock = reactor
     sampler.setServiceParent(services)
-    site = make_site(state, history, reactor.seconds, pool_runner(reactor))
+    site = make_site(state, history, reactor, pool_runner(reactor))
     for description in endpoints:
         listener = _HttpEndpointService(description, serverFromString(reactor, description), site)
         listener.setServiceParent(services)

@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -322,20 +323,22 @@ class StatusSite(Site):
 
 
 def make_site(state: ServerState, history: History,
-              clock: Optional[Callable[[], float]] = None,
+              reactor: Optional[IReactorTime] = None,
               run: RunInThread = run_inline) -> StatusSite:
     """
     The HTTP site of one daemon.
 
     :param state: what the daemon's connections share (the status report).
     :param history: the ring of rates the page's charts draw.
-    :param clock: the time, for session expiry (the state's clock by default).
+    :param reactor: times session expiry and idle HTTP connections (the
+        state's clock by default).
     :param run: where the metrics text is written (the reactor's thread pool
         in the daemon; at once by default).
     """
-    if clock is None:
-        assert state.clock is not None, "give a clock, or a state with one"
-        clock = state.clock.seconds
+    if reactor is None:
+        assert state.clock is not None, "give a reactor, or a state with a clock"
+        reactor = state.clock
+    clock = reactor.seconds
     gate = Gate(state.auth, Sessions(clock))
     reports = StatusReports(state, clock)
     root = Resource()
@@ -351,7 +354,7 @@ def make_site(state: ServerState, history: History,
     root.putChild(b"healthz", _Health(state))
     root.putChild(b"static", _Static())
     root.putChild(b"favicon.ico", _Asset("favicon.svg", ASSETS["favicon.svg"]))
-    site = StatusSite(root, timeout=IDLE_TIMEOUT)
+    site = StatusSite(root, timeout=IDLE_TIMEOUT, reactor=reactor)
     site.gate = gate  # type: ignore[attr-defined]
     return site
 

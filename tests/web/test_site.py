@@ -91,7 +91,7 @@ class SiteTests(SynchronousTestCase):
         channels = state.channels
         self.history = History(lambda: (channels.published, channels.delivered,
                                         len(state.connections)), self.clock.seconds)
-        return make_site(state, self.history, self.clock.seconds)
+        return make_site(state, self.history, self.clock)
 
     def test_healthz_turns_503_when_the_journal_cannot_be_written(self) -> None:
         """A journal write failing (a full disk) makes /healthz 503 with the reason only."""
@@ -167,6 +167,18 @@ class SiteTests(SynchronousTestCase):
             protocol.dataReceived(b"t" * 8192)
         self.assertTrue(transport.disconnecting or transport.disconnected)
         self.assertEqual(transport.value(), b"")
+
+    def test_idle_connection_is_closed(self) -> None:
+        """An HTTP connection that sends nothing is closed after a minute."""
+        site = self.site()
+        protocol = site.buildProtocol(IPv4Address("TCP", "10.1.2.3", 4))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /healthz HTTP/1.1\r\n")
+        self.clock.advance(59)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
 
     def test_bearer_scheme_is_required(self) -> None:
         """Authorization other than Bearer TOKEN is a 401 saying how."""
@@ -295,3 +307,31 @@ class StatusReportsTests(SynchronousTestCase):
         clock.advance(0.001)
         self.assertEqual(reports.get()["n"], 2)
         self.assertEqual(made, [0.0, 1.0])
+
+
+class ConnectionsReportTests(SynchronousTestCase):
+    def test_file_transfer_in_flight_is_listed_with_its_progress(self) -> None:
+        """A file connection shows its upload or download: file, bytes done, size."""
+        from lttx.web.report import connections_report
+
+        class SimpleNamespace:
+            def __init__(self, **attributes: Any) -> None:
+                self.__dict__.update(attributes)
+
+        state = ServerState(MemoryStore(), TokenAuthenticator("t"))
+        grant = Grant.everything("reports")
+        upload = SimpleNamespace(name="a.csv", received=300, size=1000)
+        download = SimpleNamespace(name="b.csv", done=50, size=100)
+        for peer, since, session in (
+                ("1.2.3.4:1", 1.0, SimpleNamespace(upload=upload, download=None)),
+                ("1.2.3.4:2", 2.0, SimpleNamespace(upload=None, download=download)),
+                ("1.2.3.4:3", 3.0, None)):
+            state.connection_made(SimpleNamespace(  # type: ignore[arg-type]
+                peer=peer, authenticated=True, grant=grant, since=since, bytes_in=1,
+                bytes_out=2, outbox=None, file_session=session))
+        rows = connections_report(state)["connections"]
+        self.assertEqual([(r["kind"], r["transfer"]) for r in rows], [
+            ("file", {"kind": "upload", "name": "a.csv", "done": 300, "size": 1000}),
+            ("file", {"kind": "download", "name": "b.csv", "done": 50, "size": 100}),
+            ("command", None)])
+        self.assertEqual(connections_report(state, limit=1)["total"], 3)

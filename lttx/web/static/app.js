@@ -125,6 +125,10 @@ function connections(doc) {
     { label: "in", key: "bytes_in", show: r => bytes(r.bytes_in) },
     { label: "out", key: "bytes_out", show: r => bytes(r.bytes_out) },
     { label: "subscriptions", key: "subscriptions", show: r => show(r.subscriptions) },
+    { label: "transfer", key: "transfer", text: true, show: r => r.transfer
+      ? r.transfer.kind + " " + r.transfer.name + " " +
+        (r.transfer.size ? Math.floor(100 * r.transfer.done / r.transfer.size) : 100) + "%"
+      : "" },
   ], doc.connections);
 }
 
