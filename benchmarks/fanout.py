@@ -5,6 +5,7 @@ Run by hand from the checkout (about two minutes; every scenario is bounded)::
 
     python3 benchmarks/fanout.py            # all scenarios
     python3 benchmarks/fanout.py --quick    # fewer messages
+    python3 benchmarks/fanout.py --quick --status-page   # lttx also with the page watched
 
 Scenarios, each run on the three systems in the same run:
 
@@ -24,6 +25,11 @@ Systems:
 - ``redis``: ``redis-server`` (started here on a free port) with redis-py:
   PUBLISH pipelined in batches of 500 (at a steady rate: the messages of
   each 1 ms step together), subscribers on ``pubsub().get_message``.
+
+With ``--status-page`` the daemon also serves ``--http``, and every
+scenario runs on LTtx twice in the same run: as above, and as ``lttx+page``
+with the status page open in a headless Chromium (it polls every 2 s) and
+``/metrics`` scraped every second, as Prometheus would.
 
 Messages are ~100-byte ticks.  Subscribers are separate processes; times are
 ``time.monotonic_ns()`` (one clock for all processes on Linux).  The figure
@@ -323,9 +329,13 @@ class Servers:
         self.lttx_log: list[str] = []
         for line in daemon.stdout:  # type: ignore[union-attr]
             self.lttx_log.append(line)
+            found = re.search(r"LTtx HTTP status page on .* at [\d.]+:(\d+)", line)
+            if found:
+                self.ports["http"] = int(found.group(1))
             found = re.search(r"LTtx listening on .* at [\d.]+:(\d+)", line)
             if found:
                 self.ports["lttx"] = int(found.group(1))
+            if "lttx" in self.ports and ("--http" not in lttx_args or "http" in self.ports):
                 break
         threading.Thread(target=self._collect, args=(daemon,), daemon=True).start()
         self.daemon = daemon
@@ -378,8 +388,61 @@ class Servers:
 # -- scenarios -------------------------------------------------------------------------
 
 
+class PageWatcher:
+    """The status page open in a headless Chromium, and /metrics scraped every second."""
+
+    def __init__(self, http_port: int, log: list[str]) -> None:
+        import urllib.request
+
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.stopped = threading.Event()
+        self.scrapes = 0
+        self.tmp = tempfile.mkdtemp(prefix="lttx-bench-chromium-")
+        self.browser = subprocess.Popen(
+            [shutil.which("chromium") or "chromium", "--headless=new", "--no-sandbox",
+             "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={self.tmp}",
+             "--remote-debugging-port=0", f"{self.url}/?token={TOKEN}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        request = urllib.request.Request(f"{self.url}/metrics",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+
+        def scrape() -> None:
+            while not self.stopped.wait(1.0):
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    response.read()
+                self.scrapes += 1
+
+        self.thread = threading.Thread(target=scrape, daemon=True)
+        self.thread.start()
+        # Measure the page open, not the browser starting: wait for its login
+        # and a few of its polls.
+        start = len(log)
+        deadline = time.monotonic() + 30
+        while not any("logged in as" in line for line in log[start:]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the headless browser did not open the status page")
+            time.sleep(0.1)
+        time.sleep(5)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+        self.browser.terminate()
+        self.browser.wait(10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
 def scenario(servers: Servers, system: str, subscribers: int, n: int, frozen: int = 0,
              rate: Optional[float] = None, budget: float = 20.0) -> dict[str, Any]:
+    if system == "lttx+page":
+        watcher = PageWatcher(servers.ports["http"], servers.lttx_log)
+        try:
+            result = scenario(servers, "lttx", subscribers, n, frozen, rate, budget)
+        finally:
+            watcher.stop()
+        result["system"] = system
+        result["scrapes"] = watcher.scrapes
+        return result
     port = servers.ports[system]
     deadline = time.monotonic() + budget + 10
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -437,13 +500,18 @@ def scenario(servers: Servers, system: str, subscribers: int, n: int, frozen: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages")
+    parser.add_argument("--status-page", action="store_true",
+                        help="also run lttx with its status page open and /metrics scraped")
     args = parser.parse_args()
     n1, n10 = (50_000, 10_000) if args.quick else (200_000, 40_000)
     # SIGTERM (e.g. from timeout(1)) still stops the servers started here.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
-    servers = Servers(["--subscriber-buffer", "4MiB"])
+    http = ["--http", "tcp:0:interface=127.0.0.1"] if args.status_page else []
+    servers = Servers(["--subscriber-buffer", "4MiB", *http])
     table: list[dict[str, Any]] = []
     systems = [s for s in ("lttx", "raw", "redis") if s in servers.ports]
+    if args.status_page:
+        systems.insert(1, "lttx+page")
     try:
         plan = [
             ("1 -> 1", dict(subscribers=1, n=n1)),
@@ -458,17 +526,22 @@ def main() -> None:
                 result["scenario"] = title
                 table.append(result)
                 live = kwargs["subscribers"] - kwargs.get("frozen", 0)  # type: ignore[operator]
-                line = (f"  {system:6s} delivered {result['delivered_per_s']:>10,.0f} msg/s  "
+                line = (f"  {system:9s} delivered {result['delivered_per_s']:>10,.0f} msg/s  "
                         f"published {result['publish_per_s']:>10,.0f} msg/s  "
                         f"received {result['received']:>8,}/{result['sent'] * live:<8,}")
                 if "p50_us" in result and result["p50_us"] is not None:
                     line += f"  p50 {result['p50_us']:,.0f} us  p99 {result['p99_us']:,.0f} us"
                 if not result["complete"]:
                     line += "  INCOMPLETE (stalled)"
+                if "scrapes" in result:
+                    line += f"  ({result['scrapes']} scrapes)"
                 if "daemon_rss_growth_kib" in result:
                     line += f"  daemon RSS +{result['daemon_rss_growth_kib'] / 1024:.1f} MiB"
                 print(line, flush=True)
             by = {r["system"]: r for r in table if r["scenario"] == title}
+            if "lttx+page" in by and by["lttx"]["delivered_per_s"]:
+                ratio = by["lttx+page"]["delivered_per_s"] / by["lttx"]["delivered_per_s"]
+                print(f"  lttx+page / lttx = {ratio:.2f}")
             for other in ("raw", "redis"):
                 if "lttx" in by and other in by and by[other]["delivered_per_s"]:
                     ratio = by["lttx"]["delivered_per_s"] / by[other]["delivered_per_s"]

@@ -58,7 +58,8 @@ class Options(usage.Options):
          "object, several tokens with their rights (a roles file, see README.md): "
          '{"tokens": [{"name": "feed", "token": "...", "rights": ["publish:hq_*", '
          '"read"]}]}. Actions: read, write (variables), publish, subscribe (channels), '
-         "upload, download (files), all; ACTION:GLOB limits one to matching names."],
+         "upload, download (files), monitor (the status report, the HTTP page and "
+         "metrics), all; ACTION:GLOB limits one to matching names."],
         ["data-dir", "d", "./lttx-data", "Where variables, the journal and files live."],
         ["fsync", None, "everysec",
          "Durability of variable writes: always (each write on disk before its reply), "
@@ -88,6 +89,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["legacy-listen"] = []
+        self["http"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -104,6 +106,15 @@ class Options(usage.Options):
         networks; the token, roles and protected mode apply as on --listen.
         """
         self["legacy-listen"].append(endpoint)
+
+    def opt_http(self, endpoint: str) -> None:
+        """
+        Serve the status page, /status.json, /metrics and /healthz over HTTP on
+        this Twisted endpoint, e.g. tcp:8025:interface=127.0.0.1 or
+        ssl:8443:privateKey=key.pem:certKey=cert.pem; repeatable; off by default
+        (docs/http.md).
+        """
+        self["http"].append(endpoint)
 
     def opt_fsync(self, policy: str) -> None:
         """Durability of variable writes: always, everysec or no."""
@@ -282,6 +293,10 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         service = _LoggingEndpointService(description, endpoint, factory)
         service.setServiceParent(top)
     _legacy_listeners(options, reactor, state, legacy, top)
+    if options.get("http"):
+        from .web.service import make_http_service
+
+        make_http_service(state, options["http"], reactor).setServiceParent(top)
     return top
 
 

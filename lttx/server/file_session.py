@@ -106,6 +106,7 @@ class _Download:
         self.md5 = md5
         self.sender: Optional[FileSender] = None
         self.sent = False
+        self.done = offset  # bytes of the file sent so far, for the status page
         self.started = time.monotonic()
 
 
@@ -131,6 +132,7 @@ class FileSession:
         self.download: Optional[_Download] = None
         self.opening_download = False
         self.closed = False
+        self.bytes_sent = 0  # file data written, for the status page
         # The session answers for its connection: nothing is sent once closed.
         self.dispatcher = Dispatcher(self, self, FILE_COMMAND_RIGHTS, self.log)
         os.makedirs(service.partial_directory, exist_ok=True)
@@ -489,6 +491,8 @@ class FileSession:
         def frame(chunk: bytes) -> bytes:
             download.md5.update(chunk)
             self._progress()
+            self.bytes_sent += len(chunk) + PREFIX.size
+            download.done += len(chunk)
             return PREFIX.pack(len(chunk)) + chunk
 
         sent = sender.beginFileTransfer(file, self.connection.transport, frame)

@@ -75,6 +75,7 @@ class Outbox:
         self._overflow_reason = ""
         self.conflated_drops = 0
         self.peak_bytes = 0
+        self.written = 0  # bytes handed to the transport, for the status page
         transport.registerProducer(self, True)
 
     # -- ISubscriber --------------------------------------------------------
@@ -137,7 +138,9 @@ class Outbox:
         if self.queued_bytes <= CHUNK:
             frames = self._frames if self._keyed is None else list(self._keyed.values())
             self._clear()
-            self.transport.write(b"".join(frames))
+            data = b"".join(frames)
+            self.written += len(data)
+            self.transport.write(data)
             return
         # A backlog: slices, stopping as soon as the transport pushes back.
         if self._keyed is None:
@@ -157,6 +160,7 @@ class Outbox:
             start = end
             self.queued_bytes -= size
             self.plain_bytes -= plain
+            self.written += size
             self.transport.write(b"".join(chunk))
         if self.stopped:
             return

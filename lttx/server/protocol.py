@@ -81,6 +81,12 @@ class LTtxServerProtocol(Int32StringReceiver):
         self._dispatcher: Optional[Dispatcher] = None  # on a command connection, after hello
         self._host = "?"  # the peer's host: the throttle and the refusal log key on it
         self._held_hello: Any = None  # a hello waiting for its turn (HelloThrottle)
+        #: When the connection was accepted (the state's clock), for the status page.
+        self.since: Optional[float] = None
+        #: Bytes received, and sent by this protocol itself (the outbox and the
+        #: file sender count theirs): one integer add per chunk or frame.
+        self.bytes_in = 0
+        self._bytes_sent = 0
 
     # -- connection ---------------------------------------------------------
 
@@ -97,6 +103,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             return
         _tune_tcp(self.transport)
         if self.state.clock is not None:
+            self.since = self.state.clock.seconds()
             self._hello_timer = self.state.clock.callLater(HELLO_TIMEOUT, self._hello_late)
         self.state.connection_made(self)
 
@@ -145,6 +152,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             f"frame of {length} bytes is over the limit of {self._decoder.max_length} bytes"))
 
     def dataReceived(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         decoder = self._decoder
         decoder.feed(data)
         try:
@@ -306,6 +314,20 @@ class LTtxServerProtocol(Int32StringReceiver):
         authorize(self.grant, action, resource)
 
     # -- replies ------------------------------------------------------------
+
+    def sendString(self, string: bytes) -> None:
+        self._bytes_sent += len(string) + 4  # the length prefix
+        super().sendString(string)
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes written to this connection: replies, messages, file data."""
+        sent = self._bytes_sent
+        if self.outbox is not None:
+            sent += self.outbox.written
+        if self.file_session is not None:
+            sent += self.file_session.bytes_sent
+        return sent
 
     def send_frame(self, payload: Any) -> None:
         """Encode and send one frame."""

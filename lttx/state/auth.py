@@ -33,8 +33,13 @@ from ..wire.names import check_file_name
 
 #: What a right can allow.  ``read``/``write`` are about variables,
 #: ``publish``/``subscribe`` about channels, ``upload``/``download`` about
-#: files (listing files counts as ``download``, deleting one as ``upload``).
-ACTIONS = ("read", "write", "publish", "subscribe", "upload", "download")
+#: files (listing files counts as ``download``, deleting one as ``upload``),
+#: ``monitor`` about the daemon itself (the ``status`` request, the HTTP
+#: status page, ``/status.json`` and ``/metrics``; it takes no pattern).
+ACTIONS = ("read", "write", "publish", "subscribe", "upload", "download", "monitor")
+
+#: The right that shows the daemon's whole status report, and nothing else.
+MONITOR = "monitor"
 
 #: A right naming every action at once.
 ALL = "all"
@@ -80,7 +85,11 @@ class Grant:
                     f"(actions: {', '.join(ACTIONS)}, or {ALL})")
             if not pattern:
                 raise RolesError(f"{name}: empty pattern in right {right!r}")
+            if action == MONITOR and pattern != "*":
+                raise RolesError(f"{name}: {MONITOR} takes no pattern, in right {right!r}")
             for each in ACTIONS if action == ALL else (action,):
+                if each == MONITOR and pattern != "*":
+                    continue  # all:orders_* is about those names, not the whole daemon
                 patterns.setdefault(each, []).append(pattern)
         return cls(name, {action: tuple(p) for action, p in patterns.items()})
 
@@ -149,6 +158,8 @@ COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
     # The handlers check each channel of the list themselves.
     "subscribe": None,
     "unsubscribe": None,
+    # The whole report: a monitor token sees every name in it.
+    "status": Right(MONITOR),
 }
 
 #: The same for a file connection (``hello`` with mode ``file``): listing
@@ -195,6 +206,9 @@ def authorize_command(grant: Grant, command: str, args: Sequence[Any],
     needs = rights[command]
     if needs is None:
         return
+    if needs.action == MONITOR and not grant.allows(MONITOR):
+        raise PermissionDenied(
+            f"the token {grant.name!r} may not use {command}: it needs the {MONITOR} right")
     if needs.argument is None:
         authorize(grant, needs.action)
         return

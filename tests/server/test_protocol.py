@@ -324,3 +324,28 @@ class BeforeHelloTests(SynchronousTestCase):
         self.assertTrue(silent_transport.disconnecting)
         self.assertFalse(talker_transport.disconnecting)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class ByteCounterTests(SynchronousTestCase):
+    def test_connection_counts_its_bytes(self) -> None:
+        """bytes_in counts what was received; bytes_out replies and messages written."""
+        from lttx.state.channels import ChannelRegistry
+
+        registry = ChannelRegistry()
+        subscriber, sub_transport = server_protocol(channels=registry)
+        publisher, pub_transport = server_protocol(channels=registry)
+        hello = len(frame([codec.REQUEST, 0, "hello", [TOKEN, {}]]))
+        self.assertEqual(subscriber.bytes_in, hello)
+        self.assertGreater(subscriber.bytes_out, 0)  # the hello reply
+        request = frame([codec.REQUEST, 1, "subscribe", [["hq"]]])
+        before = subscriber.bytes_out
+        subscriber.dataReceived(request)
+        self.assertEqual(subscriber.bytes_in, hello + len(request))
+        self.assertEqual(subscriber.bytes_out - before, len(sub_transport.value()))
+        sub_transport.clear()
+        before = subscriber.bytes_out
+        push = frame([codec.PUBLISH, "hq", "k", b"x" * 100])
+        publisher.dataReceived(push * 3)
+        self.assertEqual(publisher.bytes_in, hello + 3 * len(push))
+        self.assertEqual(subscriber.bytes_out - before, len(sub_transport.value()))
+        self.assertGreater(len(sub_transport.value()), 300)

@@ -76,8 +76,21 @@ class GrantTests(SynchronousTestCase):
         self.assertFalse(grant.allows("publish", "orders_1"))
         self.assertFalse(grant.unlimited)
         self.assertTrue(Grant.parse("g", ["all"]).unlimited)
+        # all:PATTERN is about those names: it does not include monitor.
         self.assertEqual(Grant.parse("g", ["all:x_*"]).rights(),
-                         [f"{action}:x_*" for action in ACTIONS])
+                         [f"{action}:x_*" for action in ACTIONS if action != "monitor"])
+
+    def test_monitor_right(self) -> None:
+        """monitor is a right of its own, in all, and takes no pattern."""
+        self.assertTrue(Grant.parse("g", ["monitor"]).allows("monitor"))
+        self.assertFalse(Grant.parse("g", ["monitor"]).allows("read", "x"))
+        self.assertTrue(Grant.parse("g", ["all"]).allows("monitor"))
+        self.assertTrue(Grant.everything().allows("monitor"))
+        self.assertFalse(Grant.parse("g", ["all:x_*"]).allows("monitor"))
+        self.assertFalse(Grant.parse("g", ["read", "write"]).allows("monitor"))
+        with self.assertRaises(RolesError) as caught:
+            Grant.parse("g", ["monitor:hq_*"])
+        self.assertIn("monitor takes no pattern", str(caught.exception))
 
     def test_any_name(self) -> None:
         """resource=None asks whether the action is allowed on some name."""
@@ -96,7 +109,7 @@ class GrantTests(SynchronousTestCase):
             Grant.parse("feed", ["pubish:hq_*"])
         self.assertEqual(str(caught.exception),
                          "feed: unknown action 'pubish' in right 'pubish:hq_*' (actions: "
-                         "read, write, publish, subscribe, upload, download, or all)")
+                         "read, write, publish, subscribe, upload, download, monitor, or all)")
         self.assertRaises(RolesError, Grant.parse, "g", ["read:"])
         self.assertRaises(RolesError, Grant.parse, "g", [1])
 
@@ -108,8 +121,9 @@ class RolesFileTests(SynchronousTestCase):
         """contrib/tokens.example.json (shown in the README) parses as documented."""
         roles = dict((grant.name, grant) for _, grant in
                      parse_roles(EXAMPLE.read_text(encoding="utf-8")))
-        self.assertEqual(sorted(roles), ["admin", "md-feed", "reports", "strategy"])
+        self.assertEqual(sorted(roles), ["admin", "md-feed", "prometheus", "reports", "strategy"])
         self.assertTrue(roles["admin"].unlimited)
+        self.assertEqual(roles["prometheus"].rights(), ["monitor:*"])
         self.assertEqual(roles["md-feed"].rights(), ["read:cfg_*", "publish:hq_*"])
 
     def test_errors_name_the_entry(self) -> None:
@@ -428,9 +442,9 @@ class TokenFileOptionTests(SynchronousTestCase):
         options = tap.Options()
         options.parseOptions(["--token-file", str(EXAMPLE), "--data-dir", self.mktemp()])
         self.assertEqual([grant.name for _, grant in options["roles"]],
-                         ["admin", "md-feed", "strategy", "reports"])
+                         ["admin", "md-feed", "strategy", "reports", "prometheus"])
         auth = tap.make_authenticator(options, {"LTTX_TOKEN": "ignored"})
-        self.assertEqual(auth.token_count, 4)
+        self.assertEqual(auth.token_count, 5)
         self.assertIsNone(auth.authenticate("ignored"))
         service = tap.makeService(options, MemoryReactorClock())
         self.assertEqual(len(listeners(service)), 1)
@@ -451,7 +465,8 @@ class TokenFileOptionTests(SynchronousTestCase):
         self.assertIn("a roles file", text)
         self.assertIn('"rights": ["publish:hq_*", "read"]', text)
         self.assertIn("read, write (variables), publish, subscribe (channels), upload, "
-                      "download (files), all", text)
+                      "download (files), monitor (the status report, the HTTP page and "
+                      "metrics), all", text)
 
 
 class RolesIntegrationTests(TestCase):
