@@ -20,6 +20,7 @@ from .errors import (
     BadRequest,
     ChecksumMismatch,
     ConnectError,
+    Conflict,
     ConnectionLost,
     EncodeError,
     FileBusy,
@@ -50,7 +51,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
+    "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "Conflict", "ConnectError",
+    "ConnectionLost",
     "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange", "LTtxError", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
     "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Client", "Message", "connect",

@@ -55,10 +55,11 @@ def write_journal(directory: str, generation: int, records: list, tail: bytes = 
 
 
 def write_snapshot(directory: str, generation: int, state: dict) -> str:
+    """A snapshot in format 1 (as the previous version wrote it)."""
     path = os.path.join(directory, snapshot_name(generation))
     items = [x for pair in state.items() for x in pair]
     with open(path, "wb") as f:
-        f.write(encode_header(SNAPSHOT_MAGIC, generation))
+        f.write(encode_header(SNAPSHOT_MAGIC, generation, 1))
         f.write(encode_record([SNAPSHOT_ITEMS, items]))
         f.write(encode_record([SNAPSHOT_END, len(state)]))
     return path
