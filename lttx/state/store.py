@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import heapq
 import math
+import time
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 from zope.interface import Interface, implementer
@@ -209,7 +210,7 @@ class MemoryStore:
     :param clock: the wall clock (seconds since the epoch) deadlines are
         measured on; None: nothing expires, as while a journal is replayed
         (replay must redo exactly what was done, and the expiries that
-        happened are records of their own).
+        happened are records of their own), and ttls are refused.
     """
 
     #: Called with each applied :class:`Change`, after it is applied.
@@ -218,7 +219,7 @@ class MemoryStore:
     #: store keeps a snapshot's view of it, as before any change).
     expiring: Optional[Callable[[str], None]] = None
 
-    def __init__(self, clock: Optional[Callable[[], float]] = None) -> None:
+    def __init__(self, clock: Optional[Callable[[], float]] = time.time) -> None:
         self.clock = clock
         self._values: dict[str, Any] = {}
         self._revisions: dict[str, int] = {}
@@ -344,7 +345,8 @@ class MemoryStore:
     def put(self, name: str, value: Any, if_revision: Optional[int] = None,
             ttl: Optional[float] = None) -> None:
         if ttl is not None:
-            assert self.clock is not None, "a store without a clock cannot expire"
+            if self.clock is None:
+                raise BadRequest("this store has no clock: it cannot expire variables")
             return self.put_until(name, value, self.clock() + check_ttl(ttl), if_revision)
         check_variable_name(name)
         deadlines = self._deadlines
@@ -416,7 +418,8 @@ class MemoryStore:
         seconds = check_seconds(seconds, "expire")
         if not self.exists(name):
             return False
-        assert self.clock is not None, "a store without a clock cannot expire"
+        if self.clock is None:
+            raise BadRequest("this store has no clock: it cannot expire variables")
         if seconds <= 0:
             return self.expire_now(name)
         self._set_deadline(name, self.clock() + seconds)

@@ -444,6 +444,13 @@ class Recovery:
         :raises RecoveryError: a damaged snapshot or older journal, a missing
             generation, a file in a newer format.
         """
+        clock, self.store.clock = self.store.clock, None  # replay expires nothing
+        try:
+            return self._run()
+        finally:
+            self.store.clock = clock
+
+    def _run(self) -> Recovered:
         started = time.perf_counter()
         plan = _Plan(self.directory)
         base = max(plan.snapshots) if plan.snapshots else None

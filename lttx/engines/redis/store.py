@@ -274,7 +274,10 @@ class RedisStore:
 
     # -- IVariableStore ------------------------------------------------------
 
-    def put(self, name: str, value: Any) -> Any:  # a Deferred
+    def put(self, name: str, value: Any, if_revision: Any = None,
+            ttl: Any = None) -> Any:  # a Deferred
+        if if_revision is not None or ttl is not None:
+            return _not_yet("put with if_revision or ttl")
         return _call(self._put, name, value)
 
     def _put(self, name: str, value: Any) -> Deferred[None]:
@@ -287,11 +290,30 @@ class RedisStore:
             payload = [codec.encode(value)]
         return self._run(PUT, name, tag, *payload).addCallback(lambda _: None)
 
-    def get(self, name: str) -> Any:  # a Deferred
+    def get(self, name: str, revision: bool = False) -> Any:  # a Deferred
+        if revision:
+            return _not_yet("get with revision")
         return _call(lambda: self._run(GET, name).addCallback(_decode_value))
 
-    def delete(self, name: str) -> Any:  # a Deferred
+    def delete(self, name: str, if_revision: Any = None) -> Any:  # a Deferred
+        if if_revision is not None:
+            return _not_yet("delete with if_revision")
         return _call(lambda: self._run(DELETE, name).addCallback(bool))
+
+    # Revisions, counters and expiry come to this engine in a later round.
+
+    def incr(self, name: str, by: Any = 1) -> Any:  # a Deferred
+        return _not_yet("incr")
+
+    def expire(self, name: str, seconds: Any) -> Any:  # a Deferred
+        return _not_yet("expire")
+
+    def ttl(self, name: str) -> Any:  # a Deferred
+        return _not_yet("ttl")
+
+    def sweep(self, limit: int = 1000) -> int:
+        """Nothing expires on this engine yet."""
+        return 0
 
     def exists(self, name: str) -> Any:  # a Deferred
         return _call(lambda: self.client.execute(
@@ -317,7 +339,10 @@ class RedisStore:
                 break
         return sorted(n for n in set(names) if fnmatch.fnmatchcase(n, pattern))
 
-    def dict_change(self, name: str, key: Any, value: Any) -> Any:  # a Deferred
+    def dict_change(self, name: str, key: Any, value: Any,
+                    if_revision: Any = None) -> Any:  # a Deferred
+        if if_revision is not None:
+            return _not_yet("dict_change with if_revision")
         return _call(lambda: self._run(
             DICT_CHANGE, name, codec.encode(check_dict_key(key)), codec.encode(value)
         ).addCallback(lambda _: None))
@@ -327,20 +352,30 @@ class RedisStore:
             GET_DICT_VALUE, name, codec.encode(check_dict_key(key))
         ).addCallback(lambda data: MISSING if data is None else codec.decode(data)))
 
-    def list_append(self, name: str, item: Any) -> Any:  # a Deferred
+    def list_append(self, name: str, item: Any, if_revision: Any = None) -> Any:  # a Deferred
+        if if_revision is not None:
+            return _not_yet("list_append with if_revision")
         return _call(lambda: self._run(LIST_APPEND, name, encode_item(item)))
 
-    def list_pop(self, name: str, index: int = -1) -> Any:  # a Deferred
+    def list_pop(self, name: str, index: int = -1, if_revision: Any = None) -> Any:  # a Deferred
+        if if_revision is not None:
+            return _not_yet("list_pop with if_revision")
         return _call(lambda: self._run(LIST_POP, name, check_index(index)).addCallback(
             decode_item))
 
-    def list_remove(self, name: str, item: Any) -> Any:  # a Deferred
+    def list_remove(self, name: str, item: Any, if_revision: Any = None) -> Any:  # a Deferred
+        if if_revision is not None:
+            return _not_yet("list_remove with if_revision")
         return _call(lambda: self._run(LIST_REMOVE, name, compare_form(item)).addCallback(
             bool))
 
     def get_list_value(self, name: str, index: int) -> Any:  # a Deferred
         return _call(lambda: self._run(GET_LIST_VALUE, name, check_index(index)).addCallback(
             decode_item))
+
+
+def _not_yet(what: str) -> Deferred[Any]:
+    return defer.fail(BadRequest(f"{what} is not supported by the redis engine yet"))
 
 
 def _call(f: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
