@@ -213,11 +213,15 @@ class MemoryStore:
         happened are records of their own), and ttls are refused.
     """
 
-    #: Called with each applied :class:`Change`, after it is applied.
+    #: Called with each applied :class:`Change`, after it is applied (None:
+    #: no Change is even built, which keeps writes as cheap as they were).
     observer: Optional[Callable[[Change], None]] = None
     #: Called with a name just before its expiry removes it (the durable
     #: store keeps a snapshot's view of it, as before any change).
     expiring: Optional[Callable[[str], None]] = None
+    #: Called with a name just after its expiry removed it (the durable
+    #: store journals the removal).
+    expired: Optional[Callable[[str], None]] = None
 
     def __init__(self, clock: Optional[Callable[[], float]] = time.time) -> None:
         self.clock = clock
@@ -276,6 +280,8 @@ class MemoryStore:
         del self._values[name]
         del self._revisions[name]
         self._deadlines.pop(name, None)
+        if self.expired is not None:
+            self.expired(name)
         self._report(name, "expire", (), revision)
         return True
 
@@ -357,7 +363,14 @@ class MemoryStore:
         elif if_revision is not None:
             self._check(name, if_revision)
         self._values[name] = value
-        self._changed(name, "put", value)
+        # The hot path: _bump and _report inlined.
+        revisions = self._revisions
+        current = revisions.get(name)
+        revision = revisions[name] = current + 1 if current else self.top + 1
+        if revision > self.top:
+            self.top = revision
+        if self.observer is not None:
+            self.observer(Change(name, "put", (value,), revision))
         return None
 
     def put_until(self, name: str, value: Any, deadline: float,

@@ -117,9 +117,9 @@ class DurableStore(JournalledWrites, Service):
         self._clock = clock
         self._memory = memory
         # Recovered (replay expires nothing): from now on deadlines count,
-        # and every applied change is seen (expiries are journalled from there).
+        # and expiries are journalled.
         memory.clock = clock.seconds
-        memory.observer = self._observe
+        memory.expired = self._expired
         memory.expiring = lambda name: self._preserve(name, False)
         self._file = journal  # used by lane jobs only, one at a time
         self._generation = generation

@@ -39,9 +39,18 @@ class JournalledWrites:
     _clock: Any
     _closing: bool
     _failure: Any
-    #: Called with each applied :class:`~lttx.state.store.Change` (the watch
-    #: of a later issue); the journal has its record queued by then.
-    observer: Optional[Callable[[Change], None]] = None
+
+    @property
+    def observer(self) -> Optional[Callable[[Change], None]]:
+        """Called with each :class:`~lttx.state.store.Change` as it is applied
+        in memory (the watch of a later issue), before its journal record is
+        written: a watch that must not show what a crash could lose waits
+        for the write's reply."""
+        return self._memory.observer
+
+    @observer.setter
+    def observer(self, observer: Optional[Callable[[Change], None]]) -> None:
+        self._memory.observer = observer
 
     def _writable(self) -> None:
         raise NotImplementedError
@@ -55,15 +64,13 @@ class JournalledWrites:
     def _record(self, record: bytes) -> None:
         raise NotImplementedError
 
-    def _observe(self, change: Change) -> None:
-        """Every change the memory store applied; expiries are journalled here."""
-        if change.op == "expire" and not self._closing and self._failure is None:
+    def _expired(self, name: str) -> None:
+        """The memory store removed ``name`` by its expiry: journal it."""
+        if not self._closing and self._failure is None:
             # Any command may find a variable expired (a read too): its
             # removal is journalled like any change.  When writes are refused
             # it is not, and the variable expires again at the next start.
-            self._record(encode_record([EXPIRE, change.name]))
-        if self.observer is not None:
-            self.observer(change)
+            self._record(encode_record([EXPIRE, name]))
 
     def put(self, name: str, value: Any, if_revision: Optional[int] = None,
             ttl: Optional[float] = None) -> Any:
