@@ -17,6 +17,8 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..errors import Unavailable
+
 #: Variables one slice of the sweep may remove.
 DEFAULT_SLICE = 1000
 
@@ -59,6 +61,8 @@ class ExpirySweeper:
 
     def _failed(self, failure: Any) -> None:
         self._running = False
+        if failure.check(Unavailable):
+            return  # Redis is down: its client logs the outage once; the next run retries
         self.log.warn("sweep of expired variables failed: {reason}",
                       reason=failure.getErrorMessage())
 

@@ -28,7 +28,7 @@ from lttx.errors import (
     NotFound,
     WrongTypeError,
 )
-from lttx.state.store import MISSING, MemoryStore, strict_equal
+from lttx.state.store import MISSING, Change, MemoryStore, strict_equal
 
 from ..strategies import dict_keys, values
 
@@ -319,6 +319,39 @@ class StoreTests(SynchronousTestCase):
         self.assertFalse(strict_equal([1], [True]))
         self.assertTrue(strict_equal({"a": 1, "b": [2]}, {"b": [2], "a": 1}))
         self.assertTrue(strict_equal(float("nan"), float("nan")))
+
+    def test_every_change_is_reported_with_its_revision(self) -> None:
+        """The observer sees (name, op, args after the name, revision) of each
+        applied change, and nothing of a refused or empty one."""
+        clock = Clock()
+        store = MemoryStore(clock.seconds)
+        changes: list[Change] = []
+        store.observer = changes.append
+        store.dict_change("d", "k", [1])
+        store.list_append("l", "a")
+        store.list_append("l", "b")
+        store.list_pop("l", 0)
+        self.assertFalse(store.list_remove("l", "zz"))
+        self.assertTrue(store.list_remove("l", "b"))
+        self.assertRaises(Conflict, store.put, "d", 1, if_revision=5)
+        store.incr("n", 2.5)
+        store.put("d", None, if_revision=1)
+        self.assertTrue(store.delete("d"))
+        store.put("lease", 1, ttl=1)
+        clock.advance(1)
+        self.assertFalse(store.exists("lease"))
+        self.assertEqual(changes, [
+            Change("d", "dict_change", ("k", [1]), 1),
+            Change("l", "list_append", ("a",), 2),
+            Change("l", "list_append", ("b",), 3),
+            Change("l", "list_pop", (0,), 4),
+            Change("l", "list_remove", ("b",), 5),
+            Change("n", "incr", (2.5,), 6),
+            Change("d", "put", (None,), 2),
+            Change("d", "delete", (), 3),
+            Change("lease", "put", (1,), 7),
+            Change("lease", "expire", (), 8),
+        ])
 
     def test_bad_names(self) -> None:
         store = MemoryStore()
