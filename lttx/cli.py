@@ -322,13 +322,13 @@ def _address(args: argparse.Namespace) -> tuple[str, int, Optional[str], float]:
 
 def cmd_get(ctx: Context) -> int:
     with ctx.connect() as client:
-        value, revision = client.get(ctx.args.name, _MISSING, revision=True)
+        if ctx.args.revision:
+            value, revision = client.get(ctx.args.name, _MISSING, revision=True)
+        else:
+            value = client.get(ctx.args.name, _MISSING)
     if value is _MISSING:
         raise NotFound(f"no variable named {ctx.args.name!r}")
-    if ctx.args.revision:
-        ctx.print(dumps({"value": value, "revision": revision}))
-    else:
-        ctx.print(dumps(value))
+    ctx.print(dumps({"value": value, "revision": revision} if ctx.args.revision else value))
     return EXIT_OK
 
 
