@@ -143,14 +143,13 @@ class RestartTests(TestCase):
         daemon = Daemon(self)
         c = daemon.connect()
         put_at = time.time()
-        c.put("alive:strat7", True, ttl=0.4)
-        seen = []
+        c.put("alive:strat7", True, ttl=1.0)
+        left = c.ttl("alive:strat7")
+        if time.time() - put_at < 0.9:  # not when the machine stalled for a second
+            self.assertTrue(0 < left <= 1.0, left)
         while c.exists("alive:strat7"):
-            seen.append(time.time())
             time.sleep(0.02)
-        gone_at = time.time()
-        self.assertTrue(seen)
-        self.assertGreaterEqual(gone_at, put_at + 0.4)
+        self.assertGreaterEqual(time.time(), put_at + 1.0)
         self.assertIsNone(c.get("alive:strat7"))
         self.assertEqual(c.get("alive:strat7", revision=True), (None, 0))
         self.assertIsNone(c.ttl("alive:strat7"))

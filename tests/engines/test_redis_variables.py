@@ -58,11 +58,13 @@ class AcrossDaemonsTests(TestCase):
         """A variable put with a ttl through A is gone through B at its deadline."""
         ca, cb = self.clients[0], self.clients[4]
         put_at = time.time()
-        ca.put("alive:strat7", True, ttl=0.5)
-        self.assertTrue(0 < cb.ttl("alive:strat7") <= 0.5)
+        ca.put("alive:strat7", True, ttl=1.0)
+        left = cb.ttl("alive:strat7")
+        if time.time() - put_at < 0.9:  # not when the machine stalled for a second
+            self.assertTrue(0 < left <= 1.0, left)
         while cb.exists("alive:strat7"):
             time.sleep(0.02)
-        self.assertGreaterEqual(time.time(), put_at + 0.5)
+        self.assertGreaterEqual(time.time(), put_at + 1.0)
         self.assertEqual(ca.get("alive:strat7", revision=True), (None, 0))
         ca.put("alive:strat7", True)
         self.assertEqual(cb.get("alive:strat7", revision=True), (True, 3))  # never reused
