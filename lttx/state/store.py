@@ -309,6 +309,11 @@ class MemoryStore:
     def _set_deadline(self, name: str, deadline: float) -> None:
         self._deadlines[name] = deadline
         heapq.heappush(self._heap, (deadline, name))
+        if len(self._heap) > 2 * len(self._deadlines) + 1024:
+            # Mostly stale entries (leases renewed long before they were
+            # due): rebuild, amortised O(1) per deadline set.
+            self._heap = [(d, n) for n, d in self._deadlines.items()]
+            heapq.heapify(self._heap)
 
     def _typed(self, name: str, kind: type, operation: str) -> Any:
         if self._deadlines:

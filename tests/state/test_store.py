@@ -353,6 +353,18 @@ class StoreTests(SynchronousTestCase):
             Change("lease", "expire", (), 8),
         ])
 
+    def test_renewed_leases_keep_the_expiry_queue_small(self) -> None:
+        """A lease renewed long before its deadline leaves no growing queue behind."""
+        clock = Clock()
+        store = MemoryStore(clock.seconds)
+        for i in range(10_000):
+            store.put("lease", i, ttl=3600)
+            clock.advance(0.1)
+        self.assertLessEqual(len(store._heap), 1026)
+        clock.advance(3600)
+        self.assertEqual(store.sweep(), 1)
+        self.assertEqual(len(store), 0)
+
     def test_bad_names(self) -> None:
         store = MemoryStore()
         for name in ("", None, 1, b"x"):
