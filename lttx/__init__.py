@@ -20,6 +20,7 @@ from .errors import (
     BadRequest,
     ChecksumMismatch,
     ConnectError,
+    Conflict,
     ConnectionLost,
     DecodeError,
     EncodeError,
@@ -53,9 +54,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "ConnectError", "ConnectionLost",
-    "DecodeError", "Encoded", "EncodeError", "FileBusy", "FrameTooLarge", "IndexOutOfRange",
-    "LTtxError", "MissingDependency", "NotFound",
+    "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "Conflict", "ConnectError",
+    "ConnectionLost", "DecodeError", "Encoded", "EncodeError", "FileBusy", "FrameTooLarge",
+    "IndexOutOfRange", "LTtxError", "MissingDependency", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
     "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Client", "Message", "connect",
     "__version__",

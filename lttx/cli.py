@@ -7,6 +7,10 @@ The ``lttx`` command: LTtx for people and shell scripts.
     lttx get pos                      # {"600000.SH": 100}
     lttx put bars --csv bars.csv      # a pandas DataFrame
     lttx get bars [--csv]             # a table on a terminal, or CSV
+    lttx get pos --revision           # {"value": {"600000.SH": 100}, "revision": 1}
+    lttx put lease '"me"' --ttl 5 --if-revision 0
+    lttx incr fills 2                 # 2
+    lttx ttl lease                    # 4.99
     lttx keys 'p*'
     lttx del pos
     lttx sub hq_center                # one JSON line per message, until Ctrl-C
@@ -369,7 +373,10 @@ def cmd_get(ctx: Context) -> int:
     from .client.dataframes import frame_text, is_frame
 
     with ctx.connect() as client:
-        value = client.get(ctx.args.name, _MISSING)
+        if ctx.args.revision:
+            value, revision = client.get(ctx.args.name, _MISSING, revision=True)
+        else:
+            value = client.get(ctx.args.name, _MISSING)
     if value is _MISSING:
         raise NotFound(f"no variable named {ctx.args.name!r}")
     if is_frame(value):  # a table for people, or CSV
@@ -378,7 +385,7 @@ def cmd_get(ctx: Context) -> int:
         raise UsageError(f"{ctx.args.name!r} holds no DataFrame, series or array: "
                          "--csv has nothing to write")
     else:
-        ctx.print(dumps(value))
+        ctx.print(dumps({"value": value, "revision": revision} if ctx.args.revision else value))
     return EXIT_OK
 
 
@@ -392,7 +399,25 @@ def cmd_put(ctx: Context) -> int:
     else:
         value = parse_json_argument(ctx.args.json, "the value")
     with ctx.connect() as client:
-        client.put(ctx.args.name, value)
+        client.put(ctx.args.name, value, if_revision=ctx.args.if_revision, ttl=ctx.args.ttl)
+    return EXIT_OK
+
+
+def cmd_incr(ctx: Context) -> int:
+    by = parse_json_argument(ctx.args.by, "the amount")
+    if type(by) not in (int, float):
+        raise UsageError(f"the amount must be a number, not {ctx.args.by!r}")
+    with ctx.connect() as client:
+        ctx.print(dumps(client.incr(ctx.args.name, by)))
+    return EXIT_OK
+
+
+def cmd_ttl(ctx: Context) -> int:
+    with ctx.connect() as client:
+        left = client.ttl(ctx.args.name)
+        if left is None and not client.exists(ctx.args.name):
+            raise NotFound(f"no variable named {ctx.args.name!r}")
+    ctx.print(dumps(left))  # null: it has no expiry
     return EXIT_OK
 
 
@@ -531,11 +556,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name")
     sub.add_argument("--csv", action="store_true",
                      help="print a DataFrame, series or array as CSV")
+    sub.add_argument("--revision", action="store_true",
+                     help='print {"value": ..., "revision": N}')
     sub = command("put", cmd_put, "set a variable to a JSON value, or a CSV file's DataFrame")
     sub.add_argument("name")
     sub.add_argument("json", metavar="JSON", nargs="?", default=None)
     sub.add_argument("--csv", metavar="FILE", default=None,
                      help="store this CSV file (- for stdin) as a pandas DataFrame")
+    sub.add_argument("--ttl", type=float, default=None, metavar="S",
+                     help="the variable expires S seconds from now")
+    sub.add_argument("--if-revision", type=int, default=None, metavar="R",
+                     help="only if the variable is at revision R (0: only if absent)")
+    sub = command("incr", cmd_incr, "add to a number variable (created at 0); print the result")
+    sub.add_argument("name")
+    sub.add_argument("by", nargs="?", default="1", metavar="BY")
+    sub = command("ttl", cmd_ttl, "print the seconds until a variable expires (null: never)")
+    sub.add_argument("name")
     sub = command("keys", cmd_keys, "list variable names matching a glob pattern")
     sub.add_argument("pattern", nargs="?", default="*")
     sub.add_argument("--json", action="store_true", help="print one JSON array")

@@ -76,6 +76,14 @@ class NotFound(LTtxError, KeyError):
         return self.message
 
 
+class Conflict(LTtxError):
+    """A compare-and-set found the variable at another revision than the one
+    given (``if_revision=``): it changed meanwhile, or exists when it should
+    not.  Nothing was changed."""
+
+    code = "conflict"
+
+
 class FrameTooLarge(LTtxError):
     """A frame is larger than the daemon's ``--max-frame``."""
 

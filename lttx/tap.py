@@ -19,6 +19,7 @@ from twisted.python import usage
 from ._version import DEFAULT_PORT
 from .diskio import pool_runner
 from .errors import RecoveryError
+from .server.expiry import ExpirySweeper
 from .server.factory import LTtxFactory
 from .server.files import FileService
 from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER, ServerState
@@ -286,6 +287,9 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     rates = TimerService(1.0, channels.sample)
     rates.clock = reactor
     rates.setServiceParent(top)
+    sweep = TimerService(1.0, ExpirySweeper(store, reactor).run)  # type: ignore[arg-type]
+    sweep.clock = reactor
+    sweep.setServiceParent(top)
     files.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:

@@ -103,6 +103,21 @@ class VariableCommandsTests(CLITestMixin, TestCase):
         self.lttx("del", "pos")
         self.assertEqual(self.lttx("keys"), "note\norders\n")
 
+    def test_revisions_counters_and_expiry(self) -> None:
+        """get --revision, put --if-revision/--ttl, incr and ttl from the shell."""
+        self.lttx("put", "limits", "{\"max\": 5}", "--if-revision", "0")
+        self.assertEqual(json.loads(self.lttx("get", "limits", "--revision")),
+                         {"value": {"max": 5}, "revision": 1})
+        line = self.lttx_error("put", "limits", "{}", "--if-revision", "0", status=1)
+        self.assertEqual(line, "lttx: 'limits' exists (revision 1); if_revision=0 needs it absent")
+        self.lttx("put", "limits", "{}", "--if-revision", "1", "--ttl", "60")
+        self.assertLessEqual(float(self.lttx("ttl", "limits")), 60)
+        self.assertEqual(self.lttx("incr", "fills"), "1\n")
+        self.assertEqual(self.lttx("incr", "fills", "2.5"), "3.5\n")
+        self.assertEqual(self.lttx("ttl", "fills"), "null\n")
+        self.lttx_error("ttl", "nothing", status=5)
+        self.lttx_error("incr", "fills", "x", status=2)
+
     def test_bytes_and_odd_keys_round_trip(self) -> None:
         """Bytes and non-string dict keys, put by a client, print losslessly and put back."""
         client = self.daemon.connect()

@@ -93,17 +93,22 @@ class Commands:
     def cmd_ping(self) -> str:
         return "pong"
 
-    @command(2)
-    def cmd_put(self, name: Any, value: Any) -> Any:
-        return self.state.store.put(name, check_nesting(value))
+    @command(2, 3)
+    def cmd_put(self, name: Any, value: Any, options: Any = None) -> Any:
+        check_nesting(value)
+        if options is None:
+            return self.state.store.put(name, value)
+        return self.state.store.put(name, value, **_options(options, "put", _PUT_OPTIONS))
 
-    @command(1)
-    def cmd_get(self, name: Any) -> Any:
-        return _map(self.state.store.get(name), _present)
+    @command(1, 2)
+    def cmd_get(self, name: Any, options: Any = None) -> Any:
+        if options is None or not _options(options, "get", ("revision",)).get("revision"):
+            return _map(self.state.store.get(name), _present)
+        return _map(self.state.store.get(name, revision=True), _present_with_revision)
 
-    @command(1)
-    def cmd_delete(self, name: Any) -> Any:
-        return self.state.store.delete(name)
+    @command(1, 2)
+    def cmd_delete(self, name: Any, options: Any = None) -> Any:
+        return self.state.store.delete(name, **_options(options, "delete", _CAS))
 
     @command(1)
     def cmd_exists(self, name: Any) -> Any:
@@ -118,26 +123,41 @@ class Commands:
         # A token sees only the names it may read.
         return _map(names, lambda found: [n for n in found if grant.allows("read", n)])
 
-    @command(3)
-    def cmd_dict_change(self, name: Any, key: Any, value: Any) -> Any:
+    @command(3, 4)
+    def cmd_dict_change(self, name: Any, key: Any, value: Any, options: Any = None) -> Any:
         # The value goes one level down, inside the variable's dict.
-        return self.state.store.dict_change(name, key, check_nesting(value, MAX_NESTING - 1))
+        check_nesting(value, MAX_NESTING - 1)
+        return self.state.store.dict_change(name, key, value,
+                                            **_options(options, "dict_change", _CAS))
 
     @command(2)
     def cmd_get_dict_value(self, name: Any, key: Any) -> Any:
         return _map(self.state.store.get_dict_value(name, key), _present)
 
-    @command(2)
-    def cmd_list_append(self, name: Any, item: Any) -> Any:
-        return self.state.store.list_append(name, check_nesting(item, MAX_NESTING - 1))
+    @command(2, 3)
+    def cmd_list_append(self, name: Any, item: Any, options: Any = None) -> Any:
+        check_nesting(item, MAX_NESTING - 1)
+        return self.state.store.list_append(name, item, **_options(options, "list_append", _CAS))
+
+    @command(1, 3)
+    def cmd_list_pop(self, name: Any, index: Any = -1, options: Any = None) -> Any:
+        return self.state.store.list_pop(name, index, **_options(options, "list_pop", _CAS))
+
+    @command(2, 3)
+    def cmd_list_remove(self, name: Any, item: Any, options: Any = None) -> Any:
+        return self.state.store.list_remove(name, item, **_options(options, "list_remove", _CAS))
 
     @command(1, 2)
-    def cmd_list_pop(self, name: Any, index: Any = -1) -> Any:
-        return self.state.store.list_pop(name, index)
+    def cmd_incr(self, name: Any, by: Any = 1) -> Any:
+        return self.state.store.incr(name, by)
 
     @command(2)
-    def cmd_list_remove(self, name: Any, item: Any) -> Any:
-        return self.state.store.list_remove(name, item)
+    def cmd_expire(self, name: Any, seconds: Any) -> Any:
+        return self.state.store.expire(name, seconds)
+
+    @command(1)
+    def cmd_ttl(self, name: Any) -> Any:
+        return self.state.store.ttl(name)
 
     @command(2)
     def cmd_get_list_value(self, name: Any, index: Any) -> Any:
@@ -148,6 +168,29 @@ class Commands:
     @command(0)
     def cmd_status(self) -> Any:
         return self.state.status()
+
+
+_CAS = ("if_revision",)
+_PUT_OPTIONS = ("if_revision", "ttl")
+
+
+def _options(options: Any, command: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """The options map of a request (the optional last argument), checked."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise BadRequest(f"{command} options must be a map")
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise BadRequest(f"{command} has no option {unknown[0]!r:.40} "
+                         f"(it takes {', '.join(known)})")
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _present_with_revision(found: tuple[Any, int]) -> list[Any]:
+    """``[value, revision]`` for a value, ``[]`` for none."""
+    value, revision = found
+    return [] if value is MISSING else [value, revision]
 
 
 def _present(value: Any) -> list[Any]:

@@ -155,6 +155,9 @@ COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
     "list_append": Right("write", 0),
     "list_pop": Right("write", 0),
     "list_remove": Right("write", 0),
+    "incr": Right("write", 0),
+    "expire": Right("write", 0),
+    "ttl": Right("read", 0),
     # The handlers check each channel of the list themselves.
     "subscribe": None,
     "unsubscribe": None,

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ..state.store import MISSING, MemoryStore
-from .journal import SNAPSHOT_ITEMS, SnapshotWriter, encode_record, remove_generations_before
+from .journal import SNAPSHOT_ENTRIES, SnapshotWriter, encode_record, remove_generations_before
 
 #: Encoded snapshot bytes handed to the writer thread before the encoder waits
 #: for it (bounds the memory a compaction uses on a slow disk).
@@ -47,7 +47,9 @@ class Compaction:
         self.generation = generation
         self.names = names
         self.values = values
-        self.preimages: dict[str, Any] = {}
+        self.preimages: dict[str, tuple[Any, int, Any]] = {}
+        #: The highest revision given at the rotation.
+        self.top = values.top
         self.chunk = chunk
         self.writer = SnapshotWriter(directory, generation)
         self.started = time.perf_counter()
@@ -62,10 +64,10 @@ class Compaction:
     def preserve(self, name: str, in_place: bool) -> None:
         """Keep ``name``'s value as of the rotation before it changes (see above)."""
         if not self.encoded and name not in self.preimages:
-            current = self.values.get(name)
+            current, revision, deadline = self.values.entry(name)
             if in_place and type(current) in (dict, list):
                 current = current.copy()
-            self.preimages[name] = current
+            self.preimages[name] = (current, revision, deadline)
 
     def note_pause(self, seconds: float) -> None:
         self.longest_pause = max(self.longest_pause, seconds)
@@ -76,17 +78,17 @@ class Compaction:
 
     def records(self) -> Iterator[bytes]:
         """The snapshot's item records, encoded a chunk at a time."""
-        preimages, live = self.preimages, self.values.get
+        preimages, live = self.preimages, self.values.entry
         batch: list[Any] = []
         for name in self.names:
-            value = preimages.get(name, MISSING)
+            entry = preimages.get(name, MISSING)
             batch.append(name)
-            batch.append(live(name) if value is MISSING else value)
-            if len(batch) >= 2 * self.chunk:
-                yield encode_record([SNAPSHOT_ITEMS, batch])
+            batch.extend(live(name) if entry is MISSING else entry)
+            if len(batch) >= 4 * self.chunk:
+                yield encode_record([SNAPSHOT_ENTRIES, batch])
                 batch = []
         if batch:
-            yield encode_record([SNAPSHOT_ITEMS, batch])
+            yield encode_record([SNAPSHOT_ENTRIES, batch])
 
     def encode(self, lane: Any) -> Iterator[Optional["Deferred[Any]"]]:
         """For a Cooperator: encode a chunk per step, hand it to the snapshot lane."""
@@ -109,7 +111,7 @@ class Compaction:
 
     def seal(self) -> tuple[int, list[str]]:
         """In the snapshot lane: finish the snapshot, then drop what it replaces."""
-        size = self.writer.finish(len(self.names))
+        size = self.writer.finish(len(self.names), self.top)
         return size, remove_generations_before(self.directory, self.generation)
 
 

@@ -44,21 +44,10 @@ from zope.interface import implementer
 
 from ..diskio import InlineLane, ThreadLane, lane_for
 from ..errors import RecoveryError, StorageError, Unavailable
-from ..state.store import IVariableStore, MemoryStore, check_dict_key
-from ..wire.names import check_variable_name
+from ..state.store import IVariableStore, MemoryStore
 from .compaction import Compaction, first_failure
-from .journal import (
-    DELETE,
-    DICT_CHANGE,
-    HEADER_SIZE,
-    LIST_APPEND,
-    LIST_POP,
-    LIST_REMOVE,
-    PUT,
-    AppendFile,
-    encode_record,
-    recover,
-)
+from .journal import HEADER_SIZE, AppendFile, recover
+from .writes import JournalledWrites
 
 FSYNC_POLICIES = ("always", "everysec", "no")
 
@@ -91,7 +80,7 @@ def _deadline(seconds: float) -> Callable[[], bool]:
 
 
 @implementer(IVariableStore)
-class DurableStore(Service):
+class DurableStore(JournalledWrites, Service):
     """
     The daemon's variable store: a :class:`MemoryStore` plus its journal.
 
@@ -127,6 +116,11 @@ class DurableStore(Service):
         self.policy = fsync
         self._clock = clock
         self._memory = memory
+        # Recovered (replay expires nothing): from now on deadlines count,
+        # and expiries are journalled.
+        memory.clock = clock.seconds
+        memory.expired = self._expired
+        memory.expiring = lambda name: self._preserve(name, False)
         self._file = journal  # used by lane jobs only, one at a time
         self._generation = generation
         self._journal_lane = journal_lane
@@ -268,8 +262,11 @@ class DurableStore(Service):
     def __len__(self) -> int:
         return len(self._memory)
 
-    def get(self, name: str) -> Any:
-        return self._memory.get(name)
+    def get(self, name: str, revision: bool = False) -> Any:
+        return self._memory.get(name, revision)
+
+    def ttl(self, name: str) -> Any:
+        return self._memory.ttl(name)
 
     def exists(self, name: str) -> bool:
         return self._memory.exists(name)
@@ -287,50 +284,6 @@ class DurableStore(Service):
         """Every (name, value)."""
         return self._memory.items()
 
-    # -- writes: validate and encode, apply, journal ----------------------------
-
-    def put(self, name: str, value: Any) -> Any:
-        self._writable()
-        # Encoding first: a value that cannot be journalled is refused unapplied.
-        record = encode_record([PUT, check_variable_name(name), value])
-        self._preserve(name, False)
-        self._memory.put(name, value)
-        return self._append(record, None)
-
-    def delete(self, name: str) -> Any:
-        self._writable()
-        self._preserve(check_variable_name(name), False)
-        if not self._memory.delete(name):
-            return False
-        return self._append(encode_record([DELETE, name]), True)
-
-    def dict_change(self, name: str, key: Any, value: Any) -> Any:
-        self._writable()
-        record = encode_record([DICT_CHANGE, check_variable_name(name), check_dict_key(key), value])
-        self._preserve(name, True)
-        self._memory.dict_change(name, key, value)
-        return self._append(record, None)
-
-    def list_append(self, name: str, item: Any) -> Any:
-        self._writable()
-        record = encode_record([LIST_APPEND, check_variable_name(name), item])
-        self._preserve(name, True)
-        return self._append(record, self._memory.list_append(name, item))
-
-    def list_pop(self, name: str, index: int = -1) -> Any:
-        self._writable()
-        self._preserve(check_variable_name(name), True)
-        item = self._memory.list_pop(name, index)
-        return self._append(encode_record([LIST_POP, name, index]), item)
-
-    def list_remove(self, name: str, item: Any) -> Any:
-        self._writable()
-        record = encode_record([LIST_REMOVE, check_variable_name(name), item])
-        self._preserve(name, True)
-        if not self._memory.list_remove(name, item):
-            return False
-        return self._append(record, True)
-
     def _writable(self) -> None:
         if self._failure is not None:
             raise StorageError(
@@ -345,17 +298,21 @@ class DurableStore(Service):
             self._compaction.preserve(name, in_place)
 
     def _append(self, record: bytes, result: Any) -> Any:
-        self._buffer.append(record)
-        self._unsynced = True
-        self._journal_bytes += len(record)
+        self._record(record)
         # Every policy replies once the record is in the OS (so a crash of the
         # daemon loses no acknowledged write, as with Redis, which writes its
         # AOF buffer before sending replies); ``always`` also waits for fsync.
         reply: Deferred[Any] = Deferred()
         self._waiters.append((reply, result))
+        return reply
+
+    def _record(self, record: bytes) -> None:
+        """Queue a record no reply waits for (an expiry)."""
+        self._buffer.append(record)
+        self._unsynced = True
+        self._journal_bytes += len(record)
         self._schedule()
         self._maybe_compact()
-        return reply
 
     # -- the journal lane -------------------------------------------------------
 
@@ -590,6 +547,8 @@ class DurableStore(Service):
             "compacting": self._compaction is not None,
             "last_compaction": dict(self._last_compaction) if self._last_compaction else None,
             "journal_fsyncs": self._fsyncs,
+            "expiring": self._memory.expiring_count,
+            "top_revision": self._memory.top,
             "writable": self._failure is None and not self._closing,
         }
 

@@ -38,7 +38,10 @@ from ..errors import BadRequest, LTtxError, RecoveryError
 from ..state.store import MemoryStore
 from ..wire import codec
 
-FORMAT_VERSION = 1
+#: Version 2 (revisions, counters, expiry) added the record kinds PUT_UNTIL,
+#: INCR, EXPIRE and EXPIRE_AT, and snapshots that carry revisions and
+#: deadlines; version 1 files are still read (see docs/storage.md).
+FORMAT_VERSION = 2
 JOURNAL_MAGIC = b"LTTXJRNL"
 SNAPSHOT_MAGIC = b"LTTXSNAP"
 
@@ -60,14 +63,25 @@ DICT_CHANGE = 3
 LIST_APPEND = 4
 LIST_POP = 5
 LIST_REMOVE = 6
+# Format 2.  Revisions are not in the records: replaying the same changes in
+# the same order from the snapshot's revisions gives the same revisions.
+PUT_UNTIL = 7  # [7, name, value, deadline]: put with a ttl (an absolute deadline)
+INCR = 8  # [8, name, by]
+EXPIRE = 9  # [9, name]: removed by its expiry
+EXPIRE_AT = 10  # [10, name, deadline]: the expire command
 OP_NAMES = {PUT: "put", DELETE: "delete", DICT_CHANGE: "dict_change",
-            LIST_APPEND: "list_append", LIST_POP: "list_pop", LIST_REMOVE: "list_remove"}
-_ARITY = {PUT: 1, DELETE: 0, DICT_CHANGE: 2, LIST_APPEND: 1, LIST_POP: 1, LIST_REMOVE: 1}
+            LIST_APPEND: "list_append", LIST_POP: "list_pop", LIST_REMOVE: "list_remove",
+            PUT_UNTIL: "put", INCR: "incr", EXPIRE: "expire", EXPIRE_AT: "expire_at"}
+_ARITY = {PUT: 1, DELETE: 0, DICT_CHANGE: 2, LIST_APPEND: 1, LIST_POP: 1, LIST_REMOVE: 1,
+          PUT_UNTIL: 2, INCR: 1, EXPIRE: 0, EXPIRE_AT: 1}
 
-# Snapshot record payloads: [SNAPSHOT_ITEMS, [name, value, name, value, ...]]
-# then exactly one [SNAPSHOT_END, number of variables] as the last record.
+# Snapshot record payloads: format 1 [SNAPSHOT_ITEMS, [name, value, name,
+# value, ...]], format 2 [SNAPSHOT_ENTRIES, [name, value, revision, deadline,
+# ...]] (deadline nil: none); then exactly one [SNAPSHOT_END, number of
+# variables] (format 2: [SNAPSHOT_END, number, top revision]) as the last record.
 SNAPSHOT_END = 0
 SNAPSHOT_ITEMS = 1
+SNAPSHOT_ENTRIES = 2
 
 _NAME = re.compile(r"^(journal|snapshot)-(\d{12})\.(log|snap)$")
 
@@ -80,8 +94,8 @@ def snapshot_name(generation: int) -> str:
     return f"snapshot-{generation:012d}.snap"
 
 
-def encode_header(magic: bytes, generation: int) -> bytes:
-    head = _HEADER.pack(magic, FORMAT_VERSION, 0, 0, generation)
+def encode_header(magic: bytes, generation: int, version: int = FORMAT_VERSION) -> bytes:
+    head = _HEADER.pack(magic, version, 0, 0, generation)
     return head + _CRC.pack(zlib.crc32(head))
 
 
@@ -104,8 +118,9 @@ def encode_record(payload: Any) -> bytes:
     return b"".join([length, _CRC.pack(crc), *pieces])
 
 
-def _check_header(path: str, data: bytes, magic: bytes) -> int:
-    """The generation a file's header names; refuses a foreign or newer file."""
+def header_of(path: str, data: bytes, magic: bytes) -> tuple[int, int]:
+    """The generation and format version of a file's header; refuses a
+    foreign or newer file."""
     what = "journal" if magic == JOURNAL_MAGIC else "snapshot"
     head = data[:_HEADER.size]
     found_magic, version, _, _, generation = _HEADER.unpack(head)
@@ -119,7 +134,7 @@ def _check_header(path: str, data: bytes, magic: bytes) -> int:
             f"{path} was written in {what} format version {version} by a newer LTtx; "
             f"this daemon reads versions up to {FORMAT_VERSION}. Upgrade LTtx to use "
             "this data directory.")
-    return int(generation)
+    return int(generation), int(version)
 
 
 @dataclass
@@ -240,9 +255,26 @@ def apply_record(store: MemoryStore, record: list[Any]) -> None:
         elif op == LIST_REMOVE:
             if not store.list_remove(name, args[0]):
                 raise RecoveryError("list_remove found no equal item")
+        elif op == PUT_UNTIL:
+            store.put_until(name, args[0], _deadline(args[1]))
+        elif op == INCR:
+            store.incr(name, args[0])
+        elif op == EXPIRE:
+            if not store.expire_now(name):
+                raise RecoveryError("expire found no such variable")
+        elif op == EXPIRE_AT:
+            if not store.exists(name):
+                raise RecoveryError("expire_at found no such variable")
+            store.expire_at(name, _deadline(args[0]))
     except LTtxError as e:
         raise RecoveryError(
             f"{OP_NAMES[op]} {name!r:.60} cannot be replayed: {e.message}") from None
+
+
+def _deadline(value: Any) -> float:
+    if type(value) not in (int, float):
+        raise RecoveryError(f"a deadline that is not a number: {value!r:.40}")
+    return float(value)
 
 
 # -- writing (blocking; lttx.durable runs these in a thread) -----------------
@@ -317,9 +349,10 @@ class SnapshotWriter:
         _write_all(self.fd, data)
         self.size += len(data)
 
-    def finish(self, count: int) -> int:
-        """Seal with the end record, sync, rename into place; the file's size."""
-        self.write(encode_record([SNAPSHOT_END, count]))
+    def finish(self, count: int, top: int) -> int:
+        """Seal with the end record (the count, the top revision), sync,
+        rename into place; the file's size."""
+        self.write(encode_record([SNAPSHOT_END, count, top]))
         sync_data(self.fd)
         os.close(self.fd)
         self.fd = -1
@@ -377,20 +410,33 @@ def read_snapshot(path: str, store: MemoryStore) -> int:
     if len(data) < HEADER_SIZE:
         raise RecoveryError(f"snapshot {path} is corrupt: {len(data)} bytes, shorter than "
                             "its header; refusing to start rather than lose variables")
-    generation = _check_header(path, data, SNAPSHOT_MAGIC)
+    generation, version = header_of(path, data, SNAPSHOT_MAGIC)
     reader = RecordReader(data)
     count = 0
     ended = None
+    top = None
     for record in reader:
         if ended is not None:
             raise RecoveryError(f"snapshot {path} is corrupt: data after its end record")
         if record[0] == SNAPSHOT_ITEMS and len(record) == 2 and isinstance(record[1], list):
+            # Format 1: no revisions yet; each variable gets the next one.
             items = record[1]
             for i in range(0, len(items) - 1, 2):
                 store.put(items[i], items[i + 1])
             count += len(items) // 2
-        elif record[0] == SNAPSHOT_END and len(record) == 2:
+        elif (record[0] == SNAPSHOT_ENTRIES and len(record) == 2 and version >= 2
+              and isinstance(record[1], list) and len(record[1]) % 4 == 0):
+            entries = record[1]
+            for i in range(0, len(entries), 4):
+                revision, deadline = entries[i + 2], entries[i + 3]
+                if type(revision) is not int or revision < 1:
+                    raise RecoveryError(f"snapshot {path} is corrupt: revision {revision!r:.40}")
+                store.restore(entries[i], entries[i + 1], revision,
+                              None if deadline is None else _deadline(deadline))
+            count += len(entries) // 4
+        elif record[0] == SNAPSHOT_END and len(record) == 2 + (version >= 2):
             ended = record[1]
+            top = record[2] if version >= 2 else None
         else:
             raise RecoveryError(f"snapshot {path} is corrupt: unknown record {record[0]!r}")
     if reader.damage is not None:
@@ -402,6 +448,10 @@ def read_snapshot(path: str, store: MemoryStore) -> int:
         raise RecoveryError(
             f"snapshot {path} is corrupt: it holds {count} variables but its end record "
             f"says {ended!r}; refusing to start rather than lose variables")
+    if top is not None:
+        if type(top) is not int or top < store.top:
+            raise RecoveryError(f"snapshot {path} is corrupt: top revision {top!r:.40}")
+        store.top = top
     return generation
 
 
@@ -431,6 +481,8 @@ class Recovery:
     def __init__(self, directory: str, store: MemoryStore) -> None:
         self.directory = directory
         self.store = store
+        #: The format version of each journal read, by generation.
+        self.versions: dict[int, int] = {}
 
     def run(self) -> Recovered:
         """
@@ -441,6 +493,13 @@ class Recovery:
         :raises RecoveryError: a damaged snapshot or older journal, a missing
             generation, a file in a newer format.
         """
+        clock, self.store.clock = self.store.clock, None  # replay expires nothing
+        try:
+            return self._run()
+        finally:
+            self.store.clock = clock
+
+    def _run(self) -> Recovered:
         started = time.perf_counter()
         plan = _Plan(self.directory)
         base = max(plan.snapshots) if plan.snapshots else None
@@ -493,7 +552,17 @@ class Recovery:
             removed += remove_generations_before(self.directory, base)
         elif plan.temporaries:
             fsync_directory(self.directory)
-        if journals:
+        if journals and self.versions[journals[-1]] < FORMAT_VERSION:
+            # A journal of an older format is not appended to (an older daemon
+            # could then no longer say why it cannot read it): the next
+            # generation's journal, in this format, follows it.
+            generation = journals[-1] + 1
+            journal = AppendFile.create(self.directory, generation)
+            self.log.info("journal {path} is in format {old}; continuing in {new}, format "
+                          "{version}", path=plan.journals[journals[-1]],
+                          old=self.versions[journals[-1]], new=journal.path,
+                          version=FORMAT_VERSION)
+        elif journals:
             generation = journals[-1]
             path = plan.journals[generation]
             journal = AppendFile.reopen(path, os.path.getsize(path))
@@ -514,7 +583,8 @@ class Recovery:
                 "journal {path}: torn header ({dropped} bytes), a crash while it was "
                 "created; removed it (no record was in it)", path=path, dropped=len(data))
             return 0, (path, 0, len(data))
-        if _check_header(path, data, JOURNAL_MAGIC) != generation:
+        named, self.versions[generation] = header_of(path, data, JOURNAL_MAGIC)
+        if named != generation:
             raise RecoveryError(f"journal {path} names another generation in its header")
         reader = RecordReader(data)
         count = 0

@@ -307,7 +307,7 @@ class CommandRightsTests(SynchronousTestCase):
         """A malformed request is a bad_request, whatever the token."""
         proto, transport, _ = self.connect("tok-feed")
         self.assertEqual(self.request(proto, transport, 1, "put", []),
-                         [codec.ERROR, 1, "bad_request", "put takes 2 arguments, not 0"])
+                         [codec.ERROR, 1, "bad_request", "put takes 2 to 3 arguments, not 0"])
 
     def test_refusal_is_logged_once(self) -> None:
         """A refused command gives one log line naming the token's role, no traceback."""

@@ -55,10 +55,11 @@ def write_journal(directory: str, generation: int, records: list, tail: bytes = 
 
 
 def write_snapshot(directory: str, generation: int, state: dict) -> str:
+    """A snapshot in format 1 (as the previous version wrote it)."""
     path = os.path.join(directory, snapshot_name(generation))
     items = [x for pair in state.items() for x in pair]
     with open(path, "wb") as f:
-        f.write(encode_header(SNAPSHOT_MAGIC, generation))
+        f.write(encode_header(SNAPSHOT_MAGIC, generation, 1))
         f.write(encode_record([SNAPSHOT_ITEMS, items]))
         f.write(encode_record([SNAPSHOT_END, len(state)]))
     return path
@@ -307,7 +308,7 @@ class MissingJournalTests(SynchronousTestCase):
         writer = journal.SnapshotWriter(directory, 2)
         writer.open()
         writer.write(encode_record([journal.SNAPSHOT_ITEMS, ["a", 1]]))
-        writer.finish(1)
+        writer.finish(1, 1)
         with self.assertRaises(RecoveryError) as caught:
             journal.recover(directory, MemoryStore())
         self.assertIn("has no journal of its generation", str(caught.exception))

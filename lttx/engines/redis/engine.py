@@ -58,8 +58,8 @@ class _EngineStore(RedisStore):
 
     directory: Optional[DaemonDirectory] = None
 
-    def __init__(self, client: RedisClient, prefix: str = "lttx:") -> None:
-        super().__init__(client, prefix)
+    def __init__(self, client: RedisClient, prefix: str = "lttx:", clock: Any = None) -> None:
+        super().__init__(client, prefix, *(() if clock is None else (clock,)))
         #: host:port of each listener (the tap adds them once listening)
         self.listening: list[str] = []
 
@@ -80,7 +80,7 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     address = redis_address(options, environ)
     prefix = options.get("redis-prefix") or "lttx:"
     commands = RedisClient(reactor, address, name="redis", scripts=SCRIPTS)
-    store = _EngineStore(commands, prefix)
+    store = _EngineStore(commands, prefix, reactor.seconds)
     services = MultiService()
     services.setServiceParent(parent)
     _ClientRunner(commands).setServiceParent(services)

@@ -9,14 +9,18 @@ Layout, under a prefix (``lttx:`` by default):
   says which variables exist (an empty dict or list has no value key, since
   Redis drops empty hashes and lists), gives the count in O(1) (HLEN), the
   names for ``keys`` (HSCAN) and the type for the error messages.
+- ``<prefix>revisions``, a hash: name -> revision; ``<prefix>top``, the
+  highest revision given; ``<prefix>expiry``, a sorted set of the names that
+  expire, scored by their deadline (ms since the epoch), the value key
+  carrying the same deadline as its Redis expiry (see :mod:`.scripts`).
 - ``<prefix>v:<name>``, the value: a string (the MessagePack of a scalar), a
   hash (MessagePack of each key -> MessagePack of its value) or a list (one
   item encoding per element).  So ``dict_change``/``get_dict_value`` are one
   HSET/HGET, ``list_append`` an RPUSH, pops at either end an LPOP/RPOP and
   ``get_list_value`` an LINDEX: O(1) in the size of the value.
 
-Each operation is one Lua script (the type check and the change in one atomic
-step; a refusal changes nothing) returning the errors
+Each operation is one Lua script (:mod:`.scripts`: the expiry, type and
+revision checks and the change in one atomic step; a refusal changes nothing) returning the errors
 :class:`lttx.store.MemoryStore` raises, with the same messages.
 
 ``list_remove`` equality: list items are stored in a *canonical* MessagePack
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import time
 from typing import Any, Callable
 
 from twisted.internet import defer
@@ -44,147 +49,41 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ...errors import BadRequest, error_from_wire
-from ...state.store import MISSING, IVariableStore, check_dict_key, check_index
+from ...state.store import (
+    INT_MAX,
+    INT_MIN,
+    MISSING,
+    IVariableStore,
+    check_dict_key,
+    check_index,
+    check_revision,
+    check_seconds,
+    check_ttl,
+)
 from ...wire import codec
 from ...wire.names import check_variable_name
 from .resp import RedisClient, RedisError, Script
+from .scripts import (
+    DELETE,
+    DICT_CHANGE,
+    EXISTS,
+    EXPIRE,
+    GET,
+    GET_DICT_VALUE,
+    GET_LIST_VALUE,
+    INCR,
+    LIST_APPEND,
+    LIST_POP,
+    LIST_REMOVE,
+    PUT,
+    SCRIPTS,
+    SWEEP,
+    TTL,
+)
 
 _NAN = math.nan
 _TAG = 0xC1
 _CHUNK = 1000
-
-_HEAD = """
-local function typed(want, op)
-  local t = redis.call('HGET', KEYS[1], ARGV[1])
-  if t and t ~= want then
-    return t, redis.error_reply('LTTX wrong_type ' .. op .. ' needs a ' .. want ..
-      ', but ' .. ARGV[2] .. ' holds a ' .. t)
-  end
-  return t, nil
-end
-local function bounds(n, index)
-  local i = tonumber(index)
-  if i < -n or i >= n then
-    return nil, redis.error_reply('LTTX index index ' .. index .. ' out of range for ' ..
-      ARGV[2] .. ' of length ' .. n)
-  end
-  if i < 0 then i = i + n end
-  return i, nil
-end
-local function remove_at(i, n)
-  if i == n - 1 then return redis.call('RPOP', KEYS[2]) end
-  if i == 0 then return redis.call('LPOP', KEYS[2]) end
-  local v = redis.call('LINDEX', KEYS[2], i)
-  -- a marker no item can be (items are MessagePack, or tagged and longer)
-  redis.call('LSET', KEYS[2], i, '\\193')
-  redis.call('LREM', KEYS[2], 1, '\\193')
-  return v
-end
-"""
-
-PUT = Script(_HEAD + """
-redis.call('DEL', KEYS[2])
-local tag = ARGV[3]
-if tag == 'dict' then
-  for i = 4, #ARGV, 1000 do
-    redis.call('HSET', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
-  end
-elseif tag == 'list' then
-  for i = 4, #ARGV, 1000 do
-    redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
-  end
-else
-  redis.call('SET', KEYS[2], ARGV[4])
-end
-redis.call('HSET', KEYS[1], ARGV[1], tag)
-return 1
-""")
-
-GET = Script(_HEAD + """
-local t = redis.call('HGET', KEYS[1], ARGV[1])
-if not t then return nil end
-if t == 'dict' then return {t, redis.call('HGETALL', KEYS[2])} end
-if t == 'list' then return {t, redis.call('LRANGE', KEYS[2], 0, -1)} end
-return {t, redis.call('GET', KEYS[2])}
-""")
-
-DELETE = Script(_HEAD + """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[2])
-  return 1
-end
-return 0
-""")
-
-DICT_CHANGE = Script(_HEAD + """
-local t, err = typed('dict', 'dict_change')
-if err then return err end
-if not t then redis.call('HSET', KEYS[1], ARGV[1], 'dict') end
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-return 1
-""")
-
-GET_DICT_VALUE = Script(_HEAD + """
-local t, err = typed('dict', 'get_dict_value')
-if err then return err end
-if not t then return nil end
-return redis.call('HGET', KEYS[2], ARGV[3])
-""")
-
-LIST_APPEND = Script(_HEAD + """
-local t, err = typed('list', 'list_append')
-if err then return err end
-if not t then redis.call('HSET', KEYS[1], ARGV[1], 'list') end
-return redis.call('RPUSH', KEYS[2], ARGV[3])
-""")
-
-LIST_POP = Script(_HEAD + """
-local t, err = typed('list', 'list_pop')
-if err then return err end
-if not t then return redis.error_reply('LTTX not_found no variable named ' .. ARGV[2]) end
-local n = redis.call('LLEN', KEYS[2])
-if n == 0 then return redis.error_reply('LTTX index pop from the empty list ' .. ARGV[2]) end
-local i, err2 = bounds(n, ARGV[3])
-if err2 then return err2 end
-return remove_at(i, n)
-""")
-
-LIST_REMOVE = Script(_HEAD + """
-local t, err = typed('list', 'list_remove')
-if err then return err end
-if not t then return 0 end
-local c = ARGV[3]
-local n = redis.call('LLEN', KEYS[2])
-local start = 0
-while start < n do
-  local chunk = redis.call('LRANGE', KEYS[2], start, start + 999)
-  for j, s in ipairs(chunk) do
-    local cmp = s
-    if string.byte(s, 1) == 193 then
-      local b1, b2, b3, b4 = string.byte(s, 2, 5)
-      cmp = string.sub(s, 6, 5 + ((b1 * 256 + b2) * 256 + b3) * 256 + b4)
-    end
-    if cmp == c then
-      remove_at(start + j - 1, n)
-      return 1
-    end
-  end
-  start = start + 1000
-end
-return 0
-""")
-
-GET_LIST_VALUE = Script(_HEAD + """
-local t, err = typed('list', 'get_list_value')
-if err then return err end
-if not t then return redis.error_reply('LTTX not_found no variable named ' .. ARGV[2]) end
-local i, err2 = bounds(redis.call('LLEN', KEYS[2]), ARGV[3])
-if err2 then return err2 end
-return redis.call('LINDEX', KEYS[2], i)
-""")
-
-SCRIPTS = (PUT, GET, DELETE, DICT_CHANGE, GET_DICT_VALUE, LIST_APPEND, LIST_POP,
-           LIST_REMOVE, GET_LIST_VALUE)
 
 
 def _canonical(value: Any, zero: bool) -> Any:
@@ -241,43 +140,61 @@ class RedisStore:
 
     :param client: a connected-or-connecting :class:`RedisClient` whose
         ``scripts`` include :data:`SCRIPTS` (loaded on each connection).
+    :param clock: the wall clock (seconds since the epoch) deadlines are
+        measured on; every daemon on one Redis must keep its clock in sync
+        (NTP), as for any lease.
     """
 
     log = Logger()
     engine = "redis"
 
-    def __init__(self, client: RedisClient, prefix: str = "lttx:") -> None:
+    def __init__(self, client: RedisClient, prefix: str = "lttx:",
+                 clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.prefix = prefix
+        self.clock = clock
         self._types = prefix + "types"
+        self._keys = [self._types, "", prefix + "revisions", prefix + "expiry", prefix + "top"]
         #: The variable count as last read (``len`` must answer at once).
         self.count = 0
+        #: The count of variables with an expiry, as last read.
+        self.expiring = 0
 
     def __len__(self) -> int:
         return self.count
 
     def refresh(self) -> Deferred[Any]:
-        """Read the variable count again (a timer calls this)."""
-        def got(n: int) -> None:
-            self.count = n
-        return self.client.execute("HLEN", self._types).addCallbacks(got, lambda f: None)
+        """Read the variable counts again (a timer calls this)."""
+        def got(counts: list[int]) -> None:
+            self.count, self.expiring = counts
+        d = defer.gatherResults([self.client.execute("HLEN", self._types),
+                                 self.client.execute("ZCARD", self._keys[3])],
+                                consumeErrors=True)
+        return d.addCallbacks(got, lambda f: None)
 
-    def _run(self, script: Script, name: Any, *args: Any) -> Deferred[Any]:
+    def _now(self) -> int:
+        return round(self.clock() * 1000)
+
+    def _run(self, script: Script, name: Any, *args: Any, if_revision: Any = None) -> Any:
         check_variable_name(name)
-        d = self.client.evalsha(script, [self._types, self.prefix + "v:" + name],
-                                [name, repr(name), *args])
+        keys = list(self._keys)
+        keys[1] = self.prefix + "v:" + name
+        expected = "" if check_revision(if_revision) is None else if_revision
+        d = self.client.evalsha(script, keys, [name, repr(name), self._now(), expected, *args])
         return d.addErrback(_typed_error)
 
     def status(self) -> dict[str, Any]:
         return {"engine": "redis", "prefix": self.prefix, "variables": self.count,
-                **self.client.status()}
+                "expiring": self.expiring, **self.client.status()}
 
     # -- IVariableStore ------------------------------------------------------
 
-    def put(self, name: str, value: Any) -> Any:  # a Deferred
-        return _call(self._put, name, value)
+    def put(self, name: str, value: Any, if_revision: Any = None,
+            ttl: Any = None) -> Any:  # a Deferred
+        return _call(self._put, name, value, if_revision, ttl)
 
-    def _put(self, name: str, value: Any) -> Deferred[None]:
+    def _put(self, name: str, value: Any, if_revision: Any, ttl: Any) -> Deferred[None]:
+        deadline = "" if ttl is None else round((self.clock() + check_ttl(ttl)) * 1000)
         tag = _type_tag(value)
         if tag == "dict":
             payload = [b for k, v in value.items() for b in (codec.encode(k), codec.encode(v))]
@@ -285,23 +202,57 @@ class RedisStore:
             payload = [encode_item(item) for item in value]
         else:
             payload = [codec.encode(value)]
-        return self._run(PUT, name, tag, *payload).addCallback(lambda _: None)
+        return self._run(PUT, name, tag, deadline, *payload,
+                         if_revision=if_revision).addCallback(lambda _: None)
 
-    def get(self, name: str) -> Any:  # a Deferred
-        return _call(lambda: self._run(GET, name).addCallback(_decode_value))
+    def get(self, name: str, revision: bool = False) -> Any:  # a Deferred
+        decode = _decode_with_revision if revision else _decode_value
+        return _call(lambda: self._run(GET, name).addCallback(decode))
 
-    def delete(self, name: str) -> Any:  # a Deferred
-        return _call(lambda: self._run(DELETE, name).addCallback(bool))
+    def delete(self, name: str, if_revision: Any = None) -> Any:  # a Deferred
+        return _call(lambda: self._run(DELETE, name, if_revision=if_revision).addCallback(bool))
 
     def exists(self, name: str) -> Any:  # a Deferred
-        return _call(lambda: self.client.execute(
-            "HEXISTS", self._types, check_variable_name(name)).addCallback(bool))
+        return _call(lambda: self._run(EXISTS, name).addCallback(bool))
+
+    def incr(self, name: str, by: Any = 1) -> Any:  # a Deferred
+        return _call(self._incr, name, by)
+
+    def _incr(self, name: str, by: Any) -> Deferred[Any]:
+        if type(by) is int:
+            if not INT_MIN <= by <= INT_MAX:
+                raise BadRequest(f"incr of {name!r} would overflow a 64-bit integer")
+            amount = ["int", by >> 32, by & 0xFFFFFFFF]
+        elif type(by) is float:
+            amount = ["float", repr(by), ""]
+        else:
+            raise BadRequest(f"incr needs an int or float amount, not {type(by).__name__}")
+        return self._run(INCR, name, *amount).addCallback(codec.decode)
+
+    def expire(self, name: str, seconds: Any) -> Any:  # a Deferred
+        return _call(self._expire, name, seconds)
+
+    def _expire(self, name: str, seconds: Any) -> Deferred[Any]:
+        seconds = check_seconds(seconds, "expire")
+        deadline = round((self.clock() + seconds) * 1000)
+        return self._run(EXPIRE, name, deadline, "1" if seconds <= 0 else "").addCallback(bool)
+
+    def ttl(self, name: str) -> Any:  # a Deferred
+        return _call(lambda: self._run(TTL, name).addCallback(
+            lambda ms: None if ms is None else max(0.0, ms / 1000)))
+
+    def sweep(self, limit: int = 1000) -> Any:  # a Deferred
+        """Remove at most ``limit`` expired variables (any daemon may; each once)."""
+        keys = list(self._keys)
+        keys[1] = self.prefix + "v:"
+        return self.client.evalsha(SWEEP, keys, [self.prefix + "v:", "", self._now(), "",
+                                                 int(limit)])
 
     def keys(self, pattern: str = "*") -> Any:  # a Deferred
-        return _call(self._keys, pattern)
+        return _call(self._scan, pattern)
 
     @defer.inlineCallbacks
-    def _keys(self, pattern: str) -> Any:
+    def _scan(self, pattern: str) -> Any:
         if not isinstance(pattern, str):
             raise BadRequest("a key pattern must be a string")
         # Redis's MATCH and fnmatch agree on * and ?; brackets and escapes
@@ -315,28 +266,33 @@ class RedisStore:
             names.extend(found[i].decode("utf-8") for i in range(0, len(found), 2))
             if cursor == b"0":
                 break
-        return sorted(n for n in set(names) if fnmatch.fnmatchcase(n, pattern))
+        # Expired but not yet swept: gone for keys too.
+        due = yield self.client.execute("ZRANGEBYSCORE", self._keys[3], "-inf", self._now())
+        expired = {n.decode("utf-8") for n in due}
+        return sorted(n for n in set(names) - expired if fnmatch.fnmatchcase(n, pattern))
 
-    def dict_change(self, name: str, key: Any, value: Any) -> Any:  # a Deferred
+    def dict_change(self, name: str, key: Any, value: Any,
+                    if_revision: Any = None) -> Any:  # a Deferred
         return _call(lambda: self._run(
-            DICT_CHANGE, name, codec.encode(check_dict_key(key)), codec.encode(value)
-        ).addCallback(lambda _: None))
+            DICT_CHANGE, name, codec.encode(check_dict_key(key)), codec.encode(value),
+            if_revision=if_revision).addCallback(lambda _: None))
 
     def get_dict_value(self, name: str, key: Any) -> Any:  # a Deferred
         return _call(lambda: self._run(
             GET_DICT_VALUE, name, codec.encode(check_dict_key(key))
         ).addCallback(lambda data: MISSING if data is None else codec.decode(data)))
 
-    def list_append(self, name: str, item: Any) -> Any:  # a Deferred
-        return _call(lambda: self._run(LIST_APPEND, name, encode_item(item)))
+    def list_append(self, name: str, item: Any, if_revision: Any = None) -> Any:  # a Deferred
+        return _call(lambda: self._run(LIST_APPEND, name, encode_item(item),
+                                       if_revision=if_revision))
 
-    def list_pop(self, name: str, index: int = -1) -> Any:  # a Deferred
-        return _call(lambda: self._run(LIST_POP, name, check_index(index)).addCallback(
-            decode_item))
+    def list_pop(self, name: str, index: int = -1, if_revision: Any = None) -> Any:  # a Deferred
+        return _call(lambda: self._run(LIST_POP, name, check_index(index),
+                                       if_revision=if_revision).addCallback(decode_item))
 
-    def list_remove(self, name: str, item: Any) -> Any:  # a Deferred
-        return _call(lambda: self._run(LIST_REMOVE, name, compare_form(item)).addCallback(
-            bool))
+    def list_remove(self, name: str, item: Any, if_revision: Any = None) -> Any:  # a Deferred
+        return _call(lambda: self._run(LIST_REMOVE, name, compare_form(item),
+                                       if_revision=if_revision).addCallback(bool))
 
     def get_list_value(self, name: str, index: int) -> Any:  # a Deferred
         return _call(lambda: self._run(GET_LIST_VALUE, name, check_index(index)).addCallback(
@@ -357,12 +313,21 @@ def _typed_error(failure: Failure) -> Failure:
     return failure
 
 
+def _decode_with_revision(reply: Any) -> tuple[Any, int]:
+    if reply is None:
+        return MISSING, 0
+    return _decode_value(reply), int(reply[2])
+
+
 def _decode_value(reply: Any) -> Any:
     if reply is None:
         return MISSING
-    tag, data = reply
+    tag, data = reply[0], reply[1]
     if tag == b"dict":
         return {codec.decode(data[i]): codec.decode(data[i + 1]) for i in range(0, len(data), 2)}
     if tag == b"list":
         return [decode_item(item) for item in data]
     return codec.decode(data)
+
+
+__all__ = ["RedisStore", "SCRIPTS", "compare_form", "decode_item", "encode_item"]
