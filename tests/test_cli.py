@@ -267,11 +267,12 @@ class ChannelCommandsTests(CLITestMixin, TestCase):
         self.assertEqual((channels["hq_center"]["subscribers"], channels["hq_center"]["messages"]),
                          (2, 10))
         self.assertEqual(channels["orders"]["subscribers"], 1)
-        self.assertEqual(report["channels"]["slow_subscribers_cut_off"], 0)
+        self.assertEqual(report["channels"]["gaps"], 0)
+        self.assertEqual(channels["hq_center"]["newest_seq"], 10)
         text = self.lttx("status")
         self.assertRegex(text, r"(?m)^  channel\s+subscribers\s+conflating\s+messages\s+rate")
         self.assertRegex(text, r"(?m)^  hq_center\s+2\s+1\s+10\s+[\d.]+/s")
-        self.assertRegex(text, r"(?m)^  slow subscribers cut off\s+0$")
+        self.assertRegex(text, r"(?m)^  gaps\s+0$")
         self.assertRegex(text, r"(?m)^  conflated drops\s+\d+$")
 
 

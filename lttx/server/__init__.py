@@ -10,7 +10,7 @@ The daemon's side of a connection.
 - :mod:`~lttx.server.dispatch`: the one dispatcher of requests (arity,
   rights, error frames, the log line) for command and file connections;
 - :mod:`~lttx.server.commands`: the variable and channel commands;
-- :mod:`~lttx.server.outbox`: writes to a subscriber at the pace it reads;
+- :mod:`~lttx.server.reader`: writes to a subscriber from the channel logs at the pace it reads;
 - :mod:`~lttx.server.files`: the files folder and its rules;
 - :mod:`~lttx.server.file_session`: one file connection's transfer.
 

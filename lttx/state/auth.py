@@ -148,6 +148,8 @@ COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
     # The handlers check each channel of the list themselves.
     "subscribe": None,
     "unsubscribe": None,
+    # An acknowledged publish: [channel, key, data].
+    "publish": Right("publish", 0),
 }
 
 #: The same for a file connection (``hello`` with mode ``file``): listing
