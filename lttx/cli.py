@@ -8,7 +8,10 @@ The ``lttx`` command: LTtx for people and shell scripts.
     lttx keys 'p*'
     lttx del pos
     lttx sub hq_center                # one JSON line per message, until Ctrl-C
+    lttx sub hq_center --history 100  # the last 100 retained first (or --since SEQ,
+                                      # --last-values)
     lttx push hq_center 600000.SH 10.23
+    lttx publish orders order-17 '{"side": "buy"}'   # waits; prints the seq
     lttx upload ./report.csv
     lttx download report.csv ./downloads/
     lttx files
@@ -355,7 +358,9 @@ def cmd_sub(ctx: Context) -> int:
     args = ctx.args
     client = ctx.connect()
     try:
-        client.subscribe(args.channels, password=args.password, conflate=args.conflate)
+        client.subscribe(args.channels, password=args.password, conflate=args.conflate,
+                         history=args.history, since=args.since,
+                         last_values=args.last_values, on_gap=_print_gap(ctx))
         # On stderr, so stdout holds messages only; a script can wait for it.
         ctx.err.write(f"lttx: subscribed to {args.channels} at {ctx.where}; "
                       "Ctrl-C to stop\n")
@@ -371,6 +376,23 @@ def cmd_sub(ctx: Context) -> int:
         pass  # Ctrl-C is how `sub` is meant to end
     finally:
         client.close()
+    return EXIT_OK
+
+
+def _print_gap(ctx: Context) -> Callable[[str, Any, Any], None]:
+    """``sub``'s on_gap: one line on stderr per gap the daemon reports."""
+    def on_gap(channel: str, first: Any, last: Any) -> None:
+        ctx.err.write(f"lttx: gap on {channel}: messages {first if first is not None else '?'}"
+                      f" to {last if last is not None else '?'} will not arrive\n")
+        ctx.err.flush()
+    return on_gap
+
+
+def cmd_publish(ctx: Context) -> int:
+    args = ctx.args
+    data = parse_json_argument(args.data, "DATA")
+    with ctx.connect() as client:
+        ctx.print(str(client.publish(args.key, data, args.channel)))
     return EXIT_OK
 
 
@@ -482,6 +504,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep only the newest message per key while lagging")
     sub.add_argument("--count", type=int, default=None, metavar="N",
                      help="stop after N messages")
+    start = sub.add_mutually_exclusive_group()
+    start.add_argument("--history", type=int, default=None, metavar="N",
+                       help="first the channel's last N retained messages")
+    start.add_argument("--since", type=int, default=None, metavar="SEQ",
+                       help="first the retained messages after seq SEQ")
+    sub.add_argument("--last-values", action="store_true",
+                     help="first the newest message of every key the channel carried")
+    sub = command("publish", cmd_publish,
+                  "publish a message on a channel, wait for the daemon, print its seq")
+    sub.add_argument("channel")
+    sub.add_argument("key")
+    sub.add_argument("data", help="a JSON value")
     sub = command("push", cmd_push, "push a message on a channel")
     sub.add_argument("channel")
     sub.add_argument("key")

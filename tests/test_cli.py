@@ -224,6 +224,20 @@ class ChannelCommandsTests(CLITestMixin, TestCase):
         self.assertEqual(process.wait(30), 0)
         self.assertEqual(out.next(), "")
 
+    def test_publish_prints_the_seq_and_sub_reads_the_history(self) -> None:
+        """publish prints each message's seq; sub --history 2 prints the last two
+        retained, then live ones; --since and --last-values likewise."""
+        self.assertEqual(self.lttx("publish", "orders", "o1", '{"side": "buy"}').strip(), "1")
+        self.assertEqual(self.lttx("publish", "orders", "o2", '"sell"').strip(), "2")
+        self.assertEqual(self.lttx("publish", "orders", "o1", "3").strip(), "3")
+        for args, wanted in ((["--history", "2"], [2, 3, 4]), (["--since", "0"], [1, 2, 3, 4]),
+                             (["--last-values"], [2, 3, 4])):
+            process, out, _ = self.start_sub("orders", "--count", str(len(wanted)), *args)
+            if args[0] == "--history":
+                self.assertEqual(self.lttx("publish", "orders", "o3", "4").strip(), "4")
+            self.assertEqual([json.loads(out.next())["seq"] for _ in wanted], wanted)
+            self.assertEqual(process.wait(30), 0)
+
     def test_sub_ends_cleanly_on_ctrl_c(self) -> None:
         """SIGINT ends sub with status 0 and no traceback, after what it printed."""
         process, out, err = self.start_sub("chat")
