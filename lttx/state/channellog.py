@@ -7,8 +7,9 @@ prefix included), encoded once: the same bytes object is written to every
 subscriber, and a subscriber holds no copy, only the ``seq`` of the next
 message it is to read.  The log is a list with a head offset (``frame_of``
 is O(1), dropping the oldest is amortised O(1); a ``deque`` would index in
-O(n)), with the key of each message alongside for conflation and for the
-last value of each key.
+O(n)), with the arrival number of each message alongside (the order of
+messages across channels); conflation reads a message's key back from its
+frame, off the hot path.
 
 Sequence numbers are consecutive within an ``epoch``, a random 63-bit int
 drawn when the log is made: a log made again (after a daemon restart, or
@@ -21,14 +22,18 @@ oldest past it), and the registry's bound over all logs
 length plus :data:`ENTRY_OVERHEAD` (the list slots and the bytes object's
 header), so the bounds track the daemon's memory, not only the payloads.
 The last value of each key is kept apart from the log (a message may outlive
-its place in the log there), at most ``last_values_limit`` keys; past it the
-least recently updated key goes (counted in ``last_values_evicted``).
+its place in the log there), at most ``last_values_limit`` keys; past it
+(by a 16th, so that the cut is amortised) the least recently updated keys go
+(counted in ``last_values_evicted``).  Both byte bounds cut by a 16th at a
+time too.
 """
 
 from __future__ import annotations
 
 import secrets
 from typing import Any, Optional
+
+import msgpack
 
 #: Bytes counted per retained message on top of its frame's length.
 ENTRY_OVERHEAD = 64
@@ -38,6 +43,14 @@ DEFAULT_LAST_VALUES = 100_000
 
 #: Entries dropped from the front before the list is compacted (amortises ``del``).
 _COMPACT_AT = 4096
+
+
+def key_of(frame: bytes) -> Any:
+    """The key of a MESSAGE frame (length prefix, ``95 03``, channel, key, ...)."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(memoryview(frame)[6:])
+    unpacker.skip()
+    return unpacker.unpack()
 
 
 def new_epoch() -> int:
@@ -57,7 +70,8 @@ class ChannelLog:
     """
 
     __slots__ = ("name", "password", "epoch", "history_bytes", "last_values_limit",
-                 "_frames", "_keys", "_order", "_base", "_head", "next_seq", "bytes",
+                 "last_values_cap",
+                 "_frames", "_order", "_base", "_head", "next_seq", "bytes",
                  "last_values", "last_values_evicted", "dropped", "readers", "dirty",
                  "rate", "_sampled_seq")
 
@@ -69,8 +83,9 @@ class ChannelLog:
         self.epoch = new_epoch() if epoch is None else epoch
         self.history_bytes = history_bytes
         self.last_values_limit = last_values_limit
+        # Keys past which the least recently updated are cut (by a 16th at once).
+        self.last_values_cap = last_values_limit + (last_values_limit >> 4)
         self._frames: list[bytes] = []
-        self._keys: list[Any] = []
         # The registry's arrival number of each message: a subscriber of
         # several channels gets their messages in the order they arrived.
         self._order: list[int] = []
@@ -80,7 +95,7 @@ class ChannelLog:
         self.next_seq = 1
         #: Bytes retained: frames plus ENTRY_OVERHEAD each.
         self.bytes = 0
-        #: key -> (seq, frame) of the newest message with that key, oldest first.
+        #: key -> (seq, frame) of the newest message with that key.
         self.last_values: dict[Any, tuple[int, bytes]] = {}
         self.last_values_evicted = 0
         #: Messages dropped from the log (by either bound).
@@ -144,11 +159,11 @@ class ChannelLog:
         if start >= self.next_seq:
             return gap, [], start, 0
         lo, hi = start - self._base, self.next_seq - self._base
-        keys, frames = self._keys, self._frames
+        frames = self._frames
         seen: set[Any] = set()
         kept: list[int] = []
         for i in range(hi - 1, lo - 1, -1):
-            key = keys[i]
+            key = key_of(frames[i])
             if key not in seen:
                 seen.add(key)
                 kept.append(i)
@@ -157,7 +172,8 @@ class ChannelLog:
 
     def last_values_before(self, seq: int) -> list[bytes]:
         """The newest frame of each key among messages before ``seq``, in seq order."""
-        return [frame for s, frame in self.last_values.values() if s < seq]
+        return [frame for s, frame in sorted(self.last_values.values(),
+                                             key=lambda value: value[0]) if s < seq]
 
     # -- writing ------------------------------------------------------------
 
@@ -169,27 +185,37 @@ class ChannelLog:
     def append(self, frame: bytes, key: Any, arrival: int = 0) -> int:
         """
         Keep one message (its complete MESSAGE frame, which carries
-        :attr:`next_seq`); drop the oldest past ``history_bytes``.
+        :attr:`next_seq`).  Past ``history_bytes``, the oldest are dropped
+        down to 15/16 of it (a slice at a time, not one per message).
 
         :return: the bytes retained by this append minus those it dropped.
+
+        ``ChannelRegistry.publish`` does the same inline (keep them alike).
         """
         seq = self.next_seq
         self.next_seq = seq + 1
         self._frames.append(frame)
-        self._keys.append(key)
         self._order.append(arrival)
         size = len(frame) + ENTRY_OVERHEAD
         self.bytes += size
         values = self.last_values
-        if key in values:
-            del values[key]  # re-inserted at the end: the dict stays in update order
         values[key] = (seq, frame)
-        if len(values) > self.last_values_limit:
-            del values[next(iter(values))]
-            self.last_values_evicted += 1
+        if len(values) > self.last_values_cap:
+            self._evict_last_values()
         if self.bytes > self.history_bytes:
-            return size - self.drop_bytes(self.bytes - self.history_bytes)
+            return size - self.drop_bytes(self.bytes - self.history_bytes
+                                          + (self.history_bytes >> 4))
         return size
+
+    def _evict_last_values(self) -> None:
+        """Past the key bound (plus a 16th, so this runs once per many
+        messages): forget the least recently updated keys down to the bound."""
+        values = self.last_values
+        excess = len(values) - self.last_values_limit
+        oldest = sorted(values.items(), key=lambda item: item[1][0])[:excess]
+        for key, _ in oldest:
+            del values[key]
+        self.last_values_evicted += excess
 
     def drop_bytes(self, amount: int) -> int:
         """Drop the oldest messages until at least ``amount`` bytes are freed
@@ -205,7 +231,6 @@ class ChannelLog:
         self.bytes -= freed
         if head >= _COMPACT_AT and head * 2 >= end:
             del frames[:head]
-            del self._keys[:head]
             del self._order[:head]
             self._base += head
             self._head = 0

@@ -34,7 +34,7 @@ from ..errors import AuthError, BadRequest
 from ..wire import codec
 from ..wire.frames import MESSAGE_HEAD, PREFIX, pack_seq
 from ..wire.names import check_channel, split_channels
-from .channellog import DEFAULT_LAST_VALUES, ChannelLog, Position
+from .channellog import DEFAULT_LAST_VALUES, ENTRY_OVERHEAD, ChannelLog, Position
 
 #: Key types a message may carry: hashable, so conflation can index them.
 _KEY_TYPES = (str, bytes, int, float, bool, type(None))
@@ -71,6 +71,12 @@ class ChannelRegistry:
     """
 
     log = Logger()
+
+    #: Where a subscriber resuming from another epoch starts: at the log's
+    #: beginning (True: after a restart, everything of the new epoch is new to
+    #: it), or at the next message (False: the Redis engine, where another
+    #: daemon's log holds mostly what the client already got from the first).
+    unknown_epoch_from_start = True
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  history_bytes: int = DEFAULT_CHANNEL_HISTORY,
@@ -170,7 +176,7 @@ class ChannelRegistry:
                                               f"restarted or channel forgotten): messages "
                                               f"after {chan_since} of its previous epoch are "
                                               f"lost", previous_epoch=chan_epoch))
-                    start = 1
+                    start = 1 if self.unknown_epoch_from_start else log.next_seq
                 else:
                     start = min(chan_since + 1, log.next_seq)
             elif history is not None:
@@ -256,8 +262,21 @@ class ChannelRegistry:
             encoded = msgpack.packb(channel) + msgpack.packb(key) + codec.encode(data)
         seq = log.next_seq
         payload = MESSAGE_HEAD + encoded + pack_seq(seq)
-        self.published += 1
-        self.retained += log.append(PREFIX.pack(len(payload)) + payload, key, self.published)
+        frame = PREFIX.pack(len(payload)) + payload
+        self.published = arrival = self.published + 1
+        # ChannelLog.append, inlined: this is the hot path of every message.
+        log.next_seq = seq + 1
+        log._frames.append(frame)
+        log._order.append(arrival)
+        size = len(frame) + ENTRY_OVERHEAD
+        log.bytes += size
+        values = log.last_values
+        values[key] = (seq, frame)
+        if len(values) > log.last_values_cap:
+            log._evict_last_values()
+        if log.bytes > log.history_bytes:
+            size -= log.drop_bytes(log.bytes - log.history_bytes + (log.history_bytes >> 4))
+        self.retained += size
         if not log.dirty:
             log.dirty = True
             self._dirty.append(log)

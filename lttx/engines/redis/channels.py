@@ -21,7 +21,9 @@ The Redis engine: several daemons on one Redis act as one data center.
   3... as a single daemon does, so history, ``since`` and resumption work
   per daemon; two daemons give the same message different numbers and
   their logs different epochs, so a client that fails over to another
-  daemon is told of a gap (another epoch), as after a restart.  Slow
+  daemon is told of a gap (another epoch, range unknown) and reads on from
+  that daemon's next message (not its history, which would mostly repeat
+  what the client got from the first daemon).  Slow
   subscribers and conflation work as on one daemon, since remote messages
   take the local path.  A channel password is per daemon.  When a daemon
   loses its pub/sub connection to Redis, each subscriber of its channels
@@ -58,6 +60,10 @@ class SharedChannelRegistry(ChannelRegistry):
     :param subscriber: the pub/sub client; its ``on_message`` must be
         :meth:`message_received`.
     """
+
+    #: A client failing over from another daemon resumes at the next message:
+    #: this daemon's log holds mostly what it already got there.
+    unknown_epoch_from_start = False
 
     def __init__(self, clock: Callable[[], float], prefix: str, daemon_id: bytes,
                  **bounds: int) -> None:
