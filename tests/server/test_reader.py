@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -276,3 +278,54 @@ class ProtocolChannelTests(SynchronousTestCase):
         proto.connectionLost(None)
         self.assertEqual(self.factory.state.status()["channels"]["channels"], {})
         self.subscriber("hq", "another")  # the password went with it
+
+
+# An operation: ("pub", channel index, data size) / ("flush",) / ("drain",) / ("pause",)
+_operations = st.lists(st.one_of(
+    st.tuples(st.just("pub"), st.integers(0, 2), st.integers(0, 400)),
+    st.tuples(st.just("flush")), st.tuples(st.just("drain")), st.tuples(st.just("pause")),
+), max_size=150)
+
+
+class ReaderPropertyTests(SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(_operations, st.integers(2000, 20000), st.integers(200, 5000))
+    def test_arrival_order_and_exact_gaps(self, operations: list[tuple], history: int,
+                                          pause_after: int) -> None:
+        """A reader of three channels over small logs, its transport pausing at random:
+        it gets every channel's messages with increasing seqs, all channels'
+        messages in the order they were published, and what it did not get is
+        exactly what gap notices named."""
+        registry = ChannelRegistry(history_bytes=history)
+        transport = CountingTransport(pause_after=pause_after)
+        reader = ChannelReader(transport, registry)
+        names = ["a", "b", "c"]
+        registry.subscribe(reader, names)
+        received = b""
+        sent = {name: 0 for name in names}
+        n = 0
+        for op in operations:
+            if op[0] == "pub":
+                registry.publish(names[op[1]], "k", [n, "x" * op[2]])
+                sent[names[op[1]]] += 1
+                n += 1
+            elif op[0] == "flush":
+                registry.flush()
+            elif op[0] == "drain":
+                received += transport.drain()
+            elif reader.positions and not reader.paused:
+                reader.pauseProducing()
+        registry.flush()
+        transport.pause_after = 0
+        while reader.paused or transport.value():
+            received += transport.drain()
+        frames = frames_of(received)
+        messages = [f for f in frames if f[0] == codec.MESSAGE]
+        arrivals = [m[3][0] for m in messages]
+        self.assertEqual(arrivals, sorted(set(arrivals)))
+        for name in names:
+            seqs = [m[4] for m in messages if m[1] == name]
+            self.assertEqual(seqs, sorted(set(seqs)))
+            gaps = {s for f in frames if f[0] == codec.NOTICE and f[3]["channel"] == name
+                    for s in range(f[3]["first"], f[3]["last"] + 1)}
+            self.assertEqual(set(range(1, sent[name] + 1)) - set(seqs), gaps)
