@@ -157,6 +157,29 @@ class FanOutTests(SynchronousTestCase):
         self.assertEqual([m[3:] for m in sub.messages()], [[1, 1]])
         self.assertRaises(AuthError, self.registry.subscribe, ListSubscriber(), ["void"], "x")
 
+    def test_history_memory_cuts_the_largest_logs_first(self) -> None:
+        """Past history_memory the oldest messages of the largest log go, down to 15/16
+        of the bound, counted; a small log is untouched; readers are told by a gap."""
+        registry = ChannelRegistry(history_bytes=10**9, history_memory=100_000)
+        sub = ListSubscriber()
+        registry.subscribe(sub, ["big"])
+        registry.publish("small", "k", "x" * 100)
+        for _ in range(500):
+            registry.publish("big", "k", "x" * 200)
+        status = registry.status()
+        self.assertLessEqual(status["history_bytes"], 100_000)
+        self.assertEqual(status["channels"]["small"]["messages"], 1)
+        self.assertGreater(status["evicted_for_memory"], 0)
+        self.assertEqual(status["evicted_for_memory"], status["channels"]["big"]["dropped"])
+        self.assertEqual(status["history_bytes"],
+                         sum(c["bytes"] for c in status["channels"].values()))
+        registry.flush()
+        frames = sub.messages()
+        self.assertEqual(frames[0][:2], [codec.NOTICE, "gap"])
+        self.assertEqual(frames[0][3]["first"], 1)
+        self.assertEqual([m[4] for m in frames[1:]],
+                         list(range(frames[0][3]["last"] + 1, 501)))
+
     def test_bad_publishes(self) -> None:
         """A bad channel, an unhashable key or unencodable data are typed errors."""
         sub = ListSubscriber()
