@@ -12,7 +12,12 @@ Scenarios, each run on the three systems in the same run:
 1. one publisher -> 1 subscriber, as fast as the publisher can push;
 2. one publisher -> 10 subscribers;
 3. one publisher -> 10 subscribers, one of them frozen with SIGSTOP;
-4. push-to-receive latency (p50, p99) at a steady 10,000 messages/s to 1 subscriber.
+4. push-to-receive latency (p50, p99) at a steady 10,000 messages/s to 1 subscriber;
+5. LTtx only: the daemon's RSS growth with one live subscriber and 0, 1 and 10
+   frozen ones (a frozen subscriber costs its position in the channel's log).
+
+``--runs N`` repeats everything N times and reports, per scenario and system,
+how many runs delivered every message ("runs complete / runs").
 
 Systems:
 
@@ -502,12 +507,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer messages")
     parser.add_argument("--status-page", action="store_true",
                         help="also run lttx with its status page open and /metrics scraped")
+    parser.add_argument("--runs", type=int, default=1, help="repeat every scenario N times")
     args = parser.parse_args()
     n1, n10 = (50_000, 10_000) if args.quick else (200_000, 40_000)
     # SIGTERM (e.g. from timeout(1)) still stops the servers started here.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     http = ["--http", "tcp:0:interface=127.0.0.1"] if args.status_page else []
-    servers = Servers(["--subscriber-buffer", "4MiB", *http])
+    servers = Servers(http)
     table: list[dict[str, Any]] = []
     systems = [s for s in ("lttx", "raw", "redis") if s in servers.ports]
     if args.status_page:
@@ -518,10 +524,13 @@ def main() -> None:
             ("1 -> 10", dict(subscribers=10, n=n10)),
             ("1 -> 10, one frozen", dict(subscribers=10, n=n10 * 2, frozen=1)),
             ("latency @10k/s", dict(subscribers=1, n=30_000, rate=10_000.0)),
+            ("RSS, 0 frozen", dict(subscribers=1, n=n10 * 2)),
+            ("RSS, 1 frozen", dict(subscribers=2, n=n10 * 2, frozen=1)),
+            ("RSS, 10 frozen", dict(subscribers=11, n=n10 * 2, frozen=10)),
         ]
-        for title, kwargs in plan:
-            print(f"\n== {title}")
-            for system in systems:
+        for run, (title, kwargs) in [(r, p) for r in range(args.runs) for p in plan]:
+            print(f"\n== {title}" + (f" (run {run + 1})" if args.runs > 1 else ""))
+            for system in (["lttx"] if title.startswith("RSS") else systems):
                 result = scenario(servers, system, **kwargs)  # type: ignore[arg-type]
                 result["scenario"] = title
                 table.append(result)
@@ -538,7 +547,7 @@ def main() -> None:
                 if "daemon_rss_growth_kib" in result:
                     line += f"  daemon RSS +{result['daemon_rss_growth_kib'] / 1024:.1f} MiB"
                 print(line, flush=True)
-            by = {r["system"]: r for r in table if r["scenario"] == title}
+            by = {r["system"]: r for r in table if r["scenario"] == title}  # the last run
             if "lttx+page" in by and by["lttx"]["delivered_per_s"]:
                 ratio = by["lttx+page"]["delivered_per_s"] / by["lttx"]["delivered_per_s"]
                 print(f"  lttx+page / lttx = {ratio:.2f}")
@@ -546,8 +555,15 @@ def main() -> None:
                 if "lttx" in by and other in by and by[other]["delivered_per_s"]:
                     ratio = by["lttx"]["delivered_per_s"] / by[other]["delivered_per_s"]
                     print(f"  lttx / {other:5s} = {ratio:.2f}")
+        print("\nruns complete / runs:")
+        for title, _ in plan:
+            for system in systems:
+                runs = [r for r in table if r["scenario"] == title and r["system"] == system]
+                if runs:
+                    done = sum(r["complete"] for r in runs)
+                    print(f"  {title:22s} {system:6s} {done} / {len(runs)}")
         cut = sum("cut off" in line for line in servers.lttx_log)
-        print(f"\nLTtx slow subscribers cut off during the run: {cut}")
+        print(f"LTtx subscribers cut off during the run: {cut}")
     finally:
         servers.stop()
     print(json.dumps(table))

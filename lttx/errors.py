@@ -112,7 +112,9 @@ class DecodeError(LTtxError, ValueError):
 
 
 class SlowSubscriber(LTtxError):
-    """The daemon cut this subscriber off: its queue passed the bound."""
+    """A daemon of protocol 1 cut this subscriber off (its queue passed the
+    bound).  Kept for its stable code: daemons of protocol 2 never cut off a
+    subscriber for being slow (it is a position in the channel's log)."""
 
     code = "slow_subscriber"
 

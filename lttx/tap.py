@@ -24,7 +24,7 @@ from .server.factory import LTtxFactory
 from .server.files import FileService
 from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER, ServerState
 from .state.auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
-from .state.channels import ChannelRegistry
+from .state.channels import DEFAULT_CHANNEL_HISTORY, DEFAULT_HISTORY_MEMORY, ChannelRegistry
 from .storage.durable import FSYNC_POLICIES, DurableStore
 
 ENGINES = ("memory", "redis")
@@ -82,8 +82,14 @@ class Options(usage.Options):
         ["redis-prefix", None, "lttx:",
          "The prefix of every Redis key and channel this daemon uses."],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
-         "Most bytes queued for one subscriber before the slow-subscriber policy acts: "
-         "past it, the subscriber is cut off (conflating subscriptions never are)."],
+         "Obsolete, accepted and ignored: a subscriber is a position in the channel's "
+         "log, with no queue of its own to bound (see --channel-history)."],
+        ["channel-history", None, str(DEFAULT_CHANNEL_HISTORY),
+         "Bytes of recent messages each channel retains for its subscribers "
+         "(suffixes KiB, MiB, GiB accepted)."],
+        ["history-memory", None, str(DEFAULT_HISTORY_MEMORY),
+         "Bytes of messages all channels retain together; past it the oldest messages "
+         "of the largest channels go first."],
     ]
 
     def __init__(self) -> None:
@@ -124,7 +130,7 @@ class Options(usage.Options):
         self["fsync"] = policy
 
     def postOptions(self) -> None:
-        for name in ("max-frame", "subscriber-buffer"):
+        for name in ("max-frame", "subscriber-buffer", "channel-history", "history-memory"):
             if isinstance(self[name], str):
                 self[name] = parse_size(self[name])
             if self[name] < 1024:
@@ -255,7 +261,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         os.makedirs(options["data-dir"], exist_ok=True)  # files still live here
         channels = SharedChannelRegistry(
             reactor.seconds, options.get("redis-prefix") or "lttx:",  # type: ignore[attr-defined]
-            new_daemon_id())
+            new_daemon_id(), **_history_options(options))
         store = make_redis_engine(options, dict(os.environ), reactor, channels, top)
         status_sources = {"engine": store}
     else:
@@ -272,7 +278,8 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         # First under the MultiService: it runs before any listener accepts a
         # write; its stopService flushes and fsyncs the journal at SIGTERM.
         store.setServiceParent(top)
-        channels = ChannelRegistry(clock=reactor.seconds)  # type: ignore[attr-defined]
+        channels = ChannelRegistry(clock=reactor.seconds,  # type: ignore[attr-defined]
+                                   **_history_options(options))
         status_sources = {"journal": store}
     legacy = _legacy_status(options, status_sources)
     files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
@@ -326,3 +333,9 @@ def _legacy_listeners(options: Options, reactor: Any, state: ServerState, legacy
         service = _LoggingEndpointService(description, serverFromString(reactor, description),
                                           factory, what="LTtx legacy protocol")
         service.setServiceParent(top)
+
+
+def _history_options(options: Any) -> dict[str, int]:
+    """The channel registry's bounds from --channel-history and --history-memory."""
+    return {"history_bytes": options.get("channel-history", DEFAULT_CHANNEL_HISTORY),
+            "history_memory": options.get("history-memory", DEFAULT_HISTORY_MEMORY)}

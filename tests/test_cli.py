@@ -20,6 +20,7 @@ from typing import IO, Any, Optional
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lttx import __version__, cli
+from lttx.cli import output
 
 from .certs import CA, ssl_endpoint
 from .common import PACKAGE_ROOT, TOKEN, Daemon
@@ -239,6 +240,20 @@ class ChannelCommandsTests(CLITestMixin, TestCase):
         self.assertEqual(process.wait(30), 0)
         self.assertEqual(out.next(), "")
 
+    def test_publish_prints_the_seq_and_sub_reads_the_history(self) -> None:
+        """publish prints each message's seq; sub --history 2 prints the last two
+        retained, then live ones; --since and --last-values likewise."""
+        self.assertEqual(self.lttx("publish", "orders", "o1", '{"side": "buy"}').strip(), "1")
+        self.assertEqual(self.lttx("publish", "orders", "o2", '"sell"').strip(), "2")
+        self.assertEqual(self.lttx("publish", "orders", "o1", "3").strip(), "3")
+        for args, wanted in ((["--history", "2"], [2, 3, 4]), (["--since", "0"], [1, 2, 3, 4]),
+                             (["--last-values"], [2, 3, 4])):
+            process, out, _ = self.start_sub("orders", "--count", str(len(wanted)), *args)
+            if args[0] == "--history":
+                self.assertEqual(self.lttx("publish", "orders", "o3", "4").strip(), "4")
+            self.assertEqual([json.loads(out.next())["seq"] for _ in wanted], wanted)
+            self.assertEqual(process.wait(30), 0)
+
     def test_sub_ends_cleanly_on_ctrl_c(self) -> None:
         """SIGINT ends sub with status 0 and no traceback, after what it printed."""
         process, out, err = self.start_sub("chat")
@@ -282,11 +297,12 @@ class ChannelCommandsTests(CLITestMixin, TestCase):
         self.assertEqual((channels["hq_center"]["subscribers"], channels["hq_center"]["messages"]),
                          (2, 10))
         self.assertEqual(channels["orders"]["subscribers"], 1)
-        self.assertEqual(report["channels"]["slow_subscribers_cut_off"], 0)
+        self.assertEqual(report["channels"]["gaps"], 0)
+        self.assertEqual(channels["hq_center"]["newest_seq"], 10)
         text = self.lttx("status")
         self.assertRegex(text, r"(?m)^  channel\s+subscribers\s+conflating\s+messages\s+rate")
         self.assertRegex(text, r"(?m)^  hq_center\s+2\s+1\s+10\s+[\d.]+/s")
-        self.assertRegex(text, r"(?m)^  slow subscribers cut off\s+0$")
+        self.assertRegex(text, r"(?m)^  gaps\s+0$")
         self.assertRegex(text, r"(?m)^  conflated drops\s+\d+$")
 
 
@@ -435,9 +451,9 @@ class ValuesAsJSONTests(SynchronousTestCase):
             {"$bytes": "x", "other": 1},
         ]
         for value in values:
-            text = cli.dumps(value)
+            text = output.dumps(value)
             self.assertNotIn("\n", text)
-            self.assertEqual(cli.from_json(json.loads(text)), value, text)
+            self.assertEqual(output.from_json(json.loads(text)), value, text)
 
 
 class RenderStatusTests(SynchronousTestCase):
@@ -456,7 +472,7 @@ class RenderStatusTests(SynchronousTestCase):
             "journal": {"bytes": 3 * 1024 * 1024},
             "files": {"count": 2, "bytes": 2048},
         }
-        text = cli.render_status(report, "127.0.0.1:2025")
+        text = output.render_status(report, "127.0.0.1:2025")
         lines = text.splitlines()
         self.assertEqual(lines[0], "LTtx 1.2.3 at 127.0.0.1:2025, up 1h 2m 5s")
         self.assertRegex(text, r"(?m)^connections\s+12$")
@@ -471,8 +487,8 @@ class RenderStatusTests(SynchronousTestCase):
 
     def test_render_without_uptime_or_components(self) -> None:
         """A report without uptime or components still renders."""
-        text = cli.render_status({"version": "1", "uptime": None, "connections": 0,
-                                  "variables": 0, "files": {}}, "h:1")
+        text = output.render_status({"version": "1", "uptime": None, "connections": 0,
+                                     "variables": 0, "files": {}}, "h:1")
         self.assertEqual(text.splitlines()[0], "LTtx 1 at h:1")
         self.assertIn("files:\n  (none)", text)
 

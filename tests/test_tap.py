@@ -80,13 +80,18 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(sorted((port, interface) for port, _, _, interface in reactor.tcpServers),
                          [(2025, "127.0.0.1"), (2026, "")])
 
-    def test_subscriber_buffer_reaches_the_factory(self) -> None:
-        """--subscriber-buffer is the bound each subscriber's outbox gets."""
-        options = parse("--subscriber-buffer", "2MiB", "--data-dir", self.mktemp())
+    def test_history_bounds_reach_the_registry(self) -> None:
+        """--channel-history and --history-memory are the channel registry's bounds;
+        the obsolete --subscriber-buffer is still accepted (old unit files)."""
+        self.assertEqual((parse()["channel-history"], parse()["history-memory"]),
+                         (64 * 1024**2, 1024**3))
+        options = parse("--channel-history", "2MiB", "--history-memory", "100MiB",
+                        "--subscriber-buffer", "2MiB", "--data-dir", self.mktemp())
         service = makeService(options, MemoryReactorClock())
         [listener] = listeners(service)
-        self.assertEqual(listener.factory.state.subscriber_buffer, 2 * 1024 * 1024)
-        self.assertEqual(listener.factory.state.channels.status()["channels"], {})
+        status = listener.factory.state.channels.status()
+        self.assertEqual((status["channel_history"], status["history_memory"], status["channels"]),
+                         (2 * 1024**2, 100 * 1024**2, {}))
 
     def test_port_when_no_listen(self) -> None:
         reactor = MemoryReactorClock()

@@ -9,7 +9,6 @@ from :class:`~lttx.client.commands.VariableCommands`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
@@ -52,6 +51,10 @@ class AsyncClient(VariableCommands):
         self._deliver = messages
         self._deliver_many = many_messages
         self._subscriptions: dict[str, _Subscription] = {}
+        #: Gaps the daemon reported (messages this client will not get), in
+        #: all and per channel.
+        self.gaps = 0
+        self.gaps_by_channel: dict[str, int] = {}
         self._push_frames: list[bytes] = []
         self._push_flush_scheduled = False
         self._paused = False  # the transport's buffer is full
@@ -98,7 +101,7 @@ class AsyncClient(VariableCommands):
 
     def _attach(self, protocol: ClientProtocol) -> None:
         self.protocol = protocol
-        protocol.set_receivers(self._messages_received, _log_notice)
+        protocol.set_receivers(self._messages_received, _log_notice, self._gap_received)
         protocol.lost.addCallback(lambda _: self._connection_lost(protocol))
         self._paused = False
         protocol.transport.registerProducer(self, True)
@@ -111,23 +114,38 @@ class AsyncClient(VariableCommands):
             return
         self.protocol = None
         self._paused = False
+        # Requests queued behind pushes failed with the connection: never resent.
+        self._push_frames = [f for f in self._push_frames if type(f) is not _RequestFrame]
         if self._closing:
             return
         self.log.warn("lost the connection to LTtx at {host}:{port}; reconnecting",
                       host=self.settings.host, port=self.settings.port)
 
     def _resubscribe(self, protocol: ClientProtocol) -> "Deferred[object]":
-        """Make a new connection ready: subscribe it to this client's channels."""
+        """
+        Make a new connection ready: subscribe it to this client's channels,
+        each from the last message received (``resume``: its epoch and seq),
+        so that nothing retained is missed or repeated; the daemon sends a
+        gap notice for what it cannot give.
+        """
         # Messages follow a subscribe reply at once, often in the same chunk:
         # route them before asking, or the first ones after the outage are lost.
-        protocol.set_receivers(self._messages_received, _log_notice)
-        groups: dict[tuple[Optional[str], bool], list[str]] = {}
+        protocol.set_receivers(self._messages_received, _log_notice, self._gap_received)
+        groups: dict[tuple[Any, ...], list[str]] = {}
         for name, sub in self._subscriptions.items():
-            groups.setdefault((sub.password, sub.conflate), []).append(name)
+            # Not yet answered: subscribed again as first asked.
+            first = None if sub.epoch is not None else tuple(sorted(sub.options.items()))
+            groups.setdefault((sub.password, sub.conflate, first), []).append(name)
         requests = []
-        for (password, conflate), names in groups.items():
-            d = protocol.request("subscribe", names, password, {"conflate": conflate})
-            d.addCallbacks(lambda _, names=names: names,
+        for (password, conflate, first), names in groups.items():
+            options: dict[str, Any] = {"conflate": conflate}
+            if first is None:
+                options["resume"] = {name: [self._subscriptions[name].epoch,
+                                            self._subscriptions[name].last] for name in names}
+            else:
+                options.update(first)
+            d = protocol.request("subscribe", names, password, options)
+            d.addCallbacks(lambda reply, names=names: self._resubscribed(names, reply),
                            lambda failure, names=names: self._resubscribe_refused(failure, names))
             requests.append(d)
         done: Deferred[Any] = gatherResults(requests, consumeErrors=True)
@@ -136,6 +154,10 @@ class AsyncClient(VariableCommands):
                           lambda failure: failure.value.subFailure
                           if failure.check(FirstError) else failure)
         return done
+
+    def _resubscribed(self, names: list[str], reply: Any) -> list[str]:
+        self._subscribed(names, reply)
+        return names
 
     def _resubscribe_refused(self, failure: Failure, names: list[str]) -> list[str]:
         # The daemon refused these channels (recreated with another password,
@@ -152,7 +174,7 @@ class AsyncClient(VariableCommands):
             raise LTtxError("the client was closed while it reconnected")
         self.server_info = protocol.server_info
         self.log.info("reconnected to LTtx at {host}:{port}; resubscribed to {channels} "
-                      "(a gap in Message.seq shows what was missed)",
+                      "(from the last message received on each)",
                       host=self.settings.host, port=self.settings.port,
                       channels=", ".join(channels) or "no channels")
         self._attach(protocol)
@@ -163,15 +185,25 @@ class AsyncClient(VariableCommands):
         """
         Send any command (see docs/protocol.md) and get its result.
 
-        While the client reconnects, the call waits for the connection (at
-        most the timeout, then fails with :class:`ConnectionLost`).
+        A request is sent after the pushes made before it: while pushes wait
+        here (the connection's buffer is full), it waits behind them.  While
+        the client reconnects, the call waits for the connection (at most
+        the timeout, then fails with :class:`ConnectionLost`).
         """
         if self.protocol is not None:
+            if self._push_frames:
+                return self.protocol.request(command, *args, writer=self._queue_request)
             return self.protocol.request(command, *args)
         if self._closing:
             return fail(ConnectionLost("the client is closed"))
         return self._connection.when_connected(self.settings.timeout).addCallback(
-            lambda protocol: protocol.request(command, *args))
+            lambda protocol: self.call(command, *args))
+
+    def _queue_request(self, payload: bytes) -> None:
+        self._push_frames.append(_RequestFrame(payload))
+        if not self._push_flush_scheduled:
+            self._push_flush_scheduled = True
+            self.reactor.callLater(0, self._flush_pushes)
 
     def _then(self, result: "Deferred[Any]", transform: Callable[[Any], Any]) -> "Deferred[Any]":
         return result.addCallback(transform)
@@ -181,16 +213,29 @@ class AsyncClient(VariableCommands):
     def subscribe(self, channels: "str | list[str]", password: Optional[str] = None,
                   conflate: bool = False,
                   callback: Optional[Callable[[Message], None]] = None,
+                  history: Optional[int] = None, since: Optional[int] = None,
+                  last_values: bool = False,
+                  on_gap: Optional[Callable[[str, Optional[int], Optional[int]], None]] = None,
                   ) -> "Deferred[dict[str, int]]":
         """
         Subscribe to channels (``"a"``, ``"a@b"`` or a list).
 
         :param password: the channel password; the first subscriber of a
             channel sets it, later ones must give the same.
-        :param conflate: while this client lags, the daemon keeps only the
-            newest message per key for it instead of cutting it off.
+        :param conflate: while this client lags, the daemon sends only the
+            newest message of each key it has not read.
         :param callback: called in the reactor thread with each
             :class:`Message` of these channels, instead of the client's default.
+        :param history: first the channel's last ``history`` retained
+            messages, then live ones.
+        :param since: first the retained messages after seq ``since``, then live ones.
+        :param last_values: first the newest message of each key the
+            channel carried (before the history, if any), then the rest.
+        :param on_gap: called (in the reactor thread) with ``(channel,
+            first_missed, last_missed)`` when the daemon says messages will
+            not reach this client (``last_missed`` None: unknown, e.g. the
+            daemon restarted).  Every gap is also logged and counted in
+            :attr:`gaps`.
         :return: (a Deferred of) each channel's next sequence number.
         :raises AuthError: (as a failure) on a wrong password.
         """
@@ -198,23 +243,72 @@ class AsyncClient(VariableCommands):
             names = split_channels(channels)
         except LTtxError as e:
             return fail(e)
-        subscription = _Subscription(password or None, bool(conflate), callback)
+        if history is not None and since is not None:
+            return fail(BadRequest("subscribe takes history or since, not both"))
+        options: dict[str, Any] = {}
+        if history is not None:
+            options["history"] = history
+        if since is not None:
+            options["since"] = since
+        if last_values:
+            options["last_values"] = True
         before = {name: self._subscriptions.get(name) for name in names}
+        subscriptions = {}
         # Recorded before the reply: a reconnection meanwhile resubscribes it too.
         for name in names:
-            self._subscriptions[name] = subscription
+            sub = subscriptions[name] = _Subscription(password or None, bool(conflate),
+                                                      callback, on_gap, options)
+            previous = before[name]
+            if previous is not None and not options:  # the daemon keeps its position
+                sub.epoch, sub.last = previous.epoch, previous.last
+            self._subscriptions[name] = sub
 
         def refused(failure: Failure) -> Failure:
             for name, previous in before.items():
-                if self._subscriptions.get(name) is subscription:
+                if self._subscriptions.get(name) is subscriptions[name]:
                     if previous is None:
                         del self._subscriptions[name]
                     else:
                         self._subscriptions[name] = previous
             return failure
 
-        d = self.call("subscribe", names, subscription.password, {"conflate": conflate})
+        d = self.call("subscribe", names, password or None, dict(options, conflate=conflate))
+        d.addCallback(lambda reply: self._subscribed(names, reply, subscriptions))
         return d.addErrback(refused)
+
+    def _subscribed(self, names: list[str], reply: Any,
+                    subscriptions: Optional[dict[str, "_Subscription"]] = None,
+                    ) -> dict[str, int]:
+        """Note each channel's epoch and starting point from a subscribe reply;
+        each channel's next seq, as :meth:`subscribe` returns it."""
+        result = {}
+        for name in names:
+            info = reply.get(name) if isinstance(reply, dict) else None
+            if not isinstance(info, dict):  # a daemon of protocol 1: {channel: next seq}
+                result[name] = info
+                continue
+            result[name] = info["next"]
+            sub = self._subscriptions.get(name)
+            if sub is None or (subscriptions is not None and sub is not subscriptions[name]):
+                continue
+            if sub.epoch != info["epoch"]:
+                # The first subscribe, or the log was made again (a gap notice follows).
+                sub.epoch, sub.last = info["epoch"], info["from"] - 1
+            else:
+                sub.last = max(sub.last, info["from"] - 1)
+        return result
+
+    def publish(self, key: Any, data: Any, channel: str) -> "Deferred[int]":
+        """
+        Publish ``data`` under ``key`` on ``channel`` and wait until the
+        daemon has appended it to the channel's log.
+
+        :return: (a Deferred of) the message's seq.
+        :raises PermissionDenied: without the right to publish there.
+        :raises BadRequest: for a bad channel name or key.
+        :raises FrameTooLarge: over the daemon's frame limit.
+        """
+        return self.call("publish", channel, key, data)
 
     def unsubscribe(self, channels: "str | list[str]") -> "Deferred[list[str]]":
         """Leave channels; no message of theirs is delivered once this is called."""
@@ -238,6 +332,8 @@ class AsyncClient(VariableCommands):
             subscription = subscriptions.get(message.channel)
             if subscription is None:
                 continue  # unsubscribed while it was on its way
+            if message.seq > subscription.last:
+                subscription.last = message.seq
             if subscription.callback is None:
                 plain.append(message)
                 continue
@@ -252,6 +348,29 @@ class AsyncClient(VariableCommands):
                                  channel=message.channel)
         if plain:
             self._deliver_plain(plain)
+
+    def _gap_received(self, code: str, text: str, detail: dict[str, Any]) -> None:
+        """A notice with a detail map: a gap notice of a channel (docs/protocol.md, "Gaps")."""
+        channel = detail.get("channel")
+        subscription = self._subscriptions.get(channel) if isinstance(channel, str) else None
+        if code != "gap" or subscription is None:
+            _log_notice(code, text)
+            return
+        first, last = detail.get("first"), detail.get("last")
+        self.gaps += 1
+        self.gaps_by_channel[channel] = self.gaps_by_channel.get(channel, 0) + 1
+        self.log.warn("gap on {channel}: messages {first} to {last} will not arrive ({text})",
+                      channel=channel, first="?" if first is None else first,
+                      last="?" if last is None else last, text=text)
+        if "previous_epoch" in detail:  # the log was made again: its seqs start over
+            subscription.epoch, subscription.last = detail.get("epoch"), 0
+        elif isinstance(last, int) and last > subscription.last:
+            subscription.last = last
+        if subscription.on_gap is not None:
+            try:
+                subscription.on_gap(channel, first, last)
+            except Exception:
+                self.log.failure("an on_gap callback failed on {channel}", channel=channel)
 
     def _deliver_plain(self, messages: list[Message]) -> None:
         if self._deliver_many is not None:
@@ -376,13 +495,29 @@ class AsyncClient(VariableCommands):
         return self._connection.stop()  # fires once the connection is closed
 
 
-@dataclass(frozen=True)
 class _Subscription:
-    """How a channel was subscribed to, to resubscribe it the same way."""
+    """How a channel was subscribed to, to resubscribe it the same way, and
+    where this client is in its log (the epoch, the last seq received)."""
 
-    password: Optional[str]
-    conflate: bool
-    callback: Optional[Callable[[Message], None]]
+    __slots__ = ("password", "conflate", "callback", "on_gap", "options", "epoch", "last")
+
+    def __init__(self, password: Optional[str], conflate: bool,
+                 callback: Optional[Callable[[Message], None]],
+                 on_gap: Optional[Callable[[str, Optional[int], Optional[int]], None]],
+                 options: dict[str, Any]) -> None:
+        self.password = password
+        self.conflate = conflate
+        self.callback = callback
+        self.on_gap = on_gap
+        self.options = options  # history/since/last_values of the first subscribe
+        self.epoch: Optional[int] = None  # known once the daemon answered
+        self.last = 0
+
+
+class _RequestFrame(bytes):
+    """A request's payload queued behind pushes (dropped, not resent, at a loss)."""
+
+    __slots__ = ()
 
 
 def _log_notice(code: str, message: str) -> None:

@@ -33,6 +33,10 @@ from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_a
 DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
 
 
+#: Most seconds close() waits for the callbacks of messages received before it.
+CALLBACK_DRAIN = 5.0
+
+
 class Client(VariableCommands):
     """
     The blocking LTtx client; safe to use from several threads at once.
@@ -71,7 +75,7 @@ class Client(VariableCommands):
 
     def _call(self, method: Callable[..., "Deferred[Any]"], *args: Any) -> Any:
         try:
-            return self._loop.run(method, *args, timeout=self.timeout)
+            return self._loop.run(self._after_pushes, method, *args, timeout=self.timeout)
         except TimeoutError:
             if not self._client.connected:
                 raise ConnectionLost(f"not connected to the daemon (reconnecting) "
@@ -88,6 +92,12 @@ class Client(VariableCommands):
         """
         return self._call(self._client.call, command, *args)
 
+    def _after_pushes(self, method: Callable[..., "Deferred[Any]"], *args: Any) -> Any:
+        """In the reactor thread: hand over the pushes made so far, then make
+        the call, which the client queues behind them (SPEC: call order)."""
+        self._take_pushes()
+        return method(*args)
+
     def _then(self, result: Any, transform: Callable[[Any], Any]) -> Any:
         return transform(result)
 
@@ -100,7 +110,11 @@ class Client(VariableCommands):
 
     def subscribe(self, channels: "str | list[str]", password: Optional[str] = None,
                   conflate: bool = False,
-                  callback: Optional[Callable[[Message], None]] = None) -> dict[str, int]:
+                  callback: Optional[Callable[[Message], None]] = None,
+                  history: Optional[int] = None, since: Optional[int] = None,
+                  last_values: bool = False,
+                  on_gap: Optional[Callable[[str, Optional[int], Optional[int]], None]] = None,
+                  ) -> dict[str, int]:
         """
         Subscribe to channels: ``"a"``, ``"a@b"`` or ``["a", "b"]``.
 
@@ -110,13 +124,57 @@ class Client(VariableCommands):
 
         :param password: the first subscriber of a channel sets it; later
             ones must give the same.
-        :param conflate: while this client lags, keep only the newest message
-            per key for it (market data) instead of being cut off.
+        :param conflate: while this client lags, the daemon sends only the
+            newest message of each key it has not read (market data).
+        :param history: first the channel's last ``history`` retained
+            messages, then live ones.
+        :param since: first the retained messages after seq ``since``, then live ones.
+        :param last_values: first the newest message of each key the channel
+            carried, then the rest.
+        :param on_gap: called with ``(channel, first_missed, last_missed)``
+            in the callback thread when the daemon says messages will not
+            reach this client (``last_missed`` None: unknown).  Gaps are also
+            logged and counted in :attr:`gaps`.
         :return: each channel's next sequence number.
         :raises AuthError: on a wrong password (nothing is subscribed).
         """
         deliver = None if callback is None else self._dispatcher(callback)
-        return self._call(self._client.subscribe, channels, password, conflate, deliver)
+        gap = None if on_gap is None else self._gap_dispatcher(on_gap)
+        return self._call(self._client.subscribe, channels, password, conflate, deliver,
+                          history, since, last_values, gap)
+
+    def publish(self, key: Any, data: Any, channel: str) -> int:
+        """
+        Publish ``data`` under ``key`` on ``channel`` and wait until the daemon
+        has appended it to the channel's log; the message's seq.  Sent after
+        the pushes made before it.
+
+        :raises PermissionDenied: without the right to publish on ``channel``.
+        :raises BadRequest: for a bad channel name or key.
+        :raises FrameTooLarge: over the daemon's frame limit.
+        """
+        return self._call(self._client.publish, key, data, channel)
+
+    @property
+    def gaps(self) -> int:
+        """How many gaps the daemon reported (see ``subscribe(on_gap=...)``)."""
+        return self._client.gaps
+
+    @property
+    def gaps_by_channel(self) -> dict[str, int]:
+        """The gaps reported, per channel."""
+        return dict(self._client.gaps_by_channel)
+
+    def _gap_dispatcher(self, on_gap: Callable[[str, Optional[int], Optional[int]], None],
+                        ) -> Callable[[str, Optional[int], Optional[int]], None]:
+        """A reactor-thread gap callback running ``on_gap`` in the callback thread,
+        in order with the messages."""
+        run = self._dispatcher(lambda message: on_gap(*message[1]))
+
+        def hand_over(channel: str, first: Optional[int], last: Optional[int]) -> None:
+            run(_GapCall(channel, (channel, first, last)))  # type: ignore[arg-type]
+
+        return hand_over
 
     def unsubscribe(self, channels: "str | list[str]") -> list[str]:
         """Leave channels; the channels actually left."""
@@ -332,6 +390,11 @@ class Client(VariableCommands):
             if self._callbacks is not None:
                 self._callbacks.put(None)
             self._loop.stop()
+            thread = self._callback_thread
+            if thread is not None and thread is not threading.current_thread():
+                # Callbacks (and on_gap) of what arrived before close() run
+                # first, for a few seconds at most.
+                thread.join(min(CALLBACK_DRAIN, self.timeout if timeout is None else timeout))
 
     def _close_in_loop(self) -> "Deferred[None]":
         with self._push_room:
@@ -345,6 +408,18 @@ class Client(VariableCommands):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+class _GapCall(tuple):  # type: ignore[type-arg]
+    """A gap callback's arguments, passed through the message callback thread
+    (``.channel`` names it in the log line of a failing callback)."""
+
+    def __new__(cls, channel: str, args: tuple[Any, ...]) -> "_GapCall":
+        return super().__new__(cls, (channel, args))
+
+    @property
+    def channel(self) -> str:
+        return self[0]  # type: ignore[no-any-return]
 
 
 #: Seconds a client left open at interpreter exit has to write its pushes.

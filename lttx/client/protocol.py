@@ -67,6 +67,8 @@ class ClientProtocol(Protocol):
         self._on_message = on_message
         self._on_notice = on_notice if on_notice is not None else self._log_notice
         self._on_messages: Optional[Callable[[list[Message]], None]] = None
+        # Gap notices ([4, "gap", text, detail]): to the notice receiver unless set.
+        self._on_gap: Optional[Callable[[str, str, dict[str, Any]], None]] = None
         self._batch: Optional[list[Message]] = None
         # No limit of its own (a 4-byte prefix is under 2**32): the daemon's
         # max_frame bounds what it sends.
@@ -141,14 +143,19 @@ class ClientProtocol(Protocol):
     # -- receiving ----------------------------------------------------------
 
     def set_receivers(self, on_messages: Callable[[list[Message]], None],
-                      on_notice: Callable[[str, str], None]) -> None:
+                      on_notice: Callable[[str, str], None],
+                      on_gap: Optional[Callable[[str, str, dict[str, Any]], None]] = None,
+                      ) -> None:
         """
         Where messages and notices go from now on: the messages of each chunk
-        of received bytes are passed together, in order, to ``on_messages``.
+        of received bytes are passed together, in order, to ``on_messages``;
+        a notice with a detail map (a gap notice) to ``on_gap`` if given,
+        after the messages before it.
         """
         self._on_messages = on_messages
         self._on_message = lambda message: on_messages([message])
         self._on_notice = on_notice
+        self._on_gap = on_gap
 
     def dataReceived(self, data: bytes) -> None:
         decoder = self._decoder
@@ -206,7 +213,11 @@ class ClientProtocol(Protocol):
             elif kind == codec.REPLY or kind == codec.ERROR:
                 self._settle(message)
             elif kind == codec.NOTICE:
-                self._on_notice(message[1], message[2])
+                if (len(message) > 3 and isinstance(message[3], dict)
+                        and self._on_gap is not None):
+                    self._on_gap(message[1], message[2], message[3])
+                else:
+                    self._on_notice(message[1], message[2])
             else:
                 raise BadRequest(f"unexpected frame kind {kind!r}")
         except (LTtxError, IndexError, TypeError, KeyError, ValueError) as e:
@@ -272,7 +283,8 @@ class ClientProtocol(Protocol):
     # -- sending ------------------------------------------------------------
 
     def request(self, command: str, *args: Any, timeout: Optional[float] = None,
-                data_follows: bool = False) -> "Deferred[Any]":
+                data_follows: bool = False,
+                writer: Optional[Callable[[bytes], None]] = None) -> "Deferred[Any]":
         """
         Send one request; the Deferred fires with its result or fails with its error.
 
@@ -282,6 +294,8 @@ class ClientProtocol(Protocol):
             since its state is unknown.
         :param data_follows: the reply (``{"size", "offset"}``) is followed by
             ``size - offset`` bytes of raw frames, given to :meth:`set_sink`'s sink.
+        :param writer: called with the request's payload instead of writing
+            it now (the client queues it behind pushes not yet written).
         """
         if self.error is not None:
             return fail(self.error)
@@ -307,7 +321,11 @@ class ClientProtocol(Protocol):
         self._pending[request_id] = d
         if data_follows:
             self._raw_after = request_id
-        if len(pieces) == 1:
+        if writer is not None:
+            # Queued behind pushes not yet written: one payload (a large value
+            # is joined here, the price of keeping the call order).
+            writer(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        elif len(pieces) == 1:
             self.transport.write(PREFIX.pack(size) + pieces[0])
         else:
             self.transport.writeSequence([PREFIX.pack(size) + pieces[0], *pieces[1:]])

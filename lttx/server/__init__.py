@@ -6,11 +6,11 @@ The daemon's side of a connection.
   open connections, the status report);
 - :mod:`~lttx.server.factory`: the factory, one protocol per connection;
 - :mod:`~lttx.server.protocol`: the connection's plumbing (hello, frames,
-  fatal errors, the reading throttle, publish frames, the cut-off);
+  fatal errors, the reading throttle, publish frames, the channel reader);
 - :mod:`~lttx.server.dispatch`: the one dispatcher of requests (arity,
   rights, error frames, the log line) for command and file connections;
 - :mod:`~lttx.server.commands`: the variable and channel commands;
-- :mod:`~lttx.server.outbox`: writes to a subscriber at the pace it reads;
+- :mod:`~lttx.server.reader`: writes to a subscriber from the channel logs at the pace it reads;
 - :mod:`~lttx.server.files`: the files folder and its rules;
 - :mod:`~lttx.server.file_session`: one file connection's transfer.
 

@@ -24,8 +24,13 @@ from ..state.store import MISSING
 from ..wire.limits import MAX_NESTING, check_nesting
 from ..wire.names import split_channels
 from .dispatch import command
-from .outbox import Outbox
+from .reader import ChannelReader
 from .state import ServerState
+
+
+#: The keys a subscribe's options map may have (docs/protocol.md, "Channels").
+_SUBSCRIBE_OPTIONS = frozenset({"conflate", "history", "since", "epoch", "last_values",
+                                "resume"})
 
 
 class CommandConnection(Protocol):
@@ -36,10 +41,10 @@ class CommandConnection(Protocol):
     #: What the connection's token may do.
     grant: Grant
     #: The connection's subscriber side, once it subscribed.
-    outbox: Optional[Outbox]
+    reader: Optional[ChannelReader]
 
-    def open_outbox(self) -> Outbox:
-        """The connection's outbox, made by the first subscribe."""
+    def open_reader(self) -> ChannelReader:
+        """The connection's channel reader, made by the first subscribe."""
 
 
 class Commands:
@@ -65,27 +70,43 @@ class Commands:
             options = {}
         if not isinstance(options, dict):
             raise BadRequest("subscribe options must be a map")
+        unknown = set(options) - _SUBSCRIBE_OPTIONS
+        if unknown:
+            raise BadRequest(f"unknown subscribe options: {', '.join(sorted(map(str, unknown)))}")
         conflate = bool(options.get("conflate", False))
+        if options.get("history") is not None and options.get("since") is not None:
+            raise BadRequest("subscribe takes history or since, not both")
         grant = self.connection.grant
         for name in names:
             authorize(grant, "subscribe", name)
-        outbox = self.connection.open_outbox()
-        result = self.state.channels.subscribe(outbox, names, password, conflate)
-        self.log.info("{peer} subscribed to {channels}{conflating}", peer=self.connection.peer,
-                      channels=", ".join(names), conflating=" (conflating)" if conflate else "")
+        reader = self.connection.open_reader()
+        result = self.state.channels.subscribe(
+            reader, names, password, conflate, history=options.get("history"),
+            since=options.get("since"), epoch=options.get("epoch"),
+            last_values=bool(options.get("last_values", False)), resume=options.get("resume"))
+        extra = [k for k in ("conflate", "history", "since", "last_values", "resume")
+                 if options.get(k)]
+        self.log.info("{peer} subscribed to {channels}{options}", peer=self.connection.peer,
+                      channels=", ".join(names),
+                      options=f" ({', '.join(extra)})" if extra else "")
         return result
 
     @command(1)
     def cmd_unsubscribe(self, channels: Any) -> Any:
         names = split_channels(channels)
-        outbox = self.connection.outbox
-        if outbox is None:
+        reader = self.connection.reader
+        if reader is None:
             return []
-        left = self.state.channels.unsubscribe(outbox, names)
+        left = self.state.channels.unsubscribe(reader, names)
         if left:
             self.log.info("{peer} unsubscribed from {channels}", peer=self.connection.peer,
                           channels=", ".join(left))
         return left
+
+    @command(3)
+    def cmd_publish(self, channel: Any, key: Any, data: Any) -> Any:
+        """An acknowledged publish: the reply is the message's seq, once it is in the log."""
+        return self.state.channels.publish(channel, key, data)
 
     # -- variables ----------------------------------------------------------
 

@@ -6,7 +6,7 @@ read through :class:`~lttx.wire.framing.FrameDecoder`); each payload is
 decoded by :mod:`lttx.wire.codec`.  The protocol owns what is about the
 connection itself: ``hello`` and its timeout, the frame loop and the reading
 throttle, errors after which the connection cannot go on, publish frames (the
-hot path) and the cut-off of a slow subscriber.  Requests go to a
+hot path) and the connection's channel reader.  Requests go to a
 :class:`~lttx.server.dispatch.Dispatcher` over the handlers of
 :mod:`lttx.server.commands`, or, on a file connection, to its
 :class:`~lttx.server.file_session.FileSession`.  The protocol keeps only its
@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from .._version import PROTOCOL_VERSION, __version__
 from ..diskio import read_size
-from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError, SlowSubscriber
+from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
 from ..wire.excerpt import excerpt
@@ -36,11 +36,8 @@ from ..wire.tls import tls_failure
 from .commands import CommandConnection, Commands
 from .dispatch import Dispatcher
 from .file_session import FileSession, IFileConnection
-from .outbox import Outbox, ReadThrottle, set_reading
+from .reader import ChannelReader, ReadThrottle, set_reading
 from .state import ServerState
-
-#: Seconds a cut-off subscriber has to read its notice before it is aborted.
-CUT_OFF_GRACE = 5.0
 
 #: Largest frame before ``hello`` (a hello is under 1 KiB): a peer without a
 #: token cannot make the daemon buffer a 64 MiB frame.
@@ -74,16 +71,16 @@ class LTtxServerProtocol(Int32StringReceiver):
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
         self.peer = "?"
-        self.outbox: Optional[Outbox] = None  # made by the first subscribe
+        self.reader: Optional[ChannelReader] = None  # made by the first subscribe
         self._refused_publishes = 0
-        self._lost = False
         self.file_session: Optional[FileSession] = None  # on a file connection
         self._dispatcher: Optional[Dispatcher] = None  # on a command connection, after hello
         self._host = "?"  # the peer's host: the throttle and the refusal log key on it
         self._held_hello: Any = None  # a hello waiting for its turn (HelloThrottle)
+        self._lost = False  # connectionLost ran: a held hello is not answered
         #: When the connection was accepted (the state's clock), for the status page.
         self.since: Optional[float] = None
-        #: Bytes received, and sent by this protocol itself (the outbox and the
+        #: Bytes received, and sent by this protocol itself (the channel reader and the
         #: file sender count theirs): one integer add per chunk or frame.
         self.bytes_in = 0
         self._bytes_sent = 0
@@ -132,8 +129,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._held_hello.cancel()
             self._held_hello = None
             self.state.hello_throttle.abandoned(self._host)
-        if self.outbox is not None:
-            self.state.channels.remove(self.outbox)
+        if self.reader is not None:
+            self.state.channels.remove(self.reader)
         if self.file_session is not None:
             self.file_session.connection_lost()
         problem = None if self.authenticated else tls_failure(reason)
@@ -170,9 +167,9 @@ class LTtxServerProtocol(Int32StringReceiver):
                     return
                 self.stringReceived(frame)
         finally:
-            # The publishes of this chunk are queued in the subscribers'
-            # outboxes: one write per subscriber for the whole chunk, sent
-            # even if a later frame of the chunk failed.
+            # The publishes of this chunk are in the channel logs: each
+            # subscriber is woken once for the whole chunk (one write), even
+            # if a later frame of the chunk failed.
             self.state.channels.flush()
 
     def set_reading(self, reading: bool) -> None:
@@ -323,8 +320,8 @@ class LTtxServerProtocol(Int32StringReceiver):
     def bytes_out(self) -> int:
         """Bytes written to this connection: replies, messages, file data."""
         sent = self._bytes_sent
-        if self.outbox is not None:
-            sent += self.outbox.written
+        if self.reader is not None:
+            sent += self.reader.written
         if self.file_session is not None:
             sent += self.file_session.bytes_sent
         return sent
@@ -359,7 +356,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.send_error(request_id, error)
             if self.authenticated and self.file_session is None:
                 # A TLS transport closes only once its producer (the read
-                # throttle or the outbox) is gone.
+                # throttle or the channel reader) is gone.
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
 
@@ -383,37 +380,13 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._refused_publishes += 1
             self.send_frame([codec.NOTICE, e.code, e.message])
 
-    def open_outbox(self) -> Outbox:
-        """This connection's outbox, made by its first subscribe."""
-        if self.outbox is None:
-            # The outbox takes over from the read throttle as the producer.
+    def open_reader(self) -> ChannelReader:
+        """This connection's channel reader, made by its first subscribe."""
+        if self.reader is None:
+            # The reader takes over from the read throttle as the producer.
             self.transport.unregisterProducer()
-            self.outbox = Outbox(self.transport, self.state.subscriber_buffer,
-                                 self._slow_subscriber, self._cut_off, self.set_reading)
-        return self.outbox
-
-    def _slow_subscriber(self, reason: str) -> None:
-        assert self.outbox is not None
-        self.state.channels.cut_off(self.outbox, reason, who=self.peer)
-
-    def _cut_off(self, reason: str) -> None:
-        """The registry dropped this subscriber: say why, then close."""
-        if self.transport.disconnecting:
-            return
-        self.transport.unregisterProducer()
-        self.send_frame([codec.NOTICE, SlowSubscriber.code, f"slow subscriber: {reason}"])
-        self.transport.loseConnection()
-        # A subscriber that does not read would hold the connection open
-        # forever waiting for the notice to drain: abort it after a grace.
-        clock = self.state.clock
-        if clock is not None:
-            clock.callLater(CUT_OFF_GRACE, self._abort_if_open)
-
-    def _abort_if_open(self) -> None:
-        if not self._lost:
-            self.log.info("{peer} did not read its cut-off notice within {grace} s; aborted",
-                          peer=self.peer, grace=CUT_OFF_GRACE)
-            self.transport.abortConnection()
+            self.reader = ChannelReader(self.transport, self.state.channels, self.set_reading)
+        return self.reader
 
 
 def _tune_tcp(transport: Any) -> None:

@@ -28,7 +28,8 @@ from .files import FileService
 
 #: The largest frame a connection accepts after hello (``--max-frame``).
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
-#: The most bytes queued for one subscriber (``--subscriber-buffer``).
+#: ``--subscriber-buffer``: obsolete (a subscriber is a position in a channel's
+#: log, with no queue of its own), accepted so that existing unit files start.
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
 #: The keys of :meth:`ServerState.status` that no status source may take.
@@ -50,11 +51,9 @@ class ServerState:
 
     :param max_frame: the largest frame accepted after hello, in bytes.
     :param channels: the channel registry; a new one if None.
-    :param subscriber_buffer: the most bytes queued for one subscriber
-        before the slow-subscriber policy acts.
+    :param subscriber_buffer: obsolete, kept for ``--subscriber-buffer``; unused.
     :param clock: tells the uptime (the status report has none without) and
-        times the hello timeout and the abort of a cut-off subscriber that
-        does not read; None: neither is timed.
+        times the hello timeout; None: it is not timed.
     :param files: the file service; None: file connections are refused.
     :param status_sources: the components whose ``status()`` the ``status``
         request reports, each under its name (``"journal"``, ``"engine"``);

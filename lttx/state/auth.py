@@ -163,6 +163,8 @@ COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
     "unsubscribe": None,
     # The whole report: a monitor token sees every name in it.
     "status": Right(MONITOR),
+    # An acknowledged publish: [channel, key, data].
+    "publish": Right("publish", 0),
 }
 
 #: The same for a file connection (``hello`` with mode ``file``): listing

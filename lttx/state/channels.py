@@ -1,22 +1,30 @@
 """
-The channel registry: who subscribes to what, and the fan-out of each message.
+The channel registry: every channel's retained log, and who reads which.
 
-Plain Python (no ``twisted.internet``): subscribers are anything providing
-:class:`ISubscriber` (the daemon's :class:`lttx.server.outbox.Outbox`, a list in the
-tests).  Each message is encoded once, as the complete wire frame (length
-prefix included), and the same bytes object is handed to every subscriber.
+Plain Python (no ``twisted.internet``).  Each channel is a
+:class:`~lttx.state.channellog.ChannelLog`; each message is encoded once, as
+the complete wire frame (length prefix included), appended to its channel's
+log, and the same bytes object is later written to every subscriber.  A
+subscriber (anything providing :class:`ISubscriber`: the daemon's
+:class:`lttx.server.reader.ChannelReader`, a fake in the tests) is a
+:class:`~lttx.state.channellog.Position` in each log it reads, held in its
+``positions``; the registry only tells it, at :meth:`ChannelRegistry.flush`,
+that a log it reads has grown, and it reads on at its own pace.
 
-A channel exists while it has subscribers: the first one creates it (and sets
-its password), the last one to leave forgets it, so a closed connection leaves
-no trace.  Messages published on a channel nobody subscribes to are counted
-and dropped, as in Redis or NATS.
+A channel is made by its first subscriber (which sets its password) or its
+first message; it is retained while nobody subscribes, and forgotten only
+when it has no subscriber and its log is empty.  Bounds: ``history_bytes``
+per channel and ``history_memory`` over all of them; past the latter the
+oldest messages of the largest logs go first, a slice at a time (down to
+:data:`EVICT_TO` of the bound), so the scan for the largest log is amortised
+over many messages.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
-from typing import Any, Callable, Hashable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import msgpack
 from twisted.logger import Logger
@@ -26,109 +34,171 @@ from ..errors import AuthError, BadRequest
 from ..wire import codec
 from ..wire.frames import MESSAGE_HEAD, PREFIX, pack_seq
 from ..wire.names import check_channel, split_channels
+from .channellog import DEFAULT_LAST_VALUES, ENTRY_OVERHEAD, ChannelLog, Position
 
 #: Key types a message may carry: hashable, so conflation can index them.
 _KEY_TYPES = (str, bytes, int, float, bool, type(None))
+
+#: Bytes one channel's log retains (``--channel-history``).
+DEFAULT_CHANNEL_HISTORY = 64 * 1024 * 1024
+#: Bytes all logs retain together (``--history-memory``).
+DEFAULT_HISTORY_MEMORY = 1024 * 1024 * 1024
+#: Past ``history_memory``, logs are cut down to this fraction of it.
+EVICT_TO = 15 / 16
+
+#: The code of a gap notice (``docs/protocol.md``, "Gaps").
+GAP = "gap"
 
 
 class ISubscriber(Interface):
     """One connection's receiving end, as the registry sees it."""
 
-    conflated_drops = Attribute("How many queued messages newer ones replaced (an int).")
+    positions = Attribute("dict: channel name -> its Position, kept by the registry.")
 
-    def deliver(frame: bytes, conflation_key: Optional[Hashable]) -> bool:
-        """
-        Queue one complete frame (length prefix included) for sending.
-
-        :param conflation_key: ``None`` for a plain subscription; for a
-            conflating one, a key under which a newer frame replaces a queued one.
-        :return: True if the subscriber needs :meth:`flush` to send it (the
-            registry collects those and flushes each once per batch).
-        """
-
-    def flush() -> None:
-        """Send what :meth:`deliver` queued, as far as the transport takes it."""
-
-    def close(reason: str) -> None:
-        """The registry dropped this subscriber (too slow): tell it why and disconnect."""
-
-
-class _Channel:
-    """One channel's state: subscribers (each with its conflate flag), sequence, counts."""
-
-    __slots__ = ("name", "password", "subscribers", "seq", "rate", "_sampled_seq")
-
-    def __init__(self, name: str, password: Optional[str]) -> None:
-        self.name = name
-        self.password = password
-        # subscriber -> conflate; insertion order is fan-out order.
-        self.subscribers: dict[Any, bool] = {}
-        self.seq = 0  # the last sequence number given; the first message gets 1
-        self.rate = 0.0
-        self._sampled_seq = 0
-
-    def sample(self, elapsed: float) -> None:
-        self.rate = (self.seq - self._sampled_seq) / elapsed if elapsed > 0 else 0.0
-        self._sampled_seq = self.seq
+    def wake() -> None:
+        """A log this subscriber reads has grown (or it subscribed): write
+        what it has not read yet, as far as its transport takes it."""
 
 
 class ChannelRegistry:
     """
-    Every channel of one daemon and their subscribers.
+    Every channel of one daemon, their logs and their subscribers.
 
     :param clock: returns the current time in seconds; used only for rates.
+    :param history_bytes: most bytes each channel's log retains.
+    :param history_memory: most bytes all logs retain together.
+    :param last_values_limit: most keys whose last value each channel keeps.
     """
 
     log = Logger()
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    #: Where a subscriber resuming from another epoch starts: at the log's
+    #: beginning (True: after a restart, everything of the new epoch is new to
+    #: it), or at the next message (False: the Redis engine, where another
+    #: daemon's log holds mostly what the client already got from the first).
+    unknown_epoch_from_start = True
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 history_bytes: int = DEFAULT_CHANNEL_HISTORY,
+                 history_memory: int = DEFAULT_HISTORY_MEMORY,
+                 last_values_limit: int = DEFAULT_LAST_VALUES) -> None:
         self._clock = clock
-        self._channels: dict[str, _Channel] = {}
-        # subscriber -> the channels it is subscribed to
-        self._subscribers: dict[Any, set[str]] = {}
-        # subscribers holding frames since the last flush()
-        self._dirty: list[Any] = []
+        self.history_bytes = history_bytes
+        self.history_memory = history_memory
+        self.last_values_limit = last_values_limit
+        self._channels: dict[str, ChannelLog] = {}
+        self._subscribers: set[Any] = set()
+        # logs appended to since the last flush(), and subscribers to wake
+        self._dirty: list[ChannelLog] = []
+        self._woken: dict[Any, None] = {}
+        #: Bytes retained by all logs.
+        self.retained = 0
         self.published = 0
+        #: Messages written to subscribers (the readers count them as they write).
         self.delivered = 0
-        self.dropped_unsubscribed = 0
-        self.slow_cut_off = 0
-        self._conflated_drops_of_gone = 0
+        self.evicted = 0  # messages dropped by history_memory
+        self.gaps = 0  # gap notices sent (counted by the readers through note_gap)
+        self.conflated_drops = 0
         self._sampled_at = clock()
+
+    # -- channels -----------------------------------------------------------
+
+    def _make(self, name: str, password: Optional[str]) -> ChannelLog:
+        log = self._channels[name] = ChannelLog(name, password, self.history_bytes,
+                                                self.last_values_limit)
+        return log
+
+    def channel(self, name: str) -> Optional[ChannelLog]:
+        """The log of channel ``name``, if the daemon has one."""
+        return self._channels.get(name)
+
+    def _forget_if_idle(self, log: ChannelLog) -> None:
+        if not log.readers and not len(log) and self._channels.get(log.name) is log:
+            del self._channels[log.name]
 
     # -- subscriptions ------------------------------------------------------
 
     def subscribe(self, subscriber: ISubscriber, channels: Iterable[str],
-                  password: Optional[str] = None, conflate: bool = False) -> dict[str, int]:
+                  password: Optional[str] = None, conflate: bool = False, *,
+                  history: Optional[int] = None, since: Optional[int] = None,
+                  epoch: Optional[int] = None, last_values: bool = False,
+                  resume: Optional[Mapping[str, Any]] = None) -> dict[str, dict[str, int]]:
         """
         Subscribe to several channels at once (all or none).
 
         A channel's first subscriber sets its password (``None`` or ``""``:
-        none); every later one must give the same.  Subscribing again to a
-        channel changes the ``conflate`` flag.
+        none) if no message made the channel first; every later one must
+        give the same.  Subscribing again to a channel moves its position
+        as the new options say (or keeps it without any) and sets ``conflate``.
 
-        :return: each channel's next sequence number (the ``seq`` the next
-            message will carry).
+        Where reading starts: ``history=N``, the last N retained messages;
+        ``since=S``, after message ``S`` (of ``epoch``, if given: another
+        epoch starts at the log's beginning, after a gap notice);
+        ``resume``, ``{channel: [epoch, S]}``, the same per channel (a
+        reconnecting client's); else the next message.  ``last_values``
+        first sends the newest message of each key before that point.
+
+        :return: per channel ``{"epoch", "first", "next", "from"}``: its
+            epoch, oldest retained seq, the seq its next message gets, and
+            where this subscriber reads from.
         :raises AuthError: if a password does not match (nothing is subscribed).
-        :raises BadRequest: for a bad channel name or password type.
+        :raises BadRequest: for a bad channel name, password or option.
         """
         names = split_channels(list(channels))
         if password == "":
             password = None
         if password is not None and not isinstance(password, str):
             raise BadRequest("a channel password must be a str or nil")
+        for value, what in ((history, "history"), (since, "since"), (epoch, "epoch")):
+            if value is not None and (type(value) is not int or value < 0):
+                raise BadRequest(f"subscribe option {what} must be a non-negative int")
+        if resume is not None and not isinstance(resume, Mapping):
+            raise BadRequest("subscribe option resume must be a map")
         for name in names:
-            channel = self._channels.get(name)
-            if channel is not None and not _same_password(channel.password, password):
+            existing = self._channels.get(name)
+            if (existing is not None and (existing.readers or existing.password is not None)
+                    and not _same_password(existing.password, password)):
                 raise AuthError(f"wrong password for channel {name!r}")
-        mine = self._subscribers.setdefault(subscriber, set())
+        self._subscribers.add(subscriber)
         result = {}
         for name in names:
-            channel = self._channels.get(name)
-            if channel is None:
-                channel = self._channels[name] = _Channel(name, password)
-            channel.subscribers[subscriber] = bool(conflate)
-            mine.add(name)
-            result[name] = channel.seq + 1
+            log = self._channels.get(name)
+            if log is None:
+                log = self._make(name, password)
+            elif not log.readers and log.password is None:
+                log.password = password  # made by a message: its first subscriber sets it
+            chan_since, chan_epoch = since, epoch
+            if resume is not None and name in resume:
+                chan_epoch, chan_since = _resume_point(resume[name])
+            prelude: list[bytes] = []
+            if chan_since is not None:
+                if chan_epoch is not None and chan_epoch != log.epoch:
+                    prelude.append(gap_notice(name, chan_since + 1, None, log.epoch,
+                                              f"the channel's log was made again (daemon "
+                                              f"restarted or channel forgotten): messages "
+                                              f"after {chan_since} of its previous epoch are "
+                                              f"lost", previous_epoch=chan_epoch))
+                    start = 1 if self.unknown_epoch_from_start else log.next_seq
+                else:
+                    start = min(chan_since + 1, log.next_seq)
+            elif history is not None:
+                start = max(log.first_seq, log.next_seq - history)
+            else:
+                start = log.next_seq
+            position = subscriber.positions.get(name)
+            if position is None or chan_since is not None or history is not None:
+                if last_values:
+                    prelude = log.last_values_before(start) + prelude
+                position = Position(log, start, bool(conflate), prelude)
+                subscriber.positions[name] = position
+                log.readers[subscriber] = position
+            else:
+                position.conflate = bool(conflate)
+                if last_values:
+                    position.prelude.extend(log.last_values_before(position.next))
+            self._woken[subscriber] = None
+            result[name] = {"epoch": log.epoch, "first": log.first_seq,
+                            "next": log.next_seq, "from": position.next}
         return result
 
     def unsubscribe(self, subscriber: ISubscriber, channels: Iterable[str]) -> list[str]:
@@ -138,93 +208,114 @@ class ChannelRegistry:
         :return: the channels actually left.
         """
         names = split_channels(list(channels))
-        mine = self._subscribers.get(subscriber)
-        if not mine:
-            return []
-        left = [name for name in names if name in mine]
+        positions = subscriber.positions
+        left = [name for name in names if name in positions]
         for name in left:
-            mine.discard(name)
-            self._leave(subscriber, name)
-        if not mine:
-            del self._subscribers[subscriber]
+            self._leave(subscriber, positions.pop(name))
+        if not positions:
+            self._subscribers.discard(subscriber)
         return left
 
     def remove(self, subscriber: ISubscriber) -> None:
         """Forget a subscriber entirely (its connection closed)."""
-        names = self._subscribers.pop(subscriber, None)
-        if names is None:
-            return
-        for name in names:
-            self._leave(subscriber, name)
-        self._conflated_drops_of_gone += subscriber.conflated_drops
-        if subscriber in self._dirty:
-            self._dirty.remove(subscriber)
+        self._subscribers.discard(subscriber)
+        self._woken.pop(subscriber, None)
+        positions = subscriber.positions
+        for position in list(positions.values()):
+            self._leave(subscriber, position)
+        positions.clear()
 
-    def _leave(self, subscriber: Any, name: str) -> None:
-        channel = self._channels[name]
-        del channel.subscribers[subscriber]
-        if not channel.subscribers:
-            del self._channels[name]
+    def _leave(self, subscriber: Any, position: Position) -> None:
+        position.log.readers.pop(subscriber, None)
+        self._forget_if_idle(position.log)
 
     def channels_of(self, subscriber: ISubscriber) -> list[str]:
         """The channels ``subscriber`` is in, sorted."""
-        return sorted(self._subscribers.get(subscriber, ()))
-
-    def cut_off(self, subscriber: ISubscriber, reason: str, who: str = "?") -> None:
-        """Drop a subscriber that cannot keep up, count it, log it, and close it."""
-        names = self.channels_of(subscriber)
-        self.remove(subscriber)
-        self.slow_cut_off += 1
-        self.log.warn("slow subscriber {peer} cut off ({reason}); it was subscribed to "
-                      "{channels}", peer=who, reason=reason, channels=", ".join(names))
-        subscriber.close(reason)
+        return sorted(subscriber.positions)
 
     # -- messages -----------------------------------------------------------
 
     def publish(self, channel: Any, key: Any, data: Any,
                 encoded: Optional[bytes] = None) -> int:
         """
-        Send a message to every subscriber of ``channel``.
+        Append a message to ``channel``'s log (made if need be).
 
-        Subscribers get the frame queued; call :meth:`flush` once after a
-        batch of publishes to send the frames.
+        Its subscribers are woken at the next :meth:`flush` (call it once
+        after a batch of publishes).
 
         :param encoded: the MessagePack encoding of ``channel, key, data``
             one after the other, if the caller has it (the tail of a PUBLISH
             payload): it is reused instead of encoding ``data`` again.
-        :return: the number of subscribers it was queued for.
+        :return: the message's seq.
         :raises BadRequest: for a bad channel name or key type.
         :raises EncodeError: if ``data`` cannot be encoded.
         """
         # A channel that is not a str (a map from a broken client) is not
         # hashable: check before the lookup, off the common path.
-        ch = self._channels.get(channel) if type(channel) is str else None
-        if ch is None:
+        log = self._channels.get(channel) if type(channel) is str else None
+        if log is None or type(key) not in _KEY_TYPES:
             check_channel(channel)
             _check_key(key)
-            self.dropped_unsubscribed += 1
-            return 0
-        if type(key) not in _KEY_TYPES:
-            _check_key(key)
-        if encoded is None:
+            if encoded is None:
+                encoded = msgpack.packb(channel) + msgpack.packb(key) + codec.encode(data)
+            if log is None:
+                log = self._make(channel, None)
+        elif encoded is None:
             encoded = msgpack.packb(channel) + msgpack.packb(key) + codec.encode(data)
-        ch.seq += 1
-        payload = MESSAGE_HEAD + encoded + pack_seq(ch.seq)
+        seq = log.next_seq
+        payload = MESSAGE_HEAD + encoded + pack_seq(seq)
         frame = PREFIX.pack(len(payload)) + payload
-        dirty = self._dirty
-        for subscriber, conflate in ch.subscribers.items():
-            if subscriber.deliver(frame, (channel, key) if conflate else None):
-                dirty.append(subscriber)
-        self.published += 1
-        count = len(ch.subscribers)
-        self.delivered += count
-        return count
+        self.published = arrival = self.published + 1
+        # ChannelLog.append, inlined: this is the hot path of every message.
+        log.next_seq = seq + 1
+        log._frames.append(frame)
+        log._order.append(arrival)
+        size = len(frame) + ENTRY_OVERHEAD
+        log.bytes += size
+        values = log.last_values
+        values[key] = (seq, frame)
+        if len(values) > log.last_values_cap:
+            log._evict_last_values()
+        if log.bytes > log.history_bytes:
+            size -= log.drop_bytes(log.bytes - log.history_bytes + (log.history_bytes >> 4))
+        self.retained += size
+        if not log.dirty:
+            log.dirty = True
+            self._dirty.append(log)
+        if self.retained > self.history_memory:
+            self._evict()
+        return seq
+
+    def _evict(self) -> None:
+        """Past ``history_memory``: cut the largest logs down, oldest first."""
+        target = int(self.history_memory * EVICT_TO)
+        while self.retained > target and self._channels:
+            largest = max(self._channels.values(), key=lambda log: log.bytes)
+            if not largest.bytes:
+                break
+            dropped = largest.dropped
+            self.retained -= largest.drop_bytes(self.retained - target)
+            self.evicted += largest.dropped - dropped
+            self._forget_if_idle(largest)
 
     def flush(self) -> None:
-        """Have every subscriber that queued frames since the last flush send them."""
-        dirty, self._dirty = self._dirty, []
-        for subscriber in dirty:
-            subscriber.flush()
+        """Wake every subscriber of a log that grew since the last flush."""
+        dirty = self._dirty
+        woken = self._woken
+        if dirty:
+            self._dirty = []
+            for log in dirty:
+                log.dirty = False
+                for reader in log.readers:
+                    woken[reader] = None
+        if woken:
+            self._woken = {}
+            for reader in woken:
+                reader.wake()
+
+    def note_gap(self, count: int = 1) -> None:
+        """A reader sent ``count`` gap notices (counted for ``status``)."""
+        self.gaps += count
 
     # -- status -------------------------------------------------------------
 
@@ -232,28 +323,52 @@ class ChannelRegistry:
         """Recompute the per-channel rates (messages/s since the last sample)."""
         now = self._clock()
         elapsed, self._sampled_at = now - self._sampled_at, now
-        for channel in self._channels.values():
-            channel.sample(elapsed)
+        for log in self._channels.values():
+            log.sample(elapsed)
 
     def status(self) -> dict[str, Any]:
-        """What ``lttx status`` shows of the channels."""
-        conflated = self._conflated_drops_of_gone + sum(
-            s.conflated_drops for s in self._subscribers)
+        """What ``lttx status`` shows of the channels (computed now)."""
         return {
-            "channels": {
-                name: {"subscribers": len(ch.subscribers),
-                       "conflating": sum(ch.subscribers.values()),
-                       "messages": ch.seq,
-                       "rate": round(ch.rate, 1),
-                       "password": ch.password is not None}
-                for name, ch in sorted(self._channels.items())},
+            "channels": {name: log.status() for name, log in sorted(self._channels.items())},
             "subscribers": len(self._subscribers),
             "published": self.published,
             "delivered": self.delivered,
-            "dropped_no_subscriber": self.dropped_unsubscribed,
-            "slow_subscribers_cut_off": self.slow_cut_off,
-            "conflated_drops": conflated,
+            "history_bytes": self.retained,
+            "history_memory": self.history_memory,
+            "channel_history": self.history_bytes,
+            "evicted_for_memory": self.evicted,
+            "gaps": self.gaps,
+            "conflated_drops": self.conflated_drops,
         }
+
+
+def gap_notice(channel: str, first: Optional[int], last: Optional[int], epoch: int, why: str,
+               previous_epoch: Optional[int] = None) -> bytes:
+    """
+    The frame telling a subscriber that messages ``first`` to ``last``
+    (None: unknown) of ``channel`` will not reach it:
+    ``[4, "gap", text, {"channel", "first", "last", "epoch"[, "previous_epoch"]}]``.
+    """
+    detail: dict[str, Any] = {"channel": channel, "first": first, "last": last, "epoch": epoch}
+    if previous_epoch is not None:
+        detail["previous_epoch"] = previous_epoch
+    payload = codec.encode([codec.NOTICE, GAP, f"{channel}: {why}", detail])
+    return PREFIX.pack(len(payload)) + payload
+
+
+def dropped_notice(channel: str, first: int, last: int, epoch: int) -> bytes:
+    """The gap notice for messages the log dropped before a subscriber read them."""
+    return gap_notice(channel, first, last, epoch,
+                      f"messages {first} to {last} were dropped from the channel's "
+                      f"history before this subscriber read them")
+
+
+def _resume_point(point: Any) -> tuple[Optional[int], int]:
+    if (not isinstance(point, list) or len(point) != 2
+            or not (point[0] is None or type(point[0]) is int)
+            or type(point[1]) is not int or point[1] < 0):
+        raise BadRequest("a resume point must be [epoch, seq]")
+    return point[0], point[1]
 
 
 def _check_key(key: Any) -> None:

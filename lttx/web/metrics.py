@@ -23,9 +23,8 @@ from prometheus_client.exposition import generate_latest, CONTENT_TYPE_LATEST
 #: The (part, key) of the report's figures that only grow; part "" is the top.
 COUNTERS = frozenset({
     ("channel", "messages"),
-    ("channels", "published"), ("channels", "delivered"),
-    ("channels", "dropped_no_subscriber"), ("channels", "slow_subscribers_cut_off"),
-    ("channels", "conflated_drops"),
+    ("channels", "published"), ("channels", "delivered"), ("channels", "evicted_for_memory"),
+    ("channels", "gaps"), ("channels", "conflated_drops"),
     ("channels_redis", "batches_sent"), ("channels_redis", "batches_received"),
     ("channels_redis", "remote_messages"), ("channels_redis", "dropped_redis_down"),
     ("journal", "journal_fsyncs"), ("engine", "connects"),

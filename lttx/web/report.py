@@ -64,7 +64,7 @@ def connections_report(state: ServerState,
     rows = []
     for connection in state.connections:
         grant = getattr(connection, "grant", None)
-        outbox = getattr(connection, "outbox", None)
+        reader = getattr(connection, "reader", None)
         rows.append({
             "peer": connection.peer,
             "token": grant.name if connection.authenticated and grant is not None else None,
@@ -73,8 +73,8 @@ def connections_report(state: ServerState,
             "since": getattr(connection, "since", None),
             "bytes_in": getattr(connection, "bytes_in", 0),
             "bytes_out": getattr(connection, "bytes_out", 0),
-            "subscriptions": (len(state.channels.channels_of(outbox))
-                              if outbox is not None else 0),
+            "subscriptions": (len(state.channels.channels_of(reader))
+                              if reader is not None else 0),
             "transfer": _transfer(getattr(connection, "file_session", None)),
         })
     rows.sort(key=lambda row: (row["since"] is None, row["since"] or 0.0, row["peer"]))

@@ -331,3 +331,83 @@ class RealDaemonResubscribeTests(SynchronousTestCase):
         connections = daemon.connections_made
         daemon.clock.advance(60)
         self.assertEqual(daemon.connections_made, connections)
+
+
+class CallOrderTests(SynchronousTestCase):
+    def test_a_request_waits_behind_pushes_not_yet_written(self) -> None:
+        """A call made while pushes wait in the client (the transport is full) is
+        written after them, in the same write, once the transport takes more."""
+        client, pump = connected_client(self)
+        writes = recording_writes(client)
+        client.pauseProducing()
+        for i in range(3):
+            client.push("k", i, "hq")
+        d = client.call("ping")
+        self.assertEqual(writes, [])
+        client.resumeProducing()
+        self.assertEqual(len(writes), 1)
+        sent = frames_of(writes[0])
+        self.assertEqual([f[0] for f in sent], [codec.PUBLISH] * 3 + [codec.REQUEST])
+        self.assertEqual(sent[3][2], "ping")
+        self.assertNoResult(d)
+        pump.flush()
+        self.assertEqual(self.successResultOf(d), "pong")
+
+
+class ResumeTests(SynchronousTestCase):
+    """Resubscription from the last seq received, and gap notices, against a daemon
+    of protocol 2 played by the test."""
+
+    EPOCH = 123456789
+
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.clock = MemoryReactorClock()
+        self.daemon = ScriptedDaemon()
+        self.received: list[Message] = []
+        self.gaps: list[tuple[Any, ...]] = []
+        d = AsyncClient.connect(self.clock, memory_settings(self.daemon), self.received.append)
+        self.daemon.accept_hello()
+        self.client = self.successResultOf(d)
+        result = self.client.subscribe("hq", history=2, on_gap=lambda *a: self.gaps.append(a))
+        [subscribe] = self.daemon.requests()
+        self.assertEqual(subscribe[3], [["hq"], None, {"history": 2, "conflate": False}])
+        self.daemon.answer(
+            [codec.REPLY, subscribe[1],
+             {"hq": {"epoch": self.EPOCH, "first": 1, "next": 9, "from": 7}}],
+            [codec.MESSAGE, "hq", "k", "a", 7], [codec.MESSAGE, "hq", "k", "b", 8])
+        self.assertEqual(self.successResultOf(result), {"hq": 9})
+
+    def test_resubscribes_from_the_last_seq_with_the_epoch(self) -> None:
+        """After a loss the client resubscribes with resume: [epoch, last seq]."""
+        self.daemon.drop()
+        self.clock.advance(0.1)
+        self.daemon.accept_hello()
+        [subscribe] = self.daemon.requests()
+        self.assertEqual(subscribe[3], [["hq"], None, {
+            "conflate": False, "resume": {"hq": [self.EPOCH, 8]}}])
+        self.daemon.answer([codec.REPLY, subscribe[1],
+                            {"hq": {"epoch": self.EPOCH, "first": 1, "next": 10, "from": 9}}],
+                           [codec.MESSAGE, "hq", "k", "c", 9])
+        self.assertEqual([m.seq for m in self.received], [7, 8, 9])
+        self.assertEqual(self.client.gaps, 0)
+
+    def test_gap_notice_is_logged_counted_and_called_back(self) -> None:
+        """A gap notice between messages: on_gap in order, one log line, counted."""
+        order: list[Any] = []
+        self.client._subscriptions["hq"].on_gap = lambda *a: order.append(("gap", a))
+        self.client._subscriptions["hq"].callback = lambda m: order.append(m.seq)
+        self.daemon.answer([codec.MESSAGE, "hq", "k", "c", 9],
+                           [codec.NOTICE, "gap", "hq: dropped",
+                            {"channel": "hq", "first": 10, "last": 19, "epoch": self.EPOCH}],
+                           [codec.MESSAGE, "hq", "k", "d", 20])
+        self.assertEqual(order, [9, ("gap", ("hq", 10, 19)), 20])
+        self.assertEqual((self.client.gaps, self.client.gaps_by_channel), (1, {"hq": 1}))
+        [line] = logged(self.events, "gap on")
+        self.assertIn("messages 10 to 19", line)
+        # Resumed from after the gap's last message, not from before it.
+        self.daemon.drop()
+        self.clock.advance(0.1)
+        self.daemon.accept_hello()
+        [subscribe] = self.daemon.requests()
+        self.assertEqual(subscribe[3][2]["resume"], {"hq": [self.EPOCH, 20]})

@@ -151,13 +151,19 @@ class SharedRegistryTests(SynchronousTestCase):
         self.assertEqual(self.registry.status()["redis"]["remote_messages"], 2)
 
     def test_lost_pubsub_connection_shows_as_a_gap(self) -> None:
+        """Losing Redis: each subscriber gets a gap notice of unknown range; seqs go on."""
         local = ListSubscriber()
         self.registry.subscribe(local, ["hq"])
         self.registry.publish("hq", "k", 1)
+        self.registry.flush()
         self.registry.redis_lost()
         self.registry.publish("hq", "k", 2)
         self.registry.flush()
-        self.assertEqual([m[4] for m in local.messages()], [1, 3])
+        frames = local.messages()
+        self.assertEqual(frames[0][4], 1)
+        self.assertEqual(frames[1][:2], [4, "gap"])
+        self.assertEqual((frames[1][3]["first"], frames[1][3]["last"]), (None, None))
+        self.assertEqual(frames[2][4], 2)
 
     def test_redis_down_drops_for_others_only(self) -> None:
         local = ListSubscriber()

@@ -145,7 +145,8 @@ class RedisRestartTests(TestCase):
 class FailoverTests(TestCase):
     def test_killed_daemon_moves_client_to_another(self) -> None:
         """A client on A and B: A killed, the client goes on through B and is
-        subscribed there again; pushes from C reach it."""
+        subscribed there again, told of a gap (B's log has another epoch) and
+        not sent B's history again; pushes from C reach it."""
         redis = RedisServer(self)
         a, b, c = (redis_daemon(self, redis) for _ in range(3))
         client = lttx.connect([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
@@ -154,6 +155,9 @@ class FailoverTests(TestCase):
         client.put("x", 1)
         client.subscribe("hq")
         a.wait_for_log(r"subscribed in Redis to lttx:c:hq")
+        early = c.connect()
+        early.push("k", "before", "hq")
+        self.assertEqual(client.Q.get(timeout=10).seq, 1)
         mark = len(b.lines)
         a.kill()
         self.assertEqual(client.get("x"), 1)  # waits for the reconnection, to B
@@ -163,6 +167,7 @@ class FailoverTests(TestCase):
         publisher.push("k", "after failover", "hq")
         message = client.Q.get(timeout=10)
         self.assertEqual((message.data, message.seq), ("after failover", 1))
+        self.assertEqual(client.gaps_by_channel, {"hq": 1})
 
     def test_first_reachable_address(self) -> None:
         """connect() with a list skips the daemons it cannot reach."""

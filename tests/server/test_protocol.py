@@ -26,7 +26,7 @@ class HelloTests(SynchronousTestCase):
         proto, transport = server_protocol(authenticate=False)
         proto.dataReceived(frame([0, 1, "hello", [TOKEN, {}]]))
         self.assertEqual(frames_of(transport.value()), [
-            [R, 1, {"server": "lttx", "version": "0.1.0", "protocol": 1,
+            [R, 1, {"server": "lttx", "version": "0.1.0", "protocol": 2,
                     "max_frame": 64 * 1024 * 1024}]])
         self.assertFalse(transport.disconnecting)
 

@@ -339,7 +339,9 @@ class ChannelRightsTests(SynchronousTestCase):
             codec.ERROR, 1, "forbidden", "the token 'files' may not subscribe 'orders'"]])
         self.sub_out.clear()
         self.sub.dataReceived(frame([codec.REQUEST, 2, "subscribe", [["hq_center"]]]))
-        self.assertEqual(frames_of(self.sub_out.value()), [[codec.REPLY, 2, {"hq_center": 1}]])
+        epoch = self.factory.state.channels.channel("hq_center").epoch
+        self.assertEqual(frames_of(self.sub_out.value()), [[codec.REPLY, 2, {
+            "hq_center": {"epoch": epoch, "first": 1, "next": 1, "from": 1}}]])
         self.sub_out.clear()
         self.feed.dataReceived(frame([codec.REQUEST, 3, "subscribe", ["hq_center"]]))
         self.assertEqual(frames_of(self.feed_out.value()), [[

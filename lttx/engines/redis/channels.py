@@ -15,16 +15,20 @@ The Redis engine: several daemons on one Redis act as one data center.
 
   Order: Redis keeps the order of one connection's PUBLISHes and of one
   subscriber connection's messages, so each publisher's messages reach every
-  subscriber on every daemon in the order it pushed them.  ``seq`` is
-  per daemon: each daemon numbers the messages it delivers on a channel
-  (local and remote ones alike) 1, 2, 3... as a single daemon does, so a
-  subscriber sees no gap unless its daemon dropped something; two daemons
-  give the same message different numbers.  Slow subscribers and conflation
-  work as on one daemon, since remote messages take the local delivery path.
-  A channel password is per daemon (each daemon's first subscriber sets it).
-  When a daemon loses its pub/sub connection to Redis, each of its channels'
-  ``seq`` skips a number: its subscribers see a gap, the sign that messages
-  of other daemons may have been missed meanwhile.
+  subscriber on every daemon in the order it pushed them.  The retained log,
+  its ``epoch`` and ``seq`` are per daemon: each daemon appends the messages
+  of a channel (local and remote ones alike) to its own log, numbered 1, 2,
+  3... as a single daemon does, so history, ``since`` and resumption work
+  per daemon; two daemons give the same message different numbers and
+  their logs different epochs, so a client that fails over to another
+  daemon is told of a gap (another epoch, range unknown) and reads on from
+  that daemon's next message (not its history, which would mostly repeat
+  what the client got from the first daemon).  Slow
+  subscribers and conflation work as on one daemon, since remote messages
+  take the local path.  A channel password is per daemon.  When a daemon
+  loses its pub/sub connection to Redis, each subscriber of its channels
+  gets a gap notice with an unknown range (``first`` and ``last`` nil):
+  messages of other daemons may have been missed meanwhile.
 
   While Redis is down, local delivery goes on; what would have gone to Redis
   is dropped and counted (pub/sub is at most once, as in Redis itself).
@@ -40,7 +44,7 @@ from typing import Any, Callable, Iterable, Optional
 import msgpack
 
 from ...errors import LTtxError
-from ...state.channels import ChannelRegistry, ISubscriber
+from ...state.channels import ChannelRegistry, ISubscriber, gap_notice
 from ...wire import codec
 from ...wire.frames import PREFIX
 from .resp import RedisClient
@@ -57,8 +61,13 @@ class SharedChannelRegistry(ChannelRegistry):
         :meth:`message_received`.
     """
 
-    def __init__(self, clock: Callable[[], float], prefix: str, daemon_id: bytes) -> None:
-        super().__init__(clock=clock)
+    #: A client failing over from another daemon resumes at the next message:
+    #: this daemon's log holds mostly what it already got there.
+    unknown_epoch_from_start = False
+
+    def __init__(self, clock: Callable[[], float], prefix: str, daemon_id: bytes,
+                 **bounds: int) -> None:
+        super().__init__(clock=clock, **bounds)
         self.prefix = prefix.encode("utf-8") + b"c:"
         self.daemon_id = daemon_id
         self.publisher: Optional[RedisClient] = None
@@ -75,10 +84,14 @@ class SharedChannelRegistry(ChannelRegistry):
 
     # -- which channels to SUBSCRIBE to in Redis ---------------------------
 
+    def _read(self) -> set[str]:
+        """The channels some subscriber of this daemon reads."""
+        return {name for name, log in self._channels.items() if log.readers}
+
     def _changed(self, before: set[str]) -> None:
         if self.subscriber is None:
             return
-        now = set(self._channels)
+        now = self._read()
         new, gone = now - before, before - now
         if new:
             self.subscriber.subscribe([self.prefix + n.encode("utf-8") for n in sorted(new)])
@@ -86,20 +99,21 @@ class SharedChannelRegistry(ChannelRegistry):
             self.subscriber.unsubscribe([self.prefix + n.encode("utf-8") for n in sorted(gone)])
 
     def subscribe(self, subscriber: ISubscriber, channels: Iterable[str],
-                  password: Optional[str] = None, conflate: bool = False) -> dict[str, int]:
-        before = set(self._channels)
-        result = super().subscribe(subscriber, channels, password, conflate)
+                  password: Optional[str] = None, conflate: bool = False,
+                  **options: Any) -> dict[str, dict[str, int]]:
+        before = self._read()
+        result = super().subscribe(subscriber, channels, password, conflate, **options)
         self._changed(before)
         return result
 
     def unsubscribe(self, subscriber: ISubscriber, channels: Iterable[str]) -> list[str]:
-        before = set(self._channels)
+        before = self._read()
         left = super().unsubscribe(subscriber, channels)
         self._changed(before)
         return left
 
     def remove(self, subscriber: ISubscriber) -> None:
-        before = set(self._channels)
+        before = self._read()
         super().remove(subscriber)
         self._changed(before)
 
@@ -165,10 +179,17 @@ class SharedChannelRegistry(ChannelRegistry):
 
     def redis_lost(self) -> None:
         """The pub/sub connection was lost: what other daemons publish until it
-        is back is missed, so each channel's ``seq`` skips one number, and its
-        subscribers see a gap, as after their own reconnection."""
-        for channel in self._channels.values():
-            channel.seq += 1
+        is back is missed, so each subscriber is told of a gap of unknown range."""
+        for log in self._channels.values():
+            if not log.readers:
+                continue
+            notice = gap_notice(log.name, None, None, log.epoch,
+                                "this daemon lost its connection to Redis: messages other "
+                                "daemons published meanwhile may be missed")
+            for reader, position in log.readers.items():
+                position.prelude.append(notice)
+                self._woken[reader] = None
+        self.flush()
 
     def status(self) -> dict[str, Any]:
         status = super().status()

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from ...errors import LTtxError
 from ...state.auth import authorize
 from ...wire.framing import FrameDecoder, FrameTooLong
-from ..outbox import set_reading
+from ..reader import set_reading
 from .handshake import LegacyProtocol, Mode
 from ...wire.legacy import OLD_PREFIX, split_key_data
 

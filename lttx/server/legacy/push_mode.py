@@ -8,79 +8,73 @@ whose body is ``json.dumps("key|data")``, and a ``{"1": 1}`` heartbeat comes
 every :data:`HEARTBEAT_INTERVAL` seconds, as from the original server.  The
 first channel subscriber sets its password, on this port or the native one.
 
-Its frames wait in an :class:`~lttx.server.outbox.Outbox` while it reads
-slowly, so a slow old subscriber never slows a publisher or another
-subscriber; past ``--subscriber-buffer`` it is cut off (logged), as a native
-one is.
+It reads the channel logs at its own pace like a native subscriber
+(:class:`~lttx.server.reader.ChannelReader`), so a slow old subscriber never
+slows a publisher or another subscriber and is never cut off for being slow.
 
-:class:`LegacySubscriber` is the one seam between this port and the channel
-machinery: the registry hands it native MESSAGE frames, it gives the outbox
-old frames.
+:class:`LegacyReader` is the one seam between this port and the channel
+machinery: it reads the logs' native MESSAGE frames and writes them as old
+frames.  The original client knows no gap notice: a gap (the log dropped
+messages it had not read) is logged and counted in ``lttx status`` instead.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Optional
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from ...errors import AuthError, BadRequest
 from ...state.auth import authorize
-from ...state.channels import ISubscriber
 from ...wire import codec
-from ...wire.names import split_channels
-from ..outbox import Outbox
-from .handshake import LegacyProtocol, Mode
+from ...wire.frames import MESSAGE_HEAD, PREFIX
 from ...wire.legacy import HEARTBEAT_FRAME, message_body, old_frame
+from ...wire.names import split_channels
+from ..reader import ChannelReader
+from .handshake import LegacyProtocol, Mode
 
 #: Seconds between two heartbeats to an old subscriber (the original's 5).
 HEARTBEAT_INTERVAL = 5.0
 #: Seconds between the handshake reply and the first message: the original
 #: client reads its reply with one recv(1024), so nothing may come with it.
-#: Messages published meanwhile wait in the outbox; none is lost.
+#: Messages published meanwhile are read from the log afterwards; none is lost.
 SETTLE_DELAY = 0.25
-#: Seconds a cut-off subscriber that does not read is given before it is aborted.
-CUT_OFF_GRACE = 5.0
-
-# The last MESSAGE frame converted, and its old frame: the registry hands the
-# same bytes object to every subscriber of a message, so it is decoded once.
-_last: list[Any] = [None, b""]
 
 
 def old_message_frame(frame: bytes) -> bytes:
     """A native MESSAGE frame (length prefix included) as the original server sent it."""
-    if frame is _last[0]:
-        return _last[1]  # type: ignore[no-any-return]
-    _, _channel, key, data, _seq = codec.decode(frame[4:])
-    converted = old_frame(message_body(key, data))
-    _last[0], _last[1] = frame, converted
-    return converted
+    _, _channel, key, data, _seq = codec.decode(frame[PREFIX.size:])
+    return old_frame(message_body(key, data))
 
 
-@implementer(ISubscriber)
-class LegacySubscriber:
+class LegacyReader(ChannelReader):
     """
-    An old ``push_mode`` connection as the channel registry sees it: native
-    MESSAGE frames in, old frames into the connection's outbox.
+    An old ``push_mode`` connection's reading of the channel logs: the
+    native frames it reads are written as old ones; gap notices, which the
+    original client would take for a message, are logged instead.
     """
 
-    def __init__(self, outbox: Outbox) -> None:
-        self.outbox = outbox
+    log = Logger()
 
-    @property
-    def conflated_drops(self) -> int:
-        return self.outbox.conflated_drops
+    def __init__(self, *args: Any, peer: str = "?", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.peer = peer
 
-    def deliver(self, frame: bytes, conflation_key: Optional[Hashable]) -> bool:
-        return self.outbox.deliver(old_message_frame(frame), None)
-
-    def flush(self) -> None:
-        self.outbox.flush()
-
-    def close(self, reason: str) -> None:
-        self.outbox.close(reason)
+    def _write(self, frames: list[bytes]) -> None:
+        old = []
+        for frame in frames:
+            if frame[PREFIX.size:PREFIX.size + 2] == MESSAGE_HEAD:
+                old.append(old_message_frame(frame))
+            else:
+                self.log.warn("{peer}: an old subscriber missed messages its channel "
+                              "log no longer holds (a gap; the original protocol cannot "
+                              "say so)", peer=self.peer)
+        if old:
+            data = b"".join(old)
+            self.written += len(data)
+            self.registry.delivered += len(old)
+            self.transport.write(data)
 
 
 class PushMode(Mode):
@@ -99,9 +93,9 @@ class PushMode(Mode):
         names = split_channels(who)
         for name in names:
             authorize(connection.grant, "subscribe", name)
-        outbox = Outbox(transport, state.subscriber_buffer, self._slow, self._cut_off,
-                        reading=lambda on: None)
-        self.subscriber = LegacySubscriber(outbox)
+        reader = LegacyReader(transport, state.channels, reading=lambda on: None,
+                              peer=connection.peer)
+        self.subscriber = reader
         try:
             state.channels.subscribe(self.subscriber, names, pwd or None)
         except AuthError:
@@ -114,13 +108,13 @@ class PushMode(Mode):
             {"code": 0, "msg": f"subscribed to {'@'.join(names)}"})
         self._timer: Any = None
         if state.clock is not None:
-            # Frames wait in the paused outbox until the reply has been read alone.
-            outbox.paused = True
+            # Nothing is read from the logs until the reply has been read alone.
+            reader.paused = True
             self._timer = state.clock.callLater(SETTLE_DELAY, self._settled)
 
     def _settled(self) -> None:
         self._timer = None
-        self.subscriber.outbox.resumeProducing()
+        self.subscriber.resumeProducing()
         self._next_heartbeat()
 
     def _next_heartbeat(self) -> None:
@@ -128,28 +122,11 @@ class PushMode(Mode):
         self._timer = self.state.clock.callLater(HEARTBEAT_INTERVAL, self._heartbeat)
 
     def _heartbeat(self) -> None:
-        outbox = self.subscriber.outbox
-        # Only to a subscriber with nothing waiting: anything else shows it is alive.
-        if not outbox.queued_bytes and not outbox.paused and not outbox.stopped:
+        reader = self.subscriber
+        # Only while the connection takes what is written: between whole frames.
+        if not reader.paused and not reader.stopped:
             self.connection.transport.write(HEARTBEAT_FRAME)
         self._next_heartbeat()
-
-    def _slow(self, reason: str) -> None:
-        self.state.channels.cut_off(self.subscriber, reason, who=self.connection.peer)
-
-    def _cut_off(self, reason: str) -> None:
-        transport = self.connection.transport
-        if transport.disconnecting:
-            return
-        transport.unregisterProducer()
-        transport.loseConnection()
-        clock = self.state.clock
-        if clock is not None:
-            clock.callLater(CUT_OFF_GRACE, self._abort_if_open)
-
-    def _abort_if_open(self) -> None:
-        if not self.connection.lost:
-            self.connection.transport.abortConnection()
 
     def connection_lost(self, reason: Failure) -> None:
         if self._timer is not None and self._timer.active():

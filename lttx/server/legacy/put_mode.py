@@ -12,7 +12,7 @@ ones write, and the reverse) with the old value conventions applied here
 (:mod:`lttx.wire.legacy`), and the token's rights checked as on the native port.
 
 While the client does not read its replies, its requests are not read
-either (:class:`~lttx.server.outbox.ReadThrottle`), so replies never pile up.
+either (:class:`~lttx.server.reader.ReadThrottle`), so replies never pile up.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from ...errors import BadRequest, IndexOutOfRange, LTtxError, NotFound
 from ...state.auth import authorize
 from ...state.store import MISSING
-from ..outbox import ReadThrottle
+from ..reader import ReadThrottle
 from .framed import FramedMode
 from .handshake import LegacyProtocol
 from ...wire.legacy import (

@@ -14,7 +14,10 @@ The ``lttx`` command: LTtx for people and shell scripts.
     lttx keys 'p*'
     lttx del pos
     lttx sub hq_center                # one JSON line per message, until Ctrl-C
+    lttx sub hq_center --history 100  # the last 100 retained first (or --since SEQ,
+                                      # --last-values)
     lttx push hq_center 600000.SH 10.23
+    lttx publish orders order-17 '{"side": "buy"}'   # waits; prints the seq
     lttx upload ./report.csv
     lttx download report.csv ./downloads/
     lttx files
@@ -40,18 +43,21 @@ An error is one line on stderr and an exit status that says its kind:
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import json
-import math
 import os
 import sys
-import unicodedata
 from typing import IO, Any, Callable, NoReturn, Optional, Sequence
 
-from ._version import DEFAULT_PORT, __version__
-from .wire.names import printable
-from .errors import (
+from .._version import DEFAULT_PORT, __version__
+from .output import (
+    UsageError,
+    dumps,
+    escape_formatting,
+    parse_json_argument,
+    render_status,
+    shown_name,
+)
+from ..errors import (
     AuthError,
     ConnectError,
     ConnectionLost,
@@ -78,10 +84,6 @@ CLI_TIMEOUT = 10.0
 _MISSING = object()
 
 
-class UsageError(Exception):
-    """Bad arguments or environment, found after parsing."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors as one line (``lttx: error: ...``), status 2."""
 
@@ -90,234 +92,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- values as JSON -----------------------------------------------------------
-
-
-def to_json(value: Any) -> Any:
-    """A stored value as plain JSON data (see the module docstring)."""
-    if isinstance(value, bytes):
-        return {"$bytes": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, dict):
-        plain = all(isinstance(k, str) for k in value) and not (
-            len(value) == 1 and next(iter(value)) in ("$bytes", "$map", "$ext"))
-        if plain:
-            return {k: to_json(v) for k, v in value.items()}
-        return {"$map": [[to_json(k), to_json(v)] for k, v in value.items()]}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if value is None or isinstance(value, (str, int, float)):
-        return value
-    from .client.dataframes import ext_json
-
-    return ext_json(value)  # a DataFrame, series or array (TypeError for others)
-
-
-def from_json(data: Any) -> Any:
-    """Plain JSON data (as :func:`to_json` writes it) back to a value."""
-    if isinstance(data, dict):
-        if len(data) == 1 and "$bytes" in data:
-            encoded = data["$bytes"]
-            if not isinstance(encoded, str):
-                raise UsageError('"$bytes" must hold a base64 string')
-            try:
-                return base64.b64decode(encoded, validate=True)
-            except binascii.Error as e:
-                raise UsageError(f'"$bytes" is not valid base64: {e}') from None
-        if len(data) == 1 and "$map" in data:
-            pairs = data["$map"]
-            if not isinstance(pairs, list) or not all(
-                    isinstance(p, list) and len(p) == 2 for p in pairs):
-                raise UsageError('"$map" must hold a list of [key, value] pairs')
-            try:
-                return {from_json(k): from_json(v) for k, v in pairs}
-            except TypeError:
-                raise UsageError('a "$map" key must be a string, number, bool, null '
-                                 'or bytes') from None
-        if len(data) == 1 and "$ext" in data:
-            from .client.dataframes import from_ext_json
-
-            try:
-                return from_ext_json(data["$ext"])
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-        return {k: from_json(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [from_json(v) for v in data]
-    return data
-
-
-def dumps(value: Any) -> str:
-    """
-    One line of JSON for a value; non-ASCII text stays readable, but control,
-    invisible and bidirectional formatting characters are escaped (``\\u202e``),
-    so a value cannot forge a line or reorder what the terminal shows.
-    """
-    return _escape_formatting(json.dumps(to_json(value), ensure_ascii=False))
-
-
-def _escape_formatting(text: str) -> str:
-    # json.dumps already escapes C0 controls; C1, Cf (bidi, BOM, zero-width)
-    # and line/paragraph separators pass through raw unless escaped here.
-    if text.isascii():
-        return text
-    return "".join(c if not _formatting(c) else _json_escape(c) for c in text)
-
-
-def _formatting(char: str) -> bool:
-    return not char.isascii() and (unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"))
-
-
-def _json_escape(char: str) -> str:
-    code = ord(char)
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    code -= 0x10000  # astral: a surrogate pair, as JSON spells it
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-
-
-def shown_name(name: str) -> str:
-    """A name from the daemon as a terminal line shows it: as it is when it is
-    plain, else quoted with its control and formatting characters escaped."""
-    if name.isprintable() and not any(_formatting(c) for c in name):
-        return name
-    return printable(name)
-
-
-def parse_json_argument(text: str, what: str) -> Any:
-    try:
-        return from_json(json.loads(text))
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{what} is not valid JSON ({e}); "
-                         f"quote a string as '\"text\"'") from None
-
-
-# -- status, for people -------------------------------------------------------
-
-
-def _size(n: Any) -> str:
-    if not isinstance(n, int) or isinstance(n, bool):
-        return str(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)  # not reached
-
-
-def _duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)) or math.isnan(seconds):
-        return str(seconds)
-    s = int(seconds)
-    days, s = divmod(s, 86400)
-    hours, s = divmod(s, 3600)
-    minutes, s = divmod(s, 60)
-    parts = [f"{days}d"] if days else []
-    if days or hours:
-        parts.append(f"{hours}h")
-    if days or hours or minutes:
-        parts.append(f"{minutes}m")
-    parts.append(f"{s}s")
-    return " ".join(parts)
-
-
-def _cell(key: str, value: Any) -> str:
-    """One figure, shown as people read it: sizes in KiB/MiB, rates per second."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    lowered = key.lower()
-    if "bytes" in lowered or lowered in ("size", "buffered", "queued"):
-        return _size(value)
-    if "rate" in lowered or lowered.endswith("_per_s"):
-        return f"{value:.1f}/s" if isinstance(value, (int, float)) else str(value)
-    if lowered in ("uptime", "age") or lowered.endswith("_seconds"):
-        return _duration(value)
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".")
-    if isinstance(value, (list, dict)):
-        return json.dumps(to_json(value), ensure_ascii=False) if value else "none"
-    return str(value)
-
-
-def _label(key: str) -> str:
-    return key.replace("_", " ")
-
-
-def _table(rows: list[tuple[str, dict[str, Any]]], first: str, indent: str) -> list[str]:
-    columns: list[str] = []
-    for _, row in rows:
-        for key in row:
-            if key not in columns:
-                columns.append(key)
-    header = [first] + [_label(c) for c in columns]
-    body = [[name] + [_cell(c, row.get(c)) for c in columns] for name, row in rows]
-    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        # Names left-aligned, figures right-aligned, as in `ps` or `df`.
-        out = [cells[0].ljust(widths[0])]
-        out += [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
-        return (indent + "  ".join(out)).rstrip()
-
-    return [line(header)] + [line(r) for r in body]
-
-
-def _section(value: Any, indent: str, name: str = "") -> list[str]:
-    """Lines for one part of the status report, whatever its shape."""
-    if isinstance(value, dict):
-        if value and all(isinstance(v, dict) for v in value.values()):
-            return _table([(str(k), v) for k, v in value.items()], name or "name", indent)
-        lines: list[str] = []
-        for k, v in value.items():
-            if isinstance(v, (dict, list)) and v:
-                if str(k) == name or _singular(str(k)) == name:
-                    # channels: {channels: {...}} reads as one table, not two headings.
-                    lines.extend(_section(v, indent, name=name))
-                else:
-                    lines.append(f"{indent}{_label(str(k))}:")
-                    lines.extend(_section(v, indent + "  ", name=_singular(str(k))))
-        scalars = [(k, v) for k, v in value.items() if not isinstance(v, (dict, list))
-                   or not v]
-        width = max((len(_label(str(k))) for k, _ in scalars), default=0)
-        for k, v in scalars:
-            lines.append(f"{indent}{_label(str(k)).ljust(width)}  {_cell(str(k), v)}")
-        return lines
-    if isinstance(value, list):
-        if value and all(isinstance(v, dict) for v in value):
-            first_key = next(iter(value[0]), "name")
-            return _table([(str(v.get(first_key, "")),
-                            {k: x for k, x in v.items() if k != first_key}) for v in value],
-                          _label(first_key), indent)
-        return [f"{indent}{_cell('', v)}" for v in value]
-    return [f"{indent}{_cell(name, value)}"]
-
-
-def _singular(name: str) -> str:
-    return name[:-1] if name.endswith("s") and len(name) > 1 else name
-
-
-def render_status(status: dict[str, Any], where: str) -> str:
-    """The human form of a status report (``lttx status`` without ``--json``)."""
-    status = dict(status)
-    version = status.pop("version", "?")
-    uptime = status.pop("uptime", None)
-    up = "" if uptime is None else f", up {_duration(uptime)}"
-    lines = [f"LTtx {version} at {where}{up}"]
-    own = [(k, status.pop(k)) for k in ("connections", "variables") if k in status]
-    components = [(k, v) for k, v in status.items() if isinstance(v, (dict, list))]
-    others = [(k, v) for k, v in status.items() if not isinstance(v, (dict, list))]
-    width = max((len(_label(k)) for k, _ in own + others), default=0)
-    for k, v in own + others:
-        lines.append(f"{_label(k).ljust(width)}  {_cell(k, v)}")
-    for k, v in components:
-        lines.append("")
-        lines.append(f"{_label(k)}:")
-        body = _section(v, "  ", name=_singular(k))
-        lines.extend(body or ["  (none)"])
-    return "\n".join(lines)
-
-
-# -- the commands -------------------------------------------------------------
 
 
 class Context:
@@ -337,7 +111,7 @@ class Context:
         return f"{self.host}:{self.port}"
 
     def connect(self) -> Any:
-        from .client import connect
+        from ..client import connect
 
         return connect(self.host, self.port, token=self.token, timeout=self.timeout,
                        tls=self.tls, ca=self.ca)
@@ -370,7 +144,7 @@ def _address(args: argparse.Namespace) -> tuple[str, int, Optional[str], float]:
 
 
 def cmd_get(ctx: Context) -> int:
-    from .client.dataframes import frame_text, is_frame
+    from ..client.dataframes import frame_text, is_frame
 
     with ctx.connect() as client:
         if ctx.args.revision:
@@ -393,7 +167,7 @@ def cmd_put(ctx: Context) -> int:
     if (ctx.args.csv is None) == (ctx.args.json is None):
         raise UsageError("put takes a JSON value or --csv FILE (one of the two)")
     if ctx.args.csv is not None:
-        from .client.dataframes import read_csv
+        from ..client.dataframes import read_csv
 
         value = read_csv(ctx.args.csv)
     else:
@@ -425,7 +199,7 @@ def cmd_keys(ctx: Context) -> int:
     with ctx.connect() as client:
         names = client.keys(ctx.args.pattern)
     if ctx.args.json:
-        ctx.print(_escape_formatting(json.dumps(names, ensure_ascii=False)))
+        ctx.print(escape_formatting(json.dumps(names, ensure_ascii=False)))
     else:
         for name in names:
             ctx.print(shown_name(name))
@@ -444,7 +218,9 @@ def cmd_sub(ctx: Context) -> int:
     args = ctx.args
     client = ctx.connect()
     try:
-        client.subscribe(args.channels, password=args.password, conflate=args.conflate)
+        client.subscribe(args.channels, password=args.password, conflate=args.conflate,
+                         history=args.history, since=args.since,
+                         last_values=args.last_values, on_gap=_print_gap(ctx))
         # On stderr, so stdout holds messages only; a script can wait for it.
         ctx.err.write(f"lttx: subscribed to {args.channels} at {ctx.where}; "
                       "Ctrl-C to stop\n")
@@ -459,6 +235,23 @@ def cmd_sub(ctx: Context) -> int:
         pass  # Ctrl-C is how `sub` is meant to end
     finally:
         client.close()
+    return EXIT_OK
+
+
+def _print_gap(ctx: Context) -> Callable[[str, Any, Any], None]:
+    """``sub``'s on_gap: one line on stderr per gap the daemon reports."""
+    def on_gap(channel: str, first: Any, last: Any) -> None:
+        ctx.err.write(f"lttx: gap on {channel}: messages {first if first is not None else '?'}"
+                      f" to {last if last is not None else '?'} will not arrive\n")
+        ctx.err.flush()
+    return on_gap
+
+
+def cmd_publish(ctx: Context) -> int:
+    args = ctx.args
+    data = parse_json_argument(args.data, "DATA")
+    with ctx.connect() as client:
+        ctx.print(str(client.publish(args.key, data, args.channel)))
     return EXIT_OK
 
 
@@ -585,6 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep only the newest message per key while lagging")
     sub.add_argument("--count", type=int, default=None, metavar="N",
                      help="stop after N messages")
+    start = sub.add_mutually_exclusive_group()
+    start.add_argument("--history", type=int, default=None, metavar="N",
+                       help="first the channel's last N retained messages")
+    start.add_argument("--since", type=int, default=None, metavar="SEQ",
+                       help="first the retained messages after seq SEQ")
+    sub.add_argument("--last-values", action="store_true",
+                     help="first the newest message of every key the channel carried")
+    sub = command("publish", cmd_publish,
+                  "publish a message on a channel, wait for the daemon, print its seq")
+    sub.add_argument("channel")
+    sub.add_argument("key")
+    sub.add_argument("data", help="a JSON value")
     sub = command("push", cmd_push, "push a message on a channel")
     sub.add_argument("channel")
     sub.add_argument("key")

@@ -1,0 +1,226 @@
+"""
+One subscriber connection's reading of the channel logs, a streaming producer:
+:class:`ChannelReader`; and the reading throttle of any command connection.
+
+The reader holds no message: per channel it holds a
+:class:`~lttx.state.channellog.Position` (the seq of the next message to
+send), and writes the logs' own frames from there at the pace the transport
+takes them.  The registry wakes it (:meth:`ChannelReader.wake`) at the end
+of each chunk of received publishes; it writes what it has not sent, in one
+``transport.write`` of joined frames when that is little, else in slices of
+about :data:`CHUNK` bytes, stopping as soon as the transport pauses it.
+``resumeProducing`` reads on from the positions.  A slow or frozen
+subscriber therefore costs its positions plus the transport's own buffer,
+and is never cut off for being slow.  When its log dropped messages it had
+not read, it is sent a gap notice (``[4, "gap", ...]``, ``docs/protocol.md``)
+and reads on from the oldest retained message.  A conflating position reads
+a backlog (it lagged, or more than a slice waits) as the newest message of
+each key only.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from operator import itemgetter
+from typing import Any, Callable, Optional
+
+from twisted.internet.interfaces import IPushProducer, ITransport
+from zope.interface import implementer
+
+from ..state.channellog import ChannelLog, Position
+from ..state.channels import ChannelRegistry, ISubscriber, dropped_notice
+
+#: About the most bytes written at once when a subscriber catches up.
+CHUNK = 256 * 1024
+
+
+@implementer(IPushProducer, ISubscriber)
+class ChannelReader:
+    """
+    What one connection reads of the channels.
+
+    :param transport: the connection; the reader registers itself on it as
+        a streaming producer.
+    :param registry: the channel registry (gaps and conflation are counted there).
+    :param reading: stops and resumes reading the connection's own requests
+        (no reply piles up for a peer that does not read).
+    """
+
+    def __init__(self, transport: ITransport, registry: ChannelRegistry,
+                 reading: Optional[Callable[[bool], None]] = None) -> None:
+        self.transport = transport
+        self.registry = registry
+        self._reading = reading or (lambda on: set_reading(transport, on))
+        #: channel -> Position, kept by the registry.
+        self.positions: dict[str, Position] = {}
+        self.paused = False
+        self.stopped = False
+        self.gaps = 0
+        self.conflated_drops = 0
+        #: Bytes written to the connection (the status page's bytes out).
+        self.written = 0
+        transport.registerProducer(self, True)
+
+    # -- ISubscriber --------------------------------------------------------
+
+    def wake(self) -> None:
+        """Write what the positions have not reached, until the transport pauses."""
+        if self.paused or self.stopped:
+            return
+        self._out: list[bytes] = []
+        self._size = 0
+        pending = []
+        for position in self.positions.values():
+            if position.prelude:
+                prelude, position.prelude = position.prelude, []
+                self._add(prelude)
+            log = position.log
+            if position.next < log.next_seq or position.next < log.first_seq:
+                pending.append(position)
+        if len(pending) == 1:
+            self._read_one(pending[0])
+        elif pending:
+            self._read_merged(pending)
+        if self._out and not self.stopped:
+            self._write(self._out)
+        self._out = []
+
+    def _add(self, frames: list[bytes]) -> bool:
+        """Queue frames for this wake's write; write past CHUNK.  False once paused."""
+        self._out.extend(frames)
+        self._size += sum(map(len, frames))
+        if self._size >= CHUNK:
+            out, self._out, self._size = self._out, [], 0
+            self._write(out)
+            return not (self.paused or self.stopped)
+        return True
+
+    def _write(self, frames: list[bytes]) -> None:
+        """Write complete frames (the logs' MESSAGE frames, gap notices) in one write."""
+        data = b"".join(frames)
+        self.written += len(data)
+        self.registry.delivered += len(frames)  # (a gap notice counts too: rare)
+        self.transport.write(data)
+
+    def _skip_dropped(self, position: Position) -> None:
+        log = position.log
+        if position.next < log.first_seq:
+            self._out.append(dropped_notice(log.name, position.next, log.first_seq - 1,
+                                            log.epoch))
+            position.next = log.first_seq
+            self.gaps += 1
+            self.registry.note_gap()
+
+    def _conflated(self, position: Position, count: int) -> bool:
+        """Whether to read this position's backlog conflated (and do so)."""
+        log = position.log
+        if not (position.conflate and (position.lagging or log.next_seq - position.next > count)):
+            return False
+        _, frames, position.next, skipped = log.read_conflated(position.next)
+        self.conflated_drops += skipped
+        self.registry.conflated_drops += skipped
+        position.lagging = False
+        self._add(frames)
+        return True
+
+    def _read_one(self, position: Position) -> None:
+        """One channel with something to send: its frames in slices."""
+        log = position.log
+        while True:
+            self._skip_dropped(position)
+            if position.next >= log.next_seq:
+                break
+            count = _slice(log)
+            if self._conflated(position, count):
+                break
+            _, frames, position.next = log.read(position.next, count)
+            if not self._add(frames):
+                return
+        position.lagging = False
+
+    def _read_merged(self, pending: list[Position]) -> None:
+        """Several channels with something to send: their frames merged in
+        the order the daemon received them, a slice of each at a time."""
+        while pending:
+            slices = []
+            for position in pending:
+                self._skip_dropped(position)
+                log = position.log
+                count = _slice(log)
+                if position.next >= log.next_seq or self._conflated(position, count):
+                    continue
+                _, frames, _ = log.read(position.next, count)
+                slices.append((position, frames, log.arrivals(position.next, len(frames))))
+            if not slices:
+                break
+            # Every message received up to the earliest slice end is in a slice.
+            bound = min(arrivals[-1] for _, _, arrivals in slices)
+            merged: list[tuple[int, bytes]] = []
+            for position, frames, arrivals in slices:
+                k = bisect_right(arrivals, bound)
+                merged.extend(zip(arrivals[:k], frames[:k]))
+                position.next += k
+            merged.sort(key=itemgetter(0))
+            if not self._add([frame for _, frame in merged]):
+                return
+            pending = [p for p in pending if p.next < p.log.next_seq]
+        for position in self.positions.values():
+            position.lagging = False
+
+    # -- IPushProducer ------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        for position in self.positions.values():
+            position.lagging = True
+        # Its own requests wait too: no reply piles up for a peer that lags.
+        self._reading(False)
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._reading(True)
+        self.wake()
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+
+
+def _slice(log: ChannelLog) -> int:
+    """About how many of ``log``'s messages make :data:`CHUNK` bytes."""
+    return max(1, CHUNK * len(log) // log.bytes) if log.bytes else 1
+
+
+def set_reading(transport: Any, reading: bool) -> None:
+    """
+    Stop or resume reading from a connection: under TLS, from the socket
+    beneath the TLS layer (which is not a producer itself).
+    """
+    target = transport if hasattr(transport, "pauseProducing") else getattr(
+        transport, "transport", None)
+    if target is not None:
+        if reading:
+            target.resumeProducing()
+        else:
+            target.pauseProducing()
+
+
+@implementer(IPushProducer)
+class ReadThrottle:
+    """
+    The producer of a command connection without subscriptions: while the
+    daemon cannot write its replies (the peer does not read them), it reads no
+    more requests from it, so replies never pile up in the daemon's memory
+    (Redis's client-output-buffer-limit, enforced by TCP's own flow control).
+    """
+
+    def __init__(self, reading: Callable[[bool], None]) -> None:
+        self._reading = reading
+
+    def pauseProducing(self) -> None:
+        self._reading(False)
+
+    def resumeProducing(self) -> None:
+        self._reading(True)
+
+    def stopProducing(self) -> None:
+        """The connection is gone: nothing to stop."""
