@@ -222,6 +222,16 @@ class OldFilesTests(TestCase):
         self.assertEqual(sorted(os.listdir(self.files)), [".partial"])
         self.assertEqual(os.listdir(os.path.join(self.files, ".partial")), [])
 
+    def test_a_link_in_the_files_folder_is_not_served(self) -> None:
+        """A symlink placed in files/ pointing outside: the old client is told the file
+        does not exist, as the native port does (issue 19, finding 12)."""
+        secret = os.path.join(self.mktemp())
+        with open(secret, "wb") as f:
+            f.write(b"outside the files folder")
+        os.symlink(os.path.abspath(secret), os.path.join(self.files, "passwd"))
+        self.assertEqual(self.old.run("tx1.recv_file('passwd')")[0], -1)
+        self.assertFalse(os.path.exists(os.path.join(self.old.cwd, "passwd")))
+
     def test_md5_mismatch_keeps_nothing(self) -> None:
         """An upload whose bytes do not match the client's MD5 is not kept (logged)."""
         s, answer = raw_handshake(self.port, {

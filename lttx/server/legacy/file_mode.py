@@ -40,6 +40,7 @@ from ...diskio import StreamWriter, fsync_directory, read_big, stop_sender, sync
 from ...errors import BadRequest, FileBusy, StorageError
 from ...state.auth import authorize
 from ...wire.names import check_file_name
+from ..file_session import open_regular
 from .handshake import LegacyProtocol, Mode
 from .push_mode import SETTLE_DELAY
 
@@ -99,7 +100,10 @@ class FileMode(Mode):
         self.service.uploading.add(name)
         partial = os.path.join(self.service.partial_directory, f".legacy-{uuid.uuid4().hex}")
         upload = self.upload = _Upload(name, md5_hex.lower(), partial)
-        d = self.service.run_in_thread(open, partial, "wb")
+        # Never through a link, and only inside the daemon's folder (as natively).
+        d = self.service.run_in_thread(open_regular, partial,
+                                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                       self.service.real_partial_directory)
         d.addCallbacks(lambda file: self._upload_opened(upload, file),
                        lambda failure: self._upload_open_failed(upload, failure))
 
@@ -210,7 +214,8 @@ class FileMode(Mode):
         assert self.service is not None
         authorize(self.connection.grant, "download", name)
         self.download = name
-        d = self.service.run_in_thread(open, self.service.path_of(name), "rb")
+        d = self.service.run_in_thread(open_regular, self.service.path_of(name), os.O_RDONLY,
+                                       self.service.real_directory)
         d.addCallbacks(self._download_opened, self._download_missing)
 
     def _download_missing(self, failure: Failure) -> None:
