@@ -195,6 +195,9 @@ class RedisEngineTests(TestCase):
         third = Daemon(self, *args)
         third.wait_for_log(r"redis pub/sub: connected to Redis at")
         c2.subscribe("hq")
+        # The subscribe reply comes before the daemon's own SUBSCRIBE in Redis is
+        # active (a known window, issue 20): wait for it, as the engine's tests do.
+        second.wait_for_log(r"subscribed in Redis to lttx:c:hq")
         publisher = third.connect()
         publisher.push("bars", bars(20), "hq")
         assert_frame_equal(c2.Q.get(timeout=15).data, bars(20))

@@ -126,8 +126,10 @@ class Encoded:
     def __getattr__(self, name: str) -> NoReturn:
         # Only names not found normally land here: kind, data, reason and
         # code still work; the DataFrame's own attributes do not.
-        if name.startswith("__") and name.endswith("__"):
-            raise AttributeError(name)  # copy, pickle and friends probe these
+        if name.startswith("_"):
+            # copy, pickle, printers (IPython's and hypothesis's _repr_pretty_)
+            # and friends probe for these: "not there", not "install pandas".
+            raise AttributeError(name)
         raise self.unusable()
 
     def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
