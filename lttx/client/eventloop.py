@@ -54,32 +54,35 @@ class Waiter(Generic[_T]):
     result set wins; a later one (a reply racing ``stop()``) is ignored.
     """
 
-    __slots__ = ("_done", "_guard", "result", "error")
+    __slots__ = ("_done", "_guard", "_set", "result", "error")
 
     def __init__(self) -> None:
         self._done = threading.Lock()
         self._done.acquire()
         self._guard = threading.Lock()
+        self._set = False  # under _guard: the waiting thread re-takes _done
         self.result: Any = None
         self.error: Optional[BaseException] = None
 
     def set_result(self, result: Any) -> None:
         with self._guard:
-            if self._done.locked():
+            if not self._set:
+                self._set = True
                 self.result = result
                 self._done.release()
 
     def set_exception(self, error: BaseException) -> None:
         with self._guard:
-            if self._done.locked():
+            if not self._set:
+                self._set = True
                 self.error = error
                 self._done.release()
 
     def set_failure(self, failure: Failure) -> None:
-        self.set_exception(failure.value)
+        self.set_exception(failure.value)  # type: ignore[arg-type]  # never None here
 
     def done(self) -> bool:
-        return not self._done.locked()
+        return self._set
 
     def wait(self, timeout: Optional[float]) -> bool:
         """Wait for the result; False if ``timeout`` seconds passed first."""

@@ -31,6 +31,15 @@ class WaiterTests(SynchronousTestCase):
         self.assertIsNone(waiter.result)
         self.assertEqual(str(waiter.error), "closed")
 
+    def test_a_result_taken_is_not_replaced(self) -> None:
+        """Once the caller has its result, stop() failing the waiters changes nothing."""
+        waiter: Waiter[int] = Waiter()
+        waiter.set_result(7)
+        self.assertTrue(waiter.wait(0))  # the caller takes it (the lock is held again)
+        waiter.set_exception(lttx.LTtxError("closed"))
+        self.assertEqual((waiter.result, waiter.error), (7, None))
+        self.assertTrue(waiter.done())
+
     def test_wait_times_out_without_a_result(self) -> None:
         waiter: Waiter[int] = Waiter()
         self.assertFalse(waiter.wait(0.01))
