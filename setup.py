@@ -36,6 +36,9 @@ setup(
                  "numpy>=1.22", "selenium>=4.10"],
         # lttx.compat's judge_is_TradeDay / get_last_TradeDay (the A-share calendar).
         "calendar": ["chinese-calendar>=1.9"],
+        # benchmarks/compare.py's Redis and NATS clients (with apt-get install
+        # redis-server nats-server); run by hand, never by CI.
+        "bench": ["redis>=4.0", "hiredis>=2.0", "nats-py>=2.6"],
         "dev": ["hypothesis>=6.0", "redis>=4.0", "cryptography>=3.3", "import-linter>=2.0",
                 "pandas>=1.5", "pyarrow>=14", "polars>=1.0", "numpy>=1.22",
                 "selenium>=4.10", "flake8", "mypy", "mypy-zope"],

@@ -186,6 +186,36 @@ def sub_redis(port: int, rec: Recorder, deadline: float) -> None:
     rec.report()
 
 
+def sub_nats(port: int, rec: Recorder, deadline: float) -> None:
+    """A nats-py subscriber (asyncio), counting until ``rec.n`` or the deadline."""
+    import asyncio
+
+    import nats
+
+    async def run() -> None:
+        nc = await nats.connect(f"nats://127.0.0.1:{port}",
+                                pending_size=64 * 1024 * 1024)
+        done = asyncio.get_running_loop().create_future()
+
+        async def handler(msg: Any) -> None:
+            rec.got(msg.data.decode().split("|", 1)[1])
+            if rec.count >= rec.n and not done.done():
+                done.set_result(None)
+
+        # No pending limit: a slow consumer must show as slow, not as dropped.
+        await nc.subscribe(CHANNEL, cb=handler, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await nc.flush()
+        print("ready", flush=True)
+        try:
+            await asyncio.wait_for(done, max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            pass
+        await nc.close()
+
+    asyncio.run(run())
+    rec.report()
+
+
 # -- the raw relay (its own process) ---------------------------------------------------
 
 
@@ -314,6 +344,37 @@ class Publisher:
             print(f"  redis publisher stopped: {e}", file=sys.stderr)
         t1 = time.monotonic_ns()
         return {"t0": t0, "t1": t1, "sent": sent}
+
+    def _run_nats(self, n: int, rate: Optional[float], stamp: bool,
+                  budget: float) -> dict[str, Any]:
+        """nats-py publishing; at a steady rate each 1 ms step is flushed together."""
+        import asyncio
+
+        import nats
+
+        async def run() -> dict[str, Any]:
+            nc = await nats.connect(f"nats://127.0.0.1:{self.port}",
+                                    flusher_queue_size=4096)
+            t0 = time.monotonic_ns()
+            start = time.monotonic()
+            sent = 0
+            step = _step(rate) if rate else 500
+            for i in range(n):
+                if rate and i % step == 0:
+                    wait = start + i / rate - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                await nc.publish(CHANNEL, f"{key_of(i)}|"
+                                 f"{tick(i, time.monotonic_ns() if stamp else 0)}".encode())
+                sent += 1
+                if sent % step == 0:
+                    await asyncio.sleep(0)  # let the flusher write the batch
+            await nc.flush(timeout=budget)
+            t1 = time.monotonic_ns()
+            await nc.close()
+            return {"t0": t0, "t1": t1, "sent": sent}
+
+        return asyncio.run(run())
 
 
 # -- servers ---------------------------------------------------------------------------

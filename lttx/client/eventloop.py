@@ -16,11 +16,9 @@ import atexit
 import functools
 import threading
 import weakref
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ..errors import LTtxError, TimeoutError
@@ -46,6 +44,51 @@ def _stop_at_exit(ref: "weakref.ref[EventLoop]") -> None:
         loop.stop(wait=0.5)
 
 
+class Waiter(Generic[_T]):
+    """
+    One blocking call's result, handed from the reactor thread to the caller.
+
+    Lighter than :class:`concurrent.futures.Future` (whose ``result()`` is a
+    Condition wait: a lock made per wait, a second lock, a notify): a lock
+    held from the start and released once the result is in.  The first
+    result set wins; a later one (a reply racing ``stop()``) is ignored.
+    """
+
+    __slots__ = ("_done", "_guard", "_set", "result", "error")
+
+    def __init__(self) -> None:
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._guard = threading.Lock()
+        self._set = False  # under _guard: the waiting thread re-takes _done
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+
+    def set_result(self, result: Any) -> None:
+        with self._guard:
+            if not self._set:
+                self._set = True
+                self.result = result
+                self._done.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        with self._guard:
+            if not self._set:
+                self._set = True
+                self.error = error
+                self._done.release()
+
+    def set_failure(self, failure: Failure) -> None:
+        self.set_exception(failure.value)  # type: ignore[arg-type]  # never None here
+
+    def done(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """Wait for the result; False if ``timeout`` seconds passed first."""
+        return self._done.acquire(True, -1 if timeout is None else timeout)
+
+
 class EventLoop:
     """A reactor running in its own daemon thread."""
 
@@ -53,7 +96,7 @@ class EventLoop:
         self.reactor = reactor if reactor is not None else _private_reactor()
         self._stopped = False
         # Callers waiting on the loop: failed at stop, so no thread waits forever.
-        self._waiting: "set[Future[Any]]" = set()
+        self._waiting: "set[Waiter[Any]]" = set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         # A partial of its own, so unregistering it leaves other loops' hooks.
@@ -85,23 +128,32 @@ class EventLoop:
                                "use the Deferred-returning client there")
         if self._stopped:
             raise LTtxError("the client is closed")
-        future: "Future[_T]" = Future()
+        waiter: "Waiter[_T]" = Waiter()
         running: list[Deferred[Any]] = []
 
         def start() -> None:
-            d = maybeDeferred(f, *args)
-            running.append(d)
-            d.addCallbacks(future.set_result, lambda failure: _set_failure(future, failure))
+            try:
+                result = f(*args)
+            except BaseException as e:
+                waiter.set_exception(e)
+                return
+            if isinstance(result, Deferred):
+                running.append(result)
+                result.addCallbacks(waiter.set_result, waiter.set_failure)
+            else:
+                waiter.set_result(result)
 
-        self._waiting.add(future)
-        self.reactor.callFromThread(start)
+        self._waiting.add(waiter)
         try:
-            return future.result(timeout)
-        except FutureTimeout:
-            self.reactor.callFromThread(lambda: [d.cancel() for d in running])
-            raise TimeoutError(f"no reply within {timeout} seconds") from None
+            self.reactor.callFromThread(start)
+            if not waiter.wait(timeout):
+                self.reactor.callFromThread(lambda: [d.cancel() for d in running])
+                raise TimeoutError(f"no reply within {timeout} seconds")
         finally:
-            self._waiting.discard(future)
+            self._waiting.discard(waiter)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result  # type: ignore[no-any-return]
 
     def stop(self, wait: float = 5.0) -> None:
         """Stop the reactor and wait (up to ``wait`` seconds) for the thread."""
@@ -113,14 +165,9 @@ class EventLoop:
             self.reactor.callFromThread(self._stop_reactor)
             if not self.in_loop_thread:
                 self._thread.join(wait)
-        for future in list(self._waiting):
-            if not future.done():
-                future.set_exception(LTtxError("the client was closed while this call waited"))
+        for waiter in list(self._waiting):
+            waiter.set_exception(LTtxError("the client was closed while this call waited"))
 
     def _stop_reactor(self) -> None:
         if self.reactor.running:
             self.reactor.stop()
-
-
-def _set_failure(future: "Future[Any]", failure: Failure) -> None:
-    future.set_exception(failure.value)

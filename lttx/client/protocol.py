@@ -29,6 +29,7 @@ from ..errors import (
 from ..wire import codec
 from ..wire.frames import PREFIX
 from ..wire.framing import FrameDecoder
+from ..wire.writes import send_now
 from .dataframes import default, ext_hook
 from .messages import Message
 
@@ -327,6 +328,7 @@ class ClientProtocol(Protocol):
             writer(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         elif len(pieces) == 1:
             self.transport.write(PREFIX.pack(size) + pieces[0])
+            send_now(self.transport)  # not a reactor turn later
         else:
             self.transport.writeSequence([PREFIX.pack(size) + pieces[0], *pieces[1:]])
         if timeout is None:
@@ -345,6 +347,7 @@ class ClientProtocol(Protocol):
         """Write already-encoded frames in one write (for batched pushes)."""
         if self.transport is not None and not self.transport.disconnecting:
             self.transport.write(b"".join(PREFIX.pack(len(f)) + f for f in frames))
+            send_now(self.transport)
 
 
 __all__ = ["COMMAND", "FILE", "ClientProtocol"]

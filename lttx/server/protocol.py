@@ -33,6 +33,7 @@ from ..wire.excerpt import excerpt
 from ..wire.frames import PREFIX, PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
 from ..wire.tls import tls_failure
+from ..wire.writes import send_now
 from .commands import CommandConnection, Commands
 from .dispatch import Dispatcher
 from .file_session import FileSession, IFileConnection
@@ -171,6 +172,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             # subscriber is woken once for the whole chunk (one write), even
             # if a later frame of the chunk failed.
             self.state.channels.flush()
+            # The replies of this chunk leave now, not a reactor turn later.
+            send_now(self.transport)
 
     def set_reading(self, reading: bool) -> None:
         """

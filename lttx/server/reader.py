@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from ..state.channellog import ChannelLog, Position
 from ..state.channels import ChannelRegistry, ISubscriber, dropped_notice
+from ..wire.writes import send_now
 
 #: About the most bytes written at once when a subscriber catches up.
 CHUNK = 256 * 1024
@@ -84,6 +85,7 @@ class ChannelReader:
         if self._out and not self.stopped:
             self._write(self._out)
         self._out = []
+        send_now(self.transport)  # to the subscriber now, not a reactor turn later
 
     def _add(self, frames: list[bytes]) -> bool:
         """Queue frames for this wake's write; write past CHUNK.  False once paused."""

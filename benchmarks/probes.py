@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""
+What each step of the hot paths costs, measured in-process with
+``perf_counter_ns`` (wall time per operation; median of ``--repeat`` rounds).
+
+    python3 benchmarks/probes.py [--repeat 5] [--only handoff,decode,...]
+
+Steps:
+
+- ``handoff``: a blocking call's trip into the client's reactor thread and
+  back, with nothing done there (``EventLoop.run`` of a no-op): the waker,
+  the reactor's turn, the wake of the waiting thread;
+- ``handoff_deferred``: the same, the result arriving later as a Deferred
+  (as a reply does);
+- ``decode``: a subscriber's per-MESSAGE cost in ``ClientProtocol.dataReceived``
+  (framing, msgpack, the Message tuple), for a 64 KiB read of ~110-byte ticks;
+- ``queue``: ``MessageQueue.put_many`` of 100-message batches and ``get`` of each;
+- ``queue_wake``: a message put by another thread to a ``get()`` already
+  waiting for it (the Condition wake-up);
+- ``publish``: the daemon's per-message work: ``ChannelRegistry.publish`` into
+  a channel with one subscriber, and that subscriber's reader writing it
+  (``ChannelReader.wake``, StringTransport);
+- ``request``: a put through the blocking client to a real ``twistd -n lttx``
+  (p50 of single round trips); ``request_client_cpu`` and
+  ``request_daemon_cpu``: the CPU time each process spends per put, which
+  load on the machine moves far less than wall time.
+
+These are the figures the issue asks for "before and after" each change;
+they move with machine load, so compare runs made on the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TICK = ("0000000000000000000|000000001|10.23|10.24|10.22|10.25|1200|3400|5600|7800|"
+        "9000|1234567.89|093000000")
+
+
+def per_op(fn: Callable[[], int], repeat: int) -> float:
+    """Median over ``repeat`` rounds of ns per operation; ``fn`` returns ops done."""
+    rounds = []
+    for _ in range(repeat):
+        t0 = time.perf_counter_ns()
+        ops = fn()
+        rounds.append((time.perf_counter_ns() - t0) / ops)
+    return statistics.median(rounds)
+
+
+def probe_handoff(repeat: int) -> float:
+    from lttx.client.eventloop import EventLoop
+
+    loop = EventLoop()
+    run = loop.run
+
+    def nothing() -> None:
+        return None
+
+    def rounds() -> int:
+        for _ in range(5000):
+            run(nothing)
+        return 5000
+
+    try:
+        return per_op(rounds, repeat)
+    finally:
+        loop.stop()
+
+
+def probe_handoff_deferred(repeat: int) -> float:
+    from twisted.internet.defer import Deferred
+
+    from lttx.client.eventloop import EventLoop
+
+    loop = EventLoop()
+    run = loop.run
+
+    def later() -> "Deferred[None]":
+        d: Deferred[None] = Deferred()
+        loop.reactor.callLater(0, d.callback, None)
+        return d
+
+    def rounds() -> int:
+        for _ in range(3000):
+            run(later)
+        return 3000
+
+    try:
+        return per_op(rounds, repeat)
+    finally:
+        loop.stop()
+
+
+def probe_decode(repeat: int) -> float:
+    from twisted.internet.testing import StringTransport
+
+    from lttx.client.protocol import ClientProtocol
+    from lttx.wire import codec
+    from lttx.wire.framing import PREFIX
+
+    frames = []
+    for i in range(600):
+        payload = codec.encode([codec.MESSAGE, "hq", f"{600000 + i}.SH", TICK, i])
+        frames.append(PREFIX.pack(len(payload)) + payload)
+    chunk = b"".join(frames)
+    got: list[Any] = []
+    proto = ClientProtocol(on_message=got.append)
+    proto.makeConnection(StringTransport())
+    proto.set_receivers(got.extend, lambda *a: None) if _takes_two(proto) else \
+        proto.set_receivers(got.extend)
+
+    def rounds() -> int:
+        for _ in range(20):
+            proto.dataReceived(chunk)
+        n = len(got)
+        got.clear()
+        return n
+
+    return per_op(rounds, repeat)
+
+
+def _takes_two(proto: Any) -> bool:
+    import inspect
+
+    return len(inspect.signature(proto.set_receivers).parameters) >= 2
+
+
+def probe_queue(repeat: int) -> float:
+    from lttx.client.messages import Message, MessageQueue
+
+    q = MessageQueue()
+    batch = [Message("hq", "k", TICK, i) for i in range(100)]
+    get = q.get
+
+    def rounds() -> int:
+        for _ in range(200):
+            q.put_many(batch)
+            for _ in range(100):
+                get()
+        return 20000
+
+    return per_op(rounds, repeat)
+
+
+def probe_queue_wake(repeat: int) -> float:
+    """ns from put_many in one thread to the return of a waiting get() in another."""
+    from lttx.client.messages import Message, MessageQueue
+
+    q = MessageQueue()
+    message = Message("hq", "k", TICK, 0)
+    stamps: list[int] = []
+    ready = threading.Event()
+    n = 2000
+
+    def consumer() -> None:
+        for _ in range(n):
+            ready.set()
+            q.get()
+            stamps.append(time.perf_counter_ns())
+
+    results = []
+    for _ in range(repeat):
+        stamps.clear()
+        sent: list[int] = []
+        thread = threading.Thread(target=consumer)
+        thread.start()
+        for _ in range(n):
+            ready.wait()
+            ready.clear()
+            time.sleep(0.00005)  # let it block in get()
+            sent.append(time.perf_counter_ns())
+            q.put_many([message])
+        thread.join()
+        results.append(statistics.median(b - a for a, b in zip(sent, stamps)))
+    return statistics.median(results)
+
+
+def probe_publish(repeat: int) -> float:
+    from twisted.internet.testing import StringTransport
+
+    from lttx.server.reader import ChannelReader
+    from lttx.state.channels import ChannelRegistry
+
+    registry = ChannelRegistry()
+    transport = StringTransport()
+    reader = ChannelReader(transport, registry)
+    registry.subscribe(reader, ["hq"])
+
+    def rounds() -> int:
+        for i in range(20000):
+            registry.publish("hq", "600000.SH", TICK)
+            if i % 100 == 99:
+                transport.clear()
+        return 20000
+
+    return per_op(rounds, repeat)
+
+
+def _cpu_ns(pid: int) -> int:
+    """User + system CPU time of a process, in ns (from /proc)."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def _requests(repeat: int, measure: str) -> float:
+    import os
+
+    import lttx
+    from common import DaemonProcess
+
+    with DaemonProcess() as daemon:
+        client = lttx.connect("127.0.0.1", daemon.port, token=daemon.token)
+        try:
+            client.put("n", 0)
+            rounds = []
+            for _ in range(repeat):
+                lat = []
+                cpu0 = _cpu_ns(os.getpid()), _cpu_ns(daemon.process.pid)
+                for i in range(2000):
+                    t0 = time.perf_counter_ns()
+                    client.put("n", i)
+                    lat.append(time.perf_counter_ns() - t0)
+                cpu1 = _cpu_ns(os.getpid()), _cpu_ns(daemon.process.pid)
+                if measure == "wall":
+                    rounds.append(statistics.median(lat))
+                elif measure == "client_cpu":
+                    rounds.append((cpu1[0] - cpu0[0]) / 2000)
+                else:
+                    rounds.append((cpu1[1] - cpu0[1]) / 2000)
+            return statistics.median(rounds)
+        finally:
+            client.close()
+
+
+def probe_request(repeat: int) -> float:
+    return _requests(repeat, "wall")
+
+
+def probe_request_client_cpu(repeat: int) -> float:
+    """CPU time (both threads of the client process) per put: steady under load."""
+    return _requests(repeat, "client_cpu")
+
+
+def probe_request_daemon_cpu(repeat: int) -> float:
+    """The daemon's CPU time per put."""
+    return _requests(repeat, "daemon_cpu")
+
+
+PROBES = {name[len("probe_"):]: f for name, f in globals().items() if name.startswith("probe_")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--only", default=",".join(PROBES))
+    args = parser.parse_args()
+    for name in args.only.split(","):
+        ns = PROBES[name](args.repeat)
+        print(f"{name:18s} {ns / 1000:8.2f} µs/op", flush=True)
+
+
+if __name__ == "__main__":
+    main()
