@@ -25,8 +25,10 @@ from .commands import VariableCommands
 from .dataframes import default
 from .connection import Reconnector, open_first
 from .messages import Message
+from .mirror import Mirror, load_pattern
 from .protocol import ClientProtocol
 from .settings import ConnectionSettings
+from .watch import Change, Watch, WatchSet
 
 
 @implementer(IPushProducer)
@@ -51,6 +53,8 @@ class AsyncClient(VariableCommands):
         self._deliver = messages
         self._deliver_many = many_messages
         self._subscriptions: dict[str, _Subscription] = {}
+        #: The watches and mirrors (re-watched after a reconnection).
+        self.watches = WatchSet()
         #: Gaps the daemon reported (messages this client will not get), in
         #: all and per channel.
         self.gaps = 0
@@ -147,6 +151,12 @@ class AsyncClient(VariableCommands):
             d = protocol.request("subscribe", names, password, options)
             d.addCallbacks(lambda reply, names=names: self._resubscribed(names, reply),
                            lambda failure, names=names: self._resubscribe_refused(failure, names))
+            requests.append(d)
+        if self.watches.listeners:
+            point = self.watches.resume_point
+            d = protocol.request("watch", self.watches.patterns,
+                                 {} if point is None else {"resume": point})
+            d.addCallback(lambda reply: (self.watches.watched(reply), [])[1])
             requests.append(d)
         done: Deferred[Any] = gatherResults(requests, consumeErrors=True)
         done.addCallbacks(lambda accepted: self._reconnected(
@@ -328,9 +338,12 @@ class AsyncClient(VariableCommands):
     def _messages_received(self, messages: list[Message]) -> None:
         subscriptions = self._subscriptions
         plain = []
+        changes = []
         for message in messages:
             subscription = subscriptions.get(message.channel)
             if subscription is None:
+                if message.channel is None:  # a watched change (docs/protocol.md, "Watch")
+                    changes.append(message)
                 continue  # unsubscribed while it was on its way
             if message.seq > subscription.last:
                 subscription.last = message.seq
@@ -348,9 +361,14 @@ class AsyncClient(VariableCommands):
                                  channel=message.channel)
         if plain:
             self._deliver_plain(plain)
+        if changes:
+            self.watches.received(changes)
 
     def _gap_received(self, code: str, text: str, detail: dict[str, Any]) -> None:
         """A notice with a detail map: a gap notice of a channel (docs/protocol.md, "Gaps")."""
+        if code == "missed":
+            self.watches.missed(text, detail)
+            return
         channel = detail.get("channel")
         subscription = self._subscriptions.get(channel) if isinstance(channel, str) else None
         if code != "gap" or subscription is None:
@@ -382,6 +400,58 @@ class AsyncClient(VariableCommands):
             except Exception:
                 self.log.failure("the message callback failed on {channel}",
                                  channel=message.channel)
+
+    # -- watch and mirror (lttx.client.watch, lttx.client.mirror) ----------
+
+    def watch(self, pattern: str, callback: Optional[Callable[[Change], None]] = None,
+              on_missed: Optional[Callable[[Optional[int], Optional[int]], None]] = None,
+              ) -> "Deferred[Watch]":
+        """
+        Watch every change of the variables matching the glob ``pattern`` (of
+        those this client's token may read), in order, from now on.
+
+        :param callback: called in the reactor thread with each
+            :class:`~lttx.client.watch.Change`; without it, the changes wait in
+            the watch for ``get``.
+        :param on_missed: called with ``(first, last)`` (change seqs, None:
+            unknown) when changes were missed; without it, the callback gets a
+            Change whose op is ``"missed"``, and ``get`` raises
+            :class:`~lttx.errors.MissedChanges`.
+        :return: (a Deferred of) the :class:`~lttx.client.watch.Watch`.
+        """
+        watch = Watch(pattern, callback, on_missed)
+        return self._listen(watch).addCallback(lambda _: watch)
+
+    def _listen(self, listener: Any) -> "Deferred[Any]":
+        self.watches.add(listener)
+
+        def refused(failure: Failure) -> Failure:
+            self.watches.remove(listener)
+            return failure
+
+        d = self.call("watch", [listener.pattern])
+        return d.addCallbacks(lambda reply: self.watches.watched(reply, listener), refused)
+
+    def unwatch(self, pattern: str) -> "Deferred[list[str]]":
+        """Stop every watch and mirror of ``pattern``; the patterns still watched."""
+        for listener in self.watches.remove_pattern(pattern):
+            listener.closed = True
+        return self.call("unwatch", [pattern])
+
+    def mirror(self, pattern: str) -> "Deferred[Mirror]":
+        """
+        A local, read-only copy of every variable matching ``pattern``, loaded
+        now and kept in sync from the watch stream (see :mod:`lttx.client.mirror`).
+
+        :return: (a Deferred of) the :class:`~lttx.client.mirror.Mirror`, once loaded.
+        """
+        mirror = Mirror(pattern, lambda p: load_pattern(self.call, p), self._close_mirror)
+        return self._listen(mirror).addCallback(lambda _: mirror.load())
+
+    def _close_mirror(self, mirror: Mirror) -> "Deferred[Any]":
+        if self.watches.remove(mirror):
+            return self.call("unwatch", [mirror.pattern])
+        return succeed(None)
 
     # -- files (each call on a connection of its own; see lttx.client.files) -
 
