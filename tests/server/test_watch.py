@@ -140,3 +140,36 @@ class WatchFrameTests(SynchronousTestCase):
         self.request(1, "watch", "*")
         [[_, _, report]] = self.request(2, "status")
         self.assertEqual(report["watch"]["watchers"], 1)
+
+
+class DocumentedFramesTests(SynchronousTestCase):
+    """The hex examples of docs/protocol.md, "Watch and mirror", are what the
+    codec and the change log write."""
+
+    def test_examples(self) -> None:
+        import os
+        import re
+
+        from lttx.state.changelog import ChangeLog, missed_notice
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "..", "docs", "protocol.md"), encoding="utf-8") as f:
+            text = f.read()
+        section = text[text.index("## Watch and mirror"):text.index("\n## status")]
+        blocks = [bytes.fromhex(line.replace(" ", ""))
+                  for block in re.findall(r"```\n(.*?)```", section, re.S)
+                  for line in block.splitlines() if re.fullmatch(r"[0-9a-f ]+", line)]
+        epoch = 2246800662264969608
+        log = ChangeLog(1 << 20, epoch=epoch)
+        log.next_seq = log._base = 8
+        log.record("pos_A", "dict_change", ("qty", 200), 12)
+        self.assertEqual(blocks, [
+            frame([codec.REQUEST, 14, "watch", [["pos_*"]]]),
+            frame([codec.REPLY, 14, {"epoch": epoch, "next": 8, "from": 8}]),
+            frame([codec.REQUEST, 15, "watch", [["pos_*", "cfg"], {"resume": [epoch, 41]}]]),
+            log.frame_of(8),
+            missed_notice(42, 99, epoch, "changes 42 to 99 were dropped from the daemon's "
+                          "change log before this watcher read them"),
+            frame([codec.REQUEST, 16, "unwatch", [["cfg"]]]),
+            frame([codec.REPLY, 16, ["pos_*"]]),
+        ])
