@@ -25,14 +25,14 @@ from .commands import VariableCommands
 from .dataframes import default
 from .connection import Reconnector, open_first
 from .messages import Message
-from .mirror import Mirror, load_pattern
 from .protocol import ClientProtocol
 from .settings import ConnectionSettings
-from .watch import Change, Watch, WatchSet
+from .watch import WatchSet
+from .watching import Watching
 
 
 @implementer(IPushProducer)
-class AsyncClient(VariableCommands):
+class AsyncClient(VariableCommands, Watching):
     """
     The Twisted-native LTtx client; each method returns a Deferred.
 
@@ -400,58 +400,6 @@ class AsyncClient(VariableCommands):
             except Exception:
                 self.log.failure("the message callback failed on {channel}",
                                  channel=message.channel)
-
-    # -- watch and mirror (lttx.client.watch, lttx.client.mirror) ----------
-
-    def watch(self, pattern: str, callback: Optional[Callable[[Change], None]] = None,
-              on_missed: Optional[Callable[[Optional[int], Optional[int]], None]] = None,
-              ) -> "Deferred[Watch]":
-        """
-        Watch every change of the variables matching the glob ``pattern`` (of
-        those this client's token may read), in order, from now on.
-
-        :param callback: called in the reactor thread with each
-            :class:`~lttx.client.watch.Change`; without it, the changes wait in
-            the watch for ``get``.
-        :param on_missed: called with ``(first, last)`` (change seqs, None:
-            unknown) when changes were missed; without it, the callback gets a
-            Change whose op is ``"missed"``, and ``get`` raises
-            :class:`~lttx.errors.MissedChanges`.
-        :return: (a Deferred of) the :class:`~lttx.client.watch.Watch`.
-        """
-        watch = Watch(pattern, callback, on_missed)
-        return self._listen(watch).addCallback(lambda _: watch)
-
-    def _listen(self, listener: Any) -> "Deferred[Any]":
-        self.watches.add(listener)
-
-        def refused(failure: Failure) -> Failure:
-            self.watches.remove(listener)
-            return failure
-
-        d = self.call("watch", [listener.pattern])
-        return d.addCallbacks(lambda reply: self.watches.watched(reply, listener), refused)
-
-    def unwatch(self, pattern: str) -> "Deferred[list[str]]":
-        """Stop every watch and mirror of ``pattern``; the patterns still watched."""
-        for listener in self.watches.remove_pattern(pattern):
-            listener.closed = True
-        return self.call("unwatch", [pattern])
-
-    def mirror(self, pattern: str) -> "Deferred[Mirror]":
-        """
-        A local, read-only copy of every variable matching ``pattern``, loaded
-        now and kept in sync from the watch stream (see :mod:`lttx.client.mirror`).
-
-        :return: (a Deferred of) the :class:`~lttx.client.mirror.Mirror`, once loaded.
-        """
-        mirror = Mirror(pattern, lambda p: load_pattern(self.call, p), self._close_mirror)
-        return self._listen(mirror).addCallback(lambda _: mirror.load())
-
-    def _close_mirror(self, mirror: Mirror) -> "Deferred[Any]":
-        if self.watches.remove(mirror):
-            return self.call("unwatch", [mirror.pattern])
-        return succeed(None)
 
     # -- files (each call on a connection of its own; see lttx.client.files) -
 

@@ -80,6 +80,22 @@ class Mirror(collections.abc.Mapping):  # type: ignore[type-arg]
         with self._lock:
             return iter(list(self._values))
 
+    def snapshot(self) -> dict[str, Any]:
+        """A plain dict of the mirror as it is now (consistent: taken under its lock)."""
+        with self._lock:
+            return dict(self._values)
+
+    # The views are of a snapshot: the reactor thread may change the mirror
+    # while another thread goes through them.
+    def keys(self) -> Any:
+        return self.snapshot().keys()
+
+    def items(self) -> Any:
+        return self.snapshot().items()
+
+    def values(self) -> Any:
+        return self.snapshot().values()
+
     def revision(self, name: str) -> int:
         """The revision of ``name`` in the mirror (0: absent)."""
         return self._revisions.get(name, 0)
