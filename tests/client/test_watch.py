@@ -205,3 +205,30 @@ class MirrorTests(SynchronousTestCase):
         daemon.flush()
         self.assertEqual(m.reloads, 1)
         self.assertEqual(dict(m), {f"v{i}": "x" * 20 + str(27 + i) for i in range(3)})
+
+    def test_reloads_after_a_restart(self) -> None:
+        """A mirror resuming on a daemon whose change log is new (it restarted,
+        its variables changed meanwhile) reloads and equals the daemon again."""
+        c = self.daemon.connect()
+        result(self.daemon, c.put("a", 1))
+        m = result(self.daemon, c.mirror("*"))
+        missed: list[Any] = []
+        result(self.daemon, c.watch("*", on_missed=lambda first, last: missed.append(last)))
+        self.daemon.drop_connections()
+        self.daemon.state.channels.changes.epoch += 1  # the log made again
+        self.daemon.state.store.put("a", 2)  # changed while nobody could be told
+        self.daemon.state.store.put("b", 3)
+        self.daemon.clock.advance(5)
+        self.daemon.flush()
+        self.assertEqual((m.reloads, dict(m)), (1, {"a": 2, "b": 3}))
+        self.assertEqual(missed, [None])
+
+    def test_close(self) -> None:
+        """A closed mirror stops changing; its pattern is no longer watched."""
+        c = self.daemon.connect()
+        m = result(self.daemon, c.mirror("x"))
+        result(self.daemon, m.close())
+        result(self.daemon, c.put("x", 1))
+        self.assertEqual(dict(m), {})
+        self.assertIsNone(self.daemon.state.channels.changes.readers.get(
+            next(iter(self.daemon.state.connections)).reader))
