@@ -81,6 +81,22 @@ class MirrorIntegrationTests(TestCase):
                              {name: revision for name, (_, revision) in fresh.items()})
             m.close()
 
+    def test_read_your_writes(self) -> None:
+        """Each change a blocking client makes is in its mirror when the call
+        returns, while another client changes other names of the pattern."""
+        daemon = Daemon(self)
+        with daemon.connect() as c, daemon.connect() as other:
+            m = c.mirror("r*")
+            noise = threading.Thread(target=lambda: [other.put(f"r_other{i % 5}", i)
+                                                     for i in range(300)])
+            noise.start()
+            for i in range(300):
+                c.put("r", i)
+                self.assertEqual(m["r"], i)
+                self.assertEqual(c.incr("r_n"), i + 1)
+                self.assertEqual(m["r_n"], i + 1)
+            noise.join(60)
+
     def test_watch_callback_and_restart(self) -> None:
         """A callback watch gets each change in the callback thread; after the
         daemon restarts, a get-watch raises MissedChanges once, then goes on."""

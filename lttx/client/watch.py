@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from twisted.logger import Logger
 
-from ..errors import MissedChanges
+from ..errors import MissedChanges, TimeoutError
 
 #: The op of the Change a callback watch gets when it missed changes.
 MISSED = "missed"
@@ -126,7 +126,7 @@ class Watch:
 
         :raises MissedChanges: in place of the changes this watch missed
             (once per notice; the next call goes on with later changes).
-        :raises TimeoutError: if none came in time (``builtins.TimeoutError``).
+        :raises lttx.TimeoutError: if none came in time (a ``builtins.TimeoutError``).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._ready:
