@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import msgpack
 
+from ..errors import EncodeError
 from ..wire import codec
 from ..wire.frames import MESSAGE_HEAD, PREFIX, pack_seq
 from .channellog import ENTRY_OVERHEAD, ChannelLog, Position
@@ -50,7 +51,7 @@ class ChangeLog(ChannelLog):
     :param history_bytes: most bytes retained (frames plus overhead).
     """
 
-    __slots__ = ("names", "active", "recorded")
+    __slots__ = ("names", "active", "recorded", "_pack")
 
     def __init__(self, history_bytes: int, epoch: Optional[int] = None) -> None:
         super().__init__(CHANGES, None, history_bytes, last_values_limit=0, epoch=epoch)
@@ -59,6 +60,8 @@ class ChangeLog(ChannelLog):
         #: Set by the first watch: changes are recorded from then on.
         self.active = False
         self.recorded = 0
+        # One encoder for every change (a Packer per call is most of the cost).
+        self._pack = codec.packer().pack
 
     def record(self, name: str, op: str, args: Iterable[Any], revision: int,
                arrival: int = 0) -> int:
@@ -70,8 +73,12 @@ class ChangeLog(ChannelLog):
             holds only values decoded from frames, so this means a bug).
         """
         seq = self.next_seq
-        payload = (MESSAGE_HEAD + _NIL_CHANNEL + msgpack.packb(name)
-                   + codec.encode([op, list(args), revision]) + pack_seq(seq))
+        pack = self._pack
+        try:
+            body = pack(name) + pack([op, args, revision])
+        except (TypeError, ValueError, OverflowError) as e:
+            raise EncodeError(f"cannot encode a change of {name!r}: {e}") from None
+        payload = MESSAGE_HEAD + _NIL_CHANNEL + body + pack_seq(seq)
         frame = PREFIX.pack(len(payload)) + payload
         self.next_seq = seq + 1
         self._frames.append(frame)
