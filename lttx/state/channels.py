@@ -387,6 +387,7 @@ class ChannelRegistry:
         elapsed, self._sampled_at = now - self._sampled_at, now
         for log in self._channels.values():
             log.sample(elapsed)
+        self.changes.sample(elapsed)
 
     def status(self) -> dict[str, Any]:
         """What ``lttx status`` shows of the channels (computed now)."""

@@ -87,6 +87,18 @@ class RegistryChangeTests(SynchronousTestCase):
         self.assertEqual(self.registry.status()["evicted_for_memory"],
                          self.registry.changes.dropped)
 
+    def test_rate(self) -> None:
+        """status shows the changes per second since the last sample."""
+        now = [0.0]
+        registry = ChannelRegistry(clock=lambda: now[0])
+        self.store.observer = registry.record_change
+        registry.watch(FakeWatcher(), ["*"], lambda name: True)
+        for i in range(30):
+            self.store.put("a", i)
+        now[0] = 2.0
+        registry.sample()
+        self.assertEqual(registry.changes.status()["rate"], 15.0)
+
     def test_remove_forgets_the_watcher(self) -> None:
         """A closed connection's watch position is gone from the change log."""
         watcher = FakeWatcher()
