@@ -325,9 +325,9 @@ class ChannelRegistry:
         log = self.changes
         if not log.active:
             return  # nobody ever watched: no resume can name this epoch
-        self.published = arrival = self.published + 1
-        self.retained += log.record(change.name, change.op, change.args, change.revision,
-                                    arrival)
+        # Not counted as published: the readers read the change log on its own,
+        # so no arrival number is needed to merge it with the channels.
+        self.retained += log.record(change.name, change.op, change.args, change.revision)
         if not log.dirty:
             log.dirty = True
             self._dirty.append(log)
