@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 import lttx
 
 from .common import Daemon
+from .test_channel_log_integration import Proxy
 
 NAMES = [f"k{i}" for i in range(8)]
 
@@ -96,6 +97,40 @@ class MirrorIntegrationTests(TestCase):
                 self.assertEqual(c.incr("r_n"), i + 1)
                 self.assertEqual(m["r_n"], i + 1)
             noise.join(60)
+
+    def test_cut_behind_a_proxy_every_change_once(self) -> None:
+        """A watcher and a mirror behind a TCP proxy cut twice while another
+        client makes 3,000 changes: the watcher ends with every change, in
+        order, once, with consecutive revisions, and no missed notice; the
+        mirror equals the daemon without a reload."""
+        daemon = Daemon(self)
+        proxy = Proxy(daemon.port)
+        self.addCleanup(proxy.close)
+        watcher = lttx.connect("127.0.0.1", proxy.port, token=daemon.token, timeout=15)
+        self.addCleanup(watcher.close)
+        w = watcher.watch("c")
+        m = watcher.mirror("c*")
+        got: list[lttx.Change] = []
+        with daemon.connect() as writer:
+            for batch in range(30):
+                for i in range(batch * 100, (batch + 1) * 100):
+                    writer.put("c", i)
+                    if i % 10 == 0:
+                        writer.incr("c_n")
+                if batch in (10, 20):
+                    while len(got) < batch * 100 - 300:
+                        got.append(w.get(timeout=30))
+                    proxy.cut()
+            while len(got) < 3000:
+                got.append(w.get(timeout=30))
+            watcher.put("c_end", True)  # read-your-writes: the mirror has everything now
+            self.assertEqual([c.args[0] for c in got], list(range(3000)))
+            revisions = [c.revision for c in got]
+            self.assertEqual(revisions, list(range(revisions[0], revisions[0] + 3000)))
+            self.assertEqual(w.missed, 0)
+            self.assertEqual(m.reloads, 0)
+            self.assertEqual(dict(m), {"c": 2999, "c_n": 300, "c_end": True})
+            self.assertEqual(daemon.log_text().count("watches c, c* (resumed)"), 2)
 
     def test_watch_callback_and_restart(self) -> None:
         """A callback watch gets each change in the callback thread; after the
