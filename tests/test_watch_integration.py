@@ -154,7 +154,7 @@ class MirrorIntegrationTests(TestCase):
             self.assertTrue(done.wait(10))
             self.assertEqual(seen, [(lttx.Change("b", "put", (2,), 2), "lttx-callbacks")])
             daemon.stop()
-            daemon.start()
+            Daemon(self, data_dir=daemon.data_dir, listen=daemon.listen)  # the same port
             c.put("a2", 3)  # waits for the reconnection
             with self.assertRaises(lttx.MissedChanges) as missed:
                 w.get(timeout=10)
