@@ -28,6 +28,7 @@ from .errors import (
     FrameTooLarge,
     IndexOutOfRange,
     LTtxError,
+    MissedChanges,
     MissingDependency,
     NotFound,
     PermissionDenied,
@@ -42,7 +43,8 @@ from .errors import (
 from .wire.ext import Encoded
 
 #: The client's public names, imported from lttx.client when first asked for.
-_CLIENT_NAMES = frozenset({"AsyncClient", "Client", "Message", "connect"})
+_CLIENT_NAMES = frozenset({"AsyncClient", "Change", "Client", "Message", "Mirror", "Watch",
+                           "connect"})
 
 
 def __getattr__(name: str) -> Any:
@@ -56,8 +58,9 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "Conflict", "ConnectError",
     "ConnectionLost", "DecodeError", "Encoded", "EncodeError", "FileBusy", "FrameTooLarge",
-    "IndexOutOfRange", "LTtxError", "MissingDependency", "NotFound",
+    "IndexOutOfRange", "LTtxError", "MissedChanges", "MissingDependency", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
-    "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Client", "Message", "connect",
+    "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Change", "Client", "Message",
+    "Mirror", "Watch", "connect",
     "__version__",
 ]

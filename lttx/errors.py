@@ -84,6 +84,23 @@ class Conflict(LTtxError):
     code = "conflict"
 
 
+class MissedChanges(LTtxError):
+    """A watch missed changes: it lagged past what the daemon retains, or the
+    daemon restarted.  Raised by ``Watch.get`` in order with the changes (the
+    ones before it were all seen); a mirror reloads itself instead.
+
+    :ivar first: the first change seq missed (None: unknown).
+    :ivar last: the last one (None: unknown, e.g. after a restart).
+    """
+
+    code = "missed"
+
+    def __init__(self, message: str = "", first: object = None, last: object = None) -> None:
+        super().__init__(message)
+        self.first = first
+        self.last = last
+
+
 class FrameTooLarge(LTtxError):
     """A frame is larger than the daemon's ``--max-frame``."""
 

@@ -294,7 +294,8 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     rates = TimerService(1.0, channels.sample)
     rates.clock = reactor
     rates.setServiceParent(top)
-    sweep = TimerService(1.0, ExpirySweeper(store, reactor).run)  # type: ignore[arg-type]
+    sweeper = ExpirySweeper(store, reactor, after=channels.flush)  # type: ignore[arg-type]
+    sweep = TimerService(1.0, sweeper.run)
     sweep.clock = reactor
     sweep.setServiceParent(top)
     files.setServiceParent(top)

@@ -270,6 +270,26 @@ class ChannelCommandsTests(CLITestMixin, TestCase):
         line = self.lttx_error("sub", "private", "--password", "wrong", status=cli.EXIT_AUTH)
         self.assertIn("password", line)
 
+    def test_watch_prints_json_lines(self) -> None:
+        """watch prints one JSON line per change of a matching variable, in order."""
+        env = cli_env(LTTX_PORT=str(self.daemon.port), LTTX_TOKEN=TOKEN)
+        process = subprocess.Popen([sys.executable, "-m", "lttx.cli", "watch", "pos_*",
+                                    "--count", "3"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        self.addCleanup(lambda: process.poll() is None and (process.kill(), process.wait()))
+        out, err = LineReader(process.stdout), LineReader(process.stderr)  # type: ignore
+        self.assertIn("watching pos_*", err.next())
+        writer = self.daemon.connect()
+        writer.put("pos_A", {"qty": 1})
+        writer.put("other", 1)
+        writer.dict_change("pos_A", "qty", 2)
+        writer.delete("pos_A")
+        self.assertEqual([json.loads(out.next()) for _ in range(3)], [
+            {"name": "pos_A", "op": "put", "args": [{"qty": 1}], "revision": 1},
+            {"name": "pos_A", "op": "dict_change", "args": ["qty", 2], "revision": 2},
+            {"name": "pos_A", "op": "delete", "args": [], "revision": 3}])
+        self.assertEqual(process.wait(30), 0)
+
     def test_push(self) -> None:
         """push sends a string message, or a JSON value with --json, and returns."""
         client = self.daemon.connect()

@@ -16,6 +16,7 @@ The ``lttx`` command: LTtx for people and shell scripts.
     lttx sub hq_center                # one JSON line per message, until Ctrl-C
     lttx sub hq_center --history 100  # the last 100 retained first (or --since SEQ,
                                       # --last-values)
+    lttx watch 'pos_*'                # one JSON line per change, until Ctrl-C
     lttx push hq_center 600000.SH 10.23
     lttx publish orders order-17 '{"side": "buy"}'   # waits; prints the seq
     lttx upload ./report.csv
@@ -62,6 +63,7 @@ from ..errors import (
     ConnectError,
     ConnectionLost,
     LTtxError,
+    MissedChanges,
     NotFound,
     PermissionDenied,
     TimeoutError,
@@ -247,6 +249,33 @@ def _print_gap(ctx: Context) -> Callable[[str, Any, Any], None]:
     return on_gap
 
 
+def cmd_watch(ctx: Context) -> int:
+    args = ctx.args
+    client = ctx.connect()
+    try:
+        watch = client.watch(args.pattern)
+        ctx.err.write(f"lttx: watching {args.pattern} at {ctx.where}; Ctrl-C to stop\n")
+        ctx.err.flush()
+        received = 0
+        while args.count is None or received < args.count:
+            try:
+                change = watch.get()
+            except MissedChanges as e:
+                # On stdout too: a script reading the lines cannot overlook it.
+                ctx.err.write(f"lttx: {e.message}\n")
+                ctx.print(dumps({"name": None, "op": "missed", "args": [e.first, e.last],
+                                 "revision": 0}))
+                continue
+            ctx.print(dumps({"name": change.name, "op": change.op, "args": list(change.args),
+                             "revision": change.revision}))
+            received += 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how `watch` is meant to end
+    finally:
+        client.close()
+    return EXIT_OK
+
+
 def cmd_publish(ctx: Context) -> int:
     args = ctx.args
     data = parse_json_argument(args.data, "DATA")
@@ -385,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="first the retained messages after seq SEQ")
     sub.add_argument("--last-values", action="store_true",
                      help="first the newest message of every key the channel carried")
+    sub = command("watch", cmd_watch,
+                  "print every change of the variables matching a pattern as JSON lines")
+    sub.add_argument("pattern", metavar="PATTERN", help="a glob pattern of variable names")
+    sub.add_argument("--count", type=int, default=None, metavar="N",
+                     help="stop after N changes")
     sub = command("publish", cmd_publish,
                   "publish a message on a channel, wait for the daemon, print its seq")
     sub.add_argument("channel")

@@ -27,10 +27,12 @@ from .connection import Reconnector, open_first
 from .messages import Message
 from .protocol import ClientProtocol
 from .settings import ConnectionSettings
+from .watch import WatchSet
+from .watching import Watching
 
 
 @implementer(IPushProducer)
-class AsyncClient(VariableCommands):
+class AsyncClient(VariableCommands, Watching):
     """
     The Twisted-native LTtx client; each method returns a Deferred.
 
@@ -51,6 +53,8 @@ class AsyncClient(VariableCommands):
         self._deliver = messages
         self._deliver_many = many_messages
         self._subscriptions: dict[str, _Subscription] = {}
+        #: The watches and mirrors (re-watched after a reconnection).
+        self.watches = WatchSet()
         #: Gaps the daemon reported (messages this client will not get), in
         #: all and per channel.
         self.gaps = 0
@@ -147,6 +151,12 @@ class AsyncClient(VariableCommands):
             d = protocol.request("subscribe", names, password, options)
             d.addCallbacks(lambda reply, names=names: self._resubscribed(names, reply),
                            lambda failure, names=names: self._resubscribe_refused(failure, names))
+            requests.append(d)
+        if self.watches.listeners:
+            point = self.watches.resume_point
+            d = protocol.request("watch", self.watches.patterns,
+                                 {} if point is None else {"resume": point})
+            d.addCallback(lambda reply: (self.watches.watched(reply), [])[1])
             requests.append(d)
         done: Deferred[Any] = gatherResults(requests, consumeErrors=True)
         done.addCallbacks(lambda accepted: self._reconnected(
@@ -328,9 +338,12 @@ class AsyncClient(VariableCommands):
     def _messages_received(self, messages: list[Message]) -> None:
         subscriptions = self._subscriptions
         plain = []
+        changes = []
         for message in messages:
             subscription = subscriptions.get(message.channel)
             if subscription is None:
+                if message.channel is None:  # a watched change (docs/protocol.md, "Watch")
+                    changes.append(message)
                 continue  # unsubscribed while it was on its way
             if message.seq > subscription.last:
                 subscription.last = message.seq
@@ -348,9 +361,14 @@ class AsyncClient(VariableCommands):
                                  channel=message.channel)
         if plain:
             self._deliver_plain(plain)
+        if changes:
+            self.watches.received(changes)
 
     def _gap_received(self, code: str, text: str, detail: dict[str, Any]) -> None:
         """A notice with a detail map: a gap notice of a channel (docs/protocol.md, "Gaps")."""
+        if code == "missed":
+            self.watches.missed(text, detail)
+            return
         channel = detail.get("channel")
         subscription = self._subscriptions.get(channel) if isinstance(channel, str) else None
         if code != "gap" or subscription is None:

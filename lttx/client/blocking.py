@@ -26,6 +26,8 @@ from .commands import VariableCommands
 from .dataframes import default
 from .eventloop import EventLoop
 from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
+from .mirror import Mirror
+from .watch import Change, Watch
 from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_address
 
 #: Bytes of pushes the blocking client holds while the connection cannot take
@@ -231,6 +233,46 @@ class Client(VariableCommands):
                 # The user's callback failed; later messages still get theirs.
                 AsyncClient.log.failure("a message callback failed on {channel}",
                                         channel=message.channel)
+
+    # -- watch and mirror -----------------------------------------------------
+
+    def watch(self, pattern: str, callback: Optional[Callable[[Change], None]] = None,
+              on_missed: Optional[Callable[[Optional[int], Optional[int]], None]] = None,
+              ) -> Watch:
+        """
+        Watch every change of the variables matching the glob ``pattern`` (that
+        the token may read), in order: ``w.get(timeout=None)`` gives each
+        :class:`Change`, or, with ``callback``, each is passed to it in the
+        callback thread (in order with messages).  Missed changes (the watch
+        lagged past what the daemon retains, or it restarted) are never
+        silent: ``get`` raises :class:`~lttx.errors.MissedChanges` in their
+        place, or ``on_missed(first, last)`` is called, or else the callback
+        gets a Change whose op is ``"missed"``.
+        """
+        deliver = None if callback is None else self._handed_over(callback)
+        missed = None if on_missed is None else self._handed_over(lambda args: on_missed(*args))
+        return self._call(self._client.watch, pattern, deliver,
+                          None if missed is None else (lambda first, last: missed((first, last))))
+
+    def _handed_over(self, f: Callable[[Any], None]) -> Callable[[Any], None]:
+        """A reactor-thread callable running ``f`` in the callback thread."""
+        run = self._dispatcher(lambda call: f(call[1]))
+        return lambda value: run(_GapCall("(watch)", value))  # type: ignore[arg-type]
+
+    def unwatch(self, pattern: str) -> list[str]:
+        """Stop every watch and mirror of ``pattern``; the patterns still watched."""
+        return self._call(self._client.unwatch, pattern)
+
+    def mirror(self, pattern: str) -> Mirror:
+        """
+        A local, read-only :class:`~collections.abc.Mapping` of every variable
+        matching ``pattern``, loaded now and kept in sync by the daemon: a read
+        is a dictionary lookup.  Once a change made by this client returns,
+        the mirror shows it.  ``m.revision(name)``; ``m.close()``.
+        """
+        mirror: Mirror = self._call(self._client.mirror, pattern)
+        mirror._on_close = lambda m: self._call(self._client._close_mirror, m)
+        return mirror
 
     # -- pushes -------------------------------------------------------------
 

@@ -108,6 +108,35 @@ class Commands:
         """An acknowledged publish: the reply is the message's seq, once it is in the log."""
         return self.state.channels.publish(channel, key, data)
 
+    # -- watch (the change log lives in the registry) -----------------------
+
+    @command(1, 2)
+    def cmd_watch(self, patterns: Any, options: Any = None) -> Any:
+        wanted = _patterns(patterns)
+        resume = _options(options, "watch", ("resume",)).get("resume")
+        reader = self.connection.open_reader()
+        current = reader.watch.patterns if reader.watch is not None else []
+        grant = self.connection.grant
+        allowed = ((lambda name: True) if grant.unlimited
+                   else (lambda name: grant.allows("read", name)))
+        result = self.state.channels.watch(reader, [*current, *wanted], allowed, resume)
+        self.log.info("{peer} watches {patterns}{resumed}", peer=self.connection.peer,
+                      patterns=", ".join(wanted), resumed=" (resumed)" if resume else "")
+        return result
+
+    @command(1)
+    def cmd_unwatch(self, patterns: Any) -> Any:
+        gone = set(_patterns(patterns))
+        reader = self.connection.reader
+        if reader is None or reader.watch is None:
+            return []
+        left = [p for p in reader.watch.patterns if p not in gone]
+        if left:
+            reader.watch.set_patterns(left)
+        else:
+            self.state.channels.unwatch(reader)
+        return left
+
     # -- variables ----------------------------------------------------------
 
     @command(0)
@@ -192,6 +221,21 @@ class Commands:
 
 
 _CAS = ("if_revision",)
+#: The longest watch pattern accepted.
+MAX_PATTERN = 1024
+
+
+def _patterns(patterns: Any) -> list[str]:
+    """A watch's patterns: a glob or a non-empty list of globs."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if (not isinstance(patterns, list) or not patterns
+            or not all(type(p) is str and 0 < len(p) <= MAX_PATTERN for p in patterns)):
+        raise BadRequest(f"watch patterns must be a glob or a non-empty list of globs "
+                         f"(1 to {MAX_PATTERN} characters each)")
+    return patterns
+
+
 _PUT_OPTIONS = ("if_revision", "ttl")
 
 

@@ -11,7 +11,7 @@ together never hold the reactor for long.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -31,12 +31,16 @@ class ExpirySweeper:
 
     :param store: has ``sweep(limit) -> int`` (or a Deferred of it).
     :param clock: schedules the next slice of a long sweep.
+    :param after: called after each slice (the channel registry's ``flush``:
+        watchers are told of the expiries at once).
     """
 
     log = Logger()
 
-    def __init__(self, store: Any, clock: IReactorTime, slice_size: int = DEFAULT_SLICE) -> None:
+    def __init__(self, store: Any, clock: IReactorTime, slice_size: int = DEFAULT_SLICE,
+                 after: Optional[Callable[[], None]] = None) -> None:
         self.store = store
+        self._after = after
         self.clock = clock
         self.slice_size = slice_size
         self.removed = 0
@@ -54,6 +58,8 @@ class ExpirySweeper:
 
     def _swept(self, removed: int) -> None:
         self.removed += removed
+        if self._after is not None:
+            self._after()
         if removed >= self.slice_size:
             self.clock.callLater(0, self._slice)
         else:

@@ -343,7 +343,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         except LTtxError as e:  # only values the store holds are sent, but say so if not
             self.send_error(request_id, e)
             return
-        if len(pieces) == 1:
+        if self.reader is not None and self.reader.watch is not None:
+            # After the watched changes made before it (docs/protocol.md, "Watch").
+            self.reader.reply(PREFIX.pack(sum(map(len, pieces))) + b"".join(pieces))
+        elif len(pieces) == 1:
             self.sendString(pieces[0])
         else:
             self.transport.writeSequence(

@@ -16,6 +16,13 @@ not read, it is sent a gap notice (``[4, "gap", ...]``, ``docs/protocol.md``)
 and reads on from the oldest retained message.  A conflating position reads
 a backlog (it lagged, or more than a slice waits) as the newest message of
 each key only.
+
+A connection that watches variables (``watch``, ``docs/protocol.md``) has a
+:class:`~lttx.state.changelog.WatchPosition` in the change log too, read
+first at each wake and filtered by its patterns and rights.  A reply sent
+while watched changes are still unwritten (the transport paused the reader)
+is held until they are written: a client's change is in its watch stream
+before the reply that says it was made.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any, Callable, Optional
 from twisted.internet.interfaces import IPushProducer, ITransport
 from zope.interface import implementer
 
+from ..state.changelog import WatchPosition, missed_notice
 from ..state.channellog import ChannelLog, Position
 from ..state.channels import ChannelRegistry, ISubscriber, dropped_notice
 from ..wire.writes import send_now
@@ -60,6 +68,10 @@ class ChannelReader:
         self.conflated_drops = 0
         #: Bytes written to the connection (the status page's bytes out).
         self.written = 0
+        #: The connection's place in the change log, once it watches.
+        self.watch: Optional[WatchPosition] = None
+        # Replies waiting for the watched changes before them to be written.
+        self._held: list[bytes] = []
         transport.registerProducer(self, True)
 
     # -- ISubscriber --------------------------------------------------------
@@ -70,6 +82,13 @@ class ChannelReader:
             return
         self._out: list[bytes] = []
         self._size = 0
+        if self.watch is not None and not self._read_watch():
+            self._write(self._out)
+            self._out = []
+            return
+        if self._held:
+            held, self._held = self._held, []
+            self._add(held)
         pending = []
         for position in self.positions.values():
             if position.prelude:
@@ -86,6 +105,41 @@ class ChannelReader:
             self._write(self._out)
         self._out = []
         send_now(self.transport)  # to the subscriber now, not a reactor turn later
+
+    def _read_watch(self) -> bool:
+        """The watched changes not written yet; False if the transport paused."""
+        position = self.watch
+        assert position is not None
+        if position.prelude:
+            prelude, position.prelude = position.prelude, []
+            self._add(prelude)
+        log = position.log
+        while position.next < log.next_seq:
+            missed, frames = position.read(_slice(log))
+            if missed is not None:
+                self._out.append(missed_notice(
+                    missed[0], missed[1], log.epoch,
+                    f"changes {missed[0]} to {missed[1]} were dropped from the daemon's "
+                    f"change log before this watcher read them"))
+                self.gaps += 1
+                self.registry.note_gap()
+            if frames and not self._add(frames):
+                return False
+        return not (self.paused or self.stopped)
+
+    def reply(self, frame: bytes) -> None:
+        """
+        Write a reply after the watched changes made before it (now, or
+        held until the transport takes them).
+        """
+        if not self._held:
+            self.wake()
+            if not self.paused and (self.watch is None
+                                    or self.watch.next >= self.watch.log.next_seq):
+                self.written += len(frame)
+                self.transport.write(frame)
+                return
+        self._held.append(frame)
 
     def _add(self, frames: list[bytes]) -> bool:
         """Queue frames for this wake's write; write past CHUNK.  False once paused."""

@@ -88,9 +88,15 @@ class ServerState:
         self.hello_throttle = HelloThrottle(now)
         #: Keeps a flood of refused connections from flooding the log.
         self.refusals = RefusalLog(now)
+        if hasattr(store, "observer"):
+            # Every applied change goes to the change log (watch and mirror);
+            # the Redis store reports none yet.
+            store.observer = self.channels.record_change
         self.status_sources: dict[str, StatusSource] = {"channels": self.channels}
         if files is not None:
             self.status_sources["files"] = files
+        if hasattr(store, "observer"):
+            self.status_sources["watch"] = self.channels.changes
         self.status_sources.update(status_sources or {})
         clash = set(self.status_sources) & _OWN_STATUS
         if clash:

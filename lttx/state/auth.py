@@ -147,6 +147,9 @@ COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
     "get": Right("read", 0),
     "exists": Right("read", 0),
     "keys": Right("read"),
+    # A watch shows only the names the token may read (the change log filters).
+    "watch": Right("read"),
+    "unwatch": Right("read"),
     "get_dict_value": Right("read", 0),
     "get_list_value": Right("read", 0),
     "put": Right("write", 0),

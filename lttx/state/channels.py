@@ -34,6 +34,7 @@ from ..errors import AuthError, BadRequest
 from ..wire import codec
 from ..wire.frames import MESSAGE_HEAD, PREFIX, pack_seq
 from ..wire.names import check_channel, split_channels
+from .changelog import ChangeLog, WatchPosition, missed_notice
 from .channellog import DEFAULT_LAST_VALUES, ENTRY_OVERHEAD, ChannelLog, Position
 
 #: Key types a message may carry: hashable, so conflation can index them.
@@ -100,6 +101,8 @@ class ChannelRegistry:
         self.gaps = 0  # gap notices sent (counted by the readers through note_gap)
         self.conflated_drops = 0
         self._sampled_at = clock()
+        #: The variables' change log (watch and mirror), apart from the channels.
+        self.changes = ChangeLog(history_bytes)
 
     # -- channels -----------------------------------------------------------
 
@@ -224,6 +227,7 @@ class ChannelRegistry:
         for position in list(positions.values()):
             self._leave(subscriber, position)
         positions.clear()
+        self.changes.readers.pop(subscriber, None)
 
     def _leave(self, subscriber: Any, position: Position) -> None:
         position.log.readers.pop(subscriber, None)
@@ -289,8 +293,8 @@ class ChannelRegistry:
     def _evict(self) -> None:
         """Past ``history_memory``: cut the largest logs down, oldest first."""
         target = int(self.history_memory * EVICT_TO)
-        while self.retained > target and self._channels:
-            largest = max(self._channels.values(), key=lambda log: log.bytes)
+        while self.retained > target:
+            largest = max([*self._channels.values(), self.changes], key=lambda log: log.bytes)
             if not largest.bytes:
                 break
             dropped = largest.dropped
@@ -313,6 +317,64 @@ class ChannelRegistry:
             for reader in woken:
                 reader.wake()
 
+    # -- the change log (watch and mirror) ------------------------------------
+
+    def record_change(self, change: Any) -> None:
+        """The store's observer: append an applied ``Change`` to the change log
+        (once some watch made it active); its watchers are woken at :meth:`flush`."""
+        log = self.changes
+        if not log.active:
+            return  # nobody ever watched: no resume can name this epoch
+        # Not counted as published: the readers read the change log on its own,
+        # so no arrival number is needed to merge it with the channels.
+        self.retained += log.record(change.name, change.op, change.args, change.revision)
+        if not log.dirty:
+            log.dirty = True
+            self._dirty.append(log)
+        if self.retained > self.history_memory:
+            self._evict()
+
+    def watch(self, subscriber: Any, patterns: Iterable[str], allowed: Callable[[str], bool],
+              resume: Any = None) -> dict[str, Any]:
+        """
+        Make ``subscriber`` (an :class:`ISubscriber` with a ``watch``
+        attribute) watch the changes of the variables matching ``patterns``
+        (its whole set: a later call replaces it) that ``allowed`` says it
+        may read.  It reads from the next change, or with ``resume``,
+        ``[epoch, seq]``, after change ``seq`` of ``epoch``; a resume it cannot
+        be given in full starts with a "missed" notice.
+
+        :return: ``{"epoch", "next", "from"}`` of the change log.
+        :raises BadRequest: for a bad resume point.
+        """
+        log = self.changes
+        log.active = True
+        position = subscriber.watch
+        prelude: list[bytes] = []
+        start = log.next_seq
+        if resume is not None:
+            epoch, since = _resume_point(resume)
+            if epoch != log.epoch:
+                prelude.append(missed_notice(
+                    since + 1, None, log.epoch, "the daemon's change log was made again "
+                    "(the daemon restarted): changes made meanwhile are not known",
+                    previous_epoch=epoch))
+            else:
+                start = min(since + 1, log.next_seq)
+        if position is None or resume is not None:
+            position = WatchPosition(log, start, allowed)
+            position.prelude = prelude
+            subscriber.watch = position
+            log.readers[subscriber] = position
+        position.set_patterns(patterns)
+        self._woken[subscriber] = None
+        return {"epoch": log.epoch, "next": log.next_seq, "from": position.next}
+
+    def unwatch(self, subscriber: Any) -> None:
+        """Stop ``subscriber`` watching anything."""
+        self.changes.readers.pop(subscriber, None)
+        subscriber.watch = None
+
     def note_gap(self, count: int = 1) -> None:
         """A reader sent ``count`` gap notices (counted for ``status``)."""
         self.gaps += count
@@ -325,6 +387,7 @@ class ChannelRegistry:
         elapsed, self._sampled_at = now - self._sampled_at, now
         for log in self._channels.values():
             log.sample(elapsed)
+        self.changes.sample(elapsed)
 
     def status(self) -> dict[str, Any]:
         """What ``lttx status`` shows of the channels (computed now)."""

@@ -22,7 +22,8 @@ that touches it, or by :meth:`MemoryStore.sweep`, whichever comes first, as a
 change of its own (op ``"expire"``).
 
 Every applied change is reported to the store's ``observer`` (if any) as a
-:class:`Change`: the watch of a later issue is fed from these.
+:class:`Change`: the daemon's change log (watch and mirror,
+:mod:`lttx.state.changelog`) is fed from these.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class StatusRequestTests(SynchronousTestCase):
 
     def test_status_reply_frame(self) -> None:
         """The reply holds version, uptime from the clock, connections, variables,
-        the channels and each source's report under its name."""
+        the channels, the watchers and each source's report under its name."""
         clock = Clock()
         clock.advance(1000)
         journal = FakeSource({"bytes": 4096})
@@ -78,6 +78,7 @@ class StatusRequestTests(SynchronousTestCase):
             "version": __version__, "uptime": 90.5, "connections": 2, "variables": 2,
             "hellos": {"failed_hellos": 0, "hellos_refused_waiting": 0, "hosts_slowed_down": 0},
             "channels": factory.state.channels.status(),
+            "watch": factory.state.channels.changes.status(),
             "journal": {"bytes": 4096}, "files": {"count": 2, "bytes": 10}}]])
         self.assertEqual((journal.asked, files.asked), (1, 1))
 
