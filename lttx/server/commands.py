@@ -73,6 +73,10 @@ class Commands:
         unknown = set(options) - _SUBSCRIBE_OPTIONS
         if unknown:
             raise BadRequest(f"unknown subscribe options: {', '.join(sorted(map(str, unknown)))}")
+        for flag in ("conflate", "last_values"):
+            if options.get(flag) is not None and type(options[flag]) is not bool:
+                raise BadRequest(f"subscribe option {flag} must be true or false, "
+                                 f"not {type(options[flag]).__name__}")
         conflate = bool(options.get("conflate", False))
         if options.get("history") is not None and options.get("since") is not None:
             raise BadRequest("subscribe takes history or since, not both")

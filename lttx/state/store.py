@@ -134,10 +134,16 @@ def strict_equal(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(map(strict_equal, a, b))
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(strict_equal(v, b[k]) for k, v in a.items())
+        # The keys' types too: ``{1: x}`` and ``{1.0: x}`` have equal keys in Python.
+        return (a.keys() == b.keys() and _typed_keys(a) == _typed_keys(b)
+                and all(strict_equal(v, b[k]) for k, v in a.items()))
     if isinstance(a, float) and a != a:
         return b != b  # NaN is equal to NaN here, so a NaN can be removed
     return bool(a == b)
+
+
+def _typed_keys(d: dict[Any, Any]) -> set[tuple[type, Any]]:
+    return {(type(k), k) for k in d}
 
 
 def check_index(index: Any) -> int:

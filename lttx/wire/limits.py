@@ -6,6 +6,12 @@ re-encoding one (a reply, a journal record, a snapshot) fails past the
 encoder's own limit once the record's envelope is added: a value accepted
 once could then never be read back, and made every compaction fail.  Values
 a client asks the daemon to keep are refused past :data:`MAX_NESTING` levels.
+
+Dict keys: a map whose key is ``True`` or ``False`` is refused in a kept
+value.  Python (and so the daemon's dicts) cannot tell ``True`` from ``1``
+as a key: ``{1: "a", True: "b"}`` would silently become one entry, and a
+bool key could not be named by ``get_dict_value`` (which takes str, int or
+bytes keys).  Refusing it at ``put`` keeps every stored key reachable.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ def check_nesting(value: Any, limit: int = MAX_NESTING) -> Any:
     Costs one pass over the containers' items at C speed (``map(type, ...)``)
     and descends only into the items that are containers themselves.
 
-    :raises BadRequest: if they nest deeper.
+    :raises BadRequest: if they nest deeper, or a map has a bool key.
     """
     if type(value) not in _CONTAINERS:
         return value
@@ -39,7 +45,13 @@ def check_nesting(value: Any, limit: int = MAX_NESTING) -> Any:
             raise BadRequest(f"a value may nest lists and maps at most {limit} levels deep")
         deeper = []
         for container in level:
-            items = container.values() if type(container) is dict else container
+            if type(container) is dict:
+                items = container.values()
+                if bool in set(map(type, container)):
+                    raise BadRequest("a dict key may not be true or false (it would be the "
+                                     "same key as 1 or 0); use an int or a str")
+            else:
+                items = container
             if _CONTAINERS.isdisjoint(set(map(type, items))):
                 continue
             deeper.extend(item for item in items if type(item) in _CONTAINERS)

@@ -29,8 +29,10 @@ items are :func:`lttx.store.strict_equal` exactly when their canonical
 encodings, with every ``-0.0`` read as ``0.0``, are equal.  An item holding a
 ``-0.0`` is stored as ``0xC1 len(C) C S`` (0xC1 is never used by MessagePack):
 C, the comparison form, then S, the item itself, so the sign of zero survives
-and the Lua script compares C.  (Not covered: dicts whose keys are ``1`` in one
-and ``True`` or ``1.0`` in the other, which Python's ``==`` mixes up.)
+and the Lua script compares C.  Dicts whose keys are ``1`` in one and ``1.0``
+in the other differ here as in :func:`~lttx.state.store.strict_equal` (their
+keys encode differently); bool keys are refused before a value is kept
+(:func:`lttx.wire.limits.check_nesting`).
 
 A dict read back whole comes in Redis's hash order, not insertion order.
 """
