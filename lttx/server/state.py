@@ -75,6 +75,9 @@ class ServerState:
         status_sources: Optional[Mapping[str, StatusSource]] = None,
     ) -> None:
         self.store = store
+        schedule_scans = getattr(store, "schedule_scans_on", None)
+        if clock is not None and schedule_scans is not None:
+            schedule_scans(clock)  # large keys scans run in slices in this reactor
         self.auth = auth
         self.max_frame = max_frame
         self.channels = channels if channels is not None else ChannelRegistry()

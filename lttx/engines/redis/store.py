@@ -39,7 +39,6 @@ A dict read back whole comes in Redis's hash order, not insertion order.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import time
 from typing import Any, Callable
@@ -62,6 +61,7 @@ from ...state.store import (
     check_seconds,
     check_ttl,
 )
+from ...state.patterns import MAX_KEYS, check_pattern, select, too_many
 from ...wire import codec
 from ...wire.names import check_variable_name
 from .resp import RedisClient, RedisError, Script
@@ -255,8 +255,7 @@ class RedisStore:
 
     @defer.inlineCallbacks
     def _scan(self, pattern: str) -> Any:
-        if not isinstance(pattern, str):
-            raise BadRequest("a key pattern must be a string")
+        check_pattern(pattern)
         # Redis's MATCH and fnmatch agree on * and ?; brackets and escapes
         # differ ([!a] vs [^a]), so those are filtered here only.
         match = [] if "[" in pattern or "\\" in pattern else ["MATCH", pattern]
@@ -266,12 +265,14 @@ class RedisStore:
             cursor, found = yield self.client.execute(
                 "HSCAN", self._types, cursor, *match, "COUNT", 1000)
             names.extend(found[i].decode("utf-8") for i in range(0, len(found), 2))
+            if len(names) > MAX_KEYS and match:
+                raise too_many()
             if cursor == b"0":
                 break
         # Expired but not yet swept: gone for keys too.
         due = yield self.client.execute("ZRANGEBYSCORE", self._keys[3], "-inf", self._now())
         expired = {n.decode("utf-8") for n in due}
-        return sorted(n for n in set(names) - expired if fnmatch.fnmatchcase(n, pattern))
+        return select(list(set(names) - expired), pattern)
 
     def dict_change(self, name: str, key: Any, value: Any,
                     if_revision: Any = None) -> Any:  # a Deferred
