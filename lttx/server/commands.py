@@ -18,10 +18,16 @@ from typing import Any, Callable, Optional, Protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..errors import BadRequest
+from ..errors import BadRequest, LimitExceeded
 from ..state.auth import Grant, authorize
 from ..state.store import MISSING
-from ..wire.limits import MAX_NESTING, check_nesting
+from ..wire.limits import (
+    MAX_CHANNELS_PER_CONNECTION,
+    MAX_NESTING,
+    check_channel_count,
+    check_nesting,
+    name_list,
+)
 from ..wire.names import split_channels
 from .dispatch import command
 from .reader import ChannelReader
@@ -65,7 +71,8 @@ class Commands:
 
     @command(1, 3)
     def cmd_subscribe(self, channels: Any, password: Any = None, options: Any = None) -> Any:
-        names = split_channels(channels)
+        names = split_channels(check_channel_count(channels))
+        self._check_held(names)
         if options is None:
             options = {}
         if not isinstance(options, dict):
@@ -91,20 +98,30 @@ class Commands:
         extra = [k for k in ("conflate", "history", "since", "last_values", "resume")
                  if options.get(k)]
         self.log.info("{peer} subscribed to {channels}{options}", peer=self.connection.peer,
-                      channels=", ".join(names),
+                      channels=name_list(names),
                       options=f" ({', '.join(extra)})" if extra else "")
         return result
 
+    def _check_held(self, names: list[str]) -> None:
+        """Refuse a subscribe that would take the connection past its channel bound."""
+        reader = self.connection.reader
+        held = reader.positions if reader is not None else {}
+        total = len(held) + sum(1 for name in names if name not in held)
+        if total > MAX_CHANNELS_PER_CONNECTION:
+            raise LimitExceeded(f"a connection may be subscribed to at most "
+                                f"{MAX_CHANNELS_PER_CONNECTION} channels; this subscribe "
+                                f"would make {total} (docs/limits.md)")
+
     @command(1)
     def cmd_unsubscribe(self, channels: Any) -> Any:
-        names = split_channels(channels)
+        names = split_channels(check_channel_count(channels))
         reader = self.connection.reader
         if reader is None:
             return []
         left = self.state.channels.unsubscribe(reader, names)
         if left:
             self.log.info("{peer} unsubscribed from {channels}", peer=self.connection.peer,
-                          channels=", ".join(left))
+                          channels=name_list(left))
         return left
 
     @command(3)

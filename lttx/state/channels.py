@@ -22,6 +22,7 @@ over many messages.
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import time
 from typing import Any, Callable, Iterable, Mapping, Optional
@@ -58,6 +59,10 @@ class ISubscriber(Interface):
     def wake() -> None:
         """A log this subscriber reads has grown (or it subscribed): write
         what it has not read yet, as far as its transport takes it."""
+
+
+#: The most channels ``status`` lists (the busiest); the others are counted.
+STATUS_CHANNELS = 100
 
 
 class ChannelRegistry:
@@ -328,8 +333,15 @@ class ChannelRegistry:
 
     def status(self) -> dict[str, Any]:
         """What ``lttx status`` shows of the channels (computed now)."""
+        if len(self._channels) <= STATUS_CHANNELS:
+            shown = sorted(self._channels.items())
+        else:
+            # The busiest (by rate, then retained bytes); the rest only counted.
+            shown = sorted(heapq.nlargest(STATUS_CHANNELS, self._channels.items(),
+                                          key=lambda item: (item[1].rate, item[1].bytes)))
         return {
-            "channels": {name: log.status() for name, log in sorted(self._channels.items())},
+            "channels": {name: log.status() for name, log in shown},
+            "channel_count": len(self._channels),
             "subscribers": len(self._subscribers),
             "published": self.published,
             "delivered": self.delivered,

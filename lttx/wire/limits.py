@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, LimitExceeded
 
 #: The deepest nesting of lists and maps in a value the daemon keeps (a
 #: scalar is level 0, ``[1]`` level 1, ``{"a": [1]}`` level 2).
@@ -60,4 +60,40 @@ def check_nesting(value: Any, limit: int = MAX_NESTING) -> Any:
     return value
 
 
-__all__ = ["MAX_NESTING", "check_nesting"]
+#: The most channels one subscribe or unsubscribe may name.
+MAX_CHANNELS_PER_REQUEST = 1000
+#: The most channels one connection may be subscribed to at once.
+MAX_CHANNELS_PER_CONNECTION = 10_000
+#: The most names a log line lists (then "and N more").
+LOGGED_NAMES = 10
+
+
+def check_channel_count(channels: Any, limit: int = MAX_CHANNELS_PER_REQUEST) -> Any:
+    """
+    Return ``channels`` (a name, ``"a@b"``, or a list of those) if it names
+    at most ``limit`` channels, counted before any name is checked (at C
+    speed: ``str.count``), so a request naming millions costs little.
+
+    :raises LimitExceeded: past ``limit``.
+    """
+    items = [channels] if isinstance(channels, str) else channels
+    if isinstance(items, (list, tuple)):
+        if len(items) > limit:
+            count = len(items)
+        else:
+            count = sum(item.count("@") + 1 if isinstance(item, str) else 1 for item in items)
+        if count > limit:
+            raise LimitExceeded(f"one request may name at most {limit} channels, not {count} "
+                                f"(docs/limits.md)")
+    return channels
+
+
+def name_list(names: list[str], shown: int = LOGGED_NAMES) -> str:
+    """``"a, b, c"``, or the first ``shown`` names and ``"and N more"``."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more"
+
+
+__all__ = ["MAX_CHANNELS_PER_CONNECTION", "MAX_CHANNELS_PER_REQUEST", "MAX_NESTING",
+           "check_channel_count", "check_nesting", "name_list"]

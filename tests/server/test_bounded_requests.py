@@ -6,11 +6,16 @@ arguments that drive work, each with a typed error.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from lttx.state.channels import STATUS_CHANNELS
 from lttx.wire import codec
+from lttx.wire.limits import MAX_CHANNELS_PER_CONNECTION, MAX_CHANNELS_PER_REQUEST
 
 from ..common import frame, frames_of, server_protocol
 
@@ -63,3 +68,67 @@ class DictKeyTests(SynchronousTestCase):
             self.assertEqual(reply[:3], [E, reply[1], "bad_request"])
             self.assertIn("a dict key may not be true or false", reply[3])
         self.assertEqual(replies[4:], [[R, 5, False], [R, 6, None]])
+
+
+class ChannelBoundTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def test_one_subscribe_naming_two_million_channels(self) -> None:
+        """2,000,000 channels in one subscribe (as 'a@b@...' and as a list): a limit
+        error at once, nothing subscribed, no log line listing them."""
+        many = [f"c{i}" for i in range(2_000_000)]
+        for channels in ("@".join(many), many, ["@".join(many[:600]), "@".join(many[600:1001])]):
+            start = time.perf_counter()
+            proto, transport = server_protocol()
+            proto.dataReceived(frame([Q, 1, "subscribe", [channels]]))
+            took = (time.perf_counter() - start) * 1000
+            proto.dataReceived(frame([Q, 2, "status", []]))
+            [[kind, _, code, message], [_, _, status]] = frames_of(transport.value())
+            self.assertEqual((kind, code), (E, "limit"))
+            self.assertIn(f"at most {MAX_CHANNELS_PER_REQUEST} channels", message)
+            self.assertEqual(status["channels"]["channel_count"], 0)
+            print(f"\n  subscribe naming {message.split('not ')[1].split(' ')[0]} channels: "
+                  f"refused in {took:.0f} ms (frame encode and decode included)")
+        for event in self.events:
+            self.assertLess(len(formatEvent(event)), 300)
+
+    def test_channels_per_connection_are_bounded(self) -> None:
+        """Ten subscribes of 1,000 channels fill a connection; one more channel is a
+        limit error; channels it holds already count once."""
+        proto, transport = server_protocol()
+        per = MAX_CHANNELS_PER_REQUEST
+        for batch in range(MAX_CHANNELS_PER_CONNECTION // per):
+            proto.dataReceived(frame([Q, batch, "subscribe", [
+                [f"c{i}" for i in range(batch * per, (batch + 1) * per)]]]))
+        self.assertEqual({f[0] for f in frames_of(transport.value())}, {R})
+        transport.clear()
+        proto.dataReceived(frame([Q, 100, "subscribe", [["c0", "c1", "extra"]]]))
+        proto.dataReceived(frame([Q, 101, "subscribe", [["c0", "c1"]]]))
+        [refused, again] = frames_of(transport.value())
+        self.assertEqual(refused[:3], [E, 100, "limit"])
+        self.assertIn(f"at most {MAX_CHANNELS_PER_CONNECTION} channels; this subscribe would "
+                      f"make {MAX_CHANNELS_PER_CONNECTION + 1}", refused[3])
+        self.assertEqual(again[:2], [R, 101])
+
+    def test_log_lines_name_a_bounded_number_of_channels(self) -> None:
+        """A subscribe of 1,000 channels logs ten names and 'and 990 more'."""
+        proto, _ = server_protocol()
+        proto.dataReceived(frame([Q, 1, "subscribe", [[f"c{i}" for i in range(1000)]]]))
+        [line] = [formatEvent(e) for e in self.events if "subscribed to" in formatEvent(e)]
+        self.assertIn("c9 and 990 more", line)
+        self.assertLess(len(line), 200)
+
+    def test_status_lists_the_busiest_channels_and_counts_the_rest(self) -> None:
+        """With 150 channels, status lists 100 (the busiest among them) and counts 150."""
+        proto, transport = server_protocol()
+        proto.dataReceived(b"".join(frame([codec.PUBLISH, f"c{i:03d}", "k", "x"])
+                                    for i in range(150)))
+        proto.dataReceived(b"".join(frame([codec.PUBLISH, "c149", "k", "x" * 1000])
+                                    for i in range(5)))
+        proto.dataReceived(frame([Q, 1, "status", []]))
+        [[kind, _, status]] = frames_of(transport.value())
+        channels = status["channels"]
+        self.assertEqual((kind, len(channels["channels"]), channels["channel_count"]),
+                         (R, STATUS_CHANNELS, 150))
+        self.assertIn("c149", channels["channels"])
