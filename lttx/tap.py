@@ -23,7 +23,14 @@ from .server.expiry import ExpirySweeper
 from .server.factory import LTtxFactory
 from .server.files import FileService
 from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER, ServerState
-from .state.auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
+from .state.auth import (
+    Grant,
+    RolesError,
+    TokenAuthenticator,
+    is_roles_file,
+    parse_channel_passwords,
+    parse_roles,
+)
 from .state.channels import DEFAULT_CHANNEL_HISTORY, DEFAULT_HISTORY_MEMORY, ChannelRegistry
 from .storage.durable import FSYNC_POLICIES, DurableStore
 
@@ -143,6 +150,8 @@ class Options(usage.Options):
         if self["token"] and self["token-file"]:
             raise usage.UsageError("give --token or --token-file, not both")
         self["roles"] = read_roles(self["token-file"]) if self["token-file"] else None
+        self["channel-passwords"] = (read_channel_passwords(self["token-file"])
+                                     if self["roles"] is not None else [])
         if self["engine"] not in ENGINES:
             raise usage.UsageError(f"--engine must be one of {', '.join(ENGINES)}")
         if bool(self["redis-sentinel"]) != bool(self["redis-master"]):
@@ -171,6 +180,19 @@ def read_roles(path: str) -> Optional[list[tuple[str, Grant]]]:
         return None
     try:
         return parse_roles(text, f"--token-file {path}")
+    except RolesError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def read_channel_passwords(path: str) -> list[tuple[str, str]]:
+    """The channel passwords a roles file fixes (its ``"channels"``).
+
+    :raises usage.UsageError: if that part of the file is broken.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return parse_channel_passwords(text, f"--token-file {path}")
     except RolesError as e:
         raise usage.UsageError(str(e)) from None
 
@@ -281,6 +303,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         channels = ChannelRegistry(clock=reactor.seconds,  # type: ignore[attr-defined]
                                    **_history_options(options))
         status_sources = {"journal": store}
+    channels.fixed_passwords = options.get("channel-passwords") or ()
     legacy = _legacy_status(options, status_sources)
     files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
                         max_file_size=options["max-file-size"],

@@ -94,13 +94,22 @@ class Commands:
         result = self.state.channels.subscribe(
             reader, names, password, conflate, history=options.get("history"),
             since=options.get("since"), epoch=options.get("epoch"),
-            last_values=bool(options.get("last_values", False)), resume=options.get("resume"))
+            last_values=bool(options.get("last_values", False)), resume=options.get("resume"),
+            exempt=self._password_exempt())
         extra = [k for k in ("conflate", "history", "since", "last_values", "resume")
                  if options.get(k)]
         self.log.info("{peer} subscribed to {channels}{options}", peer=self.connection.peer,
                       channels=name_list(names),
                       options=f" ({', '.join(extra)})" if extra else "")
         return result
+
+    def _password_exempt(self) -> Optional[Callable[[str], bool]]:
+        """With a roles file, a token with ``all`` or a right naming the channel
+        is not held to a password another token set (README, "Tokens with roles")."""
+        if not self.state.auth.named_tokens:
+            return None
+        grant = self.connection.grant
+        return lambda name: grant.unlimited or grant.names_exactly("subscribe", name)
 
     def _check_held(self, names: list[str]) -> None:
         """Refuse a subscribe that would take the connection past its channel bound."""
