@@ -22,7 +22,13 @@ from .errors import RecoveryError
 from .server.expiry import ExpirySweeper
 from .server.factory import LTtxFactory
 from .server.files import FileService
-from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER, ServerState
+from .server.state import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_HOST,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_SUBSCRIBER_BUFFER,
+    ServerState,
+)
 from .state.auth import (
     Grant,
     RolesError,
@@ -74,6 +80,11 @@ class Options(usage.Options):
          "everysec (fsync once a second) or no (the OS flushes)."],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "Open connections at most; past it a new one gets a limit error and is "
+         "closed (0: no bound).", int],
+        ["max-connections-per-host", None, DEFAULT_MAX_CONNECTIONS_PER_HOST,
+         "Open connections from one host (IP address) at most (0: no bound).", int],
         ["max-file-size", None, "0",
          "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
         ["engine", None, "memory",
@@ -160,6 +171,9 @@ class Options(usage.Options):
             from .engines.redis.engine import redis_address
 
             redis_address(self, dict(os.environ))  # raises UsageError for a bad one
+        for bound in ("max-connections", "max-connections-per-host"):
+            if self[bound] < 0:
+                raise usage.UsageError(f"--{bound} must be 0 (no bound) or more")
         if not 0 <= self["port"] < 65536:
             raise usage.UsageError("--port must be between 0 and 65535")
 
@@ -312,6 +326,9 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
                         subscriber_buffer=options["subscriber-buffer"],
                         clock=reactor, files=files,  # type: ignore[arg-type]
                         status_sources=status_sources)
+    state.max_connections = options.get("max-connections", DEFAULT_MAX_CONNECTIONS)
+    state.max_connections_per_host = options.get("max-connections-per-host",
+                                                 DEFAULT_MAX_CONNECTIONS_PER_HOST)
     factory = LTtxFactory(state)
 
     rates = TimerService(1.0, channels.sample)

@@ -9,15 +9,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from lttx.server.factory import LTtxFactory
+from lttx.server.protocol import FRAME_TIMEOUT
+from lttx.server.state import ServerState
+from lttx.state.auth import TokenAuthenticator
 from lttx.state.channels import STATUS_CHANNELS
+from lttx.state.store import MemoryStore
 from lttx.wire import codec
 from lttx.wire.limits import MAX_CHANNELS_PER_CONNECTION, MAX_CHANNELS_PER_REQUEST
 
-from ..common import frame, frames_of, server_protocol
+from ..common import TOKEN, frame, frames_of, server_protocol
 
 R, E = codec.REPLY, codec.ERROR
 Q = codec.REQUEST
@@ -132,3 +138,61 @@ class ChannelBoundTests(SynchronousTestCase):
         self.assertEqual((kind, len(channels["channels"]), channels["channel_count"]),
                          (R, STATUS_CHANNELS, 150))
         self.assertIn("c149", channels["channels"])
+
+
+class ConnectionBoundTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+
+    def test_max_connections_and_per_host(self) -> None:
+        """Past --max-connections-per-host (2) and --max-connections (3), a new
+        connection gets one limit error frame and is closed, with one log line;
+        a slot freed is used again."""
+        clock = Clock()
+        state = ServerState(MemoryStore(), TokenAuthenticator(TOKEN), clock=clock)
+        state.max_connections, state.max_connections_per_host = 3, 2
+        factory = LTtxFactory(state)
+        a1, _ = server_protocol(factory=factory, peer=("10.0.0.1", 1))
+        server_protocol(factory=factory, peer=("10.0.0.1", 2))
+        _, refused = server_protocol(factory=factory, peer=("10.0.0.1", 3), authenticate=False)
+        [[kind, _, code, message]] = frames_of(refused.value())
+        self.assertEqual((kind, code), (E, "limit"))
+        self.assertIn("2 connections are open from this host", message)
+        self.assertTrue(refused.disconnecting)
+        server_protocol(factory=factory, peer=("10.0.0.2", 1))
+        _, full = server_protocol(factory=factory, peer=("10.0.0.3", 1), authenticate=False)
+        self.assertIn("the daemon has 3 connections", frames_of(full.value())[0][3])
+        lines = [formatEvent(e) for e in self.events if "refused" in formatEvent(e)]
+        self.assertEqual(len(lines), 2, lines)
+        a1.connectionLost(None)
+        server_protocol(factory=factory, peer=("10.0.0.3", 1))  # authenticates: admitted
+        self.assertEqual(len(state.connections), 3)
+
+    def test_a_connection_stalled_mid_frame_is_closed(self) -> None:
+        """60 bytes of a 1,000-byte frame, then silence: closed after 30 s without
+        progress (each byte that arrives restarts the wait), with a timeout error."""
+        clock = Clock()
+        proto, transport = server_protocol(clock=clock)
+        data = frame([Q, 1, "put", ["x", "y" * 1000]])
+        proto.dataReceived(data[:60])
+        clock.advance(FRAME_TIMEOUT - 1)
+        proto.dataReceived(data[60:61])
+        clock.advance(FRAME_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        [[kind, _, code, message]] = frames_of(transport.value())
+        self.assertEqual((kind, code), (E, "timeout"))
+        self.assertIn(f"no progress within a frame for {FRAME_TIMEOUT:g} seconds", message)
+        [line] = [formatEvent(e) for e in self.events if "then nothing" in formatEvent(e)]
+        self.assertIn("sent 61 bytes of a frame", line)
+
+    def test_a_complete_frame_stops_the_wait(self) -> None:
+        """A frame completed in time: no timer left, the connection stays open."""
+        clock = Clock()
+        proto, transport = server_protocol(clock=clock)
+        data = frame([Q, 1, "ping", []])
+        proto.dataReceived(data[:3])
+        proto.dataReceived(data[3:])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(frames_of(transport.value()), [[R, 1, "pong"]])
