@@ -27,6 +27,7 @@ from .errors import (
     FileBusy,
     FrameTooLarge,
     IndexOutOfRange,
+    LimitExceeded,
     LTtxError,
     MissingDependency,
     NotFound,
@@ -56,7 +57,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "Conflict", "ConnectError",
     "ConnectionLost", "DecodeError", "Encoded", "EncodeError", "FileBusy", "FrameTooLarge",
-    "IndexOutOfRange", "LTtxError", "MissingDependency", "NotFound",
+    "IndexOutOfRange", "LimitExceeded", "LTtxError", "MissingDependency", "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
     "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Client", "Message", "connect",
     "__version__",

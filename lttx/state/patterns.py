@@ -13,7 +13,7 @@ names, each slice sorted, then merges the sorted slices, all as a
 every :data:`TURN` seconds: a scan over a million names lets every other
 client be served between slices.  At most :data:`MAX_KEYS` names come back;
 past that the scan stops early and is refused with
-:class:`~lttx.errors.FrameTooLarge` (``too_large``), asking for a narrower
+:class:`~lttx.errors.LimitExceeded` (``limit``), asking for a narrower
 pattern, so a reply stays well under ``--max-frame``.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Optional
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 
-from ..errors import BadRequest, FrameTooLarge
+from ..errors import BadRequest, LimitExceeded
 
 #: The longest glob pattern ``keys`` takes, in characters.
 MAX_PATTERN = 1024
@@ -69,8 +69,8 @@ def matcher(pattern: Any) -> Optional[Callable[[str], Any]]:
     return None if pattern == "*" else _compiled(pattern)
 
 
-def too_many() -> FrameTooLarge:
-    return FrameTooLarge(f"keys matched more than {MAX_KEYS} names: give a narrower "
+def too_many() -> LimitExceeded:
+    return LimitExceeded(f"keys matched more than {MAX_KEYS} names: give a narrower "
                          f"pattern (docs/limits.md)")
 
 
@@ -78,7 +78,7 @@ def select(names: list[str], pattern: Any) -> list[str]:
     """The sorted names matching ``pattern``, at once (for small name sets).
 
     :raises BadRequest: for a bad pattern.
-    :raises FrameTooLarge: past :data:`MAX_KEYS` names.
+    :raises LimitExceeded: past :data:`MAX_KEYS` names.
     """
     match = matcher(pattern)
     found = names if match is None else list(filter(match, names))
@@ -112,7 +112,7 @@ def scan_names(names: list[str], pattern: Any,
 
     :raises BadRequest: at once, for a bad pattern.
     :return: a Deferred firing with the names, or failing with
-        :class:`~lttx.errors.FrameTooLarge` past :data:`MAX_KEYS`.
+        :class:`~lttx.errors.LimitExceeded` past :data:`MAX_KEYS`.
     """
     match = matcher(pattern)
     result: list[str] = []
