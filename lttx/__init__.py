@@ -27,6 +27,7 @@ from .errors import (
     FileBusy,
     FrameTooLarge,
     IndexOutOfRange,
+    LimitExceeded,
     LTtxError,
     MissedChanges,
     MissingDependency,
@@ -58,7 +59,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AuthError", "BadFileName", "BadRequest", "ChecksumMismatch", "Conflict", "ConnectError",
     "ConnectionLost", "DecodeError", "Encoded", "EncodeError", "FileBusy", "FrameTooLarge",
-    "IndexOutOfRange", "LTtxError", "MissedChanges", "MissingDependency", "NotFound",
+    "IndexOutOfRange", "LimitExceeded", "LTtxError", "MissedChanges", "MissingDependency",
+    "NotFound",
     "PermissionDenied", "ServerError", "SlowSubscriber", "StorageError", "TimeoutError",
     "TLSError", "Unavailable", "WrongTypeError", "AsyncClient", "Change", "Client", "Message",
     "Mirror", "Watch", "connect",

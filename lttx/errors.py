@@ -107,6 +107,14 @@ class FrameTooLarge(LTtxError):
     code = "too_large"
 
 
+class LimitExceeded(BadRequest):
+    """A request past one of the daemon's documented bounds (docs/limits.md):
+    too many channels in one subscribe or on one connection, too many
+    connections; nothing was done."""
+
+    code = "limit"
+
+
 class EncodeError(LTtxError, ValueError):
     """A value cannot be encoded (an unsupported type, an int beyond 64 bits)."""
 

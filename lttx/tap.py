@@ -22,8 +22,21 @@ from .errors import RecoveryError
 from .server.expiry import ExpirySweeper
 from .server.factory import LTtxFactory
 from .server.files import FileService
-from .server.state import DEFAULT_MAX_FRAME, DEFAULT_SUBSCRIBER_BUFFER, ServerState
-from .state.auth import Grant, RolesError, TokenAuthenticator, is_roles_file, parse_roles
+from .server.state import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_HOST,
+    DEFAULT_MAX_FRAME,
+    DEFAULT_SUBSCRIBER_BUFFER,
+    ServerState,
+)
+from .state.auth import (
+    Grant,
+    RolesError,
+    TokenAuthenticator,
+    is_roles_file,
+    parse_channel_passwords,
+    parse_roles,
+)
 from .state.channels import DEFAULT_CHANNEL_HISTORY, DEFAULT_HISTORY_MEMORY, ChannelRegistry
 from .storage.durable import FSYNC_POLICIES, DurableStore
 
@@ -67,6 +80,11 @@ class Options(usage.Options):
          "everysec (fsync once a second) or no (the OS flushes)."],
         ["max-frame", None, str(DEFAULT_MAX_FRAME),
          "Largest accepted frame, in bytes (suffixes KiB, MiB, GiB accepted)."],
+        ["max-connections", None, DEFAULT_MAX_CONNECTIONS,
+         "Open connections at most; past it a new one gets a limit error and is "
+         "closed (0: no bound).", int],
+        ["max-connections-per-host", None, DEFAULT_MAX_CONNECTIONS_PER_HOST,
+         "Open connections from one host (IP address) at most (0: no bound).", int],
         ["max-file-size", None, "0",
          "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
         ["engine", None, "memory",
@@ -143,6 +161,8 @@ class Options(usage.Options):
         if self["token"] and self["token-file"]:
             raise usage.UsageError("give --token or --token-file, not both")
         self["roles"] = read_roles(self["token-file"]) if self["token-file"] else None
+        self["channel-passwords"] = (read_channel_passwords(self["token-file"])
+                                     if self["roles"] is not None else [])
         if self["engine"] not in ENGINES:
             raise usage.UsageError(f"--engine must be one of {', '.join(ENGINES)}")
         if bool(self["redis-sentinel"]) != bool(self["redis-master"]):
@@ -151,6 +171,9 @@ class Options(usage.Options):
             from .engines.redis.engine import redis_address
 
             redis_address(self, dict(os.environ))  # raises UsageError for a bad one
+        for bound in ("max-connections", "max-connections-per-host"):
+            if self[bound] < 0:
+                raise usage.UsageError(f"--{bound} must be 0 (no bound) or more")
         if not 0 <= self["port"] < 65536:
             raise usage.UsageError("--port must be between 0 and 65535")
 
@@ -171,6 +194,19 @@ def read_roles(path: str) -> Optional[list[tuple[str, Grant]]]:
         return None
     try:
         return parse_roles(text, f"--token-file {path}")
+    except RolesError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def read_channel_passwords(path: str) -> list[tuple[str, str]]:
+    """The channel passwords a roles file fixes (its ``"channels"``).
+
+    :raises usage.UsageError: if that part of the file is broken.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        return parse_channel_passwords(text, f"--token-file {path}")
     except RolesError as e:
         raise usage.UsageError(str(e)) from None
 
@@ -281,6 +317,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
         channels = ChannelRegistry(clock=reactor.seconds,  # type: ignore[attr-defined]
                                    **_history_options(options))
         status_sources = {"journal": store}
+    channels.fixed_passwords = options.get("channel-passwords") or ()
     legacy = _legacy_status(options, status_sources)
     files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
                         max_file_size=options["max-file-size"],
@@ -289,6 +326,9 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
                         subscriber_buffer=options["subscriber-buffer"],
                         clock=reactor, files=files,  # type: ignore[arg-type]
                         status_sources=status_sources)
+    state.max_connections = options.get("max-connections", DEFAULT_MAX_CONNECTIONS)
+    state.max_connections_per_host = options.get("max-connections-per-host",
+                                                 DEFAULT_MAX_CONNECTIONS_PER_HOST)
     factory = LTtxFactory(state)
 
     rates = TimerService(1.0, channels.sample)

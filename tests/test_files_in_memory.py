@@ -231,7 +231,7 @@ class UploadTests(SessionTestCase):
         self.assertEqual(self.visible(), [])
         self.assertEqual(self.partials(), ["h.bin"])
         self.assertEqual(self.service.uploading, set())
-        self.assertEqual(self.service.status()["uploads"], 0)
+        self.assertEqual(self.successResultOf(self.service.status())["uploads"], 0)
 
     def test_stop_discards_uploads_in_flight(self) -> None:
         """Stopping the service discards an upload in flight, partial included, and closes."""
@@ -253,7 +253,7 @@ class UploadTests(SessionTestCase):
         self.request(second, 2, "partial", "same")
         self.assertEqual([r[:3] for r in self.sent(transport)],
                          [[codec.ERROR, 1, "busy"], [codec.ERROR, 2, "busy"]])
-        self.assertEqual(self.service.status()["uploads"], 1)
+        self.assertEqual(self.successResultOf(self.service.status())["uploads"], 1)
 
     def test_hostile_names_refused_on_every_command(self) -> None:
         """upload, download, partial and delete refuse each hostile name with bad_file_name."""
@@ -416,7 +416,7 @@ class ListDeleteStatusTests(SessionTestCase):
         self.request(proto, 1, "list")
         [reply] = self.sent(transport)
         self.assertEqual([(f["name"], f["size"]) for f in reply[2]], [("a.csv", 1), ("b.csv", 2)])
-        self.assertEqual(self.factory.state.status()["files"],
+        self.assertEqual(self.successResultOf(self.factory.state.status())["files"],
                          {"files": 2, "bytes": 3, "uploads": 0, "downloads": 0,
                           "partials": 1})
         self.request(proto, 2, "delete", "a.csv")

@@ -73,6 +73,15 @@ class LocalDaemonTests(SynchronousTestCase):
                 back = c.recv_file("report.bin", self.mktemp() + os.sep)
                 self.assertEqual(back["md5"], sent["md5"])
 
+    def test_large_keys_scans_run_in_the_daemons_own_reactor(self) -> None:
+        """keys over more names than one slice is answered (its slices run in the
+        daemon's reactor thread, not in the global reactor, which is not running)."""
+        with LocalDaemon() as daemon:
+            for i in range(5000):
+                daemon.state.store.restore(f"n{i:04d}", i, 1, None)
+            with daemon.connect() as c:
+                self.assertEqual(c.keys("n1*"), [f"n{i}" for i in range(1000, 2000)])
+
     def test_wrong_token(self) -> None:
         """lttx.connect with a wrong token raises AuthError."""
         with LocalDaemon() as daemon:

@@ -18,10 +18,16 @@ from typing import Any, Callable, Optional, Protocol
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from ..errors import BadRequest
+from ..errors import BadRequest, LimitExceeded
 from ..state.auth import Grant, authorize
 from ..state.store import MISSING
-from ..wire.limits import MAX_NESTING, check_nesting
+from ..wire.limits import (
+    MAX_CHANNELS_PER_CONNECTION,
+    MAX_NESTING,
+    check_channel_count,
+    check_nesting,
+    name_list,
+)
 from ..wire.names import split_channels
 from .dispatch import command
 from .reader import ChannelReader
@@ -65,7 +71,8 @@ class Commands:
 
     @command(1, 3)
     def cmd_subscribe(self, channels: Any, password: Any = None, options: Any = None) -> Any:
-        names = split_channels(channels)
+        names = split_channels(check_channel_count(channels))
+        self._check_held(names)
         if options is None:
             options = {}
         if not isinstance(options, dict):
@@ -73,6 +80,10 @@ class Commands:
         unknown = set(options) - _SUBSCRIBE_OPTIONS
         if unknown:
             raise BadRequest(f"unknown subscribe options: {', '.join(sorted(map(str, unknown)))}")
+        for flag in ("conflate", "last_values"):
+            if options.get(flag) is not None and type(options[flag]) is not bool:
+                raise BadRequest(f"subscribe option {flag} must be true or false, "
+                                 f"not {type(options[flag]).__name__}")
         conflate = bool(options.get("conflate", False))
         if options.get("history") is not None and options.get("since") is not None:
             raise BadRequest("subscribe takes history or since, not both")
@@ -83,24 +94,43 @@ class Commands:
         result = self.state.channels.subscribe(
             reader, names, password, conflate, history=options.get("history"),
             since=options.get("since"), epoch=options.get("epoch"),
-            last_values=bool(options.get("last_values", False)), resume=options.get("resume"))
+            last_values=bool(options.get("last_values", False)), resume=options.get("resume"),
+            exempt=self._password_exempt())
         extra = [k for k in ("conflate", "history", "since", "last_values", "resume")
                  if options.get(k)]
         self.log.info("{peer} subscribed to {channels}{options}", peer=self.connection.peer,
-                      channels=", ".join(names),
+                      channels=name_list(names),
                       options=f" ({', '.join(extra)})" if extra else "")
         return result
 
+    def _password_exempt(self) -> Optional[Callable[[str], bool]]:
+        """With a roles file, a token with ``all`` or a right naming the channel
+        is not held to a password another token set (README, "Tokens with roles")."""
+        if not self.state.auth.named_tokens:
+            return None
+        grant = self.connection.grant
+        return lambda name: grant.unlimited or grant.names_exactly("subscribe", name)
+
+    def _check_held(self, names: list[str]) -> None:
+        """Refuse a subscribe that would take the connection past its channel bound."""
+        reader = self.connection.reader
+        held = reader.positions if reader is not None else {}
+        total = len(held) + sum(1 for name in names if name not in held)
+        if total > MAX_CHANNELS_PER_CONNECTION:
+            raise LimitExceeded(f"a connection may be subscribed to at most "
+                                f"{MAX_CHANNELS_PER_CONNECTION} channels; this subscribe "
+                                f"would make {total} (docs/limits.md)")
+
     @command(1)
     def cmd_unsubscribe(self, channels: Any) -> Any:
-        names = split_channels(channels)
+        names = split_channels(check_channel_count(channels))
         reader = self.connection.reader
         if reader is None:
             return []
         left = self.state.channels.unsubscribe(reader, names)
         if left:
             self.log.info("{peer} unsubscribed from {channels}", peer=self.connection.peer,
-                          channels=", ".join(left))
+                          channels=name_list(left))
         return left
 
     @command(3)

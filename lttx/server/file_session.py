@@ -276,10 +276,12 @@ class FileSession:
     # -- list and delete -----------------------------------------------------
 
     @command(0)
-    def cmd_list(self) -> list[dict[str, Any]]:
+    def cmd_list(self) -> "Deferred[list[dict[str, Any]]]":
         grant = self.grant
-        # A token sees only the files it may download.
-        return [f for f in self.service.list() if grant.allows("download", f["name"])]
+        # A token sees only the files it may download; the folder is scanned
+        # in the I/O thread.
+        return self.service.listing().addCallback(
+            lambda files: [f for f in files if grant.allows("download", f["name"])])
 
     @command(1)
     def cmd_delete(self, name: Any) -> bool:

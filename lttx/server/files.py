@@ -163,6 +163,11 @@ class FileService(Service):
                               "mtime": info.st_mtime})
         return sorted(found, key=lambda f: f["name"])
 
+    def listing(self) -> "Deferred[list[dict[str, Any]]]":
+        """:meth:`list`, run in the I/O thread: a folder of 100,000 files takes
+        ~0.5 s to scan, which must not stop the reactor (and every client)."""
+        return self.run_in_thread(self.list)
+
     def delete(self, name: object) -> bool:
         """Delete a stored file; whether it existed."""
         path = self.path_of(name)
@@ -174,13 +179,17 @@ class FileService(Service):
             return False
         return True
 
-    def status(self) -> dict[str, Any]:
-        """What ``lttx status`` shows of the files."""
-        files = self.list()
-        return {
-            "files": len(files),
-            "bytes": sum(f["size"] for f in files),
+    def status(self) -> "Deferred[dict[str, Any]]":
+        """What ``lttx status`` shows of the files; the folders are scanned in
+        the I/O thread, the transfers counted now."""
+        transfers = {
             "uploads": sum(1 for s in self.sessions if s.upload is not None),
             "downloads": sum(1 for s in self.sessions if s.download is not None),
-            "partials": len(os.listdir(self.partial_directory)),
         }
+
+        def on_disk() -> dict[str, Any]:
+            files = self.list()
+            return {"files": len(files), "bytes": sum(f["size"] for f in files),
+                    **transfers, "partials": len(os.listdir(self.partial_directory))}
+
+        return self.run_in_thread(on_disk)

@@ -26,7 +26,14 @@ from zope.interface import implementer
 
 from .._version import PROTOCOL_VERSION, __version__
 from ..diskio import read_size
-from ..errors import AuthError, BadRequest, FrameTooLarge, LTtxError
+from ..errors import (
+    AuthError,
+    BadRequest,
+    FrameTooLarge,
+    LimitExceeded,
+    LTtxError,
+    TimeoutError,
+)
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
 from ..wire.excerpt import excerpt
@@ -46,6 +53,8 @@ HELLO_MAX_FRAME = 64 * 1024
 
 #: Seconds a connection has to authenticate before it is closed.
 HELLO_TIMEOUT = 10.0
+#: Seconds a connection may stop in the middle of a frame before it is closed.
+FRAME_TIMEOUT = 30.0
 
 
 @implementer(IFileConnection)
@@ -68,6 +77,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self._decoder = FrameDecoder(min(HELLO_MAX_FRAME, state.max_frame))
         self.paused = False  # set_reading(False): requests wait in the decoder
         self._hello_timer: Any = None
+        self._frame_timer: Any = None  # runs while a frame is incomplete
         self.authenticated = False
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
@@ -99,11 +109,16 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._fatal(None, AuthError(
                 "the daemon runs without a token and serves loopback clients only"))
             return
+        full = self.state.admit(self._host)
+        if full is not None:
+            self._log_refusal("refused {peer}: {why}", why=full)
+            self._fatal(None, LimitExceeded(f"connection refused: {full}"))
+            return
         _tune_tcp(self.transport)
         if self.state.clock is not None:
             self.since = self.state.clock.seconds()
             self._hello_timer = self.state.clock.callLater(HELLO_TIMEOUT, self._hello_late)
-        self.state.connection_made(self)
+        self.state.connection_made(self, self._host)
 
     def _log_refusal(self, text: str, **fields: Any) -> None:
         """A warning about a refused or failed connection attempt, logged for the
@@ -126,6 +141,9 @@ class LTtxServerProtocol(Int32StringReceiver):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+        if self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
         if self._held_hello is not None:
             self._held_hello.cancel()
             self._held_hello = None
@@ -165,6 +183,7 @@ class LTtxServerProtocol(Int32StringReceiver):
                 if frame is None:
                     if self.file_session is None:
                         read_size(self.transport, decoder.collecting)
+                    self._watch_partial(decoder.buffered > 0, bool(data))
                     return
                 self.stringReceived(frame)
         finally:
@@ -175,6 +194,29 @@ class LTtxServerProtocol(Int32StringReceiver):
             # The replies of this chunk leave now, not a reactor turn later.
             send_now(self.transport)
 
+    def _watch_partial(self, partial: bool, progress: bool) -> None:
+        """Close a connection that stops in the middle of a frame for
+        :data:`FRAME_TIMEOUT` seconds (what it sent is held meanwhile)."""
+        clock = self.state.clock
+        if clock is None:
+            return
+        if not partial:
+            if self._frame_timer is not None:
+                self._frame_timer.cancel()
+                self._frame_timer = None
+        elif self._frame_timer is None:
+            self._frame_timer = clock.callLater(FRAME_TIMEOUT, self._frame_stalled)
+        elif progress:
+            self._frame_timer.reset(FRAME_TIMEOUT)
+
+    def _frame_stalled(self) -> None:
+        self._frame_timer = None
+        held = self._decoder.buffered
+        self._log_refusal("{peer} sent {held} bytes of a frame, then nothing for {seconds} s; "
+                          "closed", held=held, seconds=FRAME_TIMEOUT)
+        self._fatal(None, TimeoutError(
+            f"no progress within a frame for {FRAME_TIMEOUT:g} seconds (docs/limits.md)"))
+
     def set_reading(self, reading: bool) -> None:
         """
         Stop or resume serving this connection's requests: stopped while the
@@ -184,6 +226,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         resumption.
         """
         self.paused = not reading
+        if not reading and self._frame_timer is not None:
+            # The daemon stopped reading: a frame cut short now is not the peer's delay.
+            self._frame_timer.cancel()
+            self._frame_timer = None
         set_reading(self.transport, reading)
         if reading and not self.transport.disconnecting:
             self.dataReceived(b"")

@@ -32,6 +32,10 @@ DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 #: log, with no queue of its own), accepted so that existing unit files start.
 DEFAULT_SUBSCRIBER_BUFFER = 16 * 1024 * 1024
 
+#: ``--max-connections`` and ``--max-connections-per-host`` (docs/limits.md).
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_CONNECTIONS_PER_HOST = 2_000
+
 #: The keys of :meth:`ServerState.status` that no status source may take.
 _OWN_STATUS = frozenset({"version", "uptime", "connections", "variables", "hellos"})
 
@@ -75,6 +79,9 @@ class ServerState:
         status_sources: Optional[Mapping[str, StatusSource]] = None,
     ) -> None:
         self.store = store
+        schedule_scans = getattr(store, "schedule_scans_on", None)
+        if clock is not None and schedule_scans is not None:
+            schedule_scans(clock)  # large keys scans run in slices in this reactor
         self.auth = auth
         self.max_frame = max_frame
         self.channels = channels if channels is not None else ChannelRegistry()
@@ -82,6 +89,8 @@ class ServerState:
         self.clock = clock
         self.files = files
         self.connections: set[Connection] = set()
+        self._per_host: dict[str, int] = {}  # open connections of each host
+        self._host_of: dict[Connection, str] = {}
         self.started = None if clock is None else clock.seconds()
         now = clock.seconds if clock is not None else time.monotonic
         #: Slows down the hellos of hosts that keep sending wrong tokens.
@@ -102,12 +111,38 @@ class ServerState:
         if clash:
             raise ValueError(f"status source names clash with the daemon's own: {sorted(clash)}")
 
-    def connection_made(self, connection: Connection) -> None:
+    #: ``--max-connections``: open connections at most (0: no bound).
+    max_connections = DEFAULT_MAX_CONNECTIONS
+    #: ``--max-connections-per-host``: open connections from one host at most.
+    max_connections_per_host = DEFAULT_MAX_CONNECTIONS_PER_HOST
+
+    def admit(self, host: str) -> Optional[str]:
+        """Why a new connection from ``host`` is refused (None: it is not)."""
+        if self.max_connections and len(self.connections) >= self.max_connections:
+            return (f"the daemon has {len(self.connections)} connections, its limit "
+                    f"(--max-connections)")
+        if (self.max_connections_per_host
+                and self._per_host.get(host, 0) >= self.max_connections_per_host):
+            return (f"{self._per_host[host]} connections are open from this host, the limit "
+                    f"(--max-connections-per-host)")
+        return None
+
+    def connection_made(self, connection: Connection, host: Optional[str] = None) -> None:
         """A connection was accepted (a refused peer is never added)."""
         self.connections.add(connection)
+        if host is not None:
+            self._per_host[host] = self._per_host.get(host, 0) + 1
+            self._host_of[connection] = host
 
     def connection_lost(self, connection: Connection) -> None:
         """A connection closed."""
+        host = self._host_of.pop(connection, None)
+        if host is not None:
+            left = self._per_host[host] - 1
+            if left:
+                self._per_host[host] = left
+            else:
+                del self._per_host[host]
         if connection in self.connections:
             self.connections.remove(connection)
             if connection.authenticated:

@@ -114,6 +114,12 @@ class Grant:
             return "*" in patterns
         return any(fnmatch.fnmatchcase(resource, pattern) for pattern in patterns)
 
+    def names_exactly(self, action: str, resource: str) -> bool:
+        """Whether a right names ``resource`` itself (``subscribe:hq_ticks``), not
+        through a pattern with ``*``, ``?`` or ``[``."""
+        return (resource in self.patterns.get(action, ())
+                and not any(c in resource for c in "*?["))
+
     def rights(self) -> list[str]:
         """The rights as written in a roles file, ``ACTION:PATTERN`` each."""
         return [f"{action}:{pattern}" for action in ACTIONS
@@ -281,6 +287,40 @@ def parse_roles(text: str, source: str = "roles file") -> list[tuple[str, Grant]
         parsed = Grant.parse(f"{where} ({name})", rights)
         roles.append((token, Grant(name, parsed.patterns)))
     return roles
+
+
+def parse_channel_passwords(text: str, source: str = "roles file") -> list[tuple[str, str]]:
+    """
+    The channel passwords a roles file fixes up front, ``(pattern, password)``
+    in the file's order (the first matching pattern wins)::
+
+        {"tokens": [...],
+         "channels": {"hq_ticks": {"password": "..."}, "cb_*": {"password": "..."}}}
+
+    A channel matching one has that password whoever subscribes first; no
+    subscriber can set another.
+
+    :raises RolesError: naming ``source`` and the entry at fault.
+    """
+    try:
+        document = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as e:
+        raise RolesError(f"{source} is not valid JSON: {e}") from None
+    channels = document.get("channels", {}) if isinstance(document, dict) else {}
+    if not isinstance(channels, dict):
+        raise RolesError(f'{source}: "channels" must be an object of pattern: {{"password"}}')
+    fixed = []
+    for pattern, entry in channels.items():
+        where = f"{source}, channels {pattern!r}"
+        if not pattern:
+            raise RolesError(f"{where}: empty pattern")
+        if not isinstance(entry, dict) or set(entry) != {"password"}:
+            raise RolesError(f'{where}: must be an object with only "password"')
+        password = entry["password"]
+        if not isinstance(password, str) or not password:
+            raise RolesError(f"{where}: password must be a non-empty string")
+        fixed.append((pattern, password))
+    return fixed
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

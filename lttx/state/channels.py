@@ -22,9 +22,11 @@ over many messages.
 
 from __future__ import annotations
 
+import fnmatch
+import heapq
 import hmac
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import msgpack
 from twisted.logger import Logger
@@ -59,6 +61,10 @@ class ISubscriber(Interface):
     def wake() -> None:
         """A log this subscriber reads has grown (or it subscribed): write
         what it has not read yet, as far as its transport takes it."""
+
+
+#: The most channels ``status`` lists (the busiest); the others are counted.
+STATUS_CHANNELS = 100
 
 
 class ChannelRegistry:
@@ -104,7 +110,19 @@ class ChannelRegistry:
         #: The variables' change log (watch and mirror), apart from the channels.
         self.changes = ChangeLog(history_bytes)
 
+    #: ``(glob pattern, password)`` pairs a roles file fixes
+    #: (:func:`lttx.state.auth.parse_channel_passwords`): a matching channel
+    #: has that password, whoever subscribes first.
+    fixed_passwords: Sequence[tuple[str, str]] = ()
+
     # -- channels -----------------------------------------------------------
+
+    def fixed_password(self, name: str) -> Optional[str]:
+        """The password the roles file fixes for channel ``name``, if any."""
+        for pattern, password in self.fixed_passwords:
+            if fnmatch.fnmatchcase(name, pattern):
+                return password
+        return None
 
     def _make(self, name: str, password: Optional[str]) -> ChannelLog:
         log = self._channels[name] = ChannelLog(name, password, self.history_bytes,
@@ -125,7 +143,8 @@ class ChannelRegistry:
                   password: Optional[str] = None, conflate: bool = False, *,
                   history: Optional[int] = None, since: Optional[int] = None,
                   epoch: Optional[int] = None, last_values: bool = False,
-                  resume: Optional[Mapping[str, Any]] = None) -> dict[str, dict[str, int]]:
+                  resume: Optional[Mapping[str, Any]] = None,
+                  exempt: Optional[Callable[[str], bool]] = None) -> dict[str, dict[str, int]]:
         """
         Subscribe to several channels at once (all or none).
 
@@ -140,6 +159,12 @@ class ChannelRegistry:
         ``resume``, ``{channel: [epoch, S]}``, the same per channel (a
         reconnecting client's); else the next message.  ``last_values``
         first sends the newest message of each key before that point.
+
+        ``exempt(name)``: whether this subscriber needs no password for
+        channel ``name`` (with a roles file, a token with ``all`` or a right
+        naming the channel: a password another token set cannot lock it out).
+        A channel whose password the roles file fixes (:attr:`fixed_passwords`)
+        has that one, whatever its first subscriber gives.
 
         :return: per channel ``{"epoch", "first", "next", "from"}``: its
             epoch, oldest retained seq, the seq its next message gets, and
@@ -157,19 +182,27 @@ class ChannelRegistry:
                 raise BadRequest(f"subscribe option {what} must be a non-negative int")
         if resume is not None and not isinstance(resume, Mapping):
             raise BadRequest("subscribe option resume must be a map")
+        fixed = {name: self.fixed_password(name) for name in names} if self.fixed_passwords \
+            else {}
         for name in names:
+            if exempt is not None and exempt(name):
+                continue
             existing = self._channels.get(name)
-            if (existing is not None and (existing.readers or existing.password is not None)
+            if fixed.get(name) is not None:
+                if not _same_password(fixed[name], password):
+                    raise AuthError(f"wrong password for channel {name!r}")
+            elif (existing is not None and (existing.readers or existing.password is not None)
                     and not _same_password(existing.password, password)):
                 raise AuthError(f"wrong password for channel {name!r}")
         self._subscribers.add(subscriber)
         result = {}
         for name in names:
             log = self._channels.get(name)
+            own = fixed.get(name) or password
             if log is None:
-                log = self._make(name, password)
+                log = self._make(name, own)
             elif not log.readers and log.password is None:
-                log.password = password  # made by a message: its first subscriber sets it
+                log.password = own  # made by a message: its first subscriber sets it
             chan_since, chan_epoch = since, epoch
             if resume is not None and name in resume:
                 chan_epoch, chan_since = _resume_point(resume[name])
@@ -391,8 +424,15 @@ class ChannelRegistry:
 
     def status(self) -> dict[str, Any]:
         """What ``lttx status`` shows of the channels (computed now)."""
+        if len(self._channels) <= STATUS_CHANNELS:
+            shown = sorted(self._channels.items())
+        else:
+            # The busiest (by rate, then retained bytes); the rest only counted.
+            shown = sorted(heapq.nlargest(STATUS_CHANNELS, self._channels.items(),
+                                          key=lambda item: (item[1].rate, item[1].bytes)))
         return {
-            "channels": {name: log.status() for name, log in sorted(self._channels.items())},
+            "channels": {name: log.status() for name, log in shown},
+            "channel_count": len(self._channels),
             "subscribers": len(self._subscribers),
             "published": self.published,
             "delivered": self.delivered,

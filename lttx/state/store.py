@@ -28,16 +28,17 @@ Every applied change is reported to the store's ``observer`` (if any) as a
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import math
 import time
 from typing import Any, Callable, Iterator, NamedTuple, Optional
 
+from twisted.internet.task import Cooperator
 from zope.interface import Interface, implementer
 
 from ..errors import BadRequest, Conflict, IndexOutOfRange, NotFound, WrongTypeError
 from ..wire.names import check_variable_name
+from .patterns import SLICE, check_pattern, cooperator_on, scan_names, select
 
 #: Marks "no such variable / key" in results where None is a legitimate value.
 MISSING: Any = type("Missing", (), {"__repr__": lambda self: "MISSING"})()
@@ -98,8 +99,10 @@ class IVariableStore(Interface):
     def exists(name: str) -> bool:
         """Whether ``name`` exists."""
 
-    def keys(pattern: str) -> list[str]:
-        """The sorted names matching a glob ``pattern`` (``*``, ``?``, ``[...]``)."""
+    def keys(pattern: str) -> Any:
+        """The sorted names matching a glob ``pattern`` (``*``, ``?``, ``[...]``),
+        or a Deferred of them; bounded as :mod:`lttx.state.patterns` says
+        (pattern length, names per reply)."""
 
     def dict_change(name: str, key: Any, value: Any, if_revision: Optional[int] = None) -> None:
         """``d[key] = value`` on the dict ``name``, created if absent (every
@@ -135,10 +138,16 @@ def strict_equal(a: Any, b: Any) -> bool:
     if isinstance(a, list):
         return len(a) == len(b) and all(map(strict_equal, a, b))
     if isinstance(a, dict):
-        return a.keys() == b.keys() and all(strict_equal(v, b[k]) for k, v in a.items())
+        # The keys' types too: ``{1: x}`` and ``{1.0: x}`` have equal keys in Python.
+        return (a.keys() == b.keys() and _typed_keys(a) == _typed_keys(b)
+                and all(strict_equal(v, b[k]) for k, v in a.items()))
     if isinstance(a, float) and a != a:
         return b != b  # NaN is equal to NaN here, so a NaN can be removed
     return bool(a == b)
+
+
+def _typed_keys(d: dict[Any, Any]) -> set[tuple[type, Any]]:
+    return {(type(k), k) for k in d}
 
 
 def check_index(index: Any) -> int:
@@ -233,6 +242,12 @@ class MemoryStore:
         self._deadlines: dict[str, float] = {}
         # (deadline, name), with stale entries left in until they are due.
         self._heap: list[tuple[float, str]] = []
+        # Runs the steps of a large keys scan (None: the global reactor).
+        self._scans: Optional[Cooperator] = None
+
+    def schedule_scans_on(self, clock: Any) -> None:
+        """Run the slices of large ``keys`` scans in ``clock``'s reactor."""
+        self._scans = cooperator_on(clock)
 
     def __len__(self) -> int:
         return len(self._values)
@@ -417,14 +432,16 @@ class MemoryStore:
             self._live(check_variable_name(name))
         return check_variable_name(name) in self._values
 
-    def keys(self, pattern: str = "*") -> list[str]:
-        if not isinstance(pattern, str):
-            raise BadRequest("a key pattern must be a string")
+    def keys(self, pattern: str = "*") -> Any:
+        """The sorted names matching ``pattern``: a list for a store of at most
+        :data:`~lttx.state.patterns.SLICE` names, else a Deferred computed in
+        slices (:mod:`lttx.state.patterns`)."""
+        check_pattern(pattern)
         if self._deadlines:
             self.sweep(len(self._heap))
-        if pattern == "*":
-            return sorted(self._values)
-        return sorted(n for n in self._values if fnmatch.fnmatchcase(n, pattern))
+        if len(self._values) <= SLICE:
+            return select(list(self._values), pattern)
+        return scan_names(list(self._values), pattern, self._scans)
 
     def incr(self, name: str, by: Any = 1) -> Any:
         current = self.get(name)

@@ -271,8 +271,12 @@ class DurableStore(JournalledWrites, Service):
     def exists(self, name: str) -> bool:
         return self._memory.exists(name)
 
-    def keys(self, pattern: str = "*") -> list[str]:
+    def keys(self, pattern: str = "*") -> Any:
         return self._memory.keys(pattern)
+
+    def schedule_scans_on(self, clock: Any) -> None:
+        """Run the slices of large ``keys`` scans in ``clock``'s reactor."""
+        self._memory.schedule_scans_on(clock)
 
     def get_dict_value(self, name: str, key: Any) -> Any:
         return self._memory.get_dict_value(name, key)

@@ -12,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from lttx.diskio import run_inline
 from lttx.wire import codec
 from lttx.engines.redis.resp import RedisAddress, RedisClient, RedisProtocol, encode_command
 from lttx.engines.redis.channels import SharedChannelRegistry
@@ -60,9 +61,10 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(options, MemoryReactorClock())
         state = listeners(service)[0].factory.state
         os.makedirs(state.files.partial_directory)  # the file service's start makes it
+        state.files.run_in_thread = run_inline  # a MemoryReactorClock has no thread pool
         self.assertIsInstance(state.store, RedisStore)
         self.assertIsInstance(state.channels, SharedChannelRegistry)
-        status = state.status()
+        status = self.successResultOf(state.status())
         self.assertEqual(status["engine"]["engine"], "redis")
         self.assertEqual(status["engine"]["address"], "redis://127.0.0.1:6390/0")
         self.assertEqual(status["engine"]["role"], "disconnected")
@@ -76,8 +78,10 @@ class OptionsTests(SynchronousTestCase):
         service = makeService(parse("--data-dir", self.mktemp()), MemoryReactorClock())
         state = listeners(service)[0].factory.state
         os.makedirs(state.files.partial_directory)
-        self.assertNotIn("engine", state.status())
-        self.assertIn("journal_bytes", state.status()["journal"])
+        state.files.run_in_thread = run_inline  # a MemoryReactorClock has no thread pool
+        status = self.successResultOf(state.status())
+        self.assertNotIn("engine", status)
+        self.assertIn("journal_bytes", status["journal"])
 
 
 def connected_client(pubsub: bool) -> tuple[RedisClient, StringTransport]:

@@ -48,6 +48,9 @@ class ItemEncodingTests(TestCase):
         self.assertEqual(compare_form(a), compare_form(b))
         self.assertNotEqual(compare_form(1), compare_form(1.0))
         self.assertNotEqual(compare_form(1), compare_form(True))
+        # Strict equality reaches dict keys (issue 19, finding 13).
+        self.assertFalse(strict_equal({1: "a"}, {1.0: "a"}))
+        self.assertNotEqual(compare_form({1: "a"}), compare_form({1.0: "a"}))
         self.assertEqual(compare_form(float("nan")), compare_form(-float("nan")))
         stored = encode_item(b)
         self.assertEqual(stored[0], 0xC1)

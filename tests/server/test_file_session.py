@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -172,3 +173,36 @@ class FileRightsTests(FileSessionTestCase):
                 ("download", ["../x", 0, None])], 1):
             [reply] = self.request(proto, transport, request_id, command, *args)
             self.assertEqual(reply[:3], [E, request_id, "bad_file_name"], command)
+
+
+class ScansOffTheReactorTests(FileSessionTestCase):
+    """Issue 19, finding 3: list and status scan the folder in the I/O thread."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.waiting: list[tuple[Any, Deferred[Any]]] = []
+
+        def later(f: Any, *args: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            self.waiting.append((lambda: f(*args), d))
+            return d
+        self.service.run_in_thread = later
+
+    def run_waiting(self) -> None:
+        while self.waiting:
+            f, d = self.waiting.pop(0)
+            d.callback(f())
+
+    def test_list_and_status_wait_for_the_io_thread(self) -> None:
+        """Neither list nor status answers before the scan handed to the I/O
+        thread has run: the reactor never scans the folder itself."""
+        proto, transport = self.connect()
+        self.assertEqual(self.request(proto, transport, 1, "list"), [])
+        self.assertEqual(len(self.waiting), 1)
+        self.run_waiting()
+        [[kind, _, files]] = frames_of(transport.value())
+        self.assertEqual((kind, [f["name"] for f in files]), (R, ["report_1.csv", "secret.csv"]))
+        status = self.factory.state.status()
+        self.assertIsInstance(status, Deferred)
+        self.run_waiting()
+        self.assertEqual(self.successResultOf(status)["files"]["files"], 2)

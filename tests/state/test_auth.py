@@ -26,6 +26,7 @@ from lttx.state.auth import (
     RolesError,
     Right,
     TokenAuthenticator,
+    parse_channel_passwords,
     parse_roles,
 )
 from lttx.errors import PermissionDenied
@@ -125,6 +126,20 @@ class RolesFileTests(SynchronousTestCase):
         self.assertTrue(roles["admin"].unlimited)
         self.assertEqual(roles["prometheus"].rights(), ["monitor:*"])
         self.assertEqual(roles["md-feed"].rights(), ["read:cfg_*", "publish:hq_*"])
+        self.assertEqual(parse_channel_passwords(EXAMPLE.read_text(encoding="utf-8")),
+                         [("hq_ticks", "CHANGE-ME-channel-5e8a21")])
+
+    def test_channel_password_errors(self) -> None:
+        """A broken "channels" object is refused, naming the entry."""
+        for channels, text in (([], '"channels" must be an object'),
+                               ({"a": "pw"}, 'channels \'a\': must be an object with only'),
+                               ({"a": {"password": ""}}, "password must be a non-empty"),
+                               ({"a": {"password": "x", "extra": 1}}, "with only")):
+            document = json.dumps({"tokens": [], "channels": channels})
+            with self.assertRaises(RolesError) as caught:
+                parse_channel_passwords(document, "roles.json")
+            self.assertIn(text, str(caught.exception))
+        self.assertEqual(parse_channel_passwords('{"tokens": []}'), [])
 
     def test_errors_name_the_entry(self) -> None:
         """Each mistake is refused with the source and the entry at fault."""

@@ -37,7 +37,7 @@ names = st.sampled_from(["a", "b", "c", "pos", "orders"])
 # Items that are == in Python but different on the wire, so that list_remove's
 # strict equality is exercised, not just random values that never collide.
 items = st.sampled_from([0, 1, 1.0, True, False, "1", b"1", None, [1], [True], {"a": 1},
-                         {"a": 1.0}, Encoded("numpy.ndarray", b"1"),
+                         {"a": 1.0}, {1: "a"}, {1.0: "a"}, Encoded("numpy.ndarray", b"1"),
                          Encoded("pandas.Series", b"1")]) | values
 indexes = st.integers(-4, 4)
 picks = st.integers(0, 6)
@@ -321,6 +321,16 @@ class StoreTests(SynchronousTestCase):
         self.assertFalse(strict_equal([1], [True]))
         self.assertTrue(strict_equal({"a": 1, "b": [2]}, {"b": [2], "a": 1}))
         self.assertTrue(strict_equal(float("nan"), float("nan")))
+
+    def test_strict_equality_reaches_dict_keys(self) -> None:
+        """list_remove of {1.0: 'a'} does not remove {1: 'a'} (issue 19, finding 13)."""
+        self.assertFalse(strict_equal({1: "a"}, {1.0: "a"}))
+        self.assertFalse(strict_equal({"x": {1: "a"}}, {"x": {1.0: "a"}}))
+        store = MemoryStore()
+        store.list_append("l", {1: "a"})
+        self.assertFalse(store.list_remove("l", {1.0: "a"}))
+        self.assertEqual(store.get("l"), [{1: "a"}])
+        self.assertTrue(store.list_remove("l", {1: "a"}))
 
     def test_every_change_is_reported_with_its_revision(self) -> None:
         """The observer sees (name, op, args after the name, revision) of each

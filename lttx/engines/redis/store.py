@@ -29,15 +29,16 @@ items are :func:`lttx.store.strict_equal` exactly when their canonical
 encodings, with every ``-0.0`` read as ``0.0``, are equal.  An item holding a
 ``-0.0`` is stored as ``0xC1 len(C) C S`` (0xC1 is never used by MessagePack):
 C, the comparison form, then S, the item itself, so the sign of zero survives
-and the Lua script compares C.  (Not covered: dicts whose keys are ``1`` in one
-and ``True`` or ``1.0`` in the other, which Python's ``==`` mixes up.)
+and the Lua script compares C.  Dicts whose keys are ``1`` in one and ``1.0``
+in the other differ here as in :func:`~lttx.state.store.strict_equal` (their
+keys encode differently); bool keys are refused before a value is kept
+(:func:`lttx.wire.limits.check_nesting`).
 
 A dict read back whole comes in Redis's hash order, not insertion order.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import time
 from typing import Any, Callable
@@ -60,6 +61,7 @@ from ...state.store import (
     check_seconds,
     check_ttl,
 )
+from ...state.patterns import MAX_KEYS, check_pattern, select, too_many
 from ...wire import codec
 from ...wire.names import check_variable_name
 from .resp import RedisClient, RedisError, Script
@@ -253,8 +255,7 @@ class RedisStore:
 
     @defer.inlineCallbacks
     def _scan(self, pattern: str) -> Any:
-        if not isinstance(pattern, str):
-            raise BadRequest("a key pattern must be a string")
+        check_pattern(pattern)
         # Redis's MATCH and fnmatch agree on * and ?; brackets and escapes
         # differ ([!a] vs [^a]), so those are filtered here only.
         match = [] if "[" in pattern or "\\" in pattern else ["MATCH", pattern]
@@ -264,12 +265,14 @@ class RedisStore:
             cursor, found = yield self.client.execute(
                 "HSCAN", self._types, cursor, *match, "COUNT", 1000)
             names.extend(found[i].decode("utf-8") for i in range(0, len(found), 2))
+            if len(names) > MAX_KEYS and match:
+                raise too_many()
             if cursor == b"0":
                 break
         # Expired but not yet swept: gone for keys too.
         due = yield self.client.execute("ZRANGEBYSCORE", self._keys[3], "-inf", self._now())
         expired = {n.decode("utf-8") for n in due}
-        return sorted(n for n in set(names) - expired if fnmatch.fnmatchcase(n, pattern))
+        return select(list(set(names) - expired), pattern)
 
     def dict_change(self, name: str, key: Any, value: Any,
                     if_revision: Any = None) -> Any:  # a Deferred

@@ -30,6 +30,7 @@ from ...state.auth import authorize
 from ...wire import codec
 from ...wire.frames import MESSAGE_HEAD, PREFIX
 from ...wire.legacy import HEARTBEAT_FRAME, message_body, old_frame
+from ...wire.limits import check_channel_count, name_list
 from ...wire.names import split_channels
 from ..reader import ChannelReader
 from .handshake import LegacyProtocol, Mode
@@ -90,7 +91,7 @@ class PushMode(Mode):
         who, pwd = handshake.get("who"), handshake.get("pwd")
         if pwd is not None and not isinstance(pwd, str):
             raise BadRequest("pwd must be a string")
-        names = split_channels(who)
+        names = split_channels(check_channel_count(who))
         for name in names:
             authorize(connection.grant, "subscribe", name)
         reader = LegacyReader(transport, state.channels, reading=lambda on: None,
@@ -103,7 +104,7 @@ class PushMode(Mode):
             raise AuthError(f"wrong password for channel {'@'.join(names)[:80]!r}") from None
         self.names = names
         self.log.info("{peer} subscribed to {channels} (legacy push_mode)",
-                      peer=connection.peer, channels=", ".join(names))
+                      peer=connection.peer, channels=name_list(names))
         connection.send_handshake_reply(
             {"code": 0, "msg": f"subscribed to {'@'.join(names)}"})
         self._timer: Any = None
