@@ -16,9 +16,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.diskio import run_inline
@@ -31,7 +29,8 @@ from lttx.state.store import MemoryStore
 from lttx.wire import codec
 from lttx.wire.names import check_file_name, printable
 
-from ..common import TOKEN, frame, frames_of
+from ..common import TOKEN, frame
+from .test_file_session import FileConnectionMixin
 
 R, E = codec.REPLY, codec.ERROR
 
@@ -74,7 +73,7 @@ class NameRuleTests(SynchronousTestCase):
                             repr(shown))
 
 
-class FileFolderTestCase(SynchronousTestCase):
+class FileFolderTestCase(FileConnectionMixin, SynchronousTestCase):
     def setUp(self) -> None:
         self.directory = os.path.realpath(self.mktemp())
         self.outside = os.path.realpath(self.mktemp())
@@ -84,22 +83,6 @@ class FileFolderTestCase(SynchronousTestCase):
         self.service.startService()
         self.factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN),
                                                files=self.service, clock=self.clock))
-
-    def connect(self) -> tuple[Any, StringTransport]:
-        peer = IPv4Address("TCP", "127.0.0.1", 40000)
-        proto = self.factory.buildProtocol(peer)
-        transport = StringTransport(peerAddress=peer)
-        proto.makeConnection(transport)
-        proto.dataReceived(frame([codec.REQUEST, 0, "hello", [TOKEN, {"mode": "file"}]]))
-        self.assertEqual(frames_of(transport.value())[0][:2], [R, 0])
-        transport.clear()
-        return proto, transport
-
-    def request(self, proto: Any, transport: StringTransport, request_id: int,
-                command: str, *args: Any) -> list[Any]:
-        transport.clear()
-        proto.dataReceived(frame([codec.REQUEST, request_id, command, list(args)]))
-        return frames_of(transport.value())
 
     def upload(self, name: str, data: bytes) -> list[Any]:
         proto, transport = self.connect()

@@ -48,7 +48,29 @@ class BuggyFileService(FileService):
         return super().list()
 
 
-class FileSessionTestCase(SynchronousTestCase):
+class FileConnectionMixin:
+    """File connections through ``self.factory``'s protocol on StringTransports."""
+
+    factory: Any
+
+    def connect(self, token: str = TOKEN) -> tuple[Any, StringTransport]:
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        proto = self.factory.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        proto.makeConnection(transport)
+        proto.dataReceived(frame([codec.REQUEST, 0, "hello", [token, {"mode": "file"}]]))
+        assert frames_of(transport.value())[0][:2] == [R, 0], transport.value()
+        transport.clear()
+        return proto, transport
+
+    def request(self, proto: Any, transport: StringTransport, request_id: int,
+                command: str, *args: Any) -> list[Any]:
+        transport.clear()
+        proto.dataReceived(frame([codec.REQUEST, request_id, command, list(args)]))
+        return frames_of(transport.value())
+
+
+class FileSessionTestCase(FileConnectionMixin, SynchronousTestCase):
 
     service_class = FileService
 
@@ -62,22 +84,6 @@ class FileSessionTestCase(SynchronousTestCase):
         auth = TokenAuthenticator.from_roles(parse_roles(json.dumps(ROLES)))
         self.factory = LTtxFactory(ServerState(MemoryStore(), auth, files=self.service))
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-
-    def connect(self, token: str = TOKEN) -> tuple[Any, StringTransport]:
-        peer = IPv4Address("TCP", "127.0.0.1", 40000)
-        proto = self.factory.buildProtocol(peer)
-        transport = StringTransport(peerAddress=peer)
-        proto.makeConnection(transport)
-        proto.dataReceived(frame([codec.REQUEST, 0, "hello", [token, {"mode": "file"}]]))
-        self.assertEqual(frames_of(transport.value())[0][:2], [R, 0])
-        transport.clear()
-        return proto, transport
-
-    def request(self, proto: Any, transport: StringTransport, request_id: int,
-                command: str, *args: Any) -> list[Any]:
-        transport.clear()
-        proto.dataReceived(frame([codec.REQUEST, request_id, command, list(args)]))
-        return frames_of(transport.value())
 
 
 class FileConnectionTests(FileSessionTestCase):
