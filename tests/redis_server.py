@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Optional
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -110,3 +111,24 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class RedisClientTestCase(TestCase):
+    """A test with its own redis-server and a connected RedisClient (``self.client``)
+    that knows the store's scripts."""
+
+    timeout = 60
+
+    def setUp(self) -> "Deferred[None]":
+        from twisted.internet import reactor
+
+        from lttx.engines.redis.resp import RedisAddress, RedisClient
+        from lttx.engines.redis.store import SCRIPTS
+
+        self.server = RedisServer(self)
+        self.client = RedisClient(reactor, RedisAddress.from_url(self.server.url),
+                                  scripts=SCRIPTS)
+        self.client.start()
+        self.addCleanup(self.client.stop)
+        connected: Deferred[None] = self.client.service.whenConnected()
+        return connected

@@ -42,6 +42,23 @@ def race(work: Callable[[int], Any]) -> list[Any]:
     return results
 
 
+def cas_race(clients: list[Any], names: list[str],
+             start: dict[str, int]) -> list[list[str]]:
+    """Each of THREADS clients tries to move every name from revision ``start[name]``
+    to its own index; the names each thread won, by thread."""
+    def work(i: int) -> list[str]:
+        won = []
+        for name in names:
+            try:
+                clients[i].put(name, i, if_revision=start[name])
+                won.append(name)
+            except lttx.Conflict:
+                pass
+        return won
+
+    return race(work)
+
+
 class RaceTests(TestCase):
     timeout = 240
 
@@ -58,17 +75,7 @@ class RaceTests(TestCase):
             c.put(name, -1)
         start = {name: c.get(name, revision=True)[1] for name in names}
 
-        def work(i: int) -> list[str]:
-            won = []
-            for name in names:
-                try:
-                    self.clients[i].put(name, i, if_revision=start[name])
-                    won.append(name)
-                except lttx.Conflict:
-                    pass
-            return won
-
-        results = race(work)
+        results = cas_race(self.clients, names, start)
         winners = sorted(n for won in results for n in won)
         self.assertEqual(winners, sorted(names))  # each exactly once
         for i, won in enumerate(results):

@@ -16,11 +16,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from lttx.errors import IndexOutOfRange, NotFound, WrongTypeError
-from lttx.engines.redis.resp import RedisAddress, RedisClient
-from lttx.engines.redis.store import SCRIPTS, RedisStore, compare_form, decode_item, encode_item
+from lttx.engines.redis.store import RedisStore, compare_form, decode_item, encode_item
 from lttx.state.store import MISSING, strict_equal
 
-from ..redis_server import RedisServer
+from ..redis_server import RedisClientTestCase
 from ..state.test_store import StoreMachine
 
 
@@ -58,17 +57,7 @@ class ItemEncodingTests(TestCase):
         self.assertEqual(decode_item(encode_item([1, "x"])), [1, "x"])
 
 
-class RedisStoreTests(TestCase):
-    timeout = 60
-
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.server = RedisServer(self)
-        self.client = RedisClient(reactor, RedisAddress.from_url(self.server.url),
-                                  scripts=SCRIPTS)
-        self.client.start()
-        self.addCleanup(self.client.stop)
-        yield self.client.service.whenConnected()
+class RedisStoreTests(RedisClientTestCase):
 
     def test_model(self) -> Any:
         """Random operation sequences give what the memory store gives."""

@@ -13,12 +13,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-import lttx
-from lttx.engines.redis.resp import RedisAddress, RedisClient
-from lttx.engines.redis.store import SCRIPTS, RedisStore
+from lttx.engines.redis.store import RedisStore
 
-from ..redis_server import RedisServer
-from ..test_variables_integration import race
+from ..redis_server import RedisClientTestCase, RedisServer
+from ..test_variables_integration import cas_race, race
 from .test_redis_integration import redis_daemon
 
 
@@ -42,17 +40,8 @@ class AcrossDaemonsTests(TestCase):
             self.clients[0].put(name, -1)
         start = {n: self.clients[5].get(n, revision=True)[1] for n in names}
 
-        def work(i: int) -> list[str]:
-            won = []
-            for name in names:
-                try:
-                    self.clients[i].put(name, i, if_revision=start[name])
-                    won.append(name)
-                except lttx.Conflict:
-                    pass
-            return won
-
-        self.assertEqual(sorted(n for won in race(work) for n in won), sorted(names))
+        won = cas_race(self.clients, names, start)
+        self.assertEqual(sorted(n for names_won in won for n in names_won), sorted(names))
 
     def test_a_lease_expires_for_both_daemons(self) -> None:
         """A variable put with a ttl through A is gone through B at its deadline."""
@@ -70,17 +59,7 @@ class AcrossDaemonsTests(TestCase):
         self.assertEqual(cb.get("alive:strat7", revision=True), (True, 3))  # never reused
 
 
-class RedisExpiryTests(TestCase):
-    timeout = 60
-
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.server = RedisServer(self)
-        self.client = RedisClient(reactor, RedisAddress.from_url(self.server.url),
-                                  scripts=SCRIPTS)
-        self.client.start()
-        self.addCleanup(self.client.stop)
-        yield self.client.service.whenConnected()
+class RedisExpiryTests(RedisClientTestCase):
 
     @defer.inlineCallbacks
     def test_redis_expires_the_value_key_itself(self) -> Any:
