@@ -68,7 +68,10 @@ class RedisExpiryTests(RedisClientTestCase):
         store = RedisStore(self.client, "x:")
         yield store.put("big", {"k": 1}, ttl=60)
         yield store.put("kept", 1)
-        self.assertTrue(0 < (yield self.client.execute("PTTL", "x:v:big")) <= 60_000)
+        # The deadline is the daemon's clock + 60 s; Redis measures PTTL with the time
+        # it cached when the command's event-loop turn began, which may be a little
+        # older than the daemon's reading (seen under load): allow a second of slack.
+        self.assertTrue(0 < (yield self.client.execute("PTTL", "x:v:big")) <= 61_000)
         self.assertEqual((yield self.client.execute("PTTL", "x:v:kept")), -1)
         self.assertTrue((yield store.expire("big", 0.2)))
         give_up = time.monotonic() + 30
