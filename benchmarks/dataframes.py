@@ -29,9 +29,7 @@ import os
 import pickle
 import resource
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from common import ROOT, DaemonProcess, table  # type: ignore[import-not-found]
+from common import ROOT, DaemonProcess, start_redis, table  # type: ignore[import-not-found]
 
 sys.path.insert(0, ROOT)
 
@@ -68,12 +66,6 @@ def median_ms(repeat: int, run: Callable[[], Any]) -> float:
     return statistics.median(times)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -92,27 +84,13 @@ def bench_lttx(df: pd.DataFrame, repeat: int, fsync: str) -> list[Any]:
 
 
 def bench_redis_pickle(df: pd.DataFrame, repeat: int) -> list[Any]:
-    import redis
 
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit("redis-server is not installed")
     tmp = tempfile.TemporaryDirectory()
-    port = free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", tmp.name],
-                            stdout=subprocess.DEVNULL)
+    proc, _, r = start_redis(server, tmp.name)
     try:
-        r = redis.Redis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
         r.set("bars", pickle.dumps(df, protocol=5))
         pd.testing.assert_frame_equal(pickle.loads(r.get("bars")), df)
         put = median_ms(repeat, lambda: r.set("bars", pickle.dumps(df, protocol=5)))

@@ -27,14 +27,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from common import ROOT, DaemonProcess, table  # type: ignore[import-not-found]
+from common import ROOT, DaemonProcess, start_redis, table  # type: ignore[import-not-found]
 
 sys.path.insert(0, ROOT)
 
@@ -66,12 +65,6 @@ else:
             got += 1
 print(json.dumps({"end": time.monotonic_ns()}), flush=True)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_redis(client: Any) -> None:
@@ -134,24 +127,10 @@ def main() -> None:
     server = shutil.which("redis-server")
     if server is None:
         raise SystemExit("redis-server is not installed")
-    import redis
 
     tmp = tempfile.TemporaryDirectory()
-    port = free_port()
-    redis_proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--dir", tmp.name],
-                                  stdout=subprocess.DEVNULL)
+    redis_proc, port, r = start_redis(server, tmp.name)
     url = f"redis://127.0.0.1:{port}/0"
-    r = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            r.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
     rows = []
     try:
         with DaemonProcess("--fsync", "no") as mem, \
