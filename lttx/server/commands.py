@@ -136,7 +136,7 @@ class Commands:
     @command(3)
     def cmd_publish(self, channel: Any, key: Any, data: Any) -> Any:
         """An acknowledged publish: the reply is the message's seq, once it is in the log."""
-        return self.state.channels.publish(channel, key, data)
+        return self.state.channels.publish_acknowledged(channel, key, data)
 
     # -- watch (the change log lives in the registry) -----------------------
 

@@ -207,6 +207,42 @@ class ChannelLog:
                                           + (self.history_bytes >> 4))
         return size
 
+    def append_frame(self, frame: bytes, arrival: int) -> int:
+        """
+        Keep one message numbered elsewhere (its frame carries
+        :attr:`next_seq`), without a last value (the Redis engine keeps
+        those in Redis).  Bounded as :meth:`append`.
+
+        :return: the bytes retained by this append minus those it dropped.
+        """
+        self.next_seq += 1
+        self._frames.append(frame)
+        self._order.append(arrival)
+        size = len(frame) + ENTRY_OVERHEAD
+        self.bytes += size
+        if self.bytes > self.history_bytes:
+            return size - self.drop_bytes(self.bytes - self.history_bytes
+                                          + (self.history_bytes >> 4))
+        return size
+
+    def skip_to(self, seq: int) -> int:
+        """
+        Make ``seq`` the next message's seq (``seq`` >= :attr:`next_seq`):
+        what the log retains is dropped (counted in :attr:`dropped`), so a
+        reader before ``seq`` is told of a gap up to ``seq - 1``.
+
+        :return: the bytes freed.
+        """
+        if seq < self.next_seq:
+            raise ValueError(f"a log moves forward only: {seq} < {self.next_seq}")
+        freed = self.bytes
+        self.dropped += len(self)
+        self._frames, self._order = [], []
+        self._base = self.next_seq = seq
+        self._head = 0
+        self.bytes = 0
+        return freed
+
     def _evict_last_values(self) -> None:
         """Past the key bound (plus a 16th, so this runs once per many
         messages): forget the least recently updated keys down to the bound."""

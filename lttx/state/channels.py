@@ -79,12 +79,6 @@ class ChannelRegistry:
 
     log = Logger()
 
-    #: Where a subscriber resuming from another epoch starts: at the log's
-    #: beginning (True: after a restart, everything of the new epoch is new to
-    #: it), or at the next message (False: the Redis engine, where another
-    #: daemon's log holds mostly what the client already got from the first).
-    unknown_epoch_from_start = True
-
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  history_bytes: int = DEFAULT_CHANNEL_HISTORY,
                  history_memory: int = DEFAULT_HISTORY_MEMORY,
@@ -173,27 +167,8 @@ class ChannelRegistry:
         :raises BadRequest: for a bad channel name, password or option.
         """
         names = split_channels(list(channels))
-        if password == "":
-            password = None
-        if password is not None and not isinstance(password, str):
-            raise BadRequest("a channel password must be a str or nil")
-        for value, what in ((history, "history"), (since, "since"), (epoch, "epoch")):
-            if value is not None and (type(value) is not int or value < 0):
-                raise BadRequest(f"subscribe option {what} must be a non-negative int")
-        if resume is not None and not isinstance(resume, Mapping):
-            raise BadRequest("subscribe option resume must be a map")
-        fixed = {name: self.fixed_password(name) for name in names} if self.fixed_passwords \
-            else {}
-        for name in names:
-            if exempt is not None and exempt(name):
-                continue
-            existing = self._channels.get(name)
-            if fixed.get(name) is not None:
-                if not _same_password(fixed[name], password):
-                    raise AuthError(f"wrong password for channel {name!r}")
-            elif (existing is not None and (existing.readers or existing.password is not None)
-                    and not _same_password(existing.password, password)):
-                raise AuthError(f"wrong password for channel {name!r}")
+        password, fixed = self.check_subscribe(names, password, history, since, epoch, resume,
+                                               exempt)
         self._subscribers.add(subscriber)
         result = {}
         for name in names:
@@ -214,7 +189,7 @@ class ChannelRegistry:
                                               f"restarted or channel forgotten): messages "
                                               f"after {chan_since} of its previous epoch are "
                                               f"lost", previous_epoch=chan_epoch))
-                    start = 1 if self.unknown_epoch_from_start else log.next_seq
+                    start = 1  # everything of the new epoch is new to it
                 else:
                     start = min(chan_since + 1, log.next_seq)
             elif history is not None:
@@ -236,6 +211,43 @@ class ChannelRegistry:
             result[name] = {"epoch": log.epoch, "first": log.first_seq,
                             "next": log.next_seq, "from": position.next}
         return result
+
+    def check_subscribe(self, names: list[str], password: Optional[str],
+                        history: Optional[int], since: Optional[int], epoch: Optional[int],
+                        resume: Optional[Mapping[str, Any]],
+                        exempt: Optional[Callable[[str], bool]],
+                        ) -> tuple[Optional[str], dict[str, Optional[str]]]:
+        """
+        Check a subscribe's options and passwords against the channels as
+        they are now (:meth:`subscribe`).
+
+        :return: the password (``""`` made None) and the fixed password of
+            each channel (empty without a roles file).
+        :raises AuthError: if a password does not match.
+        :raises BadRequest: for a bad password or option.
+        """
+        if password == "":
+            password = None
+        if password is not None and not isinstance(password, str):
+            raise BadRequest("a channel password must be a str or nil")
+        for value, what in ((history, "history"), (since, "since"), (epoch, "epoch")):
+            if value is not None and (type(value) is not int or value < 0):
+                raise BadRequest(f"subscribe option {what} must be a non-negative int")
+        if resume is not None and not isinstance(resume, Mapping):
+            raise BadRequest("subscribe option resume must be a map")
+        fixed = {name: self.fixed_password(name) for name in names} if self.fixed_passwords \
+            else {}
+        for name in names:
+            if exempt is not None and exempt(name):
+                continue
+            existing = self._channels.get(name)
+            if fixed.get(name) is not None:
+                if not _same_password(fixed[name], password):
+                    raise AuthError(f"wrong password for channel {name!r}")
+            elif (existing is not None and (existing.readers or existing.password is not None)
+                    and not _same_password(existing.password, password)):
+                raise AuthError(f"wrong password for channel {name!r}")
+        return password, fixed
 
     def unsubscribe(self, subscriber: ISubscriber, channels: Iterable[str]) -> list[str]:
         """
@@ -322,6 +334,14 @@ class ChannelRegistry:
         if self.retained > self.history_memory:
             self._evict()
         return seq
+
+    def publish_acknowledged(self, channel: Any, key: Any, data: Any) -> Any:
+        """
+        :meth:`publish` for a client waiting for the message's seq (the
+        ``publish`` request): here the seq at once; the Redis engine's
+        registry returns a Deferred of it, fired once Redis appended it.
+        """
+        return self.publish(channel, key, data)
 
     def _evict(self) -> None:
         """Past ``history_memory``: cut the largest logs down, oldest first."""

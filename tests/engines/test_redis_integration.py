@@ -19,7 +19,7 @@ from ..redis_server import RedisServer, free_port
 def redis_daemon(testcase: TestCase, redis: RedisServer, *args: str) -> Daemon:
     daemon = Daemon(testcase, "--engine", "redis", "--redis", redis.url, *args)
     daemon.wait_for_log(r"redis: connected to Redis at")
-    daemon.wait_for_log(r"redis pub/sub: connected to Redis at")
+    daemon.wait_for_log(r"redis streams: connected to Redis at")
     return daemon
 
 
@@ -93,13 +93,12 @@ class TwoDaemonsTests(TestCase):
 
     def test_push_on_a_reaches_b_and_c_in_order(self) -> None:
         """5,000 pushes on A reach the subscribers of B and C complete, in order,
-        numbered 1, 2, 3... by each daemon."""
+        numbered 1, 2, 3... by the channel's stream: the same on both."""
         c = redis_daemon(self, self.redis)
         subscribers = []
         for daemon in (self.b, c):
             client = daemon.connect()
-            client.subscribe("hq")
-            daemon.wait_for_log(r"redis pub/sub: subscribed in Redis to lttx:c:hq")
+            client.subscribe("hq")  # nothing published after its reply is missed
             subscribers.append(client)
         publisher = self.a.connect()
         count = 5000
@@ -122,7 +121,6 @@ class RedisRestartTests(TestCase):
         a, b = redis_daemon(self, redis), redis_daemon(self, redis)
         ca, cb = a.connect(), b.connect()
         cb.subscribe("hq")
-        b.wait_for_log(r"subscribed in Redis to lttx:c:hq")
         ca.put("x", 1)
         marks = (len(a.lines), len(b.lines))
         redis.stop()
@@ -135,18 +133,20 @@ class RedisRestartTests(TestCase):
         redis.start()
         for daemon, mark in zip((a, b), marks):
             daemon.wait_for_log(r"redis: connected to Redis", start=mark)
-        b.wait_for_log(r"subscribed in Redis to lttx:c:hq", start=marks[1])
+        b.wait_for_log(r"redis streams: connected to Redis", start=marks[1])
         ca.put("x", 3)  # the data went with the old server (no persistence)
         self.assertEqual(cb.get("x"), 3)
         ca.push("k", "after", "hq")
         self.assertEqual(cb.Q.get(timeout=10).data, "after")
+        # The stream went with the old server too: a gap, not silence.
+        self.assertEqual(cb.gaps_by_channel, {"hq": 1})
 
 
 class FailoverTests(TestCase):
     def test_killed_daemon_moves_client_to_another(self) -> None:
         """A client on A and B: A killed, the client goes on through B and is
-        subscribed there again, told of a gap (B's log has another epoch) and
-        not sent B's history again; pushes from C reach it."""
+        subscribed there again from where it was (the channel's stream is shared:
+        no gap, no repeat); pushes from C reach it."""
         redis = RedisServer(self)
         a, b, c = (redis_daemon(self, redis) for _ in range(3))
         client = lttx.connect([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
@@ -154,20 +154,18 @@ class FailoverTests(TestCase):
         self.addCleanup(client.close)
         client.put("x", 1)
         client.subscribe("hq")
-        a.wait_for_log(r"subscribed in Redis to lttx:c:hq")
         early = c.connect()
         early.push("k", "before", "hq")
         self.assertEqual(client.Q.get(timeout=10).seq, 1)
         mark = len(b.lines)
         a.kill()
         self.assertEqual(client.get("x"), 1)  # waits for the reconnection, to B
-        b.wait_for_log(r"subscribed to hq", start=mark)
-        b.wait_for_log(r"subscribed in Redis to lttx:c:hq", start=mark)
+        b.wait_for_log(r"subscribed to hq \(resume\)", start=mark)
         publisher = c.connect()
         publisher.push("k", "after failover", "hq")
         message = client.Q.get(timeout=10)
-        self.assertEqual((message.data, message.seq), ("after failover", 1))
-        self.assertEqual(client.gaps_by_channel, {"hq": 1})
+        self.assertEqual((message.data, message.seq), ("after failover", 2))
+        self.assertEqual(client.gaps_by_channel, {})
 
     def test_first_reachable_address(self) -> None:
         """connect() with a list skips the daemons it cannot reach."""
@@ -199,7 +197,6 @@ class SentinelTests(TestCase):
                                 % master.port)
         writer, reader = daemons[0].connect(), daemons[1].connect()
         reader.subscribe("hq")
-        daemons[1].wait_for_log(r"subscribed in Redis to lttx:c:hq")
 
         acknowledged: list[int] = []
         failures: list[str] = []
@@ -234,10 +231,9 @@ class SentinelTests(TestCase):
               f"of {len(acknowledged)} {lost[:10]}")
         self.assertTrue(all(f.startswith(("Redis", "the connection to Redis")) for f in failures),
                         failures[:3])
-        # Channels follow too: the pub/sub connections went to the new master.
-        daemons[1].wait_for_log(r"redis pub/sub: connected to Redis at 127\.0\.0\.1:%d"
+        # Channels follow too: the stream connections went to the new master.
+        daemons[1].wait_for_log(r"redis streams: connected to Redis at 127\.0\.0\.1:%d"
                                 % replica.port, start=mark)
-        daemons[1].wait_for_log(r"subscribed in Redis to lttx:c:hq", start=mark)
         writer.push("k", "after failover", "hq")
         self.assertEqual(reader.Q.get(timeout=10).data, "after failover")
 

@@ -1,203 +1,536 @@
 """
-The Redis engine: several daemons on one Redis act as one data center.
+The channels of several daemons on one Redis: :class:`SharedChannelRegistry`,
+a :class:`~lttx.state.channels.ChannelRegistry` whose channel logs live in
+Redis Streams (:mod:`lttx.engines.redis.streams`), so a channel's ``epoch``
+and ``seq`` are the same on every daemon, and history, ``since`` and a
+client's resumption after a failover are served by any daemon.
 
-- Variables: :class:`lttx.engines.redis.store.RedisStore`.
-- Channels: :class:`SharedChannelRegistry`, a :class:`ChannelRegistry` whose
-  publishes also go to Redis and whose subscribers also get what other
-  daemons publish.  A daemon SUBSCRIBEs in Redis to ``<prefix>c:<channel>``
-  only while one of its own clients subscribes to ``<channel>``.  What its
-  clients publish is delivered to its own subscribers at once (as with one
-  daemon) and sent to Redis in batches: at each flush of the registry (once
-  per chunk of data read from a client, so about once per reactor turn), one
-  PUBLISH per channel carrying every message of that channel since the last
-  flush, all of them pipelined in one write.  A batch carries the publishing
-  daemon's id, so a daemon ignores its own batches when they come back.
+Publishing: a published message is checked (channel name, key) and queued;
+at each :meth:`~SharedChannelRegistry.flush` (once per chunk of data read
+from a client, so about once per reactor turn) one :data:`APPEND
+<lttx.engines.redis.streams.APPEND>` script per channel carries every
+message of that channel since the last flush, all of them pipelined in one
+write on the command connection.  Redis runs one connection's scripts in
+order, so each publisher's messages keep their order.  The ``publish``
+request is answered with the seq the script gave its message
+(:meth:`~SharedChannelRegistry.publish_acknowledged`).  While Redis is
+unavailable, pushed messages are dropped and counted (one log line per
+outage) and ``publish`` requests fail with ``Unavailable``: nothing is taken
+and then lost silently.
 
-  Order: Redis keeps the order of one connection's PUBLISHes and of one
-  subscriber connection's messages, so each publisher's messages reach every
-  subscriber on every daemon in the order it pushed them.  The retained log,
-  its ``epoch`` and ``seq`` are per daemon: each daemon appends the messages
-  of a channel (local and remote ones alike) to its own log, numbered 1, 2,
-  3... as a single daemon does, so history, ``since`` and resumption work
-  per daemon; two daemons give the same message different numbers and
-  their logs different epochs, so a client that fails over to another
-  daemon is told of a gap (another epoch, range unknown) and reads on from
-  that daemon's next message (not its history, which would mostly repeat
-  what the client got from the first daemon).  Slow
-  subscribers and conflation work as on one daemon, since remote messages
-  take the local path.  A channel password is per daemon.  When a daemon
-  loses its pub/sub connection to Redis, each subscriber of its channels
-  gets a gap notice with an unknown range (``first`` and ``last`` nil):
-  messages of other daemons may have been missed meanwhile.
+Delivering: a daemon delivers no message straight from its publisher, not
+even to its own subscribers: every message comes back from its stream,
+through the daemon's one XREAD loop
+(:class:`~lttx.engines.redis.follower.StreamFollower`), into a local
+:class:`~lttx.state.channellog.ChannelLog` per channel its clients follow,
+numbered as in the stream; from there delivery is the one-daemon path
+(positions, slow subscribers, conflation, gap notices).  The local log is a
+cache of the stream's newest part, made by the channel's first local
+subscriber and forgotten after its last.
 
-  While Redis is down, local delivery goes on; what would have gone to Redis
-  is dropped and counted (pub/sub is at most once, as in Redis itself).
-- ``<prefix>daemons``, a hash: each daemon's id -> its listening addresses and
-  the time it last said it was alive (every second), which ``status`` shows.
+Subscribing answers once the daemon follows the channel's stream: the reply's
+``from`` is a position from which nothing is missed (the stream's last seq
+when the daemon started following it, or the local log's).  ``history=``,
+``since=`` and ``resume`` read what the local log does not hold from the
+stream (``XRANGE``/``XREVRANGE``), ``last_values`` from the channel's
+last-values hash; those frames are the subscriber's prelude, before the
+local log.  A resume point of another epoch is told of a gap and starts at
+the stream's oldest message, as on one daemon after a restart.
+
+When the stream was lost (Redis restarted empty, the key deleted, a failover
+to a replica that had not got the newest entries) the channel gets a new
+epoch in Redis; each daemon finds out when its follower reconnects (or when
+its own publish comes back with another epoch) and gives each of its
+subscribers a gap notice with ``previous_epoch``, then the new epoch's
+messages from its first.  A channel password is per daemon, as before.
 """
 
 from __future__ import annotations
 
-import struct
-from typing import Any, Callable, Iterable, Optional
+import heapq
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 import msgpack
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
-from ...errors import LTtxError
-from ...state.channels import ChannelRegistry, ISubscriber, gap_notice
+from ...errors import LTtxError, Unavailable
+from ...state.channellog import ChannelLog, Position, new_epoch
+from ...state.channels import (
+    STATUS_CHANNELS,
+    ChannelRegistry,
+    ISubscriber,
+    _check_key,
+    gap_notice,
+)
 from ...wire import codec
-from ...wire.frames import PREFIX
-from .resp import RedisClient
+from ...wire.names import check_channel, split_channels
+from .follower import StreamFollower
+from .reading import ChannelPlan, plan_channel
+from .resp import RedisClient, RedisError
+from .streams import APPEND, OPEN, Keys, Opened, appended, entry_frames, key_bytes, max_length
 
-_ID_SIZE = 16
+#: Channel names checked once and remembered (the set is cleared past this).
+_CHECKED_LIMIT = 10_000
 
 
 class SharedChannelRegistry(ChannelRegistry):
     """
-    The channels of one daemon, joined through Redis with those of the others.
+    The channels of one daemon, kept in Redis Streams shared by every daemon.
 
-    :param publisher: sends pipelined ``PUBLISH`` commands (the command client).
-    :param subscriber: the pub/sub client; its ``on_message`` must be
-        :meth:`message_received`.
+    :param clock: as :class:`ChannelRegistry`.
+    :param prefix: the Redis key prefix (``--redis-prefix``).
+    :param daemon_id: this daemon's id (the directory's).
     """
-
-    #: A client failing over from another daemon resumes at the next message:
-    #: this daemon's log holds mostly what it already got there.
-    unknown_epoch_from_start = False
 
     def __init__(self, clock: Callable[[], float], prefix: str, daemon_id: bytes,
                  **bounds: int) -> None:
         super().__init__(clock=clock, **bounds)
-        self.prefix = prefix.encode("utf-8") + b"c:"
+        self.prefix = prefix.encode("utf-8")
         self.daemon_id = daemon_id
-        self.publisher: Optional[RedisClient] = None
-        self.subscriber: Optional[RedisClient] = None
-        # Redis channel -> [encoded message with its length, ...] since the last flush
+        self.commands: Optional[RedisClient] = None
+        self.follower: Optional[StreamFollower] = None
+        #: Called with the command connection's protocol right after a batch
+        #: of appends is written on it; the acknowledgements wait for its
+        #: Deferred too (``--redis-wait``: ``WAIT``).  None: no barrier.
+        self.barrier: Optional[Callable[[Any], "Deferred[Any]"]] = None
+        # channel -> [key bytes, encoded, key bytes, encoded, ...] since the last flush
         self._outgoing: dict[str, list[bytes]] = {}
-        self.sent_batches = 0
-        self.received_batches = 0
-        self.remote_messages = 0
+        # channel -> [(index in the batch, Deferred of its seq)]
+        self._acks: dict[str, list[tuple[int, Deferred[int]]]] = {}
+        self._checked: set[str] = set()
+        # channel -> the Deferred of its OPEN under way
+        self._opening: dict[str, Deferred[ChannelLog]] = {}
+        # channel -> subscribes under way (its log is not forgotten meanwhile)
+        self._joining: dict[str, int] = {}
+        #: channel -> its stream's length, sampled (:meth:`sample_streams`)
+        self.stream_lengths: dict[str, int] = {}
+        # channel -> its stream's oldest seq when last seen (the subscribe reply's "first")
+        self._first: dict[str, int] = {}
+        self._published_to: set[str] = set()
+        self.batches = 0
+        self.appended = 0
         self.dropped_redis_down = 0
+        self.read_from_redis = 0
+        self.epoch_changes = 0
+        self._down = False
 
-    def attach(self, publisher: RedisClient, subscriber: RedisClient) -> None:
-        self.publisher, self.subscriber = publisher, subscriber
+    def attach(self, commands: RedisClient, follower: StreamFollower) -> None:
+        self.commands, self.follower = commands, follower
 
-    # -- which channels to SUBSCRIBE to in Redis ---------------------------
+    def keys(self, channel: str) -> Keys:
+        return Keys(self.prefix, channel)
 
-    def _read(self) -> set[str]:
-        """The channels some subscriber of this daemon reads."""
-        return {name for name, log in self._channels.items() if log.readers}
+    def stream_key(self, channel: str) -> bytes:
+        return self.prefix + b"s:" + channel.encode("utf-8")
 
-    def _changed(self, before: set[str]) -> None:
-        if self.subscriber is None:
-            return
-        now = self._read()
-        new, gone = now - before, before - now
-        if new:
-            self.subscriber.subscribe([self.prefix + n.encode("utf-8") for n in sorted(new)])
-        if gone:
-            self.subscriber.unsubscribe([self.prefix + n.encode("utf-8") for n in sorted(gone)])
-
-    def subscribe(self, subscriber: ISubscriber, channels: Iterable[str],
-                  password: Optional[str] = None, conflate: bool = False,
-                  **options: Any) -> dict[str, dict[str, int]]:
-        before = self._read()
-        result = super().subscribe(subscriber, channels, password, conflate, **options)
-        self._changed(before)
-        return result
-
-    def unsubscribe(self, subscriber: ISubscriber, channels: Iterable[str]) -> list[str]:
-        before = self._read()
-        left = super().unsubscribe(subscriber, channels)
-        self._changed(before)
-        return left
-
-    def remove(self, subscriber: ISubscriber) -> None:
-        before = self._read()
-        super().remove(subscriber)
-        self._changed(before)
-
-    # -- messages ----------------------------------------------------------
+    # -- publishing ---------------------------------------------------------
 
     def publish(self, channel: Any, key: Any, data: Any,
                 encoded: Optional[bytes] = None) -> int:
-        """Deliver to this daemon's subscribers, and queue for the others."""
+        """
+        Queue a message for its stream (written at the next :meth:`flush`).
+
+        :return: 0: its seq is known once Redis appended it
+            (:meth:`publish_acknowledged`).
+        :raises BadRequest: for a bad channel name or key type.
+        :raises EncodeError: if ``data`` cannot be encoded.
+        """
+        if type(channel) is not str or channel not in self._checked:
+            check_channel(channel)
+            if len(self._checked) >= _CHECKED_LIMIT:
+                self._checked.clear()
+            self._checked.add(channel)
+        _check_key(key)
         if encoded is None:
             encoded = msgpack.packb(channel) + msgpack.packb(key) + codec.encode(data)
-        count = super().publish(channel, key, data, encoded)  # checks channel and key
         batch = self._outgoing.get(channel)
         if batch is None:
             batch = self._outgoing[channel] = []
-        batch.append(PREFIX.pack(len(encoded)) + encoded)
-        return count
+        batch.append(key_bytes(key))
+        batch.append(encoded)
+        return 0
+
+    def publish_acknowledged(self, channel: Any, key: Any, data: Any) -> "Deferred[int]":
+        """Queue a message; the Deferred fires with its seq once Redis appended
+        it, or fails with :class:`Unavailable` if it could not be."""
+        self.publish(channel, key, data)
+        d: Deferred[int] = Deferred()
+        self._acks.setdefault(channel, []).append((len(self._outgoing[channel]) // 2 - 1, d))
+        return d
 
     def flush(self) -> None:
+        """Wake the subscribers of the logs that grew; write the queued
+        messages, one APPEND per channel, in one pipelined write."""
         super().flush()
         if not self._outgoing:
             return
         outgoing, self._outgoing = self._outgoing, {}
-        publisher = self.publisher
-        if publisher is None or not publisher.connected:
-            dropped = sum(len(batch) for batch in outgoing.values())
-            if not self.dropped_redis_down:
-                self.log.warn("Redis is unavailable: messages for other daemons are dropped "
-                              "until it is back")
-            self.dropped_redis_down += dropped
+        acks, self._acks = self._acks, {}
+        commands = self.commands
+        protocol = commands.protocol if commands is not None else None
+        if protocol is None or protocol.lost:
+            for name, batch in outgoing.items():
+                self._append_failed(Failure(Unavailable("Redis is unavailable")), name,
+                                    len(batch) // 2, acks.get(name))
             return
-        commands = [("PUBLISH", self.prefix + name.encode("utf-8"),
-                     self.daemon_id + b"".join(batch)) for name, batch in outgoing.items()]
-        self.sent_batches += len(commands)
-        for d in publisher.protocol.execute_many(commands):  # type: ignore[union-attr]
-            d.addErrback(self._publish_failed, len(commands))
+        calls = []
+        for name, batch in outgoing.items():
+            sizes = sum(len(batch[i]) for i in range(1, len(batch), 2))
+            calls.append(("EVALSHA", APPEND.sha, 4, *self.keys(name).all(), new_epoch(),
+                          max_length(self.history_bytes, sizes, len(batch) // 2),
+                          self.last_values_limit, *batch))
+        self.batches += len(calls)
+        # (B's --redis-wait hooks in here: a WAIT after the batch, same connection.)
+        replies = [commands.checked(d) for d in protocol.execute_many(calls)]
+        barrier = self.barrier(protocol) if self.barrier is not None else None
+        for (name, batch), call, d in zip(outgoing.items(), calls, replies):
+            self._published_to.add(name)
+            d.addErrback(self._noscript, call)
+            if barrier is not None:
+                d.addCallback(_after, barrier)
+            d.addCallbacks(self._appended, self._append_failed,
+                           callbackArgs=(name, len(batch) // 2, acks.get(name)),
+                           errbackArgs=(name, len(batch) // 2, acks.get(name)))
 
-    def _publish_failed(self, failure: Any, count: int) -> None:
+    def _noscript(self, failure: Failure, call: tuple[Any, ...]) -> Any:
+        """After a SCRIPT FLUSH: the batch once more as EVAL (the next
+        connection loads the script again)."""
+        if isinstance(failure.value, RedisError) and failure.value.kind == "NOSCRIPT":
+            assert self.commands is not None
+            return self.commands.execute("EVAL", APPEND.source, *call[2:])
+        return failure
+
+    def _appended(self, reply: Any, name: str, count: int,
+                  acks: Optional[list[tuple[int, Deferred[int]]]]) -> None:
+        epoch, first = appended(reply)
+        self.appended += count
+        if self._down:
+            self._down = False
+            self.log.info("Redis takes messages again")
+        for index, d in acks or ():
+            d.callback(first + index)
+        log = self._channels.get(name)
+        if log is not None and log.epoch != epoch and name not in self._opening:
+            # The stream was made again under us (deleted, or Redis lost it).
+            self._reopen(name)
+
+    def _append_failed(self, failure: Failure, name: str, count: int,
+                       acks: Optional[list[tuple[int, Deferred[int]]]]) -> None:
         failure.trap(LTtxError)
-        self.dropped_redis_down += 1
+        self.dropped_redis_down += count - len(acks or ())
+        if not self._down:
+            self._down = True
+            self.log.warn("messages could not be written to Redis ({error}): pushed "
+                          "messages are dropped and counted, publish requests fail, "
+                          "until it takes them again", error=failure.value.message)
+        for _, d in acks or ():
+            d.errback(Failure(Unavailable(
+                f"the message could not be written to Redis: {failure.value.message}")))
 
-    def message_received(self, redis_channel: bytes, payload: bytes) -> None:
-        """A batch from Redis: deliver each message of another daemon here."""
-        if payload[:_ID_SIZE] == self.daemon_id:
-            return  # ours, already delivered here
-        self.received_batches += 1
-        pos, end = _ID_SIZE, len(payload)
-        deliver = super().publish
+    # -- following the streams ----------------------------------------------
+
+    def entries_read(self, name: str, entries: list[Any]) -> None:
+        """The follower read ``entries`` of ``name``'s stream: append them
+        to the local log (its subscribers are woken at the follower's flush)."""
+        log = self._channels.get(name)
+        if log is None:
+            return
         try:
-            while pos < end:
-                (n,) = PREFIX.unpack_from(payload, pos)
-                encoded = payload[pos + 4:pos + 4 + n]
-                pos += 4 + n
-                unpacker = msgpack.Unpacker(raw=False)
-                unpacker.feed(encoded)
-                channel, key = unpacker.unpack(), unpacker.unpack()
-                deliver(channel, key, None, encoded)
-                self.remote_messages += 1
-        except (ValueError, struct.error, msgpack.UnpackException, LTtxError) as e:
-            # Another program publishing on our prefix; not worth a traceback.
-            self.log.warn("an undecodable batch on {channel!r}: {error}",
-                          channel=redis_channel, error=e)
-        super().flush()
+            frames = entry_frames(entries)
+        except ValueError as e:
+            self.log.warn("stream of {channel!r}: {error}; entries skipped",
+                          channel=name, error=e)
+            return
+        grew = False
+        for seq, frame in frames:
+            if seq < log.next_seq:
+                continue  # read again after a reconnection
+            if seq > log.next_seq:
+                # Trimmed before this daemon read them: its readers are told.
+                self.retained -= log.skip_to(seq)
+            self.published = arrival = self.published + 1
+            self.retained += log.append_frame(frame, arrival)
+            grew = True
+        self.read_from_redis += len(frames)
+        if grew and not log.dirty:
+            log.dirty = True
+            self._dirty.append(log)
+        if self.retained > self.history_memory:
+            self._evict()
 
-    def redis_lost(self) -> None:
-        """The pub/sub connection was lost: what other daemons publish until it
-        is back is missed, so each subscriber is told of a gap of unknown range."""
-        for log in self._channels.values():
-            if not log.readers:
-                continue
-            notice = gap_notice(log.name, None, None, log.epoch,
-                                "this daemon lost its connection to Redis: messages other "
-                                "daemons published meanwhile may be missed")
-            for reader, position in log.readers.items():
-                position.prelude.append(notice)
-                self._woken[reader] = None
+    def resync(self, client: RedisClient) -> "Deferred[Any]":
+        """The follower (re)connected: check every followed channel's stream
+        (a new epoch if Redis lost its newest entries) before it reads on."""
+        names = [name for name in self._channels if name not in self._opening]
+        if not names:
+            return defer.succeed(None)
+        protocol = client.protocol
+        if protocol is None:
+            return defer.fail(Unavailable("the follower's connection is gone"))
+        calls = []
+        for name in names:
+            log = self._channels[name]
+            calls.append(("EVALSHA", OPEN.sha, 4, *self.keys(name).all(), new_epoch(),
+                          log.epoch, log.next_seq - 1))
+        replies = protocol.execute_many(calls)
+        for name, d in zip(names, replies):
+            d.addCallback(self._resynced, name)
+        return defer.gatherResults(replies, consumeErrors=True)
+
+    def _resynced(self, reply: Any, name: str) -> None:
+        opened = Opened(reply)
+        log = self._channels.get(name)
+        if log is None:
+            return
+        if opened.epoch != log.epoch:
+            self._new_epoch(log, opened)
+        elif self.follower is not None:
+            self.follower.follow(name, log.next_seq - 1)
+
+    def _reopen(self, name: str) -> None:
+        log = self._channels[name]
+        assert self.commands is not None
+        d = self.commands.evalsha(OPEN, self.keys(name).all(),
+                                  [new_epoch(), log.epoch, log.next_seq - 1])
+        d.addCallback(self._resynced, name)
+        d.addErrback(lambda f: f.trap(LTtxError))  # the reconnection resyncs
+
+    def _new_epoch(self, old: ChannelLog, opened: Opened) -> None:
+        """The stream has another epoch: a new local log from its oldest
+        entry; each reader is told of a gap and reads it from there."""
+        self.epoch_changes += 1
+        self.log.warn("channel {channel!r}: its stream in Redis was made again (epoch "
+                      "{old} -> {new}): subscribers are told of a gap", channel=old.name,
+                      old=old.epoch, new=opened.epoch)
+        log = ChannelLog(old.name, old.password, self.history_bytes, self.last_values_limit,
+                         epoch=opened.epoch)
+        log.skip_to(opened.first)
+        self.retained -= old.bytes
+        self._channels[old.name] = log
+        for reader, position in old.readers.items():
+            position.prelude.append(gap_notice(
+                old.name, position.next, None, log.epoch,
+                f"the channel's stream in Redis was lost (Redis restarted or failed over, "
+                f"or the key was deleted): messages after {position.next - 1} of its "
+                f"previous epoch are lost", previous_epoch=old.epoch))
+            position.log = log
+            position.next = log.next_seq
+            log.readers[reader] = position
+            self._woken[reader] = None
+        old.readers = {}
+        if self.follower is not None:
+            self.follower.follow(old.name, opened.first - 1)
         self.flush()
+
+    def _forget_if_idle(self, log: ChannelLog) -> None:
+        """A local log is a cache of its stream, kept while a local client reads it."""
+        name = log.name
+        if log.readers or self._channels.get(name) is not log or self._joining.get(name):
+            return
+        del self._channels[name]
+        self._first.pop(name, None)
+        self.retained -= log.bytes
+        if self.follower is not None:
+            self.follower.unfollow(name)
+
+    # -- subscribing --------------------------------------------------------
+
+    def subscribe(self, subscriber: ISubscriber, channels: Iterable[str],  # type: ignore[override]
+                  password: Optional[str] = None, conflate: bool = False, *,
+                  history: Optional[int] = None, since: Optional[int] = None,
+                  epoch: Optional[int] = None, last_values: bool = False,
+                  resume: Optional[Mapping[str, Any]] = None,
+                  exempt: Optional[Callable[[str], bool]] = None,
+                  ) -> "Deferred[dict[str, dict[str, int]]]":
+        """
+        As :meth:`ChannelRegistry.subscribe`, once this daemon follows each
+        channel's stream and has read from Redis what the local logs do not
+        hold; the reply comes before any message.
+
+        :raises AuthError: at once, if a password does not match.
+        :raises BadRequest: at once, for a bad channel name, password or option.
+        """
+        names = split_channels(list(channels))
+        self.check_subscribe(names, password, history, since, epoch, resume, exempt)
+        for name in names:
+            self._joining[name] = self._joining.get(name, 0) + 1
+        done: Deferred[dict[str, dict[str, int]]] = Deferred()
+        opened = defer.gatherResults([self._open(name) for name in names], consumeErrors=True)
+        opened.addCallback(lambda logs: self._plan(
+            subscriber, names, logs, history, since, epoch, last_values, resume))
+        opened.addCallback(lambda plan: self._join(
+            subscriber, names, plan, password, conflate, last_values, history, since, epoch,
+            resume, exempt))
+
+        def finished(result: Any) -> None:
+            for name in names:
+                left = self._joining[name] - 1
+                if left:
+                    self._joining[name] = left
+                else:
+                    del self._joining[name]
+                    log = self._channels.get(name)
+                    if log is not None:
+                        self._forget_if_idle(log)
+            if isinstance(result, Failure):
+                if result.check(defer.FirstError):
+                    result = result.value.subFailure
+                done.errback(result)
+            else:
+                done.callback(result)  # the reply is written now ...
+                self.flush()  # ... and the messages after it
+
+        opened.addBoth(finished)
+        return done
+
+    def _open(self, name: str) -> "Deferred[ChannelLog]":
+        """The channel's local log, following its stream (opened if need be)."""
+        log = self._channels.get(name)
+        if log is not None:
+            return defer.succeed(log)
+        opening = self._opening.get(name)
+        if opening is None:
+            if self.commands is None:
+                return defer.fail(Unavailable("Redis is unavailable"))
+            opening = self.commands.evalsha(OPEN, self.keys(name).all(), [new_epoch(), "", ""])
+            opening.addCallback(self._opened, name)
+            opening.addBoth(self._open_done, name)
+            self._opening[name] = opening
+        d: Deferred[ChannelLog] = Deferred()
+        opening.addBoth(_chain, d)
+        return d
+
+    def _open_done(self, result: Any, name: str) -> Any:
+        self._opening.pop(name, None)
+        return result
+
+    def _opened(self, reply: Any, name: str) -> ChannelLog:
+        opened = Opened(reply)
+        log = ChannelLog(name, None, self.history_bytes, self.last_values_limit,
+                         epoch=opened.epoch)
+        log.skip_to(opened.last + 1)
+        self._channels[name] = log
+        self._first[name] = opened.first
+        if self.follower is not None:
+            self.follower.follow(name, opened.last)
+        return log
+
+    def _plan(self, subscriber: ISubscriber, names: list[str], logs: list[ChannelLog],
+              history: Optional[int], since: Optional[int], epoch: Optional[int],
+              last_values: bool, resume: Optional[Mapping[str, Any]]) -> "Deferred[Any]":
+        """Each channel's :class:`~lttx.engines.redis.reading.ChannelPlan`,
+        once what it reads from Redis is there."""
+        assert self.commands is not None
+        plans = {}
+        for name, log in zip(names, logs):
+            plans[name] = plan_channel(self.commands, self.keys(name), log, subscriber,
+                                       history, since, epoch, last_values,
+                                       None if resume is None else resume.get(name))
+        waits = [d for plan in plans.values() for d in plan.waits]
+        gathered = defer.gatherResults(waits, consumeErrors=True)
+        return gathered.addCallback(lambda _: plans)
+
+    def _join(self, subscriber: ISubscriber, names: list[str], plans: dict[str, ChannelPlan],
+              password: Optional[str], conflate: bool, last_values: bool,
+              history: Optional[int], since: Optional[int], epoch: Optional[int],
+              resume: Optional[Mapping[str, Any]],
+              exempt: Optional[Callable[[str], bool]]) -> dict[str, dict[str, int]]:
+        # Passwords again: another subscribe may have made a channel meanwhile.
+        password, fixed = self.check_subscribe(names, password, history, since, epoch,
+                                               resume, exempt)
+        self._subscribers.add(subscriber)
+        result = {}
+        for name in names:
+            log = self._channels[name]
+            if not log.readers and log.password is None:
+                log.password = fixed.get(name) or password
+            plan = plans[name]
+            position = subscriber.positions.get(name)
+            if plan.start is None and position is not None and position.log is log:
+                position.conflate = bool(conflate)
+                if plan.values is not None:
+                    position.prelude.extend(plan.values.result)
+            else:
+                if position is not None:
+                    position.log.readers.pop(subscriber, None)
+                prelude = list(plan.notices)
+                if plan.values is not None:
+                    prelude.extend(plan.values.result)
+                start = plan.start if plan.start is not None else log.next_seq
+                if plan.history is not None:
+                    prelude.extend(plan.history.result)
+                    start = plan.upto  # the local log from where the stream's read ended
+                position = Position(log, start, bool(conflate), prelude)
+                subscriber.positions[name] = position
+                log.readers[subscriber] = position
+            self._woken[subscriber] = None
+            first = plan.first if plan.first is not None else self._first.get(name)
+            result[name] = {"epoch": log.epoch,
+                            "first": log.first_seq if first is None else first,
+                            "next": log.next_seq,
+                            "from": plan.start if plan.start is not None else position.next}
+        return result
+
+    # -- status -------------------------------------------------------------
+
+    def sample_streams(self) -> None:
+        """Ask Redis for the length of the streams this daemon follows or
+        published to since the last sample (at most :data:`STATUS_CHANNELS`
+        of each), pipelined; ``status`` shows the longest."""
+        commands = self.commands
+        protocol = commands.protocol if commands is not None else None
+        names = sorted(set(list(self._channels)[:STATUS_CHANNELS])
+                       | set(list(self._published_to)[:STATUS_CHANNELS]))
+        self._published_to = set()
+        if protocol is None or protocol.lost or not names:
+            return
+        lengths: dict[str, int] = {}
+
+        def got(length: Any, name: str) -> None:
+            lengths[name] = int(length)
+
+        replies = protocol.execute_many([("XLEN", self.stream_key(n)) for n in names])
+        for name, d in zip(names, replies):
+            d.addCallbacks(got, lambda f: f.trap(LTtxError), callbackArgs=(name,))
+        defer.gatherResults(replies, consumeErrors=True).addBoth(
+            lambda _: setattr(self, "stream_lengths", lengths))
 
     def status(self) -> dict[str, Any]:
         status = super().status()
-        status["redis"] = {"batches_sent": self.sent_batches,
-                           "batches_received": self.received_batches,
-                           "remote_messages": self.remote_messages,
-                           "dropped_redis_down": self.dropped_redis_down}
+        longest = heapq.nlargest(STATUS_CHANNELS, self.stream_lengths.items(),
+                                 key=lambda item: item[1])
+        redis: dict[str, Any] = {
+            "batches_sent": self.batches, "appended": self.appended,
+            "read": self.read_from_redis, "dropped_redis_down": self.dropped_redis_down,
+            "epoch_changes": self.epoch_changes,
+            "stream_lengths": dict(sorted(longest)),
+        }
+        if self.follower is not None:
+            redis.update(self.follower.status())
+        status["redis"] = redis
+        for name, info in status["channels"].items():
+            if name in self.stream_lengths:
+                info["stream_length"] = self.stream_lengths[name]
         return status
+
+
+def _after(reply: Any, barrier: "Deferred[Any]") -> "Deferred[Any]":
+    """The reply, once the barrier passed too."""
+    waiter: Deferred[Any] = Deferred()
+    barrier.addBoth(_chain, waiter)
+    return waiter.addCallback(lambda _: reply)
+
+
+def _chain(result: Any, d: "Deferred[Any]") -> Any:
+    """Fire ``d`` with ``result`` and pass ``result`` on (a Failure is
+    passed on to ``d`` alone, so the original chain does not log it twice)."""
+    if isinstance(result, Failure):
+        d.errback(result)
+        return None
+    d.callback(result)
+    return result
 
 
 __all__ = ["SharedChannelRegistry"]

@@ -4,7 +4,9 @@ clients, the store, the channel bridge's connections and the daemon directory
 under the daemon's services, from the ``--redis*`` options.
 
 - Variables: :class:`lttx.engines.redis.store.RedisStore`.
-- Channels: :class:`lttx.engines.redis.channels.SharedChannelRegistry`.
+- Channels: :class:`lttx.engines.redis.channels.SharedChannelRegistry`, its
+  streams read by :class:`lttx.engines.redis.follower.StreamFollower` on a
+  connection of its own (``redis streams`` in the log).
 - Daemons: :class:`lttx.engines.redis.directory.DaemonDirectory`.
 """
 
@@ -21,8 +23,10 @@ from twisted.python import usage
 from ...state.channels import ChannelRegistry
 from .channels import SharedChannelRegistry
 from .directory import DaemonDirectory
+from .follower import StreamFollower
 from .resp import RedisAddress, RedisClient
 from .store import SCRIPTS, RedisStore
+from .streams import SCRIPTS as STREAM_SCRIPTS
 
 
 def redis_address(options: Any, environ: dict[str, str]) -> RedisAddress:
@@ -79,17 +83,22 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     """
     address = redis_address(options, environ)
     prefix = options.get("redis-prefix") or "lttx:"
-    commands = RedisClient(reactor, address, name="redis", scripts=SCRIPTS)
+    commands = RedisClient(reactor, address, name="redis", scripts=[*SCRIPTS, *STREAM_SCRIPTS])
     store = _EngineStore(commands, prefix, reactor.seconds)
     services = MultiService()
     services.setServiceParent(parent)
     _ClientRunner(commands).setServiceParent(services)
     if isinstance(channels, SharedChannelRegistry):
-        subscriber = RedisClient(reactor, address, name="redis pub/sub", pubsub=True,
-                                 on_message=channels.message_received,
-                                 on_lost=channels.redis_lost)
-        channels.attach(commands, subscriber)
-        _ClientRunner(subscriber).setServiceParent(services)
+        # The channel streams' XREAD loop, on a connection of its own.
+        reading = RedisClient(reactor, address, name="redis streams", scripts=STREAM_SCRIPTS)
+        follower = StreamFollower(reading, commands, channels.stream_key, channels.entries_read,
+                                  channels.flush, channels.resync, reactor.callLater)
+        reading.on_ready = follower.ready
+        channels.attach(commands, follower)
+        _ClientRunner(reading).setServiceParent(services)
+        streams = TimerService(1.0, channels.sample_streams)
+        streams.clock = reactor
+        streams.setServiceParent(services)
     directory = DaemonDirectory(commands, store, channels_id(channels))
     directory.addresses = store.listening
     store.directory = directory

@@ -332,6 +332,7 @@ class RedisClient:
         the channels of :meth:`subscribe` are subscribed again after a reconnect.
     :param scripts: loaded (SCRIPT LOAD) on every new connection.
     :param on_lost: called each time an established connection is lost.
+    :param on_ready: called each time a connection is set up and ready.
     """
 
     log = Logger()
@@ -340,9 +341,11 @@ class RedisClient:
                  pubsub: bool = False,
                  on_message: Optional[Callable[[bytes, bytes], None]] = None,
                  scripts: Sequence[Script] = (),
-                 on_lost: Optional[Callable[[], None]] = None) -> None:
+                 on_lost: Optional[Callable[[], None]] = None,
+                 on_ready: Optional[Callable[[], None]] = None) -> None:
         self.reactor = reactor
         self.on_lost = on_lost
+        self.on_ready = on_ready
         self.address = address
         self.name = name
         self.pubsub = pubsub
@@ -405,6 +408,8 @@ class RedisClient:
         self._down_logged = False
         self.log.info("{name}: connected to Redis at {server} ({role})",
                       name=self.name, server=self.server, role=self.role)
+        if self.on_ready is not None:
+            self.on_ready()
 
     def _subscribed(self, channel: bytes) -> None:
         self.log.info("{name}: subscribed in Redis to {channel}", name=self.name,
@@ -445,6 +450,11 @@ class RedisClient:
                 return self.execute("EVAL", script.source, len(keys), *keys, *args)
             return failure
         return d.addErrback(noscript)
+
+    def checked(self, d: Deferred[Any]) -> Deferred[Any]:
+        """``d`` (a reply of this client's connection) with :meth:`execute`'s
+        handling of READONLY (reconnect, and ``Unavailable``)."""
+        return self._check(d)
 
     def _check(self, d: Deferred[Any]) -> Deferred[Any]:
         def readonly(failure: Failure) -> Any:

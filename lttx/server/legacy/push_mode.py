@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ...errors import AuthError, BadRequest
+from ...errors import AuthError, BadRequest, LTtxError
 from ...state.auth import authorize
 from ...wire import codec
 from ...wire.frames import MESSAGE_HEAD, PREFIX
@@ -98,11 +99,13 @@ class PushMode(Mode):
                               peer=connection.peer)
         self.subscriber = reader
         try:
-            state.channels.subscribe(self.subscriber, names, pwd or None)
+            subscribed = state.channels.subscribe(self.subscriber, names, pwd or None)
         except AuthError:
             transport.unregisterProducer()
             raise AuthError(f"wrong password for channel {'@'.join(names)[:80]!r}") from None
         self.names = names
+        if isinstance(subscribed, Deferred):  # the Redis engine: in Redis once it fires
+            subscribed.addErrback(self._subscribe_failed)
         self.log.info("{peer} subscribed to {channels} (legacy push_mode)",
                       peer=connection.peer, channels=name_list(names))
         connection.send_handshake_reply(
@@ -112,6 +115,14 @@ class PushMode(Mode):
             # Nothing is read from the logs until the reply has been read alone.
             reader.paused = True
             self._timer = state.clock.callLater(SETTLE_DELAY, self._settled)
+
+    def _subscribe_failed(self, failure: Failure) -> None:
+        """The Redis engine could not follow the channels: say so once, and close."""
+        failure.trap(LTtxError)
+        self.log.info("{peer}: legacy subscribe to {channels} failed: {error}",
+                      peer=self.connection.peer, channels=name_list(self.names),
+                      error=failure.value.message)
+        self.connection.transport.loseConnection()
 
     def _settled(self) -> None:
         self._timer = None
