@@ -113,6 +113,8 @@ class SharedChannelRegistry(ChannelRegistry):
         self.appended = 0
         self.dropped_redis_down = 0
         self.read_from_redis = 0
+        #: Messages read from the streams for subscribers' history/since/resume.
+        self.history_read = 0
         self.epoch_changes = 0
         self._down = False
 
@@ -461,6 +463,7 @@ class SharedChannelRegistry(ChannelRegistry):
                 start = plan.start if plan.start is not None else log.next_seq
                 if plan.history is not None:
                     prelude.extend(plan.history.result)
+                    self.history_read += len(plan.history.result)
                     start = plan.upto  # the local log from where the stream's read ended
                 position = Position(log, start, bool(conflate), prelude)
                 subscriber.positions[name] = position
@@ -503,7 +506,8 @@ class SharedChannelRegistry(ChannelRegistry):
                                  key=lambda item: item[1])
         redis: dict[str, Any] = {
             "batches_sent": self.batches, "appended": self.appended,
-            "read": self.read_from_redis, "dropped_redis_down": self.dropped_redis_down,
+            "read": self.read_from_redis, "history_read": self.history_read,
+            "dropped_redis_down": self.dropped_redis_down,
             "epoch_changes": self.epoch_changes,
             "stream_lengths": dict(sorted(longest)),
         }

@@ -19,6 +19,10 @@ Keys (``<prefix>`` from ``--redis-prefix``, ``lttx:`` by default):
   key is gone (deleted, expired, or Redis restarted empty) the next script
   that touches the channel makes it again with a new epoch: its seqs start at
   1 again, and a subscriber resuming from the old epoch is told of a gap.
+  A stream that lost its newest entries (a Sentinel failover to a replica
+  that had not got them) gets a new epoch from the first daemon that finds
+  out (:data:`OPEN`, when its follower reconnects): its seqs go on from the
+  stream's last id, and every daemon's subscribers are told of a gap.
 - ``<prefix>v:<channel>`` (a hash: MessagePack key -> the entry's ``m``) and
   ``<prefix>w:<channel>`` (a sorted set: MessagePack key scored by its seq):
   the newest message of each key (``last_values``), at most the registry's
@@ -151,7 +155,10 @@ return {epoch, first}
 """)
 
 #: Open a channel (make its stream if need be).  KEYS as :data:`APPEND`;
-#: ARGV: candidate epoch.  Returns ``{epoch, last id, first id or false, length}``.
+#: ARGV: candidate epoch, then the epoch and last seq the caller has read
+#: (``''`` if none): a stream of that epoch whose last seq is lower lost
+#: entries the caller read (a failover to a replica behind) and gets the
+#: candidate epoch.  Returns ``{epoch, last id, first id or false, length}``.
 OPEN = Script(_ENSURE + """
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
 local last, first, length = '0-0', false, 0
@@ -159,6 +166,11 @@ for i = 1, #info, 2 do
   if info[i] == 'last-generated-id' then last = info[i + 1]
   elseif info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1]
   elseif info[i] == 'length' then length = info[i + 1] end
+end
+if ARGV[2] ~= '' and epoch == ARGV[2]
+    and tonumber(string.sub(last, 3)) < tonumber(ARGV[3]) then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
 end
 return {epoch, last, first, length}
 """)
