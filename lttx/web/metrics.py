@@ -25,8 +25,11 @@ COUNTERS = frozenset({
     ("channel", "messages"),
     ("channels", "published"), ("channels", "delivered"), ("channels", "evicted_for_memory"),
     ("channels", "gaps"), ("channels", "conflated_drops"),
-    ("channels_redis", "batches_sent"), ("channels_redis", "batches_received"),
-    ("channels_redis", "remote_messages"), ("channels_redis", "dropped_redis_down"),
+    ("channels_redis", "batches_sent"), ("channels_redis", "appended"),
+    ("channels_redis", "read"), ("channels_redis", "history_read"),
+    ("channels_redis", "dropped_redis_down"), ("channels_redis", "epoch_changes"),
+    ("channels_redis", "reads"), ("channels_redis", "entries_read"),
+    ("channels_redis", "unblocks"),
     ("journal", "journal_fsyncs"), ("engine", "connects"),
 })
 

@@ -130,8 +130,8 @@ class SharedLogTests(TestCase):
         reader = self.b.connect()
         for _ in range(50):  # sampled every second
             status = reader.status()
-            if status["channels"]["redis"]["stream_lengths"].get("ticks"):
+            if status["channels"]["redis"]["stream_lengths"]:
                 break
             time.sleep(0.2)
-        self.assertEqual(status["channels"]["redis"]["stream_lengths"], {"ticks": 31})
+        self.assertEqual(status["channels"]["redis"]["stream_lengths"], [["ticks", 31]])
         self.assertEqual(status["channels"]["channels"]["ticks"]["stream_length"], 31)

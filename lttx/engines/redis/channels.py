@@ -185,6 +185,7 @@ class SharedChannelRegistry(ChannelRegistry):
                           self.last_values_limit, *batch))
         self.batches += len(calls)
         # (B's --redis-wait hooks in here: a WAIT after the batch, same connection.)
+        assert commands is not None
         replies = [commands.checked(d) for d in protocol.execute_many(calls)]
         barrier = self.barrier(protocol) if self.barrier is not None else None
         for (name, batch), call, d in zip(outgoing.items(), calls, replies):
@@ -221,15 +222,15 @@ class SharedChannelRegistry(ChannelRegistry):
     def _append_failed(self, failure: Failure, name: str, count: int,
                        acks: Optional[list[tuple[int, Deferred[int]]]]) -> None:
         failure.trap(LTtxError)
+        reason = getattr(failure.value, "message", str(failure.value))
         self.dropped_redis_down += count - len(acks or ())
         if not self._down:
             self._down = True
             self.log.warn("messages could not be written to Redis ({error}): pushed "
                           "messages are dropped and counted, publish requests fail, "
-                          "until it takes them again", error=failure.value.message)
+                          "until it takes them again", error=reason)
         for _, d in acks or ():
-            d.errback(Failure(Unavailable(
-                f"the message could not be written to Redis: {failure.value.message}")))
+            d.errback(Failure(Unavailable(f"the message could not be written to Redis: {reason}")))
 
     # -- following the streams ----------------------------------------------
 
@@ -359,7 +360,8 @@ class SharedChannelRegistry(ChannelRegistry):
         for name in names:
             self._joining[name] = self._joining.get(name, 0) + 1
         done: Deferred[dict[str, dict[str, int]]] = Deferred()
-        opened = defer.gatherResults([self._open(name) for name in names], consumeErrors=True)
+        opened: Deferred[Any] = defer.gatherResults([self._open(name) for name in names],
+                                                    consumeErrors=True)
         opened.addCallback(lambda logs: self._plan(
             subscriber, names, logs, history, since, epoch, last_values, resume))
         opened.addCallback(lambda plan: self._join(
@@ -377,7 +379,7 @@ class SharedChannelRegistry(ChannelRegistry):
                     if log is not None:
                         self._forget_if_idle(log)
             if isinstance(result, Failure):
-                if result.check(defer.FirstError):
+                if isinstance(result.value, defer.FirstError):
                     result = result.value.subFailure
                 done.errback(result)
             else:
@@ -509,7 +511,8 @@ class SharedChannelRegistry(ChannelRegistry):
             "read": self.read_from_redis, "history_read": self.history_read,
             "dropped_redis_down": self.dropped_redis_down,
             "epoch_changes": self.epoch_changes,
-            "stream_lengths": dict(sorted(longest)),
+            # [channel, length] pairs, longest first (a list: not one metric per channel)
+            "stream_lengths": [[name, length] for name, length in longest],
         }
         if self.follower is not None:
             redis.update(self.follower.status())

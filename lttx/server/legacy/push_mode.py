@@ -121,8 +121,8 @@ class PushMode(Mode):
         failure.trap(LTtxError)
         self.log.info("{peer}: legacy subscribe to {channels} failed: {error}",
                       peer=self.connection.peer, channels=name_list(self.names),
-                      error=failure.value.message)
-        self.connection.transport.loseConnection()
+                      error=getattr(failure.value, "message", failure.value))
+        self.connection.transport.loseConnection()  # type: ignore[union-attr]
 
     def _settled(self) -> None:
         self._timer = None

@@ -1,0 +1,230 @@
+"""
+Channels across daemons: the channel log in Redis Streams, by hand.
+
+Run from the checkout (a few minutes; every part is bounded)::
+
+    python3 benchmarks/redis_channels.py
+    python3 benchmarks/redis_channels.py --quick
+
+1. Fan-out 1 -> 10, ~100-byte messages, medians over ``--runs`` runs:
+
+   - ``memory``: one daemon (``--engine memory --fsync no``), the publisher and
+     the 10 subscriber processes on it;
+   - ``redis x2``: two daemons on one Redis, the publisher on A, 5 subscribers
+     on A and 5 on B (every message goes through its stream and both
+     daemons' XREAD loops);
+   - ``redis-py``: redis-py PUBLISH pipelined in batches of 500 to the same
+     Redis, 10 subscribers on ``pubsub().get_message``.
+
+   Figure: messages delivered per second (all received / time from the first
+   push to the last receive).
+
+2. Failover interruption: a subscriber connected to ``[A, B]`` receives
+   a publisher's steady stream (one message a millisecond, from daemon C); A
+   is killed (SIGKILL); the interruption is the longest time between two
+   messages received around the kill.  Each run checks that the seqs received
+   are consecutive (nothing missed or repeated).  p50 and max over runs.
+
+The machine is shared: the figures are indicative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from common import ROOT, DaemonProcess, percentile, start_redis, table  # type: ignore
+
+sys.path.insert(0, ROOT)
+
+import lttx  # noqa: E402
+
+SUBSCRIBERS = 10
+
+SUBSCRIBER = r"""
+import json, sys, time
+n, kind, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+if kind == "lttx":
+    sys.path.insert(0, sys.argv[4])
+    import lttx
+    c = lttx.connect("127.0.0.1", port, token="bench", timeout=60)
+    c.subscribe("hq")
+    print("ready", flush=True)
+    for _ in range(n):
+        c.Q.get(timeout=60)
+else:
+    import redis
+    r = redis.Redis(port=port)
+    p = r.pubsub()
+    p.subscribe("hq")
+    p.get_message(timeout=5)
+    print("ready", flush=True)
+    got = 0
+    while got < n:
+        if p.get_message(timeout=60) is not None:
+            got += 1
+print(json.dumps({"end": time.monotonic_ns()}), flush=True)
+"""
+
+
+def tick(i: int) -> str:
+    return f"{i:08d}|10.23|10.24|10.22|10.25|1200|3400|5600|7800|9000|1234567.89|2026112609300|"
+
+
+def connected(daemon: DaemonProcess) -> Any:
+    """A client once the daemon's Redis connection answers (bounded)."""
+    client = lttx.connect("127.0.0.1", daemon.port, token="bench", timeout=60)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.get("warm-up")
+            return client
+        except lttx.Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def fanout(kind: str, ports: list[int], n: int, push: Any) -> float:
+    procs = [subprocess.Popen([sys.executable, "-c", SUBSCRIBER, str(n), kind,
+                               str(ports[i % len(ports)]), ROOT],
+                              stdout=subprocess.PIPE, text=True) for i in range(SUBSCRIBERS)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    start = time.monotonic_ns()
+    push(n)
+    ends = []
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        p.wait(120)
+        ends.append(json.loads(line)["end"])
+    return n * SUBSCRIBERS / ((max(ends) - start) / 1e9)
+
+
+def lttx_push(client: Any) -> Any:
+    def push(n: int) -> None:
+        for i in range(n):
+            client.push(f"{i % 5000:06d}.SH", tick(i), "hq")
+        client.flush()
+    return push
+
+
+def fanout_runs(runs: int, messages: int, redis_port: int, r: Any) -> dict[str, list[float]]:
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    figures: dict[str, list[float]] = {"memory": [], "redis x2": [], "redis-py": []}
+
+    def redis_py_push(n: int) -> None:
+        pipe = r.pipeline(transaction=False)
+        for i in range(n):
+            pipe.publish("hq", tick(i))
+            if i % 500 == 499:
+                pipe.execute()
+        pipe.execute()
+
+    with DaemonProcess("--fsync", "no") as mem, \
+            DaemonProcess("--engine", "redis", "--redis", url) as a, \
+            DaemonProcess("--engine", "redis", "--redis", url) as b:
+        cm, ca = connected(mem), connected(a)
+        connected(b).close()
+        for _ in range(runs):
+            figures["memory"].append(fanout("lttx", [mem.port], messages, lttx_push(cm)))
+            figures["redis x2"].append(fanout("lttx", [a.port, b.port], messages,
+                                              lttx_push(ca)))
+            figures["redis-py"].append(fanout("redis", [redis_port], messages, redis_py_push))
+        cm.close()
+        ca.close()
+    return figures
+
+
+def failover_once(redis_port: int) -> tuple[float, bool]:
+    """One kill: (the longest silence around it in s, whether the seqs were consecutive)."""
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    channel = f"fo{time.monotonic_ns()}"
+    with DaemonProcess("--engine", "redis", "--redis", url) as a, \
+            DaemonProcess("--engine", "redis", "--redis", url) as b, \
+            DaemonProcess("--engine", "redis", "--redis", url) as c:
+        connected(a).close()
+        connected(b).close()
+        publisher = connected(c)
+        client = lttx.connect([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], token="bench",
+                              timeout=30)
+        client.subscribe(channel)
+        received: list[tuple[float, int]] = []
+        stop = threading.Event()
+
+        def publish() -> None:
+            i = 0
+            while not stop.is_set():
+                publisher.push("k", i, channel)
+                publisher.flush()
+                i += 1
+                time.sleep(0.001)
+
+        thread = threading.Thread(target=publish, daemon=True)
+        thread.start()
+        while len(received) < 300:
+            m = client.Q.get(timeout=30)
+            received.append((time.monotonic(), m.seq))
+        killed_at = time.monotonic()
+        a.process.kill()
+        a.process.wait()
+        while True:
+            m = client.Q.get(timeout=30)
+            received.append((time.monotonic(), m.seq))
+            if received[-1][0] - killed_at > 1.0 and len(received) > 600:
+                break
+        stop.set()
+        thread.join(5)
+        client.close()
+        publisher.close()
+    seqs = [s for _, s in received]
+    times = [t for t, _ in received]
+    window = [i for i, t in enumerate(times) if t >= killed_at - 0.05]
+    silence = max(times[i] - times[i - 1] for i in window if i > 0)
+    return silence, seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--failovers", type=int, default=5)
+    args = parser.parse_args()
+    messages = 5000 if args.quick else 20000
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("redis-server is not installed")
+    tmp = tempfile.TemporaryDirectory()
+    redis_proc, port, r = start_redis(server, tmp.name)
+    try:
+        figures = fanout_runs(args.runs, messages, port, r)
+        failovers = [failover_once(port) for _ in range(args.failovers)]
+    finally:
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        tmp.cleanup()
+    medians = {name: statistics.median(values) for name, values in figures.items()}
+    rows = [[name, f"{medians[name]:,.0f}", f"{medians[name] / medians['redis-py']:.2f}",
+             " ".join(f"{v:,.0f}" for v in figures[name])] for name in figures]
+    print(f"fan-out 1 -> {SUBSCRIBERS}: {messages} messages, median of {args.runs} runs "
+          f"(indicative: shared machine)")
+    print(table(rows, ["set-up", "msgs delivered/s", "vs redis-py", "runs"]))
+    silences = sorted(s for s, _ in failovers)
+    print(f"\nfailover interruption over {len(silences)} SIGKILLs: "
+          f"p50 {percentile(silences, 50) * 1000:.0f} ms, max {silences[-1] * 1000:.0f} ms; "
+          f"seqs consecutive in {sum(ok for _, ok in failovers)} of {len(failovers)} runs")
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    main()
