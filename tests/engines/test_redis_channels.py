@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -57,8 +60,12 @@ def connected(reactor: MemoryReactorClock, name: str) -> tuple[RedisClient, Stri
 
 class RegistryTestCase(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = MemoryReactorClock()
         self.patch(channels_module, "new_epoch", lambda: 77)
+        self.build()
+
+    def build(self) -> None:
+        """A registry and its follower on StringTransports, the follower ready."""
+        self.clock = MemoryReactorClock()
         self.registry = SharedChannelRegistry(lambda: 0.0, "p:", b"D" * 16, history_bytes=1000,
                                               last_values_limit=16)
         self.commands, self.ct = connected(self.clock, "redis")
@@ -302,3 +309,56 @@ class ResyncTests(RegistryTestCase):
         self.assertEqual((frames[0][1], frames[0][3]["first"], frames[0][3]["last"]),
                          ("gap", 6, 8))
         self.assertEqual(frames[1][4], 9)
+
+
+class BarrierTests(RegistryTestCase):
+    def test_acknowledgements_wait_for_the_barrier(self) -> None:
+        """The seam of --redis-wait: called with the connection right after the
+        batch is written; a publish is answered once both the script and the
+        barrier answered, and fails if the barrier does."""
+        barriers: list[Deferred[Any]] = []
+        self.registry.barrier = lambda protocol: barriers.append(Deferred()) or barriers[-1]
+        ok = self.registry.publish_acknowledged("hq", "a", 1)
+        self.registry.flush()
+        self.answer(self.commands, [b"77", b"0-3"])
+        self.assertNoResult(ok)
+        barriers[0].callback(1)
+        self.assertEqual(self.successResultOf(ok), 3)
+        refused = self.registry.publish_acknowledged("hq", "a", 2)
+        self.registry.flush()
+        self.answer(self.commands, [b"77", b"0-4"])
+        barriers[1].errback(Unavailable("WAIT: 0 of 1 replicas"))
+        self.assertIn("WAIT", self.failureResultOf(refused, Unavailable).value.message)
+
+
+class FollowedLogProperties(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.patch(channels_module, "new_epoch", lambda: 77)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 6), st.booleans()),
+                    max_size=25))
+    def test_each_seq_once_or_in_a_gap(self, steps: list[tuple[int, int, bool]]) -> None:
+        """Whatever the XREAD replies (entries trimmed before they were read,
+        batches read again after a reconnection), a subscriber gets increasing
+        seqs, never one twice, and each seq it does not get is in a gap notice."""
+        harness = RegistryTestCase("build")
+        harness.build()
+        subscriber = ListSubscriber()
+        harness.successResultOf(harness.open_hq(subscriber, last=0))
+        next_seq = 1
+        for skipped, count, repeat in steps:
+            start = max(1, next_seq - count) if repeat else next_seq + skipped
+            entries = [entry(seq, "k", seq) for seq in range(start, start + count)]
+            harness.answer(harness.reading, [[b"p:s:hq", entries]])
+            next_seq = max(next_seq, start + count)
+        delivered: list[int] = []
+        covered: list[int] = []
+        for frame in subscriber.messages():
+            if frame[0] == 3:
+                delivered.append(frame[4])
+            else:
+                self.assertEqual(frame[1], "gap")
+                covered.extend(range(frame[3]["first"], frame[3]["last"] + 1))
+        self.assertEqual(delivered, sorted(set(delivered)))
+        self.assertEqual(sorted(delivered + covered), list(range(1, next_seq)))
