@@ -6,6 +6,7 @@ through every daemon.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -135,3 +136,28 @@ class SharedLogTests(TestCase):
             time.sleep(0.2)
         self.assertEqual(status["channels"]["redis"]["stream_lengths"], [["ticks", 31]])
         self.assertEqual(status["channels"]["channels"]["ticks"]["stream_length"], 31)
+
+
+class LegacyTests(TestCase):
+    def test_legacy_subscriber_gets_another_daemons_pushes(self) -> None:
+        """An original-protocol push_mode subscriber on A is answered once A
+        follows the channel's stream: a push through B right after it arrives."""
+        from ..oldclient import legacy_daemon
+        from ..test_legacy_integration import raw_handshake
+
+        redis = RedisServer(self)
+        a, port = legacy_daemon(self, "--engine", "redis", "--redis", redis.url)
+        a.wait_for_log(r"redis streams: connected to Redis at")
+        b = redis_daemon(self, redis)
+        s, answer = raw_handshake(port, {"con_type": "push_mode", "who": "hq",
+                                         "tocken": a.token})
+        self.addCleanup(s.close)
+        self.assertEqual(json.loads(answer)["code"], 0)
+        publisher = b.connect()
+        publisher.push("k", "from b", "hq")
+        publisher.flush()
+        data = b""
+        while b'"k|from b"' not in data:
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, f"closed; got {data!r}")
+            data += chunk

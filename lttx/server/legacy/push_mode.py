@@ -104,25 +104,38 @@ class PushMode(Mode):
             transport.unregisterProducer()
             raise AuthError(f"wrong password for channel {'@'.join(names)[:80]!r}") from None
         self.names = names
-        if isinstance(subscribed, Deferred):  # the Redis engine: in Redis once it fires
-            subscribed.addErrback(self._subscribe_failed)
-        self.log.info("{peer} subscribed to {channels} (legacy push_mode)",
-                      peer=connection.peer, channels=name_list(names))
-        connection.send_handshake_reply(
-            {"code": 0, "msg": f"subscribed to {'@'.join(names)}"})
         self._timer: Any = None
-        if state.clock is not None:
+        self._gone = False
+        if isinstance(subscribed, Deferred):
+            # The Redis engine: answered once the daemon follows the streams, so
+            # nothing published after the answer is missed.
+            subscribed.addCallbacks(lambda _: self._answer(), self._subscribe_failed)
+        else:
+            self._answer()
+
+    def _answer(self) -> None:
+        """The handshake's reply; the logs are read once it was read alone."""
+        if self._gone:
+            return
+        connection = self.connection
+        self.log.info("{peer} subscribed to {channels} (legacy push_mode)",
+                      peer=connection.peer, channels=name_list(self.names))
+        connection.send_handshake_reply(
+            {"code": 0, "msg": f"subscribed to {'@'.join(self.names)}"})
+        if self.state.clock is not None:
             # Nothing is read from the logs until the reply has been read alone.
-            reader.paused = True
-            self._timer = state.clock.callLater(SETTLE_DELAY, self._settled)
+            self.subscriber.paused = True
+            self._timer = self.state.clock.callLater(SETTLE_DELAY, self._settled)
 
     def _subscribe_failed(self, failure: Failure) -> None:
-        """The Redis engine could not follow the channels: say so once, and close."""
+        """The Redis engine could not follow the channels: say so, and close."""
         failure.trap(LTtxError)
+        reason = getattr(failure.value, "message", str(failure.value))
         self.log.info("{peer}: legacy subscribe to {channels} failed: {error}",
-                      peer=self.connection.peer, channels=name_list(self.names),
-                      error=getattr(failure.value, "message", failure.value))
-        self.connection.transport.loseConnection()  # type: ignore[union-attr]
+                      peer=self.connection.peer, channels=name_list(self.names), error=reason)
+        if not self._gone:
+            self.connection.send_handshake_reply({"code": -1, "msg": reason})
+            self.connection.transport.loseConnection()  # type: ignore[union-attr]
 
     def _settled(self) -> None:
         self._timer = None
@@ -141,6 +154,7 @@ class PushMode(Mode):
         self._next_heartbeat()
 
     def connection_lost(self, reason: Failure) -> None:
+        self._gone = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
