@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx import Unavailable
+from lttx import LTtxError, Unavailable
 from lttx.engines.redis import channels as channels_module
 from lttx.engines.redis.channels import SharedChannelRegistry
 from lttx.engines.redis.follower import StreamFollower
@@ -329,6 +329,45 @@ class BarrierTests(RegistryTestCase):
         self.answer(self.commands, [b"77", b"0-4"])
         barriers[1].errback(Unavailable("WAIT: 0 of 1 replicas"))
         self.assertIn("WAIT", self.failureResultOf(refused, Unavailable).value.message)
+
+    def test_failed_barrier_fails_every_channel(self) -> None:
+        barrier: Deferred[Any] = Deferred()
+        self.registry.barrier = lambda protocol: barrier
+        one = self.registry.publish_acknowledged("hq", "a", 1)
+        two = self.registry.publish_acknowledged("cb", "a", 1)
+        self.registry.flush()
+        self.answer(self.commands, [b"77", b"0-3"], [b"77", b"0-1"])
+        barrier.errback(Unavailable("WAIT: 0 of 1 replicas"))
+        self.failureResultOf(one, Unavailable)
+        self.failureResultOf(two, Unavailable)
+
+
+class BatchTests(RegistryTestCase):
+    def test_large_batch_in_parts_of_one_write(self) -> None:
+        """Past MAX_BATCH messages, a channel's batch is several APPENDs (one
+        script does not hold Redis long), all in one write; seqs follow."""
+        self.patch(channels_module, "MAX_BATCH", 2)
+        acks = [self.registry.publish_acknowledged("hq", "k", i) for i in range(5)]
+        self.registry.flush()
+        calls = self.ct.value().count(b"EVALSHA")
+        self.assertEqual(calls, 3)
+        self.answer(self.commands, [b"77", b"0-1"], [b"77", b"0-3"], [b"77", b"0-5"])
+        self.assertEqual([self.successResultOf(d) for d in acks], [1, 2, 3, 4, 5])
+
+
+class OpenTests(RegistryTestCase):
+    def test_concurrent_subscribes_share_one_open(self) -> None:
+        """Two subscribes to a new channel: one OPEN; its failure fails both,
+        and a later subscribe opens again."""
+        one = self.registry.subscribe(ListSubscriber(), ["hq"])
+        two = self.registry.subscribe(ListSubscriber(), ["hq"])
+        self.assertEqual(self.take(self.ct).count(b"EVALSHA"), 1)
+        self.commands.protocol.dataReceived(b"-LOADING Redis is loading\r\n")  # type: ignore
+        self.failureResultOf(one, LTtxError)
+        self.failureResultOf(two, LTtxError)
+        three = self.registry.subscribe(ListSubscriber(), ["hq"])
+        self.answer(self.commands, [b"77", b"0-0", None, 0])
+        self.assertEqual(self.successResultOf(three)["hq"]["from"], 1)
 
 
 class FollowedLogProperties(SynchronousTestCase):

@@ -73,6 +73,9 @@ from .streams import APPEND, OPEN, Keys, Opened, appended, entry_frames, key_byt
 
 #: Channel names checked once and remembered (the set is cleared past this).
 _CHECKED_LIMIT = 10_000
+#: Most messages one APPEND carries (a larger batch is several, in one write),
+#: so that one script does not hold Redis for long.
+MAX_BATCH = 1000
 
 
 class SharedChannelRegistry(ChannelRegistry):
@@ -101,7 +104,7 @@ class SharedChannelRegistry(ChannelRegistry):
         self._acks: dict[str, list[tuple[int, Deferred[int]]]] = {}
         self._checked: set[str] = set()
         # channel -> the Deferred of its OPEN under way
-        self._opening: dict[str, Deferred[ChannelLog]] = {}
+        self._opening: dict[str, _Shared] = {}
         # channel -> subscribes under way (its log is not forgotten meanwhile)
         self._joining: dict[str, int] = {}
         #: channel -> its stream's length, sampled (:meth:`sample_streams`)
@@ -177,25 +180,33 @@ class SharedChannelRegistry(ChannelRegistry):
                 self._append_failed(Failure(Unavailable("Redis is unavailable")), name,
                                     len(batch) // 2, acks.get(name))
             return
-        calls = []
+        parts = []  # (channel, messages, their acknowledgements, the call)
         for name, batch in outgoing.items():
-            sizes = sum(len(batch[i]) for i in range(1, len(batch), 2))
-            calls.append(("EVALSHA", APPEND.sha, 4, *self.keys(name).all(), new_epoch(),
-                          max_length(self.history_bytes, sizes, len(batch) // 2),
-                          self.last_values_limit, *batch))
-        self.batches += len(calls)
-        # (B's --redis-wait hooks in here: a WAIT after the batch, same connection.)
-        assert commands is not None
-        replies = [commands.checked(d) for d in protocol.execute_many(calls)]
-        barrier = self.barrier(protocol) if self.barrier is not None else None
-        for (name, batch), call, d in zip(outgoing.items(), calls, replies):
+            channel_acks = acks.get(name) or []
+            for offset in range(0, len(batch), 2 * MAX_BATCH):
+                part = batch[offset:offset + 2 * MAX_BATCH]
+                low, count = offset // 2, len(part) // 2
+                part_acks = [(i - low, d) for i, d in channel_acks if low <= i < low + count]
+                sizes = sum(len(part[i]) for i in range(1, len(part), 2))
+                parts.append((name, count, part_acks, (
+                    "EVALSHA", APPEND.sha, 4, *self.keys(name).all(), new_epoch(),
+                    max_length(self.history_bytes, sizes, count), self.last_values_limit,
+                    *part)))
             self._published_to.add(name)
+        self.batches += len(parts)
+        assert commands is not None
+        replies = [commands.checked(d)
+                   for d in protocol.execute_many([call for *_, call in parts])]
+        # --redis-wait: a barrier (WAIT) written after the batch on the same
+        # connection; the acknowledgements wait for it too.
+        barrier = _Shared(self.barrier(protocol)) if self.barrier is not None else None
+        for (name, count, part_acks, call), d in zip(parts, replies):
             d.addErrback(self._noscript, call)
             if barrier is not None:
-                d.addCallback(_after, barrier)
+                d.addCallback(barrier.after)
             d.addCallbacks(self._appended, self._append_failed,
-                           callbackArgs=(name, len(batch) // 2, acks.get(name)),
-                           errbackArgs=(name, len(batch) // 2, acks.get(name)))
+                           callbackArgs=(name, count, part_acks),
+                           errbackArgs=(name, count, part_acks))
 
     def _noscript(self, failure: Failure, call: tuple[Any, ...]) -> Any:
         """After a SCRIPT FLUSH: the batch once more as EVAL (the next
@@ -398,13 +409,13 @@ class SharedChannelRegistry(ChannelRegistry):
         if opening is None:
             if self.commands is None:
                 return defer.fail(Unavailable("Redis is unavailable"))
-            opening = self.commands.evalsha(OPEN, self.keys(name).all(), [new_epoch(), "", ""])
-            opening.addCallback(self._opened, name)
-            opening.addBoth(self._open_done, name)
-            self._opening[name] = opening
-        d: Deferred[ChannelLog] = Deferred()
-        opening.addBoth(_chain, d)
-        return d
+            call = self.commands.evalsha(OPEN, self.keys(name).all(), [new_epoch(), "", ""])
+            call.addCallback(self._opened, name)
+            call.addBoth(self._open_done, name)
+            opening = _Shared(call)
+            if opening.pending:  # (a call failing at once is not kept)
+                self._opening[name] = opening
+        return opening.wait()
 
     def _open_done(self, result: Any, name: str) -> Any:
         self._opening.pop(name, None)
@@ -523,21 +534,45 @@ class SharedChannelRegistry(ChannelRegistry):
         return status
 
 
-def _after(reply: Any, barrier: "Deferred[Any]") -> "Deferred[Any]":
-    """The reply, once the barrier passed too."""
-    waiter: Deferred[Any] = Deferred()
-    barrier.addBoth(_chain, waiter)
-    return waiter.addCallback(lambda _: reply)
+class _Shared:
+    """One Deferred waited for by several chains (each gets its outcome)."""
+
+    def __init__(self, d: "Deferred[Any]") -> None:
+        self._outcome: Any = _PENDING
+        self._waiting: list[Deferred[Any]] = []
+        d.addBoth(self._fired)
+
+    @property
+    def pending(self) -> bool:
+        return self._outcome is _PENDING
+
+    def _fired(self, outcome: Any) -> None:
+        self._outcome = outcome
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            self._fire(waiter)
+
+    def _fire(self, waiter: "Deferred[Any]") -> None:
+        if isinstance(self._outcome, Failure):
+            waiter.errback(self._outcome)
+        else:
+            waiter.callback(self._outcome)
+
+    def wait(self) -> "Deferred[Any]":
+        """A Deferred of the shared one's outcome."""
+        waiter: Deferred[Any] = Deferred()
+        if self._outcome is _PENDING:
+            self._waiting.append(waiter)
+        else:
+            self._fire(waiter)
+        return waiter
+
+    def after(self, reply: Any) -> "Deferred[Any]":
+        """``reply``, once the shared Deferred succeeded (its failure otherwise)."""
+        return self.wait().addCallback(lambda _: reply)
 
 
-def _chain(result: Any, d: "Deferred[Any]") -> Any:
-    """Fire ``d`` with ``result`` and pass ``result`` on (a Failure is
-    passed on to ``d`` alone, so the original chain does not log it twice)."""
-    if isinstance(result, Failure):
-        d.errback(result)
-        return None
-    d.callback(result)
-    return result
+_PENDING = object()
 
 
 __all__ = ["SharedChannelRegistry"]
