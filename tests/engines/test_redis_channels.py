@@ -301,6 +301,17 @@ class ResyncTests(RegistryTestCase):
         self.answer(self.reading, [[b"p:s:hq", [entry(6, "k", 6), entry(7, "k", 7)]]])
         self.assertEqual([f[4] for f in subscriber.messages()], [6, 7])
 
+    def test_unchecked_channel_read_on(self) -> None:
+        """A channel whose check fails (another program's key of that name):
+        one log line, and the follower reads on from where it was."""
+        subscriber = ListSubscriber()
+        self.successResultOf(self.open_hq(subscriber))
+        self.reconnect()
+        self.take(self.rt)
+        self.reading.protocol.dataReceived(  # type: ignore[union-attr]
+            resp(10) + b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n")
+        self.assertEqual(self.take(self.rt), encode_command([*XREAD, b"p:s:hq", b"0-5"]))
+
     def test_trimmed_before_read_is_a_gap(self) -> None:
         subscriber = ListSubscriber()
         self.successResultOf(self.open_hq(subscriber))

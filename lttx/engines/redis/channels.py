@@ -290,8 +290,18 @@ class SharedChannelRegistry(ChannelRegistry):
                           log.epoch, log.next_seq - 1))
         replies = protocol.execute_many(calls)
         for name, d in zip(names, replies):
-            d.addCallback(self._resynced, name)
-        return defer.gatherResults(replies, consumeErrors=True)
+            d.addCallbacks(self._resynced, self._resync_failed, callbackArgs=(name,),
+                           errbackArgs=(name,))
+        # Never fails: a channel that could not be checked is read on from
+        # where it was (a lost connection makes the follower resync again).
+        return defer.gatherResults(replies)
+
+    def _resync_failed(self, failure: Failure, name: str) -> None:
+        failure.trap(LTtxError)
+        if not isinstance(failure.value, Unavailable):  # a lost connection says so itself
+            self.log.warn("channel {channel!r}: its stream could not be checked ({error}); "
+                          "read on from where it was", channel=name,
+                          error=getattr(failure.value, "message", failure.value))
 
     def _resynced(self, reply: Any, name: str) -> None:
         opened = Opened(reply)
