@@ -186,14 +186,14 @@ class RedisEngineTests(TestCase):
         c.close()
         first.stop()
         second = Daemon(self, *args)
-        second.wait_for_log(r"redis streams: connected to Redis at")
+        second.wait_for_log(r"redis: connected to Redis at")
         c2 = second.connect()
         assert_frame_equal(c2.get("bars"), every_dtype_frame(), check_exact=True)
         self.assertTrue(c2.list_remove("hist", bars(5)))
         np.testing.assert_array_equal(c2.get_list_value("hist", 0), np.arange(4))
 
         third = Daemon(self, *args)
-        third.wait_for_log(r"redis streams: connected to Redis at")
+        third.wait_for_log(r"redis: connected to Redis at")
         c2.subscribe("hq")  # answered once the daemon follows the channel's stream
         publisher = third.connect()
         publisher.push("bars", bars(20), "hq")
