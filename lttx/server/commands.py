@@ -136,7 +136,7 @@ class Commands:
     @command(3)
     def cmd_publish(self, channel: Any, key: Any, data: Any) -> Any:
         """An acknowledged publish: the reply is the message's seq, once it is in the log."""
-        return self.state.channels.publish(channel, key, data)
+        return _replicated(self.state, self.state.channels.publish(channel, key, data))
 
     # -- watch (the change log lives in the registry) -----------------------
 
@@ -144,6 +144,10 @@ class Commands:
     def cmd_watch(self, patterns: Any, options: Any = None) -> Any:
         wanted = _patterns(patterns)
         resume = _options(options, "watch", ("resume",)).get("resume")
+        source = self.state.channels.changes_source
+        loading = source.ready() if source is not None else None
+        if loading is not None:  # the Redis engine's first watch: the shared log loads
+            return loading.addCallback(lambda _: self.cmd_watch(patterns, options))
         reader = self.connection.open_reader()
         current = reader.watch.patterns if reader.watch is not None else []
         grant = self.connection.grant
@@ -248,6 +252,15 @@ class Commands:
     @command(0)
     def cmd_status(self) -> Any:
         return self.state.status()
+
+
+def _replicated(state: ServerState, seq: Any) -> Any:
+    """``seq``, once the replicas have the publish, with ``--redis-wait``
+    (lttx/engines/redis/replication.py); at once without."""
+    replication = getattr(state.store, "replication", None)
+    if replication is None:
+        return seq
+    return replication.confirm().addCallback(lambda _: seq)
 
 
 _CAS = ("if_revision",)

@@ -6,6 +6,9 @@ under the daemon's services, from the ``--redis*`` options.
 - Variables: :class:`lttx.engines.redis.store.RedisStore`.
 - Channels: :class:`lttx.engines.redis.channels.SharedChannelRegistry`.
 - Daemons: :class:`lttx.engines.redis.directory.DaemonDirectory`.
+- Watches and mirrors: :class:`lttx.engines.redis.changes.ChangeFeed` (the
+  change stream into the daemon's change log, on a connection of its own).
+- ``--redis-wait``: :class:`lttx.engines.redis.replication.Replication`.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ...state.channels import ChannelRegistry
+from .changes import ChangeFeed
 from .channels import SharedChannelRegistry
 from .directory import DaemonDirectory
+from .replication import DEFAULT_WAIT_TIMEOUT, Replication
 from .resp import RedisAddress, RedisClient
-from .store import SCRIPTS, RedisStore
+from .store import FEED_START, SCRIPTS, RedisStore, changes_maxlen
 
 
 def redis_address(options: Any, environ: dict[str, str]) -> RedisAddress:
@@ -58,8 +63,9 @@ class _EngineStore(RedisStore):
 
     directory: Optional[DaemonDirectory] = None
 
-    def __init__(self, client: RedisClient, prefix: str = "lttx:", clock: Any = None) -> None:
-        super().__init__(client, prefix, *(() if clock is None else (clock,)))
+    def __init__(self, client: RedisClient, prefix: str = "lttx:", clock: Any = None,
+                 **options: Any) -> None:
+        super().__init__(client, prefix, *(() if clock is None else (clock,)), **options)
         #: host:port of each listener (the tap adds them once listening)
         self.listening: list[str] = []
 
@@ -80,10 +86,16 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     address = redis_address(options, environ)
     prefix = options.get("redis-prefix") or "lttx:"
     commands = RedisClient(reactor, address, name="redis", scripts=SCRIPTS)
-    store = _EngineStore(commands, prefix, reactor.seconds)
+    history = options.get("channel-history") or 64 * 1024 * 1024
+    store = _EngineStore(commands, prefix, reactor.seconds, maxlen=changes_maxlen(history))
     services = MultiService()
     services.setServiceParent(parent)
     _ClientRunner(commands).setServiceParent(services)
+    _changes(reactor, address, channels, store).setServiceParent(services)
+    if options.get("redis-wait"):
+        store.replication = Replication(
+            commands, options["redis-wait"],
+            options.get("redis-wait-timeout") or DEFAULT_WAIT_TIMEOUT, reactor)
     if isinstance(channels, SharedChannelRegistry):
         subscriber = RedisClient(reactor, address, name="redis pub/sub", pubsub=True,
                                  on_message=channels.message_received,
@@ -100,6 +112,15 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     Logger(namespace="lttx.tap").info(
         "engine redis: {where}, key prefix {prefix!r}", where=address.describe(), prefix=prefix)
     return store
+
+
+def _changes(reactor: Any, address: RedisAddress, channels: ChannelRegistry,
+             store: RedisStore) -> ChangeFeed:
+    """The change feed of ``channels``' change log, on a connection of its own."""
+    client = RedisClient(reactor, address, name="redis changes", scripts=(FEED_START,))
+    feed = ChangeFeed(client, channels, store.changes_keys)
+    channels.changes_source = store.feed = feed
+    return feed
 
 
 def new_daemon_id() -> bytes:
