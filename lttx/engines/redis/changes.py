@@ -234,6 +234,8 @@ class ChangeFeed(Service):
 
     def _failed(self, failure: Failure) -> None:
         self._reading = False
+        if isinstance(failure.value, defer.FirstError):  # from _sync's gatherResults
+            failure = failure.value.subFailure
         failure.trap(LTtxError)
         self._release()
         if self._stopped:
