@@ -125,6 +125,15 @@ class FeedTests(SynchronousTestCase):
         self.reply([epoch, b"%d" % first, b"%d" % last], INFO)
         return ready
 
+    def reconnect(self) -> None:
+        """The feed's connection lost, and another made (what the client's
+        ClientService does, then the feed's wait for it)."""
+        self.client.protocol.connectionLost()  # type: ignore[union-attr]
+        self.client.protocol = RedisProtocol()
+        self.transport = StringTransport()
+        self.client.protocol.makeConnection(self.transport)
+        self.feed._sync()
+
     def xread(self, after: int) -> bytes:
         return encode_command(["XREAD", "COUNT", 10, "BLOCK", 500, "STREAMS", "t:changes",
                                b"0-%d" % after])
@@ -187,10 +196,34 @@ class FeedTests(SynchronousTestCase):
         self.reply([b"1800000000000000", b"1", b"2"], INFO)
         new = stream_epoch(b"1800000000000000", REPLID)
         self.assertEqual(self.sent(), self.xread(0))
-        self.reply(self.entries((1, "", b""), (2, "old", change_body("put", [0], 1))))
+        self.reply(self.entries((1, "", b""), (2, "y", change_body("put", [0], 1))))
+        self.reply(self.entries((3, "x", change_body("put", [1], 2))))
+        # A stream made again is all new: the watcher reads it from its start.
+        notice, *changes = frames_of(self.out.value())
+        self.assertEqual(notice[3], {"first": 2, "last": None, "epoch": new,
+                                     "previous_epoch": old, "from": 1})
+        self.assertEqual(changes, [[3, None, "y", ["put", [0], 1], 2],
+                                   [3, None, "x", ["put", [1], 2], 3]])
+
+    def test_a_promoted_replica_is_read_from_its_end(self) -> None:
+        """The same stream on another master (a failover: same epoch key, another
+        replication id): another epoch, and the watcher reads on from its end
+        (the promoted replica's stream holds what the watcher had, or less)."""
+        self.start(first=1, last=2)
+        self.reply(self.entries((1, "", b""), (2, "x", change_body("put", [0], 1))))
+        old = self.feed.epoch
+        self.registry.watch(self.reader, ["*"], lambda name: True)
+        self.sent()
+        self.reconnect()
+        self.assertIn(b"EVALSHA", self.sent())
+        self.reply([b"1700000000000000", b"1", b"2"],
+                   INFO.replace(REPLID.encode(), b"b" * 40))
+        new = stream_epoch(b"1700000000000000", "b" * 40)
+        self.assertEqual(self.sent(), self.xread(0))
+        self.reply(self.entries((1, "", b""), (2, "x", change_body("put", [0], 1))))
         self.reply(self.entries((3, "x", change_body("put", [1], 2))))
         notice, change = frames_of(self.out.value())
-        self.assertEqual(notice[3], {"first": 2, "last": None, "epoch": new,
+        self.assertEqual(notice[3], {"first": 3, "last": None, "epoch": new,
                                      "previous_epoch": old, "from": 3})
         self.assertEqual(change, [3, None, "x", ["put", [1], 2], 3])
 

@@ -108,3 +108,33 @@ class ResumeAcrossDaemonsTests(TestCase):
                          list(range(got[0].revision, got[0].revision + count)))
         self.assertEqual(w.missed, 0)
         self.assertEqual(w.qsize(), 0)
+
+
+class StreamLostTests(TestCase):
+    timeout = 120
+
+    def test_redis_restarted_empty_is_a_missed_notice(self) -> None:
+        """Redis restarted without its data: the change stream comes back with
+        another epoch, a watcher is told it missed changes and then gets every
+        change of the new stream; a mirror reloads."""
+        redis = RedisServer(self)
+        a, b = redis_daemon(self, redis), redis_daemon(self, redis)
+        ca, cb = a.connect(), b.connect()
+        w = cb.watch("x*")
+        m = cb.mirror("x*")
+        ca.put("x", 1)
+        self.assertEqual((w.get(timeout=10).args, m.get("x")), ((1,), 1))
+        mark, mark_a = len(b.lines), len(a.lines)
+        redis.stop()
+        b.wait_for_log(r"the change feed lost Redis", start=mark)
+        redis.start()
+        b.wait_for_log(r"redis: connected to Redis", start=mark)
+        a.wait_for_log(r"redis: connected to Redis", start=mark_a)
+        ca.put("x", 2)  # before or after B's feed made the stream again
+        with self.assertRaises(lttx.MissedChanges):
+            w.get(timeout=10)
+        self.assertEqual(w.get(timeout=10).args, (2,))
+        b.wait_for_log(r"the change stream has another epoch", start=mark)
+        cb.put("x_end", 3)
+        self.assertEqual(w.get(timeout=10).name, "x_end")
+        self.assertGreaterEqual(m.reloads, 1)  # (its copy: once the reload is done)

@@ -26,7 +26,9 @@ order Redis applied them in, so each variable's revisions are consecutive).
   FLUSHALL) or a master promoted by a failover (whose stream may lack the
   last changes of the old one, so its seqs would be given again) is another
   epoch; every watcher is told it missed changes of unknown range (a mirror
-  reloads) and reads on from the new stream's end.  The feed checks the
+  reloads) and reads on: from the start of a stream made again (all of it is
+  new to every watcher), from the end of a promoted replica's stream (it
+  holds what the watchers had, maybe less).  The feed checks the
   epoch after every reconnection and every idle ``BLOCK`` timeout.
 - Read your writes: a write's reply waits until the feed has read its change
   (:meth:`ChangeFeed.reached`), so a watcher of the writing client has it
@@ -97,6 +99,7 @@ class ChangeFeed(Service):
         #: cut off (the connection is down; it goes on once it is back)
         self.state = "idle"
         self.epoch: Optional[int] = None
+        self._raw: Optional[bytes] = None  # the epoch key's value
         #: The seq of the last change read into the log.
         self.last = 0
         self._target = 0
@@ -172,10 +175,13 @@ class ChangeFeed(Service):
                               "or a failover promoted a replica): watchers are told they "
                               "missed changes")
             self.registry.changes.active = True
-            # The whole retained stream is loaded; the watchers that were here
-            # read on from its end (what it holds was made before they knew).
+            # The whole retained stream is loaded.  The watchers that were here
+            # read on from the start of a stream made again, but from the end
+            # of another master's copy of the same stream (they had its start).
+            made_again = raw != self._raw
+            self._raw = raw
             self.registry.restart_changes(
-                epoch, max(first, 1), last + 1,
+                epoch, max(first, 1), max(first, 1) if made_again else last + 1,
                 "the shared change log was made again (Redis lost it, or a failover "
                 "promoted a replica that may lack its last changes): changes made "
                 "meanwhile are not known")
