@@ -163,7 +163,15 @@ class FailoverTests(TestCase):
         self.assertEqual(errors, [])
         daemons[0].wait_for_log(r"redis: connected to Redis at 127\.0\.0\.1:%d \(master\)"
                                 % master.port, start=mark)
-        kept = set(daemons[0].connect().get("acks"))
+        reader = daemons[0].connect()
+        for attempt in range(100):  # a loaded machine may see one more (spurious) failover
+            try:
+                kept = set(reader.get("acks"))
+                break
+            except lttx.Unavailable:
+                if attempt == 99:
+                    raise
+                stop.wait(0.2)
         lost = [item for item in acknowledged if item not in kept]
         print(f"\n--redis-wait 1, 3 Sentinel failovers, 4 writers: {len(acknowledged)} "
               f"appends acknowledged, {len(lost)} of them lost {lost[:5]}; {len(refused)} "
