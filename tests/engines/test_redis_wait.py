@@ -6,7 +6,6 @@ test_redis_wait_failover.py).
 
 from __future__ import annotations
 
-
 from twisted.trial.unittest import TestCase
 
 import lttx
