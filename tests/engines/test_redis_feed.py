@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from lttx.engines.redis.changes import ChangeFeed, stream_epoch
+from lttx.engines.redis.changes import STALL, ChangeFeed, stream_epoch
 from lttx.engines.redis.replication import Replication
 from lttx.engines.redis.resp import RedisAddress, RedisClient, RedisProtocol, encode_command
 from lttx.engines.redis.scripts import FEED_START
@@ -167,6 +167,20 @@ class FeedTests(SynchronousTestCase):
         self.assertIsNone(self.successResultOf(read))
         self.assertIsNone(self.feed.reached(4))
         self.assertEqual(frames_of(self.out.value()), [[3, None, "x2", ["delete", [], 8], 4]])
+
+    def test_a_hung_feed_does_not_hold_replies(self) -> None:
+        """Replies waiting for the feed are let go when its connection gives no
+        reply at all for STALL seconds (an XREAD returns every BLOCK_MS at most)."""
+        self.start(first=1, last=1)
+        self.reply(self.entries((1, "", b"")))
+        read = self.feed.reached(2)
+        self.clock.advance(STALL - 0.1)
+        self.reply(None)  # an idle BLOCK timeout: the connection lives
+        self.clock.advance(0.2)
+        self.assertNoResult(read)
+        self.clock.advance(STALL)
+        self.assertIsNone(self.successResultOf(read))
+        self.assertEqual(self.feed.status()["stalls"], 1)
 
     def test_hole_in_the_stream_is_a_missed_notice(self) -> None:
         """Changes trimmed from the stream before this daemon read them: its

@@ -33,7 +33,8 @@ order Redis applied them in, so each variable's revisions are consecutive).
 - Read your writes: a write's reply waits until the feed has read its change
   (:meth:`ChangeFeed.reached`), so a watcher of the writing client has it
   first, as on one daemon.  While the feed is cut off from Redis those
-  replies are not held back.
+  replies are not held back, nor for more than :data:`STALL` seconds if its
+  connection hangs without failing.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ PAGE = 1000
 BLOCK_MS = 2000
 #: Seconds before the feed reads again after a failure.
 RETRY = 0.2
+#: Seconds without any XREAD reply (one comes every BLOCK_MS at the latest)
+#: after which the write replies waiting for the feed are let go.
+STALL = 5.0
 
 
 def stream_epoch(raw: bytes, replid: str) -> int:
@@ -111,6 +115,9 @@ class ChangeFeed(Service):
         self.reads = 0
         self.restarts = 0
         self.holes = 0
+        self.stalls = 0
+        self._guard: Any = None
+        self._guarded_reads = 0
 
     # -- the service --------------------------------------------------------
 
@@ -121,6 +128,9 @@ class ChangeFeed(Service):
     def stopService(self) -> Any:
         super().stopService()
         self._stopped = True
+        if self._guard is not None and self._guard.active():
+            self._guard.cancel()
+        self._guard = None
         self._release()
         return self.client.stop()
 
@@ -146,12 +156,29 @@ class ChangeFeed(Service):
             return None
         d: Deferred[None] = Deferred()
         heapq.heappush(self._waiting, (seq, next(self._count), d))
+        if self._guard is None:
+            self._guarded_reads = self.reads
+            self._guard = self.client.reactor.callLater(STALL, self._check_stall)
         return d
+
+    def _check_stall(self) -> None:
+        """No XREAD reply for STALL seconds while replies wait: let them go."""
+        self._guard = None
+        if not self._waiting:
+            return
+        if self.reads == self._guarded_reads:
+            self.stalls += 1
+            self.log.warn("the change feed had no reply from Redis for {s} s: write replies "
+                          "no longer wait for it", s=STALL)
+            self._release()
+            return
+        self._guarded_reads = self.reads
+        self._guard = self.client.reactor.callLater(STALL, self._check_stall)
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state, "epoch": self.epoch, "last_seq": self.last,
                 "stream": self.keys[0], "reads": self.reads, "restarts": self.restarts,
-                "holes": self.holes}
+                "holes": self.holes, "stalls": self.stalls}
 
     # -- the loop -------------------------------------------------------------
 
@@ -271,4 +298,4 @@ class ChangeFeed(Service):
             heapq.heappop(waiting)[2].callback(None)
 
 
-__all__ = ["BLOCK_MS", "ChangeFeed", "PAGE", "master_replid", "stream_epoch"]
+__all__ = ["BLOCK_MS", "ChangeFeed", "PAGE", "STALL", "master_replid", "stream_epoch"]
