@@ -14,7 +14,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.engines.redis.changes import STALL, ChangeFeed, stream_epoch
-from lttx.engines.redis.replication import Replication
+from lttx.engines.redis.replication import POLL, Replication
 from lttx.engines.redis.resp import RedisAddress, RedisClient, RedisProtocol, encode_command
 from lttx.engines.redis.scripts import FEED_START
 from lttx.errors import Unavailable
@@ -79,6 +79,38 @@ class ReplicationTests(SynchronousTestCase):
             error = self.failureResultOf(d, Unavailable).value
             self.assertIn("only 0 of 1 replicas acknowledged it within 0.25 s", error.message)
         self.assertEqual(self.replication.status()["refused"], 3)
+
+    def test_short_of_replicas_refuses_at_once_until_they_are_back(self) -> None:
+        """After a short WAIT, writes are refused without one (no stall of the
+        connection) while INFO replication is read every POLL seconds; once
+        enough replicas are online, WAIT confirms writes again."""
+        protocol = self.client.protocol
+        assert protocol is not None
+        first = self.replication.confirm()
+        self.clock.advance(0)
+        protocol.dataReceived(b":0\r\n")
+        self.failureResultOf(first, Unavailable)
+        self.transport.clear()
+        second = self.replication.confirm()
+        self.clock.advance(0)
+        self.assertIn("fewer than 1 replicas are online",
+                      self.failureResultOf(second, Unavailable).value.message)
+        self.assertEqual(self.transport.value(), b"")  # no WAIT
+        self.clock.advance(POLL)
+        self.assertEqual(self.transport.value(), encode_command(["INFO", "replication"]))
+        self.transport.clear()
+        syncing = b"role:master\r\nslave0:ip=127.0.0.1,port=7,state=wait_bgsave,offset=0,lag=0\r\n"
+        protocol.dataReceived(resp(syncing))
+        self.clock.advance(POLL)
+        self.transport.clear()
+        online = b"role:master\r\nslave0:ip=127.0.0.1,port=7,state=online,offset=9,lag=0\r\n"
+        protocol.dataReceived(resp(online))
+        third = self.replication.confirm()
+        self.clock.advance(0)
+        self.assertEqual(self.transport.value(), encode_command(["WAIT", 1, 250]))
+        protocol.dataReceived(b":1\r\n")
+        self.assertIsNone(self.successResultOf(third))
+        self.assertFalse(self.replication.status()["short"])
 
     def test_connection_changed_before_the_wait(self) -> None:
         """A write made on a connection lost before its WAIT is not confirmed

@@ -13,6 +13,11 @@ client was told succeeded survives the failover that promotes one of them.
   turn.  The reactor never blocks; a ``WAIT`` holds only that Redis
   connection (the commands queued behind it on it wait for it: one replica
   round trip while the replicas keep up, up to the timeout when they do not).
+- So that a missing replica does not hold that connection for the timeout
+  at every turn: once a ``WAIT`` comes back short, writes are refused at once
+  (no ``WAIT``) while ``INFO replication`` is read every :data:`POLL`
+  seconds, until N replicas are online again (``state=online``, ``lag``
+  at most 1 s); then ``WAIT`` confirms writes again.
 - A write that cannot be confirmed, because fewer than N replicas
   acknowledged it within the timeout, or because the connection it was made
   on was lost before the ``WAIT`` answered, is an error the client sees:
@@ -36,6 +41,22 @@ from .resp import RedisClient, RedisProtocol
 
 #: ``--redis-wait-timeout``: seconds a write waits for its replicas.
 DEFAULT_WAIT_TIMEOUT = 1.0
+#: Seconds between two reads of the replicas while they are short.
+POLL = 0.5
+
+
+def online_replicas(info: bytes) -> int:
+    """Replicas an ``INFO replication`` reply lists as online and acknowledging
+    (``lag`` at most 1 s: a replica acknowledges every second)."""
+    count = 0
+    for line in info.decode("ascii", "replace").splitlines():
+        if line.startswith("slave") and ":" in line:
+            fields = dict(part.split("=", 1) for part in line.split(":", 1)[1].split(",")
+                          if "=" in part)
+            if fields.get("state") == "online" and fields.get("lag", "9").isdigit() \
+                    and int(fields["lag"]) <= 1:
+                count += 1
+    return count
 
 
 class Replication:
@@ -64,7 +85,9 @@ class Replication:
         self.refused = 0
         #: The replica count of the last WAIT reply (None before the first).
         self.last_count: Optional[int] = None
-        self._short = False
+        #: Set while fewer than N replicas acknowledge: writes are refused at once.
+        self.short = False
+        self._poll: Optional[IDelayedCall] = None
 
     def confirm(self) -> Deferred[None]:
         """
@@ -91,6 +114,11 @@ class Replication:
                 "failover"))
         if not waiting:
             return
+        if self.short:
+            self._refuse(waiting, Unavailable(
+                f"the write was applied in Redis, but fewer than {self.replicas} replicas "
+                f"are online to acknowledge it (--redis-wait): it may be lost in a failover"))
+            return
         self.waits += 1
         d = self.client.execute("WAIT", self.replicas, max(1, round(self.timeout * 1000)))
         d.addCallbacks(self._answered, self._failed, callbackArgs=(waiting,),
@@ -99,23 +127,38 @@ class Replication:
     def _answered(self, count: int, waiting: list[Deferred[None]]) -> None:
         self.last_count = count
         if count >= self.replicas:
-            if self._short:
-                self._short = False
-                self.log.info("{count} replicas acknowledge writes again (--redis-wait {n})",
-                              count=count, n=self.replicas)
             self.confirmed += len(waiting)
             for d in waiting:
                 d.callback(None)
             return
-        if not self._short:
-            self._short = True  # one log line per episode, not one per turn
+        if not self.short:
+            self.short = True  # one log line per episode, not one per turn
             self.log.warn("only {count} of {n} replicas acknowledged writes within {t} s: "
-                          "they are answered Unavailable (--redis-wait)",
-                          count=count, n=self.replicas, t=self.timeout)
+                          "writes are answered Unavailable until {n} are online "
+                          "(--redis-wait)", count=count, n=self.replicas, t=self.timeout)
+            self._schedule_poll()
         self._refuse(waiting, Unavailable(
             f"the write was applied in Redis, but only {count} of {self.replicas} replicas "
             f"acknowledged it within {self.timeout:g} s (--redis-wait): it may be lost in a "
             f"failover"))
+
+    def _schedule_poll(self) -> None:
+        if self._poll is None:
+            self._poll = self.clock.callLater(POLL, self._read_replicas)
+
+    def _read_replicas(self) -> None:
+        self._poll = None
+        d = self.client.execute("INFO", "replication")
+        d.addCallbacks(self._replicas_read, lambda f: self._schedule_poll())
+
+    def _replicas_read(self, info: bytes) -> None:
+        online = online_replicas(info)
+        if online < self.replicas:
+            self._schedule_poll()
+            return
+        self.short = False
+        self.log.info("{count} replicas are online: writes are confirmed again "
+                      "(--redis-wait {n})", count=online, n=self.replicas)
 
     def _failed(self, failure: Failure, waiting: list[Deferred[None]]) -> None:
         failure.trap(LTtxError)
@@ -131,7 +174,7 @@ class Replication:
     def status(self) -> dict[str, Any]:
         return {"replicas": self.replicas, "timeout": self.timeout, "waits": self.waits,
                 "confirmed": self.confirmed, "refused": self.refused,
-                "last_acknowledged_by": self.last_count}
+                "last_acknowledged_by": self.last_count, "short": self.short}
 
 
-__all__ = ["DEFAULT_WAIT_TIMEOUT", "Replication"]
+__all__ = ["DEFAULT_WAIT_TIMEOUT", "POLL", "Replication", "online_replicas"]
