@@ -99,6 +99,13 @@ class Options(usage.Options):
          "Read the Redis password from this file (its first line); else env LTTX_REDIS_PASSWORD."],
         ["redis-prefix", None, "lttx:",
          "The prefix of every Redis key and channel this daemon uses."],
+        ["redis-wait", None, 0,
+         "With --engine redis: every variable write and acknowledged publish is answered "
+         "only once this many Redis replicas have it (Redis WAIT); else the client gets "
+         "Unavailable. 0: off (replication is asynchronous).", int],
+        ["redis-wait-timeout", None, 1.0,
+         "Seconds a write waits for its --redis-wait replicas before it is answered "
+         "Unavailable.", float],
         ["subscriber-buffer", None, str(DEFAULT_SUBSCRIBER_BUFFER),
          "Obsolete, accepted and ignored: a subscriber is a position in the channel's "
          "log, with no queue of its own to bound (see --channel-history)."],
@@ -171,6 +178,9 @@ class Options(usage.Options):
             from .engines.redis.engine import redis_address
 
             redis_address(self, dict(os.environ))  # raises UsageError for a bad one
+        if self["redis-wait"] < 0 or self["redis-wait-timeout"] <= 0:
+            raise usage.UsageError("--redis-wait must be 0 or more and --redis-wait-timeout "
+                                   "above 0")
         for bound in ("max-connections", "max-connections-per-host"):
             if self[bound] < 0:
                 raise usage.UsageError(f"--{bound} must be 0 (no bound) or more")

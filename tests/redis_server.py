@@ -31,7 +31,8 @@ class RedisServer:
     """One redis-server; its output is collected so tests wait on its log lines."""
 
     def __init__(self, testcase: TestCase, *args: str, port: Optional[int] = None,
-                 start: bool = True, sentinel_of: Optional[tuple[str, int]] = None) -> None:
+                 start: bool = True, sentinel_of: Optional[tuple[str, int]] = None,
+                 failover_timeout_ms: int = 5000, down_after_ms: int = 500) -> None:
         if REDIS_SERVER is None:
             raise SkipTest("redis-server is not installed (.ci/run installs it with apt-get)")
         self.testcase = testcase
@@ -41,6 +42,9 @@ class RedisServer:
         self.args = list(args)
         #: (master name, master port): run as a sentinel monitoring it
         self.sentinel_of = sentinel_of
+        #: a sentinel fails over the same master again only after twice this
+        self.failover_timeout_ms = failover_timeout_ms
+        self.down_after_ms = down_after_ms
         self.process: Optional[subprocess.Popen[str]] = None
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -64,8 +68,8 @@ class RedisServer:
             with open(config, "w") as f:
                 f.write(f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
                         f"sentinel monitor {name} 127.0.0.1 {master_port} 2\n"
-                        f"sentinel down-after-milliseconds {name} 500\n"
-                        f"sentinel failover-timeout {name} 5000\n")
+                        f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n"
+                        f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n")
             command = [REDIS_SERVER, config, "--sentinel"]
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

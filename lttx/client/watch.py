@@ -221,8 +221,10 @@ class WatchSet:
         self.log.warn("watched changes were missed ({first} to {last}): {text}",
                       first="?" if first is None else first,
                       last="?" if last is None else last, text=text)
-        if "previous_epoch" in detail:  # the log was made again: its seqs start over
-            self.epoch, self.last = detail.get("epoch"), 0
+        if "previous_epoch" in detail:  # the log was made again: read on from "from"
+            start = detail.get("from")
+            self.epoch, self.last = detail.get("epoch"), (
+                start - 1 if type(start) is int and start > 0 else 0)
         elif isinstance(last, int) and last > self.last:
             self.last = last
         for listener in list(self.listeners):

@@ -144,6 +144,10 @@ class Commands:
     def cmd_watch(self, patterns: Any, options: Any = None) -> Any:
         wanted = _patterns(patterns)
         resume = _options(options, "watch", ("resume",)).get("resume")
+        source = self.state.channels.changes_source
+        loading = source.ready() if source is not None else None
+        if loading is not None:  # the Redis engine's first watch: the shared log loads
+            return loading.addCallback(lambda _: self.cmd_watch(patterns, options))
         reader = self.connection.open_reader()
         current = reader.watch.patterns if reader.watch is not None else []
         grant = self.connection.grant

@@ -99,7 +99,7 @@ class ServerState:
         self.refusals = RefusalLog(now)
         if hasattr(store, "observer"):
             # Every applied change goes to the change log (watch and mirror);
-            # the Redis store reports none yet.
+            # the Redis store calls it never: its change feed fills the log.
             store.observer = self.channels.record_change
         self.status_sources: dict[str, StatusSource] = {"channels": self.channels}
         if files is not None:

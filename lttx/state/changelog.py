@@ -19,6 +19,13 @@ list beside the frames, so a watcher filters without decoding a frame.
 Nothing is recorded until the first watch of the daemon (:attr:`ChangeLog.active`):
 a daemon nobody watches pays nothing for it; a resume can name only an
 epoch some watch saw, so no resumption is fooled by the changes left out.
+
+On the Redis engine the log is a copy of the change stream every daemon
+shares (:mod:`lttx.engines.redis.changes`): its epoch and seqs are the
+stream's, the same on every daemon, the bodies come encoded
+(:meth:`ChangeLog.record_body`) and it can start again at any seq
+(:meth:`ChangeLog.restart`).  An entry with an empty name (the marker a
+stream starts with) takes its seq and is sent to nobody.
 """
 
 from __future__ import annotations
@@ -92,6 +99,43 @@ class ChangeLog(ChannelLog):
                                           + (self.history_bytes >> 4))
         return size
 
+    def record_body(self, name: str, body: bytes) -> int:
+        """
+        Append one change whose ``body``, the MessagePack of ``[op, args,
+        revision]``, is already encoded; an empty ``name`` keeps its seq with
+        no frame (nobody watches it).
+
+        :return: as :meth:`record`.
+        """
+        seq = self.next_seq
+        if name:
+            payload = MESSAGE_HEAD + _NIL_CHANNEL + self._pack(name) + body + pack_seq(seq)
+            frame = PREFIX.pack(len(payload)) + payload
+        else:
+            frame = b""
+        self.next_seq = seq + 1
+        self._frames.append(frame)
+        self._order.append(0)
+        self.names.append(name)
+        self.recorded += 1
+        size = len(frame) + ENTRY_OVERHEAD
+        self.bytes += size
+        if self.bytes > self.history_bytes:
+            return size - self.drop_bytes(self.bytes - self.history_bytes
+                                          + (self.history_bytes >> 4))
+        return size
+
+    def restart(self, epoch: int, next_seq: int) -> int:
+        """Drop everything and go on at ``next_seq`` of ``epoch``; the bytes freed."""
+        freed = self.bytes
+        self.dropped += len(self)
+        self._frames, self._order, self.names = [], [], []
+        self._base, self._head = next_seq, 0
+        self.next_seq = next_seq
+        self.epoch = epoch
+        self.bytes = 0
+        return freed
+
     def drop_bytes(self, amount: int) -> int:
         base = self._base
         freed = super().drop_bytes(amount)
@@ -142,7 +186,7 @@ class WatchPosition(Position):
         """Whether a change of ``name`` is sent to this watcher."""
         verdict = self._verdicts.get(name)
         if verdict is None:
-            verdict = self._match(name) is not None and self._allowed(name)
+            verdict = bool(name) and self._match(name) is not None and self._allowed(name)
             if len(self._verdicts) >= VERDICT_CACHE:
                 self._verdicts = {}
             self._verdicts[name] = verdict
@@ -169,15 +213,18 @@ class WatchPosition(Position):
 
 
 def missed_notice(first: Optional[int], last: Optional[int], epoch: int, why: str,
-                  previous_epoch: Optional[int] = None) -> bytes:
+                  previous_epoch: Optional[int] = None, start: Optional[int] = None) -> bytes:
     """
     The frame telling a watcher that changes ``first`` to ``last`` (None:
     unknown) will not reach it: ``[4, "missed", text, {"first", "last",
-    "epoch"[, "previous_epoch"]}]``.
+    "epoch"[, "previous_epoch", "from"]}]``; with another epoch, ``from`` is
+    the seq of ``epoch`` the watcher reads on from.
     """
     detail: dict[str, Any] = {"first": first, "last": last, "epoch": epoch}
     if previous_epoch is not None:
         detail["previous_epoch"] = previous_epoch
+    if start is not None:
+        detail["from"] = start
     payload = codec.encode([codec.NOTICE, MISSED, why, detail])
     return PREFIX.pack(len(payload)) + payload
 

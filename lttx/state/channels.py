@@ -387,6 +387,42 @@ class ChannelRegistry:
         if self.retained > self.history_memory:
             self._evict()
 
+    #: Where the change log is fed from besides this daemon's store: the
+    #: Redis engine's change feed (:mod:`lttx.engines.redis.changes`), whose
+    #: ``ready()`` is None once the log holds the shared stream, else a
+    #: Deferred the first watch waits for.  None: the store's own changes.
+    changes_source: Any = None
+
+    def append_change(self, name: str, body: bytes) -> None:
+        """One change read from the change source, ``body`` the encoded ``[op,
+        args, revision]``, appended at the change log's next seq; its watchers
+        are woken at :meth:`flush`."""
+        log = self.changes
+        self.retained += log.record_body(name, body)
+        if not log.dirty:
+            log.dirty = True
+            self._dirty.append(log)
+        if self.retained > self.history_memory:
+            self._evict()
+
+    def restart_changes(self, epoch: int, first: int, start: int, why: str) -> None:
+        """
+        The change log starts again at seq ``first`` of ``epoch`` (what it
+        held is dropped).  In the same epoch (the source skipped changes), a
+        watcher behind ``first`` is told at its next read which it missed;
+        in another, every watcher is told now (``why``) and reads on from
+        ``start``.
+        """
+        log = self.changes
+        previous = log.epoch
+        self.retained -= log.restart(epoch, first)
+        for reader, position in log.readers.items():
+            if epoch != previous:
+                position.prelude.append(missed_notice(
+                    position.next, None, epoch, why, previous_epoch=previous, start=start))
+                position.next = start
+            self._woken[reader] = None
+
     def watch(self, subscriber: Any, patterns: Iterable[str], allowed: Callable[[str], bool],
               resume: Any = None) -> dict[str, Any]:
         """
@@ -411,7 +447,7 @@ class ChannelRegistry:
                 prelude.append(missed_notice(
                     since + 1, None, log.epoch, "the daemon's change log was made again "
                     "(the daemon restarted): changes made meanwhile are not known",
-                    previous_epoch=epoch))
+                    previous_epoch=epoch, start=start))
             else:
                 start = min(since + 1, log.next_seq)
         if position is None or resume is not None:

@@ -28,6 +28,16 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, parse, "--engine", "redis",
                           "--redis-sentinel", "127.0.0.1:26379")
 
+    def test_redis_wait_options(self) -> None:
+        """--redis-wait is off by default, --redis-wait-timeout 1 s; bad values refused."""
+        options = parse("--engine", "redis")
+        self.assertEqual((options["redis-wait"], options["redis-wait-timeout"]), (0, 1.0))
+        options = parse("--engine", "redis", "--redis-wait", "2", "--redis-wait-timeout", "0.05")
+        self.assertEqual((options["redis-wait"], options["redis-wait-timeout"]), (2, 0.05))
+        for bad in (("--redis-wait", "-1"), ("--redis-wait-timeout", "0"),
+                    ("--redis-wait", "one")):
+            self.assertRaises(usage.UsageError, parse, "--engine", "redis", *bad)
+
     def test_address_and_password(self) -> None:
         """The URL's parts, the sentinels, and the password from a file or the environment."""
         options = parse("--engine", "redis", "--redis", "redis://10.0.0.1:7000/3")

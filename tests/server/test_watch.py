@@ -104,7 +104,8 @@ class WatchFrameTests(SynchronousTestCase):
         self.assertEqual(frames, [
             [codec.NOTICE, "missed", "the daemon's change log was made again (the daemon "
              "restarted): changes made meanwhile are not known",
-             {"first": 42, "last": None, "epoch": epoch, "previous_epoch": epoch + 1}],
+             {"first": 42, "last": None, "epoch": epoch, "previous_epoch": epoch + 1,
+              "from": 1}],
             [codec.REPLY, 1, {"epoch": epoch, "next": 1, "from": 1}]])
 
     def test_missed_when_dropped(self) -> None:

@@ -8,6 +8,9 @@ under the daemon's services, from the ``--redis*`` options.
   streams read by :class:`lttx.engines.redis.follower.StreamFollower` on a
   connection of its own (``redis streams`` in the log).
 - Daemons: :class:`lttx.engines.redis.directory.DaemonDirectory`.
+- Watches and mirrors: :class:`lttx.engines.redis.changes.ChangeFeed` (the
+  change stream into the daemon's change log, on a connection of its own).
+- ``--redis-wait``: :class:`lttx.engines.redis.replication.Replication`.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ...state.channels import ChannelRegistry
+from .changes import ChangeFeed
 from .channels import SharedChannelRegistry
 from .directory import DaemonDirectory
 from .follower import StreamFollower
+from .replication import DEFAULT_WAIT_TIMEOUT, Replication
 from .resp import RedisAddress, RedisClient
-from .store import SCRIPTS, RedisStore
+from .store import FEED_START, SCRIPTS, RedisStore, changes_maxlen
 from .streams import SCRIPTS as STREAM_SCRIPTS
 
 
@@ -62,8 +67,9 @@ class _EngineStore(RedisStore):
 
     directory: Optional[DaemonDirectory] = None
 
-    def __init__(self, client: RedisClient, prefix: str = "lttx:", clock: Any = None) -> None:
-        super().__init__(client, prefix, *(() if clock is None else (clock,)))
+    def __init__(self, client: RedisClient, prefix: str = "lttx:", clock: Any = None,
+                 **options: Any) -> None:
+        super().__init__(client, prefix, *(() if clock is None else (clock,)), **options)
         #: host:port of each listener (the tap adds them once listening)
         self.listening: list[str] = []
 
@@ -84,10 +90,16 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     address = redis_address(options, environ)
     prefix = options.get("redis-prefix") or "lttx:"
     commands = RedisClient(reactor, address, name="redis", scripts=[*SCRIPTS, *STREAM_SCRIPTS])
-    store = _EngineStore(commands, prefix, reactor.seconds)
+    history = options.get("channel-history") or 64 * 1024 * 1024
+    store = _EngineStore(commands, prefix, reactor.seconds, maxlen=changes_maxlen(history))
     services = MultiService()
     services.setServiceParent(parent)
     _ClientRunner(commands).setServiceParent(services)
+    _changes(reactor, address, channels, store).setServiceParent(services)
+    if options.get("redis-wait"):
+        store.replication = Replication(
+            commands, options["redis-wait"],
+            options.get("redis-wait-timeout") or DEFAULT_WAIT_TIMEOUT, reactor)
     if isinstance(channels, SharedChannelRegistry):
         # The channel streams' XREAD loop, on a connection of its own.
         reading = RedisClient(reactor, address, name="redis streams", scripts=STREAM_SCRIPTS)
@@ -95,6 +107,10 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
                                   channels.flush, channels.resync, reactor.callLater)
         reading.on_ready = follower.ready
         channels.attach(commands, follower)
+        if store.replication is not None:
+            # --redis-wait: the WAIT after a batch of appends, on the same connection.
+            replication = store.replication
+            channels.barrier = lambda _protocol: replication.confirm()
         _ClientRunner(reading).setServiceParent(services)
         streams = TimerService(1.0, channels.sample_streams)
         streams.clock = reactor
@@ -109,6 +125,15 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     Logger(namespace="lttx.tap").info(
         "engine redis: {where}, key prefix {prefix!r}", where=address.describe(), prefix=prefix)
     return store
+
+
+def _changes(reactor: Any, address: RedisAddress, channels: ChannelRegistry,
+             store: RedisStore) -> ChangeFeed:
+    """The change feed of ``channels``' change log, on a connection of its own."""
+    client = RedisClient(reactor, address, name="redis changes", scripts=(FEED_START,))
+    feed = ChangeFeed(client, channels, store.changes_keys)
+    channels.changes_source = store.feed = feed
+    return feed
 
 
 def new_daemon_id() -> bytes:

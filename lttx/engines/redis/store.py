@@ -18,10 +18,20 @@ Layout, under a prefix (``lttx:`` by default):
   item encoding per element).  So ``dict_change``/``get_dict_value`` are one
   HSET/HGET, ``list_append`` an RPUSH, pops at either end an LPOP/RPOP and
   ``get_list_value`` an LINDEX: O(1) in the size of the value.
+- ``<prefix>changes``, a stream: every change, written by the script that
+  makes it (:mod:`.scripts`), with ``<prefix>changes:epoch``; each daemon's
+  :class:`~lttx.engines.redis.changes.ChangeFeed` reads it for its watchers.
 
 Each operation is one Lua script (:mod:`.scripts`: the expiry, type and
-revision checks and the change in one atomic step; a refusal changes nothing) returning the errors
+revision checks, the change and its entry in the change stream in one atomic
+step; a refusal changes nothing) returning the errors
 :class:`lttx.store.MemoryStore` raises, with the same messages.
+
+A write's reply waits, besides its script, for what the engine asks
+(:meth:`RedisStore._settle`): the daemon's change feed, if it runs, to have
+read the change (a watcher or mirror of the writing client has it before
+the reply, as on one daemon), and, with ``--redis-wait``, the replicas'
+acknowledgement (:mod:`.replication`).
 
 ``list_remove`` equality: list items are stored in a *canonical* MessagePack
 encoding (dict keys sorted by their encoding, every NaN the same NaN), so two
@@ -41,7 +51,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
@@ -67,6 +77,7 @@ from ...wire.names import check_variable_name
 from .resp import RedisClient, RedisError, Script
 from .scripts import (
     DELETE,
+    FEED_START,
     DICT_CHANGE,
     EXISTS,
     EXPIRE,
@@ -86,6 +97,20 @@ from .scripts import (
 _NAN = math.nan
 _TAG = 0xC1
 _CHUNK = 1000
+
+#: Changes the Redis stream keeps per byte of ``--channel-history`` (about
+#: 256 bytes per change: ``--channel-history 64MiB`` keeps ~262,000 changes).
+CHANGE_BYTES = 256
+
+
+def changes_maxlen(history_bytes: int) -> int:
+    """The change stream's approximate MAXLEN for ``--channel-history`` bytes."""
+    return max(1024, history_bytes // CHANGE_BYTES)
+
+
+def seq_of(entry_id: bytes) -> int:
+    """The seq of a change stream entry id (``0-<seq>``)."""
+    return int(entry_id[2:])
 
 
 def _canonical(value: Any, zero: bool) -> Any:
@@ -150,13 +175,28 @@ class RedisStore:
     log = Logger()
     engine = "redis"
 
+    #: Never called: the changes reach the watchers through the change
+    #: stream (:mod:`.changes`); its presence gives ``status`` its "watch".
+    observer: Optional[Callable[[Any], None]] = None
+
     def __init__(self, client: RedisClient, prefix: str = "lttx:",
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 maxlen: int = changes_maxlen(64 * 1024 * 1024)) -> None:
         self.client = client
         self.prefix = prefix
         self.clock = clock
+        #: The change stream's approximate MAXLEN (``XADD MAXLEN ~``).
+        self.maxlen = maxlen
         self._types = prefix + "types"
-        self._keys = [self._types, "", prefix + "revisions", prefix + "expiry", prefix + "top"]
+        #: The change stream and its epoch key.
+        self.changes_keys = (prefix + "changes", prefix + "changes:epoch")
+        self._keys = [self._types, "", prefix + "revisions", prefix + "expiry", prefix + "top",
+                      *self.changes_keys]
+        #: The daemon's change feed (``reached(seq)``), once it runs; None:
+        #: nobody watches here, a write's reply waits for no reading.
+        self.feed: Optional[Any] = None
+        #: ``--redis-wait``: the replication waiter (``confirm()``), or None.
+        self.replication: Optional[Any] = None
         #: The variable count as last read (``len`` must answer at once).
         self.count = 0
         #: The count of variables with an expiry, as last read.
@@ -177,17 +217,50 @@ class RedisStore:
     def _now(self) -> int:
         return round(self.clock() * 1000)
 
-    def _run(self, script: Script, name: Any, *args: Any, if_revision: Any = None) -> Any:
+    def _run(self, script: Script, name: Any, *args: Any, if_revision: Any = None,
+             write: bool = False) -> Any:
         check_variable_name(name)
         keys = list(self._keys)
         keys[1] = self.prefix + "v:" + name
         expected = "" if check_revision(if_revision) is None else if_revision
-        d = self.client.evalsha(script, keys, [name, repr(name), self._now(), expected, *args])
-        return d.addErrback(_typed_error)
+        d = self.client.evalsha(script, keys, [name, repr(name), self._now(), expected,
+                                               self.maxlen, *args])
+        return d.addCallbacks(self._settle, _typed_error, callbackArgs=(write,))
+
+    def _settle(self, reply: list[Any], write: bool) -> Any:
+        """
+        A script's ``[result, id]``: the result, once a write that changed
+        something is read by this daemon's change feed (if it runs) and
+        confirmed by the replicas (with ``--redis-wait``).
+
+        Called as the reply arrives, so a confirmation asked here is asked on
+        the connection that made the write (:mod:`.replication`).
+        """
+        result, recorded = reply
+        if not write or recorded is None:
+            return result
+        waits = []
+        if self.feed is not None:
+            read = self.feed.reached(seq_of(recorded))
+            if read is not None:
+                waits.append(read)
+        if self.replication is not None:
+            waits.append(self.replication.confirm())
+        if not waits:
+            return result
+        if len(waits) == 1:
+            return waits[0].addCallback(lambda _: result)
+        return defer.gatherResults(waits, consumeErrors=True).addCallbacks(
+            lambda _: result, _first_error)
 
     def status(self) -> dict[str, Any]:
-        return {"engine": "redis", "prefix": self.prefix, "variables": self.count,
-                "expiring": self.expiring, **self.client.status()}
+        status = {"engine": "redis", "prefix": self.prefix, "variables": self.count,
+                  "expiring": self.expiring, **self.client.status()}
+        if self.feed is not None:
+            status["changes"] = self.feed.status()
+        if self.replication is not None:
+            status["replication_wait"] = self.replication.status()
+        return status
 
     # -- IVariableStore ------------------------------------------------------
 
@@ -205,14 +278,15 @@ class RedisStore:
         else:
             payload = [codec.encode(value)]
         return self._run(PUT, name, tag, deadline, *payload,
-                         if_revision=if_revision).addCallback(lambda _: None)
+                         if_revision=if_revision, write=True).addCallback(lambda _: None)
 
     def get(self, name: str, revision: bool = False) -> Any:  # a Deferred
         decode = _decode_with_revision if revision else _decode_value
         return _call(lambda: self._run(GET, name).addCallback(decode))
 
     def delete(self, name: str, if_revision: Any = None) -> Any:  # a Deferred
-        return _call(lambda: self._run(DELETE, name, if_revision=if_revision).addCallback(bool))
+        return _call(lambda: self._run(DELETE, name, if_revision=if_revision,
+                                       write=True).addCallback(bool))
 
     def exists(self, name: str) -> Any:  # a Deferred
         return _call(lambda: self._run(EXISTS, name).addCallback(bool))
@@ -229,7 +303,7 @@ class RedisStore:
             amount = ["float", repr(by), ""]
         else:
             raise BadRequest(f"incr needs an int or float amount, not {type(by).__name__}")
-        return self._run(INCR, name, *amount).addCallback(codec.decode)
+        return self._run(INCR, name, *amount, write=True).addCallback(codec.decode)
 
     def expire(self, name: str, seconds: Any) -> Any:  # a Deferred
         return _call(self._expire, name, seconds)
@@ -237,7 +311,8 @@ class RedisStore:
     def _expire(self, name: str, seconds: Any) -> Deferred[Any]:
         seconds = check_seconds(seconds, "expire")
         deadline = round((self.clock() + seconds) * 1000)
-        return self._run(EXPIRE, name, deadline, "1" if seconds <= 0 else "").addCallback(bool)
+        return self._run(EXPIRE, name, deadline, "1" if seconds <= 0 else "",
+                         write=True).addCallback(bool)
 
     def ttl(self, name: str) -> Any:  # a Deferred
         return _call(lambda: self._run(TTL, name).addCallback(
@@ -247,8 +322,9 @@ class RedisStore:
         """Remove at most ``limit`` expired variables (any daemon may; each once)."""
         keys = list(self._keys)
         keys[1] = self.prefix + "v:"
-        return self.client.evalsha(SWEEP, keys, [self.prefix + "v:", "", self._now(), "",
-                                                 int(limit)])
+        d = self.client.evalsha(SWEEP, keys, [self.prefix + "v:", "", self._now(), "",
+                                              self.maxlen, int(limit)])
+        return d.addCallback(lambda reply: reply[0])
 
     def keys(self, pattern: str = "*") -> Any:  # a Deferred
         return _call(self._scan, pattern)
@@ -278,7 +354,7 @@ class RedisStore:
                     if_revision: Any = None) -> Any:  # a Deferred
         return _call(lambda: self._run(
             DICT_CHANGE, name, codec.encode(check_dict_key(key)), codec.encode(value),
-            if_revision=if_revision).addCallback(lambda _: None))
+            if_revision=if_revision, write=True).addCallback(lambda _: None))
 
     def get_dict_value(self, name: str, key: Any) -> Any:  # a Deferred
         return _call(lambda: self._run(
@@ -287,15 +363,16 @@ class RedisStore:
 
     def list_append(self, name: str, item: Any, if_revision: Any = None) -> Any:  # a Deferred
         return _call(lambda: self._run(LIST_APPEND, name, encode_item(item),
-                                       if_revision=if_revision))
+                                       if_revision=if_revision, write=True))
 
     def list_pop(self, name: str, index: int = -1, if_revision: Any = None) -> Any:  # a Deferred
-        return _call(lambda: self._run(LIST_POP, name, check_index(index),
-                                       if_revision=if_revision).addCallback(decode_item))
+        return _call(lambda: self._run(LIST_POP, name, check_index(index), codec.encode(index),
+                                       if_revision=if_revision, write=True
+                                       ).addCallback(decode_item))
 
     def list_remove(self, name: str, item: Any, if_revision: Any = None) -> Any:  # a Deferred
         return _call(lambda: self._run(LIST_REMOVE, name, compare_form(item),
-                                       if_revision=if_revision).addCallback(bool))
+                                       if_revision=if_revision, write=True).addCallback(bool))
 
     def get_list_value(self, name: str, index: int) -> Any:  # a Deferred
         return _call(lambda: self._run(GET_LIST_VALUE, name, check_index(index)).addCallback(
@@ -305,6 +382,13 @@ class RedisStore:
 def _call(f: Callable[..., Deferred[Any]], *args: Any) -> Deferred[Any]:
     # Argument checks raise synchronously; every refusal is a failed Deferred.
     return defer.maybeDeferred(f, *args)
+
+
+def _first_error(failure: Failure) -> Failure:
+    """The failure inside a ``gatherResults``'s ``FirstError``."""
+    if isinstance(failure.value, defer.FirstError):
+        return failure.value.subFailure  # type: ignore[no-any-return]
+    return failure
 
 
 def _typed_error(failure: Failure) -> Failure:
@@ -333,4 +417,5 @@ def _decode_value(reply: Any) -> Any:
     return codec.decode(data)
 
 
-__all__ = ["RedisStore", "SCRIPTS", "compare_form", "decode_item", "encode_item"]
+__all__ = ["FEED_START", "RedisStore", "SCRIPTS", "changes_maxlen", "compare_form",
+           "decode_item", "encode_item", "seq_of"]
