@@ -339,6 +339,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     sweep.clock = reactor
     sweep.setServiceParent(top)
     files.setServiceParent(top)
+    _shared_files(options, store, files, state, auth, reactor, top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)
@@ -350,6 +351,19 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
 
         make_http_service(state, options["http"], reactor).setServiceParent(top)
     return top
+
+
+def _shared_files(options: Options, store: Any, files: FileService, state: ServerState,
+                  auth: Any, reactor: Any, top: MultiService) -> None:
+    """On --engine redis: files listed, downloaded and deleted through any daemon."""
+    if options.get("engine", "memory") != "redis":
+        return
+    from .server.shared_files import DAEMON_GRANT, SharedFiles
+
+    shared = SharedFiles(files, store.files, store.directory, reactor)
+    state.file_sessions = shared.session  # type: ignore[method-assign,assignment]
+    auth.add_daemon_token(store.directory.files_token, DAEMON_GRANT)
+    shared.setServiceParent(top)
 
 
 def _legacy_status(options: Options, status_sources: dict[str, Any]) -> Any:

@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -36,11 +36,15 @@ class DaemonDirectory(Service):
         self.addresses: list[str] = []
         self.known: dict[str, Any] = {}
         self._listing = ""
+        #: The credential other daemons present to fetch this daemon's files
+        #: (lttx.server.shared_files); published here, never in the status.
+        self.files_token: Optional[str] = None
 
     def beat(self) -> None:
         now = self.clock()
         me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                         "listening": self.addresses, "seen": now})
+                         "listening": self.addresses, "seen": now,
+                         **({"files_token": self.files_token} if self.files_token else {})})
         self.store.refresh()
         self.client.execute("HSET", self.key, self.daemon_id, me).addErrback(lambda f: None)
         self.client.execute("HGETALL", self.key).addCallbacks(self._read, lambda f: None)
@@ -67,10 +71,26 @@ class DaemonDirectory(Service):
         return None
 
     def status(self) -> dict[str, Any]:
+        now = self.clock()
         return {"id": self.daemon_id,
                 "daemons": {k: {"host": v.get("host"), "pid": v.get("pid"),
-                                "listening": v.get("listening")}
+                                "listening": v.get("listening"),
+                                "seen": v.get("seen"),
+                                "seen_ago": (round(max(0.0, now - v["seen"]), 1)
+                                             if isinstance(v.get("seen"), (int, float))
+                                             else None)}
                             for k, v in sorted(self.known.items())}}
+
+    def peer(self, daemon_id: str) -> Optional[dict[str, Any]]:
+        """
+        What this daemon last read of the daemon ``daemon_id`` (its host,
+        ``listening`` addresses, ``seen`` time and ``files_token``), or None
+        if it was not heard from within :data:`DAEMON_TIMEOUT` seconds.
+        """
+        info = self.known.get(daemon_id)
+        if info is None or self.clock() - info.get("seen", 0) >= DAEMON_TIMEOUT:
+            return None
+        return dict(info)
 
 
 __all__ = ["DAEMON_TIMEOUT", "DaemonDirectory"]

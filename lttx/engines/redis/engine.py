@@ -6,10 +6,14 @@ under the daemon's services, from the ``--redis*`` options.
 - Variables: :class:`lttx.engines.redis.store.RedisStore`.
 - Channels: :class:`lttx.engines.redis.channels.SharedChannelRegistry`.
 - Daemons: :class:`lttx.engines.redis.directory.DaemonDirectory`.
+- Files: :class:`lttx.engines.redis.filedir.FileDirectory` (who holds which
+  file; the daemon's side is :mod:`lttx.server.shared_files`), and the
+  replicas' lag (:class:`lttx.engines.redis.replication.ReplicationView`).
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import Any, Optional
 
@@ -21,6 +25,9 @@ from twisted.python import usage
 from ...state.channels import ChannelRegistry
 from .channels import SharedChannelRegistry
 from .directory import DaemonDirectory
+from .filedir import SCRIPTS as FILE_SCRIPTS
+from .filedir import FileDirectory
+from .replication import ReplicationView
 from .resp import RedisAddress, RedisClient
 from .store import SCRIPTS, RedisStore
 
@@ -57,6 +64,9 @@ class _EngineStore(RedisStore):
     """The store with the engine's status (Redis, role, known daemons)."""
 
     directory: Optional[DaemonDirectory] = None
+    #: Which daemon holds each file (made by make_redis_engine).
+    files: Optional[FileDirectory] = None
+    replication: Optional[ReplicationView] = None
 
     def __init__(self, client: RedisClient, prefix: str = "lttx:", clock: Any = None) -> None:
         super().__init__(client, prefix, *(() if clock is None else (clock,)))
@@ -67,7 +77,10 @@ class _EngineStore(RedisStore):
         status = super().status()
         if self.directory is not None:
             status.update(self.directory.status())
-        status["files"] = "kept on the daemon that received them (not shared)"
+        if self.files is not None:
+            status["files"] = self.files.status()
+        if self.replication is not None:
+            status["replication"] = self.replication.status()
         return status
 
 
@@ -79,7 +92,7 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     """
     address = redis_address(options, environ)
     prefix = options.get("redis-prefix") or "lttx:"
-    commands = RedisClient(reactor, address, name="redis", scripts=SCRIPTS)
+    commands = RedisClient(reactor, address, name="redis", scripts=SCRIPTS + FILE_SCRIPTS)
     store = _EngineStore(commands, prefix, reactor.seconds)
     services = MultiService()
     services.setServiceParent(parent)
@@ -92,11 +105,21 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
         _ClientRunner(subscriber).setServiceParent(services)
     directory = DaemonDirectory(commands, store, channels_id(channels))
     directory.addresses = store.listening
+    # A fresh secret at each start: the other daemons read it from Redis to
+    # fetch this daemon's files (docs/several-daemons.md, "Files across daemons").
+    directory.files_token = secrets.token_urlsafe(32)
     store.directory = directory
+    store.files = FileDirectory(commands, prefix, directory.daemon_id)
+    store.replication = replication = ReplicationView(commands)
     directory.setServiceParent(services)
-    beat = TimerService(1.0, directory.beat)
-    beat.clock = reactor
-    beat.setServiceParent(services)
+
+    def beat() -> None:
+        directory.beat()
+        replication.poll()
+
+    heartbeat = TimerService(1.0, beat)
+    heartbeat.clock = reactor
+    heartbeat.setServiceParent(services)
     Logger(namespace="lttx.tap").info(
         "engine redis: {where}, key prefix {prefix!r}", where=address.describe(), prefix=prefix)
     return store
