@@ -8,6 +8,7 @@ memory; the engine's view (daemons, replication lag) in ``status``.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import threading
 import time
@@ -15,8 +16,9 @@ import time
 from twisted.trial.unittest import TestCase
 
 import lttx
+from lttx import cli
 
-from ..common import Daemon
+from ..common import TOKEN, Daemon
 from ..redis_server import RedisServer
 
 MiB = 1024 * 1024
@@ -224,3 +226,13 @@ class EngineStatusTests(TestCase):
         self.assertIsInstance(replication["offset"], int)
         self.assertEqual(engine["files"], {"shared": True, "listed": 0})
         self.assertNotIn("files_token", repr(engine))
+        # `lttx status` shows the same as tables: the daemons, then the replicas.
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(cli.main(["--port", str(a.port), "--token", TOKEN, "status"],
+                                  out=out, err=err), 0, err.getvalue())
+        text = out.getvalue()
+        daemons = text[text.index("  daemons:"):]
+        for daemon in (a, b):
+            self.assertRegex(daemons, rf"\n    [0-9a-f]{{32}} .*127\.0\.0\.1:{daemon.port}")
+        self.assertRegex(text[text.index("    replicas:"):],
+                         rf"address .*lag bytes.*\n +127\.0\.0\.1:{replica.port} +online")
