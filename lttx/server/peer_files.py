@@ -48,6 +48,9 @@ class PeerFileProtocol(Protocol):
     :param clock: times :data:`REPLY_TIMEOUT`.
     """
 
+    #: A TCP transport (abortConnection, pauseProducing: an IProducer too).
+    transport: Any
+
     def __init__(self, token: str, describe: str, clock: Any) -> None:
         self.token = token
         self.describe = describe
@@ -203,7 +206,7 @@ def connect_peer(reactor: Any, address: str, host: Optional[str], token: str,
     d = endpoint.connect(factory)
 
     def unreachable(failure: Failure) -> Failure:
-        reason = failure.getErrorMessage() or failure.type.__name__
+        reason = failure.getErrorMessage() or getattr(failure.type, "__name__", "failed")
         return Failure(Unavailable(f"{describe} cannot be reached: {reason}"))
 
     def hello_refused(failure: Failure) -> Failure:
@@ -214,9 +217,8 @@ def connect_peer(reactor: Any, address: str, host: Optional[str], token: str,
         return Failure(Unavailable(f"{describe} refused this daemon: {error}"))
 
     d.addCallbacks(lambda _: protocol.hello, unreachable)
-    d.addCallback(lambda _: protocol)
     d.addErrback(lambda f: f if f.check(Unavailable) else hello_refused(f))
-    return d
+    return d.addCallback(lambda _: protocol)
 
 
 __all__ = ["CONNECT_TIMEOUT", "PeerFileProtocol", "REPLY_TIMEOUT", "connect_peer",

@@ -34,7 +34,7 @@ import time
 from typing import Any, Optional
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, fail, gatherResults, inlineCallbacks, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -49,6 +49,9 @@ from .dispatch import REPLIED, command
 from .file_session import FileSession, IFileConnection
 from .files import FileService, _addressable
 from .peer_files import PeerFileProtocol, connect_peer
+
+#: Seconds between two tries at listing an upload completed while Redis was away.
+RETRY_PERIOD = 1.0
 
 #: What another daemon's files token may do here: download (and list) to
 #: relay a download, upload (which deleting counts as) to forward a delete.
@@ -81,6 +84,8 @@ class SharedFiles(Service):
         self.unlisted: dict[str, Entry] = {}
         self._loop: Optional[LoopingCall] = None
         self._sweeping = False
+        self._retry: Any = None  # the next try at listing the unlisted uploads
+        self._warned: set[str] = set()  # unlisted names a warning was logged for
 
     # -- wiring ---------------------------------------------------------------
 
@@ -99,6 +104,9 @@ class SharedFiles(Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
 
     # -- the other daemons ----------------------------------------------------
 
@@ -120,7 +128,7 @@ class SharedFiles(Service):
 
         def failed(failure: Failure) -> Failure:
             failure.trap(Unavailable)
-            return Failure(Unavailable(f"{name} is held by {failure.value.message}"))
+            return Failure(Unavailable(f"{name} is held by {failure.getErrorMessage()}"))
 
         return connect_peer(self.reactor, info["listening"][0], info.get("host"),
                             info["files_token"], describe).addErrback(failed)
@@ -128,15 +136,28 @@ class SharedFiles(Service):
     # -- this daemon's files in the directory ------------------------------------
 
     def uploaded(self, name: str, size: int, md5: str) -> "Deferred[None]":
-        """An upload completed here: the directory names this daemon (never fails)."""
+        """An upload completed here: the directory names this daemon (never fails;
+        while Redis is away, it is tried again every :data:`RETRY_PERIOD` seconds)."""
         try:
             mtime = os.stat(self.files.path_of(name), follow_symlinks=False).st_mtime
         except OSError:
             mtime = time.time()
+        self.unlisted[name] = Entry(self.me, size, md5, mtime)
+        return self._list_uploaded(name)
+
+    def _list_uploaded(self, name: str) -> "Deferred[None]":
+        entry = self.unlisted.get(name)
+        if entry is None:
+            return succeed(None)
 
         def listed(found: tuple[Optional[Entry], bool]) -> Any:
             old, replaced = found
-            self.unlisted.pop(name, None)
+            if self.unlisted.get(name) is entry:
+                del self.unlisted[name]
+            if name in self._warned:
+                self._warned.discard(name)
+                self.log.info("{name} is now in the Redis file directory (it was kept here "
+                              "while Redis was away)", name=name)
             if not replaced and old is not None:
                 # Another daemon's upload of the name completed later: it stays.
                 self.log.info("{name}: an upload completed later on {daemon}; the copy "
@@ -148,14 +169,32 @@ class SharedFiles(Service):
             return None
 
         def not_listed(failure: Failure) -> None:
-            self.unlisted[name] = Entry(self.me, size, md5, mtime)
-            self.log.warn("{name} is kept here but not yet in the Redis file directory "
-                          "({error}); the next sweep lists it", name=name,
-                          error=failure.getErrorMessage())
+            if name not in self._warned:
+                self._warned.add(name)
+                self.log.warn("{name} is kept here but not yet in the Redis file directory "
+                              "({error}); it is listed once Redis is back", name=name,
+                              error=failure.getErrorMessage())
+            self._retry_soon()
 
-        d = self.directory.register(name, size, md5, mtime)
+        d = self.directory.register(name, entry.size, entry.md5, entry.mtime)
         return d.addCallbacks(listed, not_listed).addErrback(
             lambda f: self.log.failure("listing {name} failed", f, name=name))
+
+    def _retry_soon(self) -> None:
+        if self._retry is None and self.running:
+            self._retry = self.reactor.callLater(RETRY_PERIOD, self._retry_unlisted)
+
+    def _retry_unlisted(self) -> None:
+        self._retry = None
+        for name, entry in list(self.unlisted.items()):
+            try:
+                still = os.stat(self.files.path_of(name), follow_symlinks=False).st_mtime
+            except OSError:
+                still = None
+            if still != entry.mtime:  # deleted or replaced meanwhile: the sweep sees to it
+                del self.unlisted[name]
+                continue
+            self._list_uploaded(name)
 
     def tell_superseded(self, name: str, old: Entry) -> "Deferred[None]":
         """Ask the daemon of the copy just replaced to delete it now (else its
@@ -213,9 +252,9 @@ class SharedFiles(Service):
                 lambda: {f["name"]: (f["size"], f["mtime"]) for f in self.files.list()})
             plan = plan_sweep(self.me, local, entries, busy=set(self.files.uploading))
             yield gatherResults(
-                [self._list_again(name, *local[name], only_new=True)
+                [self._list_again(name, local[name], only_new=True)
                  for name in plan.register_new]
-                + [self._list_again(name, *local[name]) for name in plan.register]
+                + [self._list_again(name, local[name]) for name in plan.register]
                 + [self.directory.remove(name) for name in plan.remove], consumeErrors=True)
             superseded = 0
             if plan.superseded:
@@ -234,8 +273,9 @@ class SharedFiles(Service):
         finally:
             self._sweeping = False
 
-    def _list_again(self, name: str, size: int, mtime: float,
+    def _list_again(self, name: str, figures: tuple[int, float],
                     only_new: bool = False) -> "Deferred[Any]":
+        size, mtime = figures
         known = self.unlisted.get(name)
         md5 = known.md5 if known is not None and known.size == size else None
         d = self.directory.register(name, size, md5, mtime, only_new=only_new)
@@ -321,6 +361,7 @@ class SharedFileSession(FileSession):
 
     def _delete_here(self, name: str) -> "Deferred[bool]":
         deleted = FileSession.cmd_delete(self, name)
+        self.shared.unlisted.pop(name, None)
         # The entry goes too (if it still names this daemon); if Redis is
         # away, the next sweep removes it.
         return self.shared.directory.remove(name).addCallbacks(
@@ -378,6 +419,8 @@ class SharedFileSession(FileSession):
         relay: list[_Relay] = []
 
         def chunk(data: bytes) -> None:
+            if not relay:
+                return  # the client went first: the connection to the other daemon is aborted
             self._progress()
             self.bytes_sent += len(data) + PREFIX.size
             relay[0].done += len(data)
@@ -391,9 +434,12 @@ class SharedFileSession(FileSession):
         def header(reply: dict[str, Any]) -> object:
             # Called as the reply is read: the raw frames after it are not yet.
             self.opening_download = False
+            if self.closed:  # the client went while the other daemon answered
+                peer.transport.abortConnection()
+                return REPLIED
             started = _Relay(name, int(reply["size"]), int(reply["offset"]), peer)
             relay.append(started)
-            self.download = started
+            self.download = started  # type: ignore[assignment]  # what status shows
             self.log.info("{peer}: download of {name} relayed from {daemon}, from byte "
                           "{offset} of {size}", peer=self.peer, name=name,
                           daemon=peer.describe, offset=started.offset, size=started.size)
@@ -411,7 +457,11 @@ class SharedFileSession(FileSession):
             return failure
 
         peer.sink = chunk
-        peer.on_data_end = lambda: relay and data_end()
+
+        def data_end_once_started() -> None:
+            if relay:  # (else the header callback has not run yet: it cannot be)
+                data_end()
+        peer.on_data_end = data_end_once_started
         d = peer.request("download", name, offset, prefix_md5, data_follows=True)
         return d.addCallbacks(header, refused)
 

@@ -367,8 +367,8 @@ class TokenAuthenticator:
         if roles is None:
             roles = [(token, Grant.everything())] if token else []
         self._roles = [(secret.encode("utf-8"), grant) for secret, grant in roles]
-        #: Tokens of the other daemons on one Redis (add_daemon_token): they open
-        #: file connections only and do not lift protected mode.
+        #: Tokens of the other daemons on one Redis (add_daemon_token): their
+        #: grants are file rights only; they do not lift protected mode.
         self._daemon_tokens: list[tuple[bytes, Grant]] = []
 
     @classmethod

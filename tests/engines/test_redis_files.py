@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import threading
 import time
 
@@ -17,8 +18,9 @@ from twisted.trial.unittest import TestCase
 
 import lttx
 from lttx import cli
+from lttx.client.files import partial_path
 
-from ..common import TOKEN, Daemon
+from ..common import TOKEN, Daemon, frame
 from ..redis_server import RedisServer
 
 MiB = 1024 * 1024
@@ -194,6 +196,77 @@ class FilesAcrossDaemonsTests(TestCase):
         print(f"\n64 MiB relayed A -> B -> client: B's RSS {baseline / 1024:.1f} MiB before, "
               f"peak {peak[0] / 1024:.1f} MiB (+{growth_mib:.1f} MiB)")
         self.assertLess(growth_mib, 16, f"B's RSS grew by {growth_mib:.1f} MiB")
+
+    def test_resumed_download_through_b(self) -> None:
+        """A download to a target with half the file already there resumes through B at
+        that byte (A checks the prefix's MD5) and ends with the whole file's MD5."""
+        size = 4 * MiB + 3
+        source = os.path.join(self.work, "book.bin")
+        expected = make_file(source, size)
+        self.ca.send_file(source)
+        target = os.path.join(self.work, "book-copy.bin")
+        with open(source, "rb") as f, open(partial_path(target), "wb") as part:
+            part.write(f.read(size // 2))
+        got = self.cb.recv_file("book.bin", target)
+        self.assertEqual(got["md5"], expected)
+        self.assertEqual(md5_of(target), expected)
+        self.b.wait_for_log(rf"download of book\.bin relayed from daemon .* from byte "
+                            rf"{size // 2} of {size}")
+
+    def test_holder_killed_mid_relay_cuts_the_client_off(self) -> None:
+        """A killed while B relays to a client that stopped reading: the client's
+        connection is closed, not left hanging; B goes on serving."""
+        size = 64 * MiB
+        source = os.path.join(self.work, "big.bin")
+        make_file(source, size)
+        self.ca.send_file(source)
+        os.unlink(source)
+        with socket.create_connection(("127.0.0.1", self.b.port), timeout=15) as sock:
+            sock.sendall(frame([0, 1, "hello", [TOKEN, {"mode": "file"}]])
+                         + frame([0, 2, "download", ["big.bin", 0, None]]))
+            first = sock.recv(65536)  # the hello reply, the header, some data
+            self.assertTrue(first)
+            self.b.wait_for_log(r"download of big\.bin relayed from daemon")
+            self.a.kill()
+            received = len(first)
+            while True:  # what B had buffered, then the end of the connection
+                try:
+                    data = sock.recv(1 << 20)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                received += len(data)
+            self.assertLess(received, size)
+        self.b.wait_for_log(r"the relay of big\.bin broke off at \d+ of 67108864 bytes")
+        self.cb.put("still", "served")
+        self.assertEqual(self.cb.get("still"), "served")
+
+    def test_upload_while_redis_is_away_is_listed_once_it_is_back(self) -> None:
+        """Redis stopped: an upload through A still completes; listing through B is
+        lttx.Unavailable; Redis back (empty): A lists the file, with its MD5, at once,
+        and B downloads it."""
+        source = os.path.join(self.work, "close.csv")
+        expected = make_file(source, 70_000)
+        mark_a, mark_b = len(self.a.lines), len(self.b.lines)
+        self.redis.stop()
+        self.a.wait_for_log(r"redis: lost the connection to Redis", start=mark_a)
+        self.b.wait_for_log(r"redis: lost the connection to Redis", start=mark_b)
+        self.assertEqual(self.ca.send_file(source)["md5"], expected)
+        self.a.wait_for_log(r"close\.csv is kept here but not yet in the Redis file directory")
+        with self.assertRaises(lttx.Unavailable):
+            self.cb.list_files()
+        self.redis.start()
+        self.a.wait_for_log(r"close\.csv is now in the Redis file directory")
+        # (B's view of the daemons is back once both beat again: at most a second or two.)
+        deadline = time.monotonic() + 15
+        while len(self.cb.status()["engine"]["daemons"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        a_id = self.ca.status()["engine"]["id"]
+        self.assertEqual([(f["name"], f["md5"], f["daemon"]) for f in self.cb.list_files()],
+                         [("close.csv", expected, a_id)])
+        got = self.cb.recv_file("close.csv", os.path.join(self.work, "close-copy.csv"))
+        self.assertEqual(got["md5"], expected)
 
 
 class EngineStatusTests(TestCase):
