@@ -358,8 +358,14 @@ def _shared_files(options: Options, store: Any, files: FileService, state: Serve
     """On --engine redis: files listed, downloaded and deleted through any daemon."""
     if options.get("engine", "memory") != "redis":
         return
-    from .server.shared_files import DAEMON_GRANT, SharedFiles
+    from .server.shared_files import DAEMON_GRANT, SharedFiles, folder_id
 
+    try:
+        holder = folder_id(files.directory)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"lttx: refusing to start: {e}") from None
+    # The Redis file directory names this daemon's files by its folder's id.
+    store.files.holder_id = store.directory.files_id = holder
     shared = SharedFiles(files, store.files, store.directory, reactor)
     state.file_sessions = shared.session  # type: ignore[method-assign,assignment]
     auth.add_daemon_token(store.directory.files_token, DAEMON_GRANT)

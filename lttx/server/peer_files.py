@@ -85,7 +85,7 @@ class PeerFileProtocol(Protocol):
         self._next_id += 1
         d: Deferred[Any] = Deferred()
         if self.error is not None or self.lost.called:
-            d.errback(self.error or Unavailable(f"the connection to {self.describe} is closed"))
+            d.errback(self.error or Unavailable(f"{self.describe}: the connection is closed"))
             return d
         timer = self.clock.callLater(timeout, self._late, command, timeout)
         self._pending[request_id] = (d, data_follows, timer)
@@ -94,7 +94,7 @@ class PeerFileProtocol(Protocol):
         return d
 
     def _late(self, command: str, timeout: float) -> None:
-        self._broken(Unavailable(f"{self.describe} did not answer {command} within "
+        self._broken(Unavailable(f"{self.describe}: no answer to {command} within "
                                  f"{timeout:g} s"))
         self.transport.abortConnection()
 
@@ -104,7 +104,7 @@ class PeerFileProtocol(Protocol):
             try:
                 frame = self._decoder.next_frame()
             except FrameTooLong as e:
-                self._broken(Unavailable(f"{self.describe} sent a frame of {e.length} bytes"))
+                self._broken(Unavailable(f"{self.describe}: sent a frame of {e.length} bytes"))
                 self.transport.abortConnection()
                 return
             if frame is None:
@@ -116,7 +116,7 @@ class PeerFileProtocol(Protocol):
 
     def _raw(self, chunk: bytes) -> None:
         if len(chunk) > self.raw_left:
-            self._broken(Unavailable(f"{self.describe} sent more file data than announced"))
+            self._broken(Unavailable(f"{self.describe}: sent more file data than announced"))
             self.transport.abortConnection()
             return
         self.raw_left -= len(chunk)
@@ -130,7 +130,7 @@ class PeerFileProtocol(Protocol):
             message = codec.decode(frame)
             kind, request_id = message[0], message[1]
         except (LTtxError, TypeError, IndexError, KeyError):
-            self._broken(Unavailable(f"{self.describe} sent an undecodable frame"))
+            self._broken(Unavailable(f"{self.describe}: sent an undecodable frame"))
             self.transport.abortConnection()
             return
         if request_id not in self._pending:
@@ -151,7 +151,7 @@ class PeerFileProtocol(Protocol):
         elif kind == codec.ERROR:
             d.errback(error_from_wire(message[2], message[3]))
         else:
-            d.errback(Unavailable(f"{self.describe} sent frame kind {kind!r}"))
+            d.errback(Unavailable(f"{self.describe}: sent frame kind {kind!r}"))
 
     def _broken(self, error: LTtxError) -> None:
         if self.error is None:
@@ -163,7 +163,7 @@ class PeerFileProtocol(Protocol):
             d.errback(error)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self._broken(Unavailable(f"the connection to {self.describe} was lost"))
+        self._broken(Unavailable(f"{self.describe}: the connection was lost"))
         self.lost.callback(None)
 
     def close(self) -> "Deferred[None]":
@@ -198,7 +198,7 @@ def connect_peer(reactor: Any, address: str, host: Optional[str], token: str,
     try:
         where, port = split_address(address, host)
     except ValueError:
-        return fail(Unavailable(f"{describe} has no address to reach it at ({address!r})"))
+        return fail(Unavailable(f"{describe}: no address to reach it at ({address!r})"))
     protocol = PeerFileProtocol(token, describe, reactor)
     endpoint = HostnameEndpoint(reactor, where, port, timeout=CONNECT_TIMEOUT)
     factory = Factory.forProtocol(lambda: protocol)
@@ -207,14 +207,14 @@ def connect_peer(reactor: Any, address: str, host: Optional[str], token: str,
 
     def unreachable(failure: Failure) -> Failure:
         reason = failure.getErrorMessage() or getattr(failure.type, "__name__", "failed")
-        return Failure(Unavailable(f"{describe} cannot be reached: {reason}"))
+        return Failure(Unavailable(f"{describe}: cannot be reached ({reason})"))
 
     def hello_refused(failure: Failure) -> Failure:
         protocol.transport.abortConnection()
         error = failure.value
         if isinstance(error, Unavailable):
             return failure
-        return Failure(Unavailable(f"{describe} refused this daemon: {error}"))
+        return Failure(Unavailable(f"{describe}: refused this daemon ({error})"))
 
     d.addCallbacks(lambda _: protocol.hello, unreachable)
     d.addErrback(lambda f: f if f.check(Unavailable) else hello_refused(f))

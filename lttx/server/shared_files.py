@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from typing import Any, Optional
 
 from twisted.application.service import Service
@@ -39,6 +40,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..diskio import fsync_directory
 from ..engines.redis.directory import DaemonDirectory
 from ..engines.redis.filedir import SWEEP_PERIOD, Entry, FileDirectory, plan_sweep
 from ..errors import BadRequest, Unavailable
@@ -49,6 +51,9 @@ from .dispatch import REPLIED, command
 from .file_session import FileSession, IFileConnection
 from .files import FileService, _addressable
 from .peer_files import PeerFileProtocol, connect_peer
+
+#: The file, in the files folder, holding the folder's id (:func:`folder_id`).
+FOLDER_ID = ".lttx-folder-id"
 
 #: Seconds between two tries at listing an upload completed while Redis was away.
 RETRY_PERIOD = 1.0
@@ -78,12 +83,14 @@ class SharedFiles(Service):
         self.directory = directory
         self.daemons = daemons
         self.reactor = reactor
-        self.me = directory.daemon_id
+        #: This daemon's files folder id: the holder of the entries it writes.
+        self.me = directory.holder_id
         self.sweep_period = sweep_period
         #: Uploads completed here while Redis was away: their MD5 for the sweep.
         self.unlisted: dict[str, Entry] = {}
         self._loop: Optional[LoopingCall] = None
         self._sweeping = False
+        self._swept = False  # a first sweep went through (and said so)
         self._retry: Any = None  # the next try at listing the unlisted uploads
         self._warned: set[str] = set()  # unlisted names a warning was logged for
 
@@ -97,8 +104,18 @@ class SharedFiles(Service):
         super().startService()
         self._loop = LoopingCall(self.sweep)
         self._loop.clock = self.reactor
-        self._loop.start(self.sweep_period, now=True).addErrback(
-            lambda f: self.log.failure("the file sweep stopped", f))
+        # The first sweep once Redis answers (a folder of files from before the
+        # engine, or from a Redis that restarted empty, is listed at once).
+        connected = getattr(getattr(self.directory.client, "service", None),
+                            "whenConnected", None)
+        first: Deferred[Any] = connected() if connected is not None else succeed(None)
+        first.addCallback(lambda _: self._start_sweeping())
+        first.addErrback(lambda f: None)  # stopped before Redis answered
+
+    def _start_sweeping(self) -> None:
+        if self.running and self._loop is not None and not self._loop.running:
+            self._loop.start(self.sweep_period, now=True).addErrback(
+                lambda f: self.log.failure("the file sweep stopped", f))
 
     def stopService(self) -> Any:
         super().stopService()
@@ -110,28 +127,29 @@ class SharedFiles(Service):
 
     # -- the other daemons ----------------------------------------------------
 
-    def describe(self, daemon_id: str, info: Optional[dict[str, Any]] = None) -> str:
-        """How errors and log lines name a daemon: its id, host and addresses."""
-        if info is None:
-            return f"daemon {daemon_id}"
-        return (f"daemon {daemon_id} ({info.get('host', '?')}, "
-                f"{' '.join(info.get('listening') or ['no address'])})")
+    def describe(self, holder: str) -> str:
+        """How errors and log lines name the daemon of a files folder."""
+        found = self.daemons.holding(holder)
+        if found is None:
+            return f"the daemon of files folder {holder}"
+        return _describe(holder, *found)
 
     def connect(self, name: str, entry: Entry) -> "Deferred[PeerFileProtocol]":
         """A file connection to the daemon holding ``name``."""
-        info = self.daemons.peer(entry.daemon)
-        if info is None or not info.get("files_token") or not info.get("listening"):
+        found = self.daemons.holding(entry.holder)
+        if found is None or not found[1].get("files_token") or not found[1].get("listening"):
             return fail(Unavailable(
-                f"{name} is held by {self.describe(entry.daemon)}, which is down "
-                f"(not in the daemon directory)"))
-        describe = self.describe(entry.daemon, info)
+                f"{name} is held by the daemon of files folder {entry.holder}, which is "
+                f"down (not in the daemon directory)"))
+        daemon_id, info = found
 
         def failed(failure: Failure) -> Failure:
             failure.trap(Unavailable)
             return Failure(Unavailable(f"{name} is held by {failure.getErrorMessage()}"))
 
         return connect_peer(self.reactor, info["listening"][0], info.get("host"),
-                            info["files_token"], describe).addErrback(failed)
+                            info["files_token"], _describe(entry.holder, daemon_id, info)
+                            ).addErrback(failed)
 
     # -- this daemon's files in the directory ------------------------------------
 
@@ -162,9 +180,9 @@ class SharedFiles(Service):
                 # Another daemon's upload of the name completed later: it stays.
                 self.log.info("{name}: an upload completed later on {daemon}; the copy "
                               "received here is superseded", name=name,
-                              daemon=self.describe(old.daemon))
+                              daemon=self.describe(old.holder))
                 return self.drop_if_superseded(name)
-            if old is not None and old.daemon != self.me:
+            if old is not None and old.holder != self.me:
                 return self.tell_superseded(name, old)
             return None
 
@@ -202,11 +220,11 @@ class SharedFiles(Service):
         def told(dropped: Any) -> None:
             if dropped:
                 self.log.info("{name} now lives here; {daemon} deleted its older copy",
-                              name=name, daemon=self.describe(old.daemon))
+                              name=name, daemon=self.describe(old.holder))
 
         def not_told(failure: Failure) -> None:
             self.log.info("{name} now lives here; {daemon} deletes its older copy at its "
-                          "next sweep ({error})", name=name, daemon=self.describe(old.daemon),
+                          "next sweep ({error})", name=name, daemon=self.describe(old.holder),
                           error=failure.getErrorMessage())
 
         d = self.connect(name, old).addCallback(
@@ -217,7 +235,7 @@ class SharedFiles(Service):
         """Delete this daemon's copy of ``name`` if the directory names another
         daemon's copy that completed no earlier (the sweep's rule, for one name)."""
         def check(entry: Optional[Entry]) -> Any:
-            if entry is None or entry.daemon == self.me:
+            if entry is None or entry.holder == self.me:
                 return False
 
             def drop() -> int:
@@ -233,7 +251,7 @@ class SharedFiles(Service):
                 if count:
                     self.log.info("deleted the copy of {name} held here: superseded by the "
                                   "upload completed on {daemon}", name=name,
-                                  daemon=self.describe(entry.daemon))
+                                  daemon=self.describe(entry.holder))
                 return bool(count)
             return self.files.run_in_thread(drop).addCallback(dropped)
         return self.directory.lookup(name).addCallback(check)
@@ -260,6 +278,11 @@ class SharedFiles(Service):
             if plan.superseded:
                 superseded = yield self.files.run_in_thread(
                     self._drop_superseded, [(name, local[name]) for name in plan.superseded])
+            if not self._swept:
+                self._swept = True
+                self.log.info("files folder {holder}: {here} files here, {listed} in the "
+                              "Redis file directory", holder=self.me, here=len(local),
+                              listed=len(entries))
             if plan.register_new or plan.register or plan.remove or superseded:
                 self.log.info(
                     "file directory sweep: {new} listed, {updated} updated, {removed} "
@@ -341,7 +364,7 @@ class SharedFileSession(FileSession):
             return super().cmd_list()
         grant = self.grant
         return self.shared.directory.entries().addCallback(lambda entries: [
-            {"name": name, "size": e.size, "mtime": e.mtime, "md5": e.md5, "daemon": e.daemon}
+            {"name": name, "size": e.size, "mtime": e.mtime, "md5": e.md5, "holder": e.holder}
             for name, e in sorted(entries.items())
             if _addressable(name) and grant.allows("download", name)])
 
@@ -353,7 +376,7 @@ class SharedFileSession(FileSession):
         d = self.shared.directory.lookup(name)
 
         def route(entry: Optional[Entry]) -> Any:
-            if entry is None or entry.daemon == self.shared.me:
+            if entry is None or entry.holder == self.shared.me:
                 return self._delete_here(name)
             return self.shared.connect(name, entry).addCallback(
                 lambda peer: _closing(peer, peer.request("delete", name)))
@@ -398,7 +421,7 @@ class SharedFileSession(FileSession):
         self.opening_download = True
 
         def route(entry: Optional[Entry]) -> Any:
-            if entry is None or entry.daemon == self.shared.me:
+            if entry is None or entry.holder == self.shared.me:
                 self.opening_download = False
                 return FileSession.cmd_download(self, request_id, name, offset, prefix_md5)
             return self.shared.connect(name, entry).addCallback(
@@ -501,6 +524,41 @@ class SharedFileSession(FileSession):
         super().connection_lost()
 
 
+def _describe(holder: str, daemon_id: str, info: dict[str, Any]) -> str:
+    return (f"daemon {daemon_id} ({info.get('host', '?')}, "
+            f"{' '.join(info.get('listening') or ['no address'])}; files folder {holder})")
+
+
+def folder_id(folder: str) -> str:
+    """
+    The id of a files folder (32 hex digits), kept in it as ``.lttx-folder-id``
+    (hidden: no plain file name starts with a dot); made the first time.  The
+    Redis file directory names files by it, so a daemon restarted on the same
+    folder (with a new daemon id) still holds its files.
+
+    :raises ValueError: if the file holds something else.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, FOLDER_ID)
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        new = uuid.uuid4().hex
+        with open(path + ".new", "w", encoding="ascii") as f:
+            f.write(new + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(path + ".new", path)
+        fsync_directory(folder)
+        return new
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"{path} does not hold a files folder id (32 hex digits)")
+    return text
+
+
 def _closing(peer: PeerFileProtocol, d: "Deferred[Any]") -> "Deferred[Any]":
     """``d``'s result, once the connection to the other daemon is closed."""
     def close(result: Any) -> Any:
@@ -508,4 +566,4 @@ def _closing(peer: PeerFileProtocol, d: "Deferred[Any]") -> "Deferred[Any]":
     return d.addBoth(close)
 
 
-__all__ = ["DAEMON_GRANT", "SharedFileSession", "SharedFiles"]
+__all__ = ["DAEMON_GRANT", "FOLDER_ID", "SharedFileSession", "SharedFiles", "folder_id"]

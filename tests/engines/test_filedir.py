@@ -53,17 +53,17 @@ class PlanSweepTests(SynchronousTestCase):
         self.assertEqual(len(names), len(set(names)))
         self.assertFalse(set(names) & busy)
         for name in plan.remove:
-            self.assertEqual(entries[name].daemon, ME)
+            self.assertEqual(entries[name].holder, ME)
             self.assertNotIn(name, local)
         for name in plan.superseded:
             self.assertIn(name, local)
-            self.assertEqual(entries[name].daemon, OTHER)
+            self.assertEqual(entries[name].holder, OTHER)
             self.assertGreaterEqual(entries[name].mtime, local[name][1])
         for name in plan.register_new:
             self.assertNotIn(name, entries)
         for name in set(local) - busy:
             entry = entries.get(name)
-            listed_right = entry is not None and entry.daemon == ME and \
+            listed_right = entry is not None and entry.holder == ME and \
                 (entry.size, entry.mtime) == local[name]
             self.assertEqual(name not in names, listed_right, name)
 
@@ -118,7 +118,7 @@ class FileDirectoryTests(RedisClientTestCase):
         self.assertEqual((found, replaced), (Entry(ME, 10, "m1", 100.0), True))
         # Ours completed at 150, before theirs, but reaches Redis after: it stays out.
         found, replaced = yield mine.register("f", 30, "m3", 150.0)
-        self.assertEqual((found.daemon, replaced), (OTHER, False))
+        self.assertEqual((found.holder, replaced), (OTHER, False))
         self.assertEqual((yield mine.lookup("f")), Entry(OTHER, 20, "m2", 200.0))
         self.assertEqual((yield mine.register("f", 1, None, 999.0, only_new=True))[1], False)
         self.assertFalse((yield mine.remove("f")))  # not ours to remove

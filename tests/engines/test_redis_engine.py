@@ -70,7 +70,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(status["engine"]["role"], "disconnected")
         # Files are shared through the Redis file directory; a daemon file session
         # serves them across daemons; nothing is known of replicas while disconnected.
-        self.assertEqual(status["engine"]["files"], {"shared": True, "listed": 0})
+        files = status["engine"]["files"]
+        self.assertEqual((files["shared"], files["listed"]), (True, 0))
+        self.assertRegex(files["holder"], r"^[0-9a-f]{32}$")  # the files folder's id
         self.assertIsNone(status["engine"]["replication"])
         from lttx.server.shared_files import SharedFiles
         self.assertIsInstance(getattr(state.file_sessions, "__self__", None), SharedFiles)

@@ -48,6 +48,11 @@ def md5_of(path: str) -> str:
     return md5.hexdigest()
 
 
+def visible(folder: str) -> list[str]:
+    """The files of a files folder (its hidden entries aside)."""
+    return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+
+
 def two_daemons(testcase: TestCase, redis: RedisServer) -> tuple[Daemon, Daemon]:
     """Two daemons on ``redis``, started side by side, once each has read the
     other's entry in the daemon directory."""
@@ -74,8 +79,7 @@ class FilesAcrossDaemonsTests(TestCase):
         os.makedirs(self.work)
 
     def a_files(self) -> list[str]:
-        folder = os.path.join(self.a.data_dir, "files")
-        return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+        return visible(os.path.join(self.a.data_dir, "files"))
 
     def test_uploaded_through_a_listed_downloaded_deleted_through_b(self) -> None:
         """Up through A; B lists it (holder A), downloads it with A's MD5, deletes it from
@@ -84,10 +88,10 @@ class FilesAcrossDaemonsTests(TestCase):
         expected = make_file(source, 3 * MiB + 12345)
         sent = self.ca.send_file(source)
         self.assertEqual(sent["md5"], expected)
-        a_id = self.ca.status()["engine"]["id"]
+        a_id = self.ca.status()["engine"]["files"]["holder"]
 
         listed = self.cb.list_files()
-        self.assertEqual([(f["name"], f["size"], f["md5"], f["daemon"]) for f in listed],
+        self.assertEqual([(f["name"], f["size"], f["md5"], f["holder"]) for f in listed],
                          [("fills.csv", 3 * MiB + 12345, expected, a_id)])
         self.assertEqual(self.b.connect().list_files(), self.ca.list_files())
 
@@ -97,8 +101,8 @@ class FilesAcrossDaemonsTests(TestCase):
         self.assertEqual(got["md5"], expected)
         self.assertEqual(md5_of(os.path.join(dest, "fills.csv")), expected)
         self.b.wait_for_log(rf"download of fills\.csv relayed: {3 * MiB + 12345} bytes, "
-                            rf"md5 {expected} \(checked by daemon {a_id}")
-        self.assertEqual(os.listdir(os.path.join(self.b.data_dir, "files")), [".partial"])
+                            rf"md5 {expected} \(checked by daemon .*; files folder {a_id}\)")
+        self.assertEqual(visible(os.path.join(self.b.data_dir, "files")), [])  # relayed only
 
         self.assertTrue(self.cb.delete_file("fills.csv"))
         self.assertEqual(self.a_files(), [])
@@ -116,13 +120,13 @@ class FilesAcrossDaemonsTests(TestCase):
         newer = make_file(second, 2000, seed=2)
         self.ca.send_file(first, name="model.bin")
         self.cb.send_file(second, name="model.bin")
-        b_id = self.cb.status()["engine"]["id"]
-        self.assertEqual([(f["size"], f["daemon"]) for f in self.ca.list_files()],
+        b_id = self.cb.status()["engine"]["files"]["holder"]
+        self.assertEqual([(f["size"], f["holder"]) for f in self.ca.list_files()],
                          [(2000, b_id)])
         got = self.ca.recv_file("model.bin", os.path.join(self.work, "got.bin"))
         self.assertEqual(got["md5"], newer)
         self.a.wait_for_log(r"deleted the copy of model\.bin held here: superseded by the "
-                            rf"upload completed on daemon {b_id}")
+                            rf"upload completed on daemon .*; files folder {b_id}\)")
         self.assertEqual(self.a_files(), [])
         self.b.wait_for_log(r"model\.bin now lives here; daemon .* deleted its older copy")
 
@@ -131,7 +135,7 @@ class FilesAcrossDaemonsTests(TestCase):
         source = os.path.join(self.work, name)
         make_file(source, 50_000)
         self.ca.send_file(source)
-        a_id: str = self.ca.status()["engine"]["id"]
+        a_id: str = self.ca.status()["engine"]["files"]["holder"]
         return a_id
 
     def assert_unavailable_at_once(self, name: str, *wanted: str) -> None:
@@ -155,7 +159,8 @@ class FilesAcrossDaemonsTests(TestCase):
         a_id = self.held_by_a("eod.parquet")
         self.a.kill()
         self.assert_unavailable_at_once(
-            "eod.parquet", f"eod.parquet is held by daemon {a_id} (", "cannot be reached")
+            "eod.parquet", "eod.parquet is held by daemon ",
+            f"; files folder {a_id}): cannot be reached")
 
     def test_holder_stopped_download_through_b_is_unavailable_at_once(self) -> None:
         """A stopped (gone from the daemon directory, its files still listed): a download
@@ -165,7 +170,8 @@ class FilesAcrossDaemonsTests(TestCase):
         self.a.stop()
         self.b.wait_for_log(r"daemons on this Redis: [\d.:]+$", start=mark)
         self.assert_unavailable_at_once(
-            "eod.parquet", f"eod.parquet is held by daemon {a_id}, which is down")
+            "eod.parquet",
+            f"eod.parquet is held by the daemon of files folder {a_id}, which is down")
 
     def test_large_file_through_b_in_flat_memory(self) -> None:
         """64 MiB held by A downloaded through B: equal MD5, B's RSS grows by far less
@@ -196,6 +202,28 @@ class FilesAcrossDaemonsTests(TestCase):
         print(f"\n64 MiB relayed A -> B -> client: B's RSS {baseline / 1024:.1f} MiB before, "
               f"peak {peak[0] / 1024:.1f} MiB (+{growth_mib:.1f} MiB)")
         self.assertLess(growth_mib, 16, f"B's RSS grew by {growth_mib:.1f} MiB")
+
+    def test_holder_restarted_keeps_its_files(self) -> None:
+        """A restarted on its data dir (a new daemon id): its file is still its own, listed
+        and downloaded through B; A's first sweep deletes nothing."""
+        source = os.path.join(self.work, "params.json")
+        expected = make_file(source, 30_000)
+        self.ca.send_file(source)
+        holder = self.ca.status()["engine"]["files"]["holder"]
+        self.ca.close()
+        mark = len(self.b.lines)
+        self.a.stop()
+        self.b.wait_for_log(r"daemons on this Redis: [\d.:]+$", start=mark)
+        self.a.start()
+        self.a.wait_for_log(rf"files folder {holder}: 1 files here, 1 in the Redis file "
+                            "directory")
+        self.b.wait_for_log(r"daemons on this Redis: [\d.:]+, [\d.:]+$", start=mark)
+        self.assertEqual(self.a_files(), ["params.json"])
+        self.assertEqual([(f["name"], f["holder"]) for f in self.cb.list_files()],
+                         [("params.json", holder)])
+        got = self.cb.recv_file("params.json", os.path.join(self.work, "params-copy.json"))
+        self.assertEqual(got["md5"], expected)
+        self.assertNotIn("superseded", self.a.log_text())
 
     def test_resumed_download_through_b(self) -> None:
         """A download to a target with half the file already there resumes through B at
@@ -262,8 +290,8 @@ class FilesAcrossDaemonsTests(TestCase):
         deadline = time.monotonic() + 15
         while len(self.cb.status()["engine"]["daemons"]) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
-        a_id = self.ca.status()["engine"]["id"]
-        self.assertEqual([(f["name"], f["md5"], f["daemon"]) for f in self.cb.list_files()],
+        a_id = self.ca.status()["engine"]["files"]["holder"]
+        self.assertEqual([(f["name"], f["md5"], f["holder"]) for f in self.cb.list_files()],
                          [("close.csv", expected, a_id)])
         got = self.cb.recv_file("close.csv", os.path.join(self.work, "close-copy.csv"))
         self.assertEqual(got["md5"], expected)
@@ -297,7 +325,11 @@ class EngineStatusTests(TestCase):
         self.assertEqual(replicas[0]["state"], "online")
         self.assertGreaterEqual(replicas[0]["lag_bytes"], 0)
         self.assertIsInstance(replication["offset"], int)
-        self.assertEqual(engine["files"], {"shared": True, "listed": 0})
+        self.assertEqual((engine["files"]["shared"], engine["files"]["listed"]), (True, 0))
+        # Each daemon shows the id of its files folder, the holder its files are listed by.
+        self.assertIn(engine["files"]["holder"],
+                      [d["files_id"] for d in engine["daemons"].values()])
+        self.assertEqual(len({d["files_id"] for d in engine["daemons"].values()}), 2)
         self.assertNotIn("files_token", repr(engine))
         # `lttx status` shows the same as tables: the daemons, then the replicas.
         out, err = io.StringIO(), io.StringIO()

@@ -78,7 +78,7 @@ class PeerFileProtocolTests(SynchronousTestCase):
         Unavailable, and the connection is aborted."""
         protocol, transport, clock = connected()
         clock.advance(CONNECT_TIMEOUT)
-        self.assertIn("did not answer hello", str(self.failureResultOf(protocol.hello).value))
+        self.assertIn("no answer to hello", str(self.failureResultOf(protocol.hello).value))
         self.assertTrue(transport.disconnecting)
         protocol, transport, clock = connected()
         protocol.dataReceived(frame([1, 0, {}]))

@@ -44,7 +44,7 @@ class MemoryFileDirectory:
     """The FileDirectory's calls on a dict; ``down`` makes each fail as Redis away does."""
 
     def __init__(self) -> None:
-        self.daemon_id = ME
+        self.holder_id = ME
         self.entries_by_name: dict[str, Entry] = {}
         self.down = False
 
@@ -55,7 +55,7 @@ class MemoryFileDirectory:
     def register(self, name: str, size: int, md5: Optional[str], mtime: float,
                  only_new: bool = False) -> "Deferred[Any]":
         old = self.entries_by_name.get(name)
-        if old is not None and (only_new or old.daemon != ME and old.mtime > mtime):
+        if old is not None and (only_new or old.holder != ME and old.mtime > mtime):
             return self._answer((old, False))
         if not self.down:
             self.entries_by_name[name] = Entry(ME, size, md5, mtime)
@@ -69,7 +69,7 @@ class MemoryFileDirectory:
 
     def remove(self, name: str) -> "Deferred[Any]":
         entry = self.entries_by_name.get(name)
-        if self.down or entry is None or entry.daemon != ME:
+        if self.down or entry is None or entry.holder != ME:
             return self._answer(False)
         del self.entries_by_name[name]
         return self._answer(True)
@@ -78,8 +78,28 @@ class MemoryFileDirectory:
 class NoDaemons:
     """A daemon directory where no other daemon is alive."""
 
-    def peer(self, daemon_id: str) -> None:
+    def holding(self, files_id: str) -> None:
         return None
+
+
+class FolderIdTests(SynchronousTestCase):
+    def test_made_once_then_kept(self) -> None:
+        """A folder's id is made the first time, hidden from listings, the same after;
+        a file holding something else refuses to start."""
+        from lttx.server.shared_files import FOLDER_ID, folder_id
+
+        folder = self.mktemp()
+        first = folder_id(folder)
+        self.assertRegex(first, r"^[0-9a-f]{32}$")
+        self.assertEqual(folder_id(folder), first)
+        self.assertEqual(os.listdir(folder), [FOLDER_ID])
+        service = FileService(folder, run_inline)
+        service.startService()
+        self.assertEqual(service.list(), [])
+        with open(os.path.join(folder, FOLDER_ID), "w") as f:
+            f.write("not an id\n")
+        with self.assertRaises(ValueError):
+            folder_id(folder)
 
 
 class SharedSessionTests(FileConnectionMixin, SynchronousTestCase):
@@ -110,13 +130,14 @@ class SharedSessionTests(FileConnectionMixin, SynchronousTestCase):
         proto, transport = self.connect("tok-reports")
         self.assertEqual(self.request(proto, transport, 8, "list"), [[R, 8, [
             {"name": "report_1.csv", "size": 6, "mtime": 1796000000.5,
-             "md5": "b1946ac92492d2347c6235b4d2611184", "daemon": A}]]])
+             "md5": "b1946ac92492d2347c6235b4d2611184", "holder": A}]]])
 
     def test_holder_down_is_unavailable_naming_it(self) -> None:
         """Download and delete of a file whose holder is not in the daemon directory."""
         self.directory.entries_by_name["a.txt"] = Entry(A, 6, None, 1.0)
         proto, transport = self.connect()
-        message = f"a.txt is held by daemon {A}, which is down (not in the daemon directory)"
+        message = (f"a.txt is held by the daemon of files folder {A}, which is down "
+                   "(not in the daemon directory)")
         self.assertEqual(self.request(proto, transport, 5, "download", "a.txt", 0, None),
                          [[E, 5, "unavailable", message]])
         self.assertEqual(self.request(proto, transport, 6, "delete", "a.txt"),
@@ -185,5 +206,5 @@ class SharedSessionTests(FileConnectionMixin, SynchronousTestCase):
         self.assertEqual(self.request(proto, transport, 3, "upload_end", md5),
                          [[R, 3, {"name": "a.txt", "size": 6, "md5": md5}]])
         entry = self.directory.entries_by_name["a.txt"]
-        self.assertEqual((entry.daemon, entry.size, entry.md5), (ME, 6, md5))
+        self.assertEqual((entry.holder, entry.size, entry.md5), (ME, 6, md5))
         self.assertEqual(entry.mtime, os.stat(os.path.join(self.folder, "a.txt")).st_mtime)

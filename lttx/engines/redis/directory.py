@@ -39,12 +39,16 @@ class DaemonDirectory(Service):
         #: The credential other daemons present to fetch this daemon's files
         #: (lttx.server.shared_files); published here, never in the status.
         self.files_token: Optional[str] = None
+        #: The id of this daemon's files folder (the holder of its files in the
+        #: Redis file directory; stable across restarts).
+        self.files_id: Optional[str] = None
 
     def beat(self) -> None:
         now = self.clock()
         me = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                          "listening": self.addresses, "seen": now,
-                         **({"files_token": self.files_token} if self.files_token else {})})
+                         **({"files_token": self.files_token} if self.files_token else {}),
+                         **({"files_id": self.files_id} if self.files_id else {})})
         self.store.refresh()
         self.client.execute("HSET", self.key, self.daemon_id, me).addErrback(lambda f: None)
         self.client.execute("HGETALL", self.key).addCallbacks(self._read, lambda f: None)
@@ -75,22 +79,25 @@ class DaemonDirectory(Service):
         return {"id": self.daemon_id,
                 "daemons": {k: {"host": v.get("host"), "pid": v.get("pid"),
                                 "listening": v.get("listening"),
+                                "files_id": v.get("files_id"),
                                 "seen": v.get("seen"),
                                 "seen_ago": (round(max(0.0, now - v["seen"]), 1)
                                              if isinstance(v.get("seen"), (int, float))
                                              else None)}
                             for k, v in sorted(self.known.items())}}
 
-    def peer(self, daemon_id: str) -> Optional[dict[str, Any]]:
+    def holding(self, files_id: str) -> Optional[tuple[str, dict[str, Any]]]:
         """
-        What this daemon last read of the daemon ``daemon_id`` (its host,
-        ``listening`` addresses, ``seen`` time and ``files_token``), or None
-        if it was not heard from within :data:`DAEMON_TIMEOUT` seconds.
+        The daemon whose files folder is ``files_id``, as this daemon last
+        read it: its id and its entry (``host``, ``listening`` addresses,
+        ``seen`` time, ``files_token``); None if no such daemon was heard
+        from within :data:`DAEMON_TIMEOUT` seconds.
         """
-        info = self.known.get(daemon_id)
-        if info is None or self.clock() - info.get("seen", 0) >= DAEMON_TIMEOUT:
-            return None
-        return dict(info)
+        now = self.clock()
+        for daemon_id, info in sorted(self.known.items(), key=lambda kv: -kv[1].get("seen", 0)):
+            if info.get("files_id") == files_id and now - info.get("seen", 0) < DAEMON_TIMEOUT:
+                return daemon_id, dict(info)
+        return None
 
 
 __all__ = ["DAEMON_TIMEOUT", "DaemonDirectory"]

@@ -109,6 +109,7 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     # fetch this daemon's files (docs/several-daemons.md, "Files across daemons").
     directory.files_token = secrets.token_urlsafe(32)
     store.directory = directory
+    # Its holder id is the files folder's, set once the folder is known (tap).
     store.files = FileDirectory(commands, prefix, directory.daemon_id)
     store.replication = replication = ReplicationView(commands)
     directory.setServiceParent(services)

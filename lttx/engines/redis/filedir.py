@@ -2,8 +2,10 @@
 The file directory of the daemons on one Redis: which daemon holds each file.
 
 Files stay on the disk of the daemon that received them; the hash
-``<prefix>files`` says, for each name, which daemon holds it, with its size,
-MD5 and mtime (a JSON object per name).  The holder writes the entry when an
+``<prefix>files`` says, for each name, which files folder holds it (its
+*holder*: the id of a daemon's files folder, kept in the folder itself, so
+it survives restarts, unlike the daemon's own id), with its size, MD5 and
+mtime (a JSON object per name).  The holder writes the entry when an
 upload completes (the last completed upload of a name wins) and removes it
 when the file is deleted; every daemon lists, downloads and deletes through
 it (:mod:`lttx.server.shared_files`).
@@ -37,7 +39,7 @@ local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   if ARGV[3] == 'nx' then return {old, 0} end
   local entry = cjson.decode(old)
-  if entry['daemon'] ~= ARGV[5] and tonumber(entry['mtime']) > tonumber(ARGV[4]) then
+  if entry['holder'] ~= ARGV[5] and tonumber(entry['mtime']) > tonumber(ARGV[4]) then
     return {old, 0}
   end
 end
@@ -45,12 +47,12 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return {old or '', 1}
 """)
 
-#: Remove the entry of a name (ARGV[1]) if daemon ARGV[2] still holds it;
+#: Remove the entry of a name (ARGV[1]) if holder ARGV[2] still holds it;
 #: 1 if removed.
 REMOVE = Script("""
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old then return 0 end
-if cjson.decode(old)['daemon'] ~= ARGV[2] then return 0 end
+if cjson.decode(old)['holder'] ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 return 1
 """)
@@ -61,8 +63,8 @@ SCRIPTS = (REGISTER, REMOVE)
 class Entry(NamedTuple):
     """Where a file lives and what it is."""
 
-    #: The holding daemon's id (hex).
-    daemon: str
+    #: The holding files folder's id (hex; see :func:`lttx.server.shared_files.folder_id`).
+    holder: str
     size: int
     #: Hex MD5, or None for a file found on disk by a sweep (not hashed).
     md5: Optional[str]
@@ -76,7 +78,7 @@ class Entry(NamedTuple):
         """The entry, or None for one that is not ours to read (left alone)."""
         try:
             fields = json.loads(data)
-            return cls(str(fields["daemon"]), int(fields["size"]), fields.get("md5"),
+            return cls(str(fields["holder"]), int(fields["size"]), fields.get("md5"),
                        float(fields["mtime"]))
         except (ValueError, KeyError, TypeError):
             return None
@@ -87,13 +89,14 @@ class FileDirectory:
     The ``<prefix>files`` hash: one :class:`Entry` per file name.
 
     :param client: the engine's command connection (it loads :data:`SCRIPTS`).
-    :param daemon_id: this daemon's id, the ``daemon`` of the entries it writes.
+    :param holder_id: the id of this daemon's files folder, the ``holder`` of
+        the entries it writes.
     """
 
-    def __init__(self, client: RedisClient, prefix: str, daemon_id: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str, holder_id: str) -> None:
         self.client = client
         self.key = prefix + "files"
-        self.daemon_id = daemon_id
+        self.holder_id = holder_id
         #: The entry count as last read (for the status report).
         self.count = 0
 
@@ -105,10 +108,10 @@ class FileDirectory:
         another daemon's copy completed later, nor, with ``only_new``, if
         the name has an entry at all).
         """
-        entry = Entry(self.daemon_id, size, md5, mtime)
+        entry = Entry(self.holder_id, size, md5, mtime)
         d = self.client.evalsha(REGISTER, [self.key],
                                 [name, entry.encode(), "nx" if only_new else "", repr(mtime),
-                                 self.daemon_id])
+                                 self.holder_id])
         return d.addCallback(lambda reply: (Entry.decode(reply[0]) if reply[0] else None,
                                             bool(reply[1])))
 
@@ -131,11 +134,11 @@ class FileDirectory:
 
     def remove(self, name: str) -> "Deferred[bool]":
         """Drop the entry of ``name`` if this daemon still holds it."""
-        d = self.client.evalsha(REMOVE, [self.key], [name, self.daemon_id])
+        d = self.client.evalsha(REMOVE, [self.key], [name, self.holder_id])
         return d.addCallback(bool)
 
     def status(self) -> dict[str, Any]:
-        return {"shared": True, "listed": self.count}
+        return {"shared": True, "holder": self.holder_id, "listed": self.count}
 
 
 class SweepPlan(NamedTuple):
@@ -168,7 +171,7 @@ def plan_sweep(me: str, local: Mapping[str, tuple[int, float]],
         entry = entries.get(name)
         if entry is None:
             plan.register_new.append(name)
-        elif entry.daemon == me:
+        elif entry.holder == me:
             if entry.size != size or abs(entry.mtime - mtime) > 1e-3:
                 plan.register.append(name)  # changed on disk by other means
         elif entry.mtime >= mtime:
@@ -176,7 +179,7 @@ def plan_sweep(me: str, local: Mapping[str, tuple[int, float]],
         else:
             plan.register.append(name)  # ours completed later (Redis was away then)
     for name, entry in sorted(entries.items()):
-        if entry.daemon == me and name not in local and name not in skip:
+        if entry.holder == me and name not in local and name not in skip:
             plan.remove.append(name)
     return plan
 

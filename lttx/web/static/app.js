@@ -149,6 +149,7 @@ function engineView(report) {
     { label: "pid", key: "pid", show: r => show(r.pid) },
     { label: "listening", key: "listening", text: true,
       show: r => (r.listening || []).join(" ") || "–" },
+    { label: "files folder", key: "files_id", text: true, show: r => show(r.files_id) },
     { label: "last seen", key: "seen_ago",
       show: r => typeof r.seen_ago === "number" ? r.seen_ago.toFixed(1) + " s ago" : "–" },
   ], rows);
