@@ -560,9 +560,11 @@ def folder_id(folder: str) -> str:
 
 
 def _closing(peer: PeerFileProtocol, d: "Deferred[Any]") -> "Deferred[Any]":
-    """``d``'s result, once the connection to the other daemon is closed."""
+    """``d``'s result, the connection to the other daemon closed meanwhile (not
+    waited for: the reply does not depend on how the close goes)."""
     def close(result: Any) -> Any:
-        return peer.close().addCallback(lambda _: result)
+        peer.close()
+        return result
     return d.addBoth(close)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from lttx.diskio import run_inline
@@ -28,7 +29,7 @@ from lttx.state.store import MemoryStore
 from lttx.wire import codec
 from lttx.wire.frames import PREFIX
 
-from ..common import TOKEN
+from ..common import TOKEN, frame, frames_of
 from .test_file_session import FileConnectionMixin
 
 R, E = codec.REPLY, codec.ERROR
@@ -208,3 +209,72 @@ class SharedSessionTests(FileConnectionMixin, SynchronousTestCase):
         entry = self.directory.entries_by_name["a.txt"]
         self.assertEqual((entry.holder, entry.size, entry.md5), (ME, 6, md5))
         self.assertEqual(entry.mtime, os.stat(os.path.join(self.folder, "a.txt")).st_mtime)
+
+
+class RelayTests(FileConnectionMixin, SynchronousTestCase):
+    """A download of a file another daemon holds, relayed: the other daemon's side is a
+    PeerFileProtocol on a StringTransport, the client's a StringTransport."""
+
+    def setUp(self) -> None:
+        from lttx.server.peer_files import PeerFileProtocol
+
+        self.folder = self.mktemp()
+        self.service = FileService(self.folder, run_inline)
+        self.service.startService()
+        self.directory = MemoryFileDirectory()
+        self.directory.entries_by_name["big.bin"] = Entry(A, 10, None, 1.0)
+        self.peer = PeerFileProtocol("tok", "daemon X (h, 10.0.0.1:2025; files folder A)",
+                                     Clock())
+        self.peer_transport = StringTransport()
+        self.peer.makeConnection(self.peer_transport)
+        self.peer.dataReceived(frame([R, 0, {"server": "lttx"}]))  # its hello reply
+        self.peer_transport.clear()
+        shared = SharedFiles(self.service, self.directory,  # type: ignore[arg-type]
+                             NoDaemons(), Clock())  # type: ignore[arg-type]
+        shared.connect = lambda name, entry: succeed(self.peer)  # type: ignore[method-assign]
+        state = ServerState(MemoryStore(), TokenAuthenticator(TOKEN), files=self.service)
+        state.file_sessions = shared.session  # type: ignore[method-assign,assignment]
+        self.factory = LTtxFactory(state)
+
+    def test_relayed_frames_flow_control_and_md5_from_the_holder(self) -> None:
+        """The client gets the holder's header and its raw frames as they come; while
+        they stream the holder's connection is the producer of the client's (a full
+        client buffer pauses the reading from the holder); download_end goes on to the
+        holder, whose reply (or checksum error) the client gets."""
+        proto, transport = self.connect()
+        transport.clear()
+        proto.dataReceived(frame([codec.REQUEST, 5, "download", ["big.bin", 4, "p"]]))
+        self.assertEqual(frames_of(self.peer_transport.value()),
+                         [[codec.REQUEST, 1, "download", ["big.bin", 4, "p"]]])
+        self.assertEqual(transport.value(), b"")  # nothing before the holder's header
+        self.peer.dataReceived(frame([R, 1, {"name": "big.bin", "size": 10, "offset": 4}])
+                               + PREFIX.pack(2) + b"ef")
+        self.assertEqual(transport.value(),
+                         frame([R, 5, {"name": "big.bin", "size": 10, "offset": 4}])
+                         + PREFIX.pack(2) + b"ef")
+        self.assertIs(transport.producer, self.peer_transport)
+        self.assertTrue(transport.streaming)
+        transport.producer.pauseProducing()  # the client's buffer is full
+        self.assertEqual(self.peer_transport.producerState, "paused")
+        transport.producer.resumeProducing()
+        self.peer.dataReceived(PREFIX.pack(4) + b"ghij")
+        self.assertIsNone(transport.producer)  # the data is through: unregistered
+        self.assertEqual(self.peer_transport.producerState, "producing")
+        transport.clear()
+        self.peer_transport.clear()
+        proto.dataReceived(frame([codec.REQUEST, 6, "download_end", ["m" * 32]]))
+        self.assertEqual(frames_of(self.peer_transport.value()),
+                         [[codec.REQUEST, 2, "download_end", ["m" * 32]]])
+        self.peer.dataReceived(frame([E, 2, "checksum", "big.bin: the daemon sent MD5 x, "
+                                                        "the client computed m"]))
+        self.assertEqual(frames_of(transport.value()), [
+            [E, 6, "checksum", "big.bin: the daemon sent MD5 x, the client computed m"]])
+        self.assertTrue(self.peer_transport.disconnecting)  # closed after the transfer
+
+    def test_client_gone_mid_relay_closes_the_holders_connection(self) -> None:
+        proto, transport = self.connect()
+        proto.dataReceived(frame([codec.REQUEST, 5, "download", ["big.bin", 0, None]]))
+        self.peer.dataReceived(frame([R, 1, {"name": "big.bin", "size": 10, "offset": 0}])
+                               + PREFIX.pack(3) + b"abc")
+        proto.connectionLost()
+        self.assertTrue(self.peer_transport.disconnecting)
