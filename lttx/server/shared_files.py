@@ -176,15 +176,18 @@ class SharedFiles(Service):
                 self._warned.discard(name)
                 self.log.info("{name} is now in the Redis file directory (it was kept here "
                               "while Redis was away)", name=name)
+            # Neither waits: the upload's reply does not hang on another daemon.
             if not replaced and old is not None:
                 # Another daemon's upload of the name completed later: it stays.
                 self.log.info("{name}: an upload completed later on {daemon}; the copy "
                               "received here is superseded", name=name,
                               daemon=self.describe(old.holder))
-                return self.drop_if_superseded(name)
-            if old is not None and old.holder != self.me:
-                return self.tell_superseded(name, old)
-            return None
+                self.drop_if_superseded(name).addErrback(
+                    lambda f: self.log.info("{name}: the superseded copy stays until the "
+                                            "next sweep ({error})", name=name,
+                                            error=f.getErrorMessage()))
+            elif old is not None and old.holder != self.me:
+                self.tell_superseded(name, old)
 
         def not_listed(failure: Failure) -> None:
             if name not in self._warned:
