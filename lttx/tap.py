@@ -349,6 +349,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     sweep.clock = reactor
     sweep.setServiceParent(top)
     files.setServiceParent(top)
+    _shared_files(options, store, files, state, auth, reactor, top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)
@@ -360,6 +361,25 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
 
         make_http_service(state, options["http"], reactor).setServiceParent(top)
     return top
+
+
+def _shared_files(options: Options, store: Any, files: FileService, state: ServerState,
+                  auth: Any, reactor: Any, top: MultiService) -> None:
+    """On --engine redis: files listed, downloaded and deleted through any daemon."""
+    if options.get("engine", "memory") != "redis":
+        return
+    from .server.shared_files import DAEMON_GRANT, SharedFiles, folder_id
+
+    try:
+        holder = folder_id(files.directory)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"lttx: refusing to start: {e}") from None
+    # The Redis file directory names this daemon's files by its folder's id.
+    store.files.holder_id = store.directory.files_id = holder
+    shared = SharedFiles(files, store.files, store.directory, reactor)
+    state.file_sessions = shared.session  # type: ignore[method-assign,assignment]
+    auth.add_daemon_token(store.directory.files_token, DAEMON_GRANT)
+    shared.setServiceParent(top)
 
 
 def _legacy_status(options: Options, status_sources: dict[str, Any]) -> Any:

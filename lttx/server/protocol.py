@@ -322,7 +322,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             if self.state.files is None:
                 self._fatal(request_id, BadRequest("this daemon does not serve files"))
                 return
-            self.file_session = FileSession(self.state.files, self)
+            self.file_session = self.state.file_sessions(self.state.files, self)
         else:
             self._dispatcher = Dispatcher(self.command_handlers(self.state, self), self,
                                           COMMAND_RIGHTS, self.log)

@@ -12,7 +12,7 @@ given this object, not the factory, as transit-relay's protocol talks to
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -24,6 +24,7 @@ from ..state.channels import ChannelRegistry
 from ..state.status import StatusSource, gather_status
 from ..state.store import IVariableStore
 from ..state.throttle import HelloThrottle, RefusalLog
+from .file_session import FileSession, IFileConnection
 from .files import FileService
 
 #: The largest frame a connection accepts after hello (``--max-frame``).
@@ -110,6 +111,10 @@ class ServerState:
         clash = set(self.status_sources) & _OWN_STATUS
         if clash:
             raise ValueError(f"status source names clash with the daemon's own: {sorted(clash)}")
+
+    #: Makes the session of each file connection: one daemon's own folder, or
+    #: the files of every daemon on a shared Redis (``SharedFiles.session``).
+    file_sessions: Callable[[FileService, IFileConnection], FileSession] = FileSession
 
     #: ``--max-connections``: open connections at most (0: no bound).
     max_connections = DEFAULT_MAX_CONNECTIONS

@@ -188,6 +188,8 @@ FILE_COMMAND_RIGHTS: Mapping[str, Optional[Right]] = {
     "upload_end": None,
     "download": Right("download", 0, check_file_name),
     "download_end": None,
+    # Between the daemons of one Redis: a later upload replaced this one's copy.
+    "superseded": Right("upload", 0, check_file_name),
 }
 
 
@@ -365,6 +367,9 @@ class TokenAuthenticator:
         if roles is None:
             roles = [(token, Grant.everything())] if token else []
         self._roles = [(secret.encode("utf-8"), grant) for secret, grant in roles]
+        #: Tokens of the other daemons on one Redis (add_daemon_token): their
+        #: grants are file rights only; they do not lift protected mode.
+        self._daemon_tokens: list[tuple[bytes, Grant]] = []
 
     @classmethod
     def from_roles(cls, roles: Sequence[tuple[str, Grant]]) -> "TokenAuthenticator":
@@ -398,10 +403,15 @@ class TokenAuthenticator:
         except UnicodeEncodeError:  # a lone surrogate: no token has one
             return None
         found = None
-        for secret, grant in self._roles:
+        for secret, grant in self._roles + self._daemon_tokens:
             if hmac.compare_digest(token, secret) and found is None:
                 found = grant
         return found
+
+    def add_daemon_token(self, token: str, grant: Grant) -> None:
+        """Let the other daemons of the Redis engine in with ``token`` and ``grant``
+        (they fetch and delete this daemon's files for their clients)."""
+        self._daemon_tokens.append((token.encode("utf-8"), grant))
 
     def check(self, token: object) -> bool:
         """Whether ``token`` opens the daemon."""

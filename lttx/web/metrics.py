@@ -69,6 +69,9 @@ class StatusCollector(Collector):
         if isinstance(channels, dict) and isinstance(channels.get("channels"), dict):
             report["channels"] = dict(channels)
             yield from _per_channel(report["channels"].pop("channels"))
+        if isinstance(report.get("engine"), dict):
+            report["engine"] = dict(report["engine"])
+            yield from _engine_view(report["engine"])
         yield from _figures("", report)
 
 
@@ -86,6 +89,52 @@ def _per_channel(channels: Mapping[str, Any]) -> Iterator[Any]:
                 family = families[key] = _family(f"channel_{key}", ("channel", key), ["channel"])
             family.add_metric([str(name)], number)
     yield from families.values()
+
+
+def _engine_view(engine: dict[str, Any]) -> Iterator[Any]:
+    """
+    The Redis engine's daemons and replicas as labelled samples (taken out of
+    ``engine``): one metric per figure, the daemon id or replica address a
+    label, not part of the name (ids change at every start).
+    """
+    daemons = engine.pop("daemons", None)
+    if isinstance(daemons, dict):
+        count = GaugeMetricFamily("lttx_engine_daemons",
+                                  "Daemons heard from on this Redis in the last 5 s.")
+        count.add_metric([], float(len(daemons)))
+        yield count
+        seen = GaugeMetricFamily("lttx_engine_daemon_seen_ago_seconds",
+                                 "Seconds since each daemon on this Redis last said it is "
+                                 "alive.", labels=["daemon", "host"])
+        for daemon_id, figures in sorted(daemons.items()):
+            ago = _number(figures.get("seen_ago")) if isinstance(figures, dict) else None
+            if ago is not None:
+                seen.add_metric([str(daemon_id), str(figures.get("host"))], ago)
+        yield seen
+    replication = engine.get("replication")
+    if isinstance(replication, dict) and isinstance(replication.get("replicas"), list):
+        engine["replication"] = replication = dict(replication)
+        families = {
+            "lag_bytes": GaugeMetricFamily(
+                "lttx_engine_replica_lag_bytes", "Bytes of the replication stream each "
+                "Redis replica lacks (the master's offset minus its own).", labels=["replica"]),
+            "lag_s": GaugeMetricFamily(
+                "lttx_engine_replica_lag_seconds", "Seconds since each Redis replica last "
+                "acknowledged (Redis's lag).", labels=["replica"]),
+            "online": GaugeMetricFamily(
+                "lttx_engine_replica_online", "1 while the replica's state is online.",
+                labels=["replica"]),
+        }
+        for replica in replication.pop("replicas"):
+            if not isinstance(replica, dict):
+                continue
+            address = str(replica.get("address"))
+            replica = dict(replica, online=replica.get("state") == "online")
+            for key, family in families.items():
+                value = _number(replica.get(key))
+                if value is not None:
+                    family.add_metric([address], value)
+        yield from families.values()
 
 
 def _figures(part: str, values: Mapping[str, Any]) -> Iterator[Any]:

@@ -72,7 +72,14 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(status["engine"]["engine"], "redis")
         self.assertEqual(status["engine"]["address"], "redis://127.0.0.1:6390/0")
         self.assertEqual(status["engine"]["role"], "disconnected")
-        self.assertIn("not shared", status["engine"]["files"])
+        # Files are shared through the Redis file directory; a daemon file session
+        # serves them across daemons; nothing is known of replicas while disconnected.
+        files = status["engine"]["files"]
+        self.assertEqual((files["shared"], files["listed"]), (True, 0))
+        self.assertRegex(files["holder"], r"^[0-9a-f]{32}$")  # the files folder's id
+        self.assertIsNone(status["engine"]["replication"])
+        from lttx.server.shared_files import SharedFiles
+        self.assertIsInstance(getattr(state.file_sessions, "__self__", None), SharedFiles)
         self.assertNotIn("journal", status)
         self.assertIn("redis", status["channels"])
 

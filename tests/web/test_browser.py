@@ -142,3 +142,30 @@ class StatusPageTests(TestCase):
         driver.get(daemon.url + "/?token=tok-wrong")
         self.assertIn("wrong token", driver.find_element(By.CLASS_NAME, "reason").text)
         self.assertIsNone(driver.get_cookie("lttx_session"))
+
+
+class EngineViewTests(TestCase):
+    def test_page_shows_the_daemons_on_the_redis(self) -> None:
+        """--engine redis: the page lists both daemons with their addresses, this one
+        marked, heard from seconds ago, and the Redis replicas table."""
+        from ..common import Daemon
+        from ..redis_server import RedisServer
+
+        redis = RedisServer(self)
+        daemon = HttpDaemon(self, "--engine", "redis", "--redis", redis.url)
+        other = Daemon(self, "--engine", "redis", "--redis", redis.url)
+        driver = browser(self)
+        driver.get(daemon.url + "/?token=tok-monitor")
+
+        def both_listed(d: Any) -> bool:
+            text = d.find_element(By.ID, "daemons").text
+            return f"127.0.0.1:{daemon.daemon.port}" in text and \
+                f"127.0.0.1:{other.port}" in text
+        wait(driver, both_listed, "both daemons in the daemons table")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#daemons tbody tr")
+        self.assertEqual(len(rows), 2)
+        mine = [r.text for r in rows if f":{daemon.daemon.port}" in r.text][0]
+        self.assertIn("(this one)", mine)
+        self.assertRegex(mine, r"\d\.\d s ago")
+        self.assertIn("master offset", driver.find_element(By.ID, "replication").text)
+        self.assertIn("none", driver.find_element(By.ID, "replicas").text)

@@ -286,6 +286,33 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(found[("lttx_journal_last_compaction_seconds", ())], 0.5)
         self.assertEqual(found[("lttx_build_info", (("version", "9"),))], 1)
 
+    def test_engine_daemons_and_replicas_are_labels(self) -> None:
+        """The engine's daemons and replicas: one metric per figure, labelled by daemon
+        id and replica address (ids change at every start: never in a metric's name)."""
+        from lttx.web.metrics import exposition
+
+        report = {"engine": {"role": "master", "connects": 2, "daemons": {
+            "aa11": {"host": "h1", "pid": 7, "listening": ["10.0.0.1:2025"], "seen": 5.0,
+                     "seen_ago": 0.4},
+            "bb22": {"host": "h2", "pid": 8, "listening": [], "seen": 4.0, "seen_ago": 1.5}},
+            "replication": {"role": "master", "offset": 900, "replicas": [
+                {"address": "10.0.0.9:6380", "state": "online", "offset": 880,
+                 "lag_bytes": 20, "lag_s": 1}]}}}
+        text = exposition(report).decode()
+        found = {(s.name, tuple(s.labels.items())): s.value
+                 for f in text_string_to_metric_families(text) for s in f.samples}
+        self.assertEqual(found[("lttx_engine_daemons", ())], 2)
+        self.assertEqual(found[("lttx_engine_daemon_seen_ago_seconds",
+                                (("daemon", "bb22"), ("host", "h2")))], 1.5)
+        replica = (("replica", "10.0.0.9:6380"),)
+        self.assertEqual(found[("lttx_engine_replica_lag_bytes", replica)], 20)
+        self.assertEqual(found[("lttx_engine_replica_lag_seconds", replica)], 1)
+        self.assertEqual(found[("lttx_engine_replica_online", replica)], 1)
+        self.assertEqual(found[("lttx_engine_replication_offset", ())], 900)
+        self.assertEqual(found[("lttx_engine_connects_total", ())], 2)
+        self.assertFalse([name for name, _ in found if "aa11" in name or "bb22" in name])
+        self.assertEqual(report["engine"]["daemons"]["aa11"]["pid"], 7)  # left as it was
+
 
 class StatusReportsTests(SynchronousTestCase):
     def test_one_report_a_second_serves_every_request(self) -> None:

@@ -11,10 +11,14 @@ under the daemon's services, from the ``--redis*`` options.
 - Watches and mirrors: :class:`lttx.engines.redis.changes.ChangeFeed` (the
   change stream into the daemon's change log, on a connection of its own).
 - ``--redis-wait``: :class:`lttx.engines.redis.replication.Replication`.
+- Files: :class:`lttx.engines.redis.filedir.FileDirectory` (who holds which
+  file; the daemon's side is :mod:`lttx.server.shared_files`), and the
+  replicas' lag (:class:`lttx.engines.redis.replicas.ReplicationView`).
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from typing import Any, Optional
 
@@ -27,7 +31,10 @@ from ...state.channels import ChannelRegistry
 from .changes import ChangeFeed
 from .channels import SharedChannelRegistry
 from .directory import DaemonDirectory
+from .filedir import SCRIPTS as FILE_SCRIPTS
+from .filedir import FileDirectory
 from .follower import StreamFollower
+from .replicas import ReplicationView
 from .replication import DEFAULT_WAIT_TIMEOUT, Replication
 from .resp import RedisAddress, RedisClient
 from .store import FEED_START, SCRIPTS, RedisStore, changes_maxlen
@@ -66,6 +73,10 @@ class _EngineStore(RedisStore):
     """The store with the engine's status (Redis, role, known daemons)."""
 
     directory: Optional[DaemonDirectory] = None
+    #: Which daemon holds each file (made by make_redis_engine).
+    files: Optional[FileDirectory] = None
+    #: The replicas' lag (INFO replication), for status.
+    replicas: Optional[ReplicationView] = None
 
     def __init__(self, client: RedisClient, prefix: str = "lttx:", clock: Any = None,
                  **options: Any) -> None:
@@ -77,7 +88,10 @@ class _EngineStore(RedisStore):
         status = super().status()
         if self.directory is not None:
             status.update(self.directory.status())
-        status["files"] = "kept on the daemon that received them (not shared)"
+        if self.files is not None:
+            status["files"] = self.files.status()
+        if self.replicas is not None:
+            status["replication"] = self.replicas.status()
         return status
 
 
@@ -89,7 +103,8 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
     """
     address = redis_address(options, environ)
     prefix = options.get("redis-prefix") or "lttx:"
-    commands = RedisClient(reactor, address, name="redis", scripts=[*SCRIPTS, *STREAM_SCRIPTS])
+    commands = RedisClient(reactor, address, name="redis",
+                           scripts=[*SCRIPTS, *STREAM_SCRIPTS, *FILE_SCRIPTS])
     history = options.get("channel-history") or 64 * 1024 * 1024
     store = _EngineStore(commands, prefix, reactor.seconds, maxlen=changes_maxlen(history))
     services = MultiService()
@@ -117,11 +132,22 @@ def make_redis_engine(options: Any, environ: dict[str, str], reactor: Any,
         streams.setServiceParent(services)
     directory = DaemonDirectory(commands, store, channels_id(channels))
     directory.addresses = store.listening
+    # A fresh secret at each start: the other daemons read it from Redis to
+    # fetch this daemon's files (docs/several-daemons.md, "Files across daemons").
+    directory.files_token = secrets.token_urlsafe(32)
     store.directory = directory
+    # Its holder id is the files folder's, set once the folder is known (tap).
+    store.files = FileDirectory(commands, prefix, directory.daemon_id)
+    store.replicas = replicas = ReplicationView(commands)
     directory.setServiceParent(services)
-    beat = TimerService(1.0, directory.beat)
-    beat.clock = reactor
-    beat.setServiceParent(services)
+
+    def beat() -> None:
+        directory.beat()
+        replicas.poll()
+
+    heartbeat = TimerService(1.0, beat)
+    heartbeat.clock = reactor
+    heartbeat.setServiceParent(services)
     Logger(namespace="lttx.tap").info(
         "engine redis: {where}, key prefix {prefix!r}", where=address.describe(), prefix=prefix)
     return store

@@ -132,6 +132,40 @@ function connections(doc) {
   ], doc.connections);
 }
 
+// The engine's view (--engine redis): each daemon on the Redis, its addresses and
+// when it was last heard from; how far each Redis replica is behind the master.
+const ENGINE_TABLES = ["daemons", "replication"];
+
+function engineView(report) {
+  const engine = report.engine;
+  const box = document.getElementById("engine-view");
+  box.hidden = !(engine && engine.daemons);
+  if (box.hidden) return;
+  const rows = Object.entries(engine.daemons).map(([id, d]) => ({ id, ...d }));
+  fillTable(document.getElementById("daemons"), [
+    { label: "daemon", key: "id", text: true,
+      show: r => r.id + (r.id === engine.id ? " (this one)" : "") },
+    { label: "host", key: "host", text: true, show: r => show(r.host) },
+    { label: "pid", key: "pid", show: r => show(r.pid) },
+    { label: "listening", key: "listening", text: true,
+      show: r => (r.listening || []).join(" ") || "–" },
+    { label: "files folder", key: "files_id", text: true, show: r => show(r.files_id) },
+    { label: "last seen", key: "seen_ago",
+      show: r => typeof r.seen_ago === "number" ? r.seen_ago.toFixed(1) + " s ago" : "–" },
+  ], rows);
+  const repl = engine.replication;
+  document.getElementById("replication").textContent = !repl ? "not known (Redis disconnected)"
+    : repl.role === "master" ? "master offset " + show(repl.offset)
+    : "connected to a " + repl.role + " of " + show(repl.master) + ", link " + show(repl.link);
+  fillTable(document.getElementById("replicas"), [
+    { label: "replica", key: "address", text: true, show: r => r.address },
+    { label: "state", key: "state", text: true, show: r => r.state },
+    { label: "offset", key: "offset", show: r => show(r.offset) },
+    { label: "behind", key: "lag_bytes", show: r => bytes(r.lag_bytes) },
+    { label: "last ack", key: "lag_s", show: r => show(r.lag_s) + " s" },
+  ], (repl && repl.replicas) || []);
+}
+
 function parts(report) {
   const box = document.getElementById("parts");
   box.replaceChildren();
@@ -141,6 +175,7 @@ function parts(report) {
     part.appendChild(el("h2", {}, name));
     const dl = part.appendChild(el("dl"));
     for (const [k, v] of Object.entries(figures)) {
+      if (name === "engine" && ENGINE_TABLES.includes(k)) continue;  // engineView shows them
       dl.appendChild(el("dt", {}, k.replace(/_/g, " ")));
       dl.appendChild(el("dd", {}, /bytes$/.test(k) ? bytes(v) : show(v)));
     }
@@ -210,6 +245,7 @@ async function refresh() {
     tiles(report);
     channels(report);
     connections(conns);
+    engineView(report);
     parts(report);
     chart("chart-rates", [{ column: 1, cls: "published" }, { column: 2, cls: "delivered" }]);
     chart("chart-connections", [{ column: 3, cls: "connections" }]);
