@@ -44,6 +44,18 @@ class OptionsTests(SynchronousTestCase):
                      ["--token", "a", "--token-file", "f"]):
             self.assertRaises(usage.UsageError, parse, *argv)
 
+    def test_upload_bounds(self) -> None:
+        """--disk-reserve, --max-partials, --max-partial-bytes: defaults, sizes, no negatives."""
+        options = parse()
+        self.assertEqual((options["disk-reserve"], options["max-partials"],
+                          options["max-partial-bytes"]), (1024**3, 32, 64 * 1024**3))
+        options = parse("--disk-reserve", "2MiB", "--max-partials", "0",
+                        "--max-partial-bytes", "1GiB")
+        self.assertEqual((options["disk-reserve"], options["max-partials"],
+                          options["max-partial-bytes"]), (2 * 1024**2, 0, 1024**3))
+        for argv in (["--disk-reserve", "-1"], ["--max-partials", "-2"]):
+            self.assertRaises(usage.UsageError, parse, *argv)
+
     def test_token_sources(self) -> None:
         """--token, then --token-file, then LTTX_TOKEN."""
         path = self.mktemp()
