@@ -22,10 +22,12 @@ from .errors import RecoveryError
 from .server.expiry import ExpirySweeper
 from .server.factory import LTtxFactory
 from .server.files import FileService
+from .server.budget import DEFAULT_MAX_BUFFERED
 from .server.upload_bounds import (
     DEFAULT_DISK_RESERVE,
     DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PARTIALS,
+    STALE_SWEEP_INTERVAL,
     UploadBounds,
 )
 from .server.state import (
@@ -93,6 +95,10 @@ class Options(usage.Options):
          "Open connections from one host (IP address) at most (0: no bound).", int],
         ["max-file-size", None, "0",
          "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
+        ["max-buffered", None, str(DEFAULT_MAX_BUFFERED),
+         "Bytes all connections may hold together: replies not yet read, frames not yet "
+         "complete (suffixes KiB, MiB, GiB accepted); past it large frames and replies "
+         "get a limit error; 0 for no bound."],
         ["disk-reserve", None, str(DEFAULT_DISK_RESERVE),
          "Bytes of free disk uploads must leave for the journal (suffixes KiB, MiB, GiB "
          "accepted); 0 for none."],
@@ -194,10 +200,10 @@ class Options(usage.Options):
 
     def _upload_bounds(self) -> None:
         """--disk-reserve, --max-partials, --max-partial-bytes (issue 19)."""
-        for name in ("disk-reserve", "max-partial-bytes"):
+        for name in ("disk-reserve", "max-partial-bytes", "max-buffered"):
             if isinstance(self[name], str):
                 self[name] = parse_size(self[name])
-        for name in ("disk-reserve", "max-partials", "max-partial-bytes"):
+        for name in ("disk-reserve", "max-partials", "max-partial-bytes", "max-buffered"):
             if self[name] < 0:
                 raise usage.UsageError(f"--{name} must be 0 (no bound) or more")
 
@@ -356,6 +362,7 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
                         clock=reactor, files=files,  # type: ignore[arg-type]
                         status_sources=status_sources)
     state.max_connections = options.get("max-connections", DEFAULT_MAX_CONNECTIONS)
+    state.budget.limit = options.get("max-buffered", DEFAULT_MAX_BUFFERED)
     state.max_connections_per_host = options.get("max-connections-per-host",
                                                  DEFAULT_MAX_CONNECTIONS_PER_HOST)
     factory = LTtxFactory(state)
@@ -368,6 +375,9 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     sweep.clock = reactor
     sweep.setServiceParent(top)
     files.setServiceParent(top)
+    stale = TimerService(STALE_SWEEP_INTERVAL, files.sweep_stale)  # abandoned partials
+    stale.clock = reactor
+    stale.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)

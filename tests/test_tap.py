@@ -53,7 +53,10 @@ class OptionsTests(SynchronousTestCase):
                         "--max-partial-bytes", "1GiB")
         self.assertEqual((options["disk-reserve"], options["max-partials"],
                           options["max-partial-bytes"]), (2 * 1024**2, 0, 1024**3))
-        for argv in (["--disk-reserve", "-1"], ["--max-partials", "-2"]):
+        self.assertEqual(parse()["max-buffered"], 512 * 1024**2)
+        self.assertEqual(parse("--max-buffered", "1GiB")["max-buffered"], 1024**3)
+        for argv in (["--disk-reserve", "-1"], ["--max-partials", "-2"],
+                     ["--max-buffered", "-5"]):
             self.assertRaises(usage.UsageError, parse, *argv)
 
     def test_token_sources(self) -> None:

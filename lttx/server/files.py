@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from ..diskio import RunInThread, unlink_quietly
 from ..errors import BadFileName, StorageError
 from ..wire.names import check_file_name
-from .upload_bounds import PARTIAL_MAX_AGE, STALE_SWEEP_INTERVAL, UploadBounds
+from .upload_bounds import PARTIAL_MAX_AGE, UploadBounds
 
 #: The hidden folder, inside the files folder, holding uploads in progress.
 PARTIAL_DIR = ".partial"
@@ -87,7 +87,6 @@ class FileService(Service):
         self.clock = clock
         self.bounds = bounds or UploadBounds()
         self.per_token = per_token
-        self._stale_sweep: Any = None
         self.idle_timeout = idle_timeout
         self.directory = os.path.abspath(directory)
         self.partial_directory = os.path.join(self.directory, PARTIAL_DIR)
@@ -106,17 +105,16 @@ class FileService(Service):
         self.real_directory = os.path.realpath(self.directory)
         self.real_partial_directory = os.path.join(self.real_directory, PARTIAL_DIR)
         self.remove_stale_partials(time.time())
-        if self.clock is not None:
-            self._stale_sweep = self.clock.callLater(STALE_SWEEP_INTERVAL, self._sweep_stale)
         super().startService()
 
-    def _sweep_stale(self) -> None:
-        """Every hour, in the I/O thread: abandoned partials go."""
-        assert self.clock is not None
-        busy = frozenset(self.uploading)
-        d = self.run_in_thread(self.remove_stale_partials, time.time(), PARTIAL_MAX_AGE, busy)
-        d.addErrback(lambda f: self.log.failure("could not remove stale partial uploads", f))
-        self._stale_sweep = self.clock.callLater(STALE_SWEEP_INTERVAL, self._sweep_stale)
+    def sweep_stale(self) -> "Deferred[Any]":
+        """Remove abandoned partials in the I/O thread (``makeService`` runs this
+        every :data:`~lttx.server.upload_bounds.STALE_SWEEP_INTERVAL` seconds)."""
+        d = self.run_in_thread(_remove_stale, self.partial_directory, time.time(),
+                               PARTIAL_MAX_AGE, frozenset(self.uploading))
+        d.addCallback(self._removed_stale, PARTIAL_MAX_AGE)
+        return d.addErrback(
+            lambda f: self.log.failure("could not remove stale partial uploads", f))
 
     def stopService(self) -> "Deferred[Any]":
         """
@@ -125,34 +123,22 @@ class FileService(Service):
         before it exits.
         """
         super().stopService()
-        if self._stale_sweep is not None and self._stale_sweep.active():
-            self._stale_sweep.cancel()
         return gatherResults([session.stop("the daemon is stopping")
                               for session in list(self.sessions)])
 
-    def remove_stale_partials(self, now: float, max_age: float = PARTIAL_MAX_AGE,
-                              busy: Optional[frozenset[str]] = None) -> int:
-        """Remove partial uploads untouched for ``max_age`` seconds (not those
-        of ``busy`` names, default: the uploads in flight); how many went.
-        (Run in the I/O thread by the hourly sweep, which passes ``busy``.)"""
-        busy = frozenset(self.uploading) if busy is None else busy
-        removed = []
-        with os.scandir(self.partial_directory) as entries:
-            for entry in entries:
-                if entry.name in busy or not entry.is_file(follow_symlinks=False):
-                    continue
-                if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
-                    unlink_quietly(entry.path)
-                    removed.append(entry.name)
+    def remove_stale_partials(self, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
+        """Remove partial uploads untouched for ``max_age`` seconds (not those of
+        uploads in flight); how many went.  On the calling thread (at start)."""
+        removed = _remove_stale(self.partial_directory, now, max_age,
+                                frozenset(self.uploading))
+        self._removed_stale(removed, max_age)
+        return len(removed)
+
+    def _removed_stale(self, removed: list[str], max_age: float) -> None:
         if removed:
             self.log.info("removed {count} partial uploads untouched for {hours:g} h",
                           count=len(removed), hours=max_age / 3600)
-            forget = self.bounds.forget
-            if self.clock is not None and busy is not None:
-                self.clock.callLater(0, forget, removed)  # (from the I/O thread)
-            else:
-                forget(removed)
-        return len(removed)
+            self.bounds.forget(removed)
 
     def owner_of(self, grant_name: str, host: str) -> str:
         """Whose partials an upload counts among: the token's, or the host's."""
@@ -228,3 +214,17 @@ class FileService(Service):
                     **self.bounds.status()}
 
         return self.run_in_thread(on_disk)
+
+
+def _remove_stale(folder: str, now: float, max_age: float, busy: frozenset[str]) -> list[str]:
+    """Remove the partials in ``folder`` untouched for ``max_age`` seconds, but
+    those of ``busy`` names; their names (runs in the I/O thread)."""
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name in busy or not entry.is_file(follow_symlinks=False):
+                continue
+            if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                unlink_quietly(entry.path)
+                removed.append(entry.name)
+    return removed

@@ -24,7 +24,7 @@ from lttx.diskio import run_inline
 from lttx.server.factory import LTtxFactory
 from lttx.server.files import FileService
 from lttx.server.state import ServerState
-from lttx.server.upload_bounds import PARTIAL_MAX_AGE, STALE_SWEEP_INTERVAL, UploadBounds
+from lttx.server.upload_bounds import PARTIAL_MAX_AGE, UploadBounds
 from lttx.state.auth import TokenAuthenticator, parse_roles
 from lttx.state.store import MemoryStore
 from lttx.wire import codec
@@ -186,14 +186,14 @@ class PartialsPerTokenTests(UploadBoundsTestCase):
 class StalePartialSweepTests(UploadBoundsTestCase):
 
     def test_abandoned_partials_go_within_a_day_while_running(self) -> None:
-        """Every hour the daemon removes partials untouched for 24 h (not only at
-        start), and their owner's places are freed."""
+        """The hourly sweep removes partials untouched for 24 h (not only at start),
+        in the I/O thread, and their owner's places are freed."""
         self.abandon("old.bin", MiB)
         self.abandon("new.bin", MiB)
         partials = os.path.join(self.directory, ".partial")
         past = time.time() - PARTIAL_MAX_AGE - 60
         os.utime(os.path.join(partials, "old.bin"), (past, past))
-        self.clock.advance(STALE_SWEEP_INTERVAL)
+        self.successResultOf(self.service.sweep_stale())  # makeService: every hour
         self.clock.advance(0)
         self.assertEqual(os.listdir(partials), ["new.bin"])
         self.assertEqual(sorted(self.bounds.partials), ["new.bin"])
