@@ -224,7 +224,7 @@ class RoundTripTests(FilesTestCase):
         data_dir = self.mktemp()
         os.makedirs(data_dir)
         stats = os.statvfs(data_dir)
-        reserve = stats.f_bavail * stats.f_frsize + 10 * MiB  # more than the disk has free
+        reserve = stats.f_blocks * stats.f_frsize + MiB  # more than the whole disk
         daemon = Daemon(self, "--disk-reserve", str(reserve), data_dir=data_dir)
         client = daemon.connect()
         source = self.path("small")
