@@ -58,6 +58,7 @@ from ..errors import (
 from ..state.auth import FILE_COMMAND_RIGHTS, Grant
 from ..wire import codec
 from ..wire.frames import FILE_CHUNK_SIZE, PREFIX
+from ..wire.limits import decode_request
 from ..wire.names import check_file_name
 from .dispatch import REPLIED, Dispatcher, command
 from .files import FileService
@@ -201,7 +202,7 @@ class FileSession:
             self._fatal(None, BadRequest("no request may be sent while a download streams"))
             return
         try:
-            message = codec.decode(frame)
+            message = decode_request(frame)
         except BadRequest as e:
             self.dispatcher.refuse(None, "frame", e)
             return

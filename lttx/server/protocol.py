@@ -39,6 +39,7 @@ from ..wire import codec
 from ..wire.excerpt import excerpt
 from ..wire.frames import PREFIX, PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
+from ..wire.limits import decode_request
 from ..wire.tls import tls_failure
 from ..wire.writes import send_now
 from .commands import CommandConnection, Commands
@@ -268,7 +269,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.file_session.frame_received(frame)
             return
         try:
-            message = codec.decode(frame)
+            message = decode_request(frame)
         except BadRequest as e:
             if not self.authenticated:
                 self._fatal(None, e)

@@ -134,12 +134,15 @@ def packer(default: Callable[[Any], Any] = encoded_default) -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True, default=default)
 
 
-def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext) -> Any:
+def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext,
+           **hooks: Any) -> Any:
     """
     Decode one payload.
 
     :param ext_hook: makes the value of one extension type (msgpack's
         ``ext_hook``); it raises :class:`BadRequest` for a code it refuses.
+    :param hooks: msgpack's ``list_hook`` and ``object_hook``, if given
+        (:func:`lttx.wire.limits.decode_request` counts containers with them).
     :raises BadRequest: if the bytes are not exactly one MessagePack value of
         the types the protocol carries.
     """
@@ -150,6 +153,7 @@ def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext) 
             strict_map_key=False,
             ext_hook=ext_hook,
             use_list=True,
+            **hooks,
         )
     except BadRequest:
         raise
