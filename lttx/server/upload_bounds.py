@@ -20,7 +20,7 @@ one of their own; the daemon :func:`free_bytes`).
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from ..errors import LimitExceeded, StorageError
 
@@ -103,6 +103,18 @@ class UploadBounds:
             raise LimitExceeded(
                 f"{owner}'s partial uploads would declare {sum(others) + size} bytes, over "
                 f"the daemon's --max-partial-bytes of {self.max_partial_bytes}")
+
+    def room(self, directory: str, writing: int) -> Optional[str]:
+        """Why writing ``writing`` more bytes now would take the reserve (None: it
+        would not), for uploads that do not declare their size (the legacy port)."""
+        if not self.reserve:
+            return None
+        left = self.free_space(directory) - writing
+        if left >= self.reserve:
+            return None
+        self.refused += 1
+        return (f"writing {writing} more bytes would leave {max(left, 0)} bytes free, under "
+                f"the daemon's --disk-reserve of {self.reserve} bytes kept for its journal")
 
     def started(self, owner: str, name: str, size: int) -> None:
         """``owner`` now holds the partial of ``name``."""

@@ -200,3 +200,20 @@ class StalePartialSweepTests(UploadBoundsTestCase):
         proto, transport = self.connect()
         self.assertEqual(self.upload(proto, transport, "third.bin", KiB),
                          [[R, 1, {"offset": 0}]])
+
+
+class UndeclaredSizeTests(SynchronousTestCase):
+    """The legacy port's uploads declare no size: the reserve is checked as data comes."""
+
+    def test_room_is_refused_under_the_reserve(self) -> None:
+        free = [100 * MiB]
+        bounds = UploadBounds(reserve=10 * MiB, free_space=lambda path: free[0])
+        self.assertIsNone(bounds.room("/data", 90 * MiB))
+        self.assertEqual(bounds.room("/data", 90 * MiB + 1),
+                         f"writing {90 * MiB + 1} more bytes would leave {10 * MiB - 1} bytes "
+                         f"free, under the daemon's --disk-reserve of {10 * MiB} bytes kept "
+                         "for its journal")
+        free[0] = 5 * MiB
+        self.assertIsNotNone(bounds.room("/data", 0))
+        self.assertIsNone(UploadBounds(reserve=0, free_space=lambda path: 0).room("/d", 1))
+        self.assertEqual(bounds.refused, 2)
