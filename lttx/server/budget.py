@@ -14,10 +14,10 @@ bytes on.  Past the budget:
 - a large frame (one the decoder collects: 256 KiB or more) that a
   connection starts to send is refused with ``limit`` and the connection is
   closed (the stream cannot be resynchronised without reading it);
-- a large reply (256 KiB or more) to a read (:data:`REFUSABLE`) is not sent:
-  the request gets ``limit`` instead, and the connection goes on (a read
-  changed nothing; retry later).  The reply of a change (a ``list_pop``'s
-  item) is always sent.
+- a large reply (256 KiB or more) is not sent: the request gets ``limit``
+  instead, and the connection goes on.  Only reads have large replies (a
+  read changed nothing: ask again later), but ``list_pop``, whose item
+  (:data:`MUST_SEND`) is always sent.
 
 Small frames and replies always pass, so ``hello``, small requests and
 their replies, and ``status`` are served whatever the others hold.  Sums
@@ -34,9 +34,10 @@ from typing import Any, Iterable, Optional
 DEFAULT_MAX_BUFFERED = 512 * 1024 * 1024
 #: Frames and replies from this size on are counted against the budget.
 LARGE = 256 * 1024
-#: The commands whose reply may be refused: they change nothing, so the
-#: request can simply be made again (a ``list_pop``'s item is never refused).
-REFUSABLE = frozenset({"get", "get_dict_value", "get_list_value", "keys", "status"})
+#: The one command whose reply may be large and must be sent whatever the
+#: budget: it changed something (the item it popped is in no other place).
+#: Every other large reply is a read's, which can simply be asked again.
+MUST_SEND = "list_pop"
 
 
 def unsent_bytes(transport: Any) -> int:
@@ -106,4 +107,4 @@ class BufferBudget:
                 "replies_refused": self.replies_refused}
 
 
-__all__ = ["BufferBudget", "DEFAULT_MAX_BUFFERED", "LARGE", "REFUSABLE", "unsent_bytes"]
+__all__ = ["BufferBudget", "DEFAULT_MAX_BUFFERED", "LARGE", "MUST_SEND", "unsent_bytes"]

@@ -39,13 +39,13 @@ from ..wire import codec
 from ..wire.excerpt import excerpt
 from ..wire.frames import PREFIX, PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
-from ..wire.limits import decode_request
+from ..wire.limits import DENSE_FROM, decode_request
 from ..wire.tls import tls_failure
 from ..wire.writes import send_now
 from .commands import CommandConnection, Commands
 from .dispatch import Dispatcher
 from .file_session import FileSession, IFileConnection
-from .budget import REFUSABLE, unsent_bytes
+from .budget import LARGE, MUST_SEND, unsent_bytes
 from .reader import ChannelReader, ReadThrottle, set_reading
 from .state import ServerState
 
@@ -98,7 +98,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.bytes_in = 0
         self._bytes_sent = 0
         self._frame_admitted = False  # the long frame arriving passed the budget
-        self._refusable: set[int] = set()  # reads whose large reply --max-buffered may refuse
+        self._must_send: set[int] = set()  # changes whose reply --max-buffered never refuses
 
     # -- connection ---------------------------------------------------------
 
@@ -269,7 +269,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.file_session.frame_received(frame)
             return
         try:
-            message = decode_request(frame)
+            # (Small frames, almost all, skip a call: they cannot be dense enough to matter.)
+            message = codec.decode(frame) if len(frame) < DENSE_FROM else decode_request(frame)
         except BadRequest as e:
             if not self.authenticated:
                 self._fatal(None, e)
@@ -308,8 +309,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._hello(request_id, name, args)
             return
         assert self._dispatcher is not None  # made by hello
-        if type(name) is str and name in REFUSABLE:
-            self._refusable.add(request_id)
+        if name == MUST_SEND:
+            self._must_send.add(request_id)
         self._dispatcher.dispatch(request_id, name, args)
 
     def _hello(self, request_id: int, name: Any, args: Any) -> None:
@@ -419,15 +420,17 @@ class LTtxServerProtocol(Int32StringReceiver):
         except LTtxError as e:  # only values the store holds are sent, but say so if not
             self.send_error(request_id, e)
             return
-        refusable = request_id in self._refusable
-        if refusable:
-            self._refusable.discard(request_id)
-        why = self.state.budget.refuse_reply(sum(map(len, pieces))) if refusable else None
-        if why is not None:
-            self._log_refusal("{peer}: reply to request {id} not sent: {why}",
-                              id=request_id, why=why)
-            self.send_error(request_id, LimitExceeded(why))
-            return
+        must_send = False
+        if self._must_send:
+            must_send = request_id in self._must_send
+            self._must_send.discard(request_id)
+        if (len(pieces) > 1 or len(pieces[0]) >= LARGE) and not must_send:
+            why = self.state.budget.refuse_reply(sum(map(len, pieces)))
+            if why is not None:
+                self._log_refusal("{peer}: reply to request {id} not sent: {why}",
+                                  id=request_id, why=why)
+                self.send_error(request_id, LimitExceeded(why))
+                return
         if self.reader is not None and self.reader.watch is not None:
             # After the watched changes made before it (docs/protocol.md, "Watch").
             self.reader.reply(PREFIX.pack(sum(map(len, pieces))) + b"".join(pieces))
@@ -439,7 +442,8 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def send_error(self, request_id: Optional[int], error: LTtxError) -> None:
         """Send ``[2, request_id, code, message]``."""
-        self._refusable.discard(request_id)  # type: ignore[arg-type]
+        if self._must_send:
+            self._must_send.discard(request_id)  # type: ignore[arg-type]
         self.send_frame([codec.ERROR, request_id, error.code, error.message])
 
     def _fatal(self, request_id: Optional[int], error: LTtxError) -> None:

@@ -134,15 +134,12 @@ def packer(default: Callable[[Any], Any] = encoded_default) -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True, default=default)
 
 
-def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext,
-           **hooks: Any) -> Any:
+def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext) -> Any:
     """
     Decode one payload.
 
     :param ext_hook: makes the value of one extension type (msgpack's
         ``ext_hook``); it raises :class:`BadRequest` for a code it refuses.
-    :param hooks: msgpack's ``list_hook`` and ``object_hook``, if given
-        (:func:`lttx.wire.limits.decode_request` counts containers with them).
     :raises BadRequest: if the bytes are not exactly one MessagePack value of
         the types the protocol carries.
     """
@@ -153,11 +150,29 @@ def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext,
             strict_map_key=False,
             ext_hook=ext_hook,
             use_list=True,
-            **hooks,
         )
     except BadRequest:
         raise
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         # ExtraData, FormatError, StackError and truncated input all land here.
+        detail = str(e) or "not valid MessagePack"
+        raise BadRequest(f"undecodable payload: {e.__class__.__name__}: {detail}") from None
+
+
+def decode_hooked(payload: bytes, list_hook: Callable[[list[Any]], Any],
+                  object_hook: Callable[[dict[Any, Any]], Any]) -> Any:
+    """
+    :func:`decode` with msgpack's hooks called on each list and map as it is
+    made (:func:`lttx.wire.limits.decode_request` counts them); a separate
+    function so that :func:`decode`, on every frame's path, passes none.
+
+    :raises BadRequest: as :func:`decode`.
+    """
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=encoded_ext,
+                               use_list=True, list_hook=list_hook, object_hook=object_hook)
+    except BadRequest:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
         detail = str(e) or "not valid MessagePack"
         raise BadRequest(f"undecodable payload: {e.__class__.__name__}: {detail}") from None

@@ -69,7 +69,7 @@ def decode_request(payload: bytes) -> Any:
         return container
 
     try:
-        return codec.decode(payload, list_hook=count, object_hook=count)
+        return codec.decode_hooked(payload, count, count)
     except _TooDense:
         raise BadRequest(
             f"a frame of {len(payload)} bytes may hold at most {limit} lists and maps "
