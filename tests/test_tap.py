@@ -108,6 +108,18 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual((status["channel_history"], status["history_memory"], status["channels"]),
                          (2 * 1024**2, 100 * 1024**2, {}))
 
+    def test_bounds_reach_the_daemon(self) -> None:
+        """--max-buffered, --disk-reserve, --max-partials, --max-partial-bytes reach
+        the state and the file service (partials per host: no roles file)."""
+        options = parse("--max-buffered", "8MiB", "--disk-reserve", "3MiB", "--max-partials",
+                        "4", "--max-partial-bytes", "5MiB", "--data-dir", self.mktemp())
+        [listener] = listeners(makeService(options, MemoryReactorClock()))
+        state = listener.factory.state
+        bounds = state.files.bounds
+        self.assertEqual((state.budget.limit, bounds.reserve, bounds.max_partials,
+                          bounds.max_partial_bytes, state.files.per_token),
+                         (8 * 1024**2, 3 * 1024**2, 4, 5 * 1024**2, False))
+
     def test_port_when_no_listen(self) -> None:
         reactor = MemoryReactorClock()
         service = makeService(parse("--port", "3000", "--data-dir", self.mktemp()), reactor)

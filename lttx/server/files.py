@@ -74,7 +74,9 @@ class FileService(Service):
     :param idle_timeout: seconds a file connection may make no progress (no
         byte in or out, no request) before it is closed; its name is freed
         and an upload's partial kept for a resume.
-    :param bounds: the disk reserve and the partial uploads per owner.
+    :param bounds: the disk reserve and the partial uploads per owner; None:
+        the default bounds of partials and no reserve (no journal to keep room
+        for: tests, :mod:`lttx.testing`; ``makeService`` passes ``--disk-reserve``).
     :param per_token: count partials per token name (a roles file), else per host.
     """
 
@@ -85,7 +87,7 @@ class FileService(Service):
                  idle_timeout: float = IDLE_TIMEOUT, bounds: Optional[UploadBounds] = None,
                  per_token: bool = False) -> None:
         self.clock = clock
-        self.bounds = bounds or UploadBounds()
+        self.bounds = bounds if bounds is not None else UploadBounds(reserve=0)
         self.per_token = per_token
         self.idle_timeout = idle_timeout
         self.directory = os.path.abspath(directory)
