@@ -90,7 +90,10 @@ def lane_for(reactor: Any, name: str) -> "ThreadLane | InlineLane":
 
 
 def pool_runner(reactor: Any) -> RunInThread:
-    """``run(f, *args)`` -> a Deferred of ``f(*args)`` run in the reactor's thread pool."""
+    """``run(f, *args)`` -> a Deferred of ``f(*args)`` run in the reactor's thread
+    pool (at once, on a reactor without threads, as :func:`lane_for` does)."""
+    if not IReactorThreads.providedBy(reactor):
+        return run_inline
     return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
 

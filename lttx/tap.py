@@ -22,6 +22,14 @@ from .errors import RecoveryError
 from .server.expiry import ExpirySweeper
 from .server.factory import LTtxFactory
 from .server.files import FileService
+from .server.budget import DEFAULT_MAX_BUFFERED
+from .server.upload_bounds import (
+    DEFAULT_DISK_RESERVE,
+    DEFAULT_MAX_PARTIAL_BYTES,
+    DEFAULT_MAX_PARTIALS,
+    STALE_SWEEP_INTERVAL,
+    UploadBounds,
+)
 from .server.state import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_HOST,
@@ -87,6 +95,18 @@ class Options(usage.Options):
          "Open connections from one host (IP address) at most (0: no bound).", int],
         ["max-file-size", None, "0",
          "Largest accepted upload, in bytes (suffixes KiB, MiB, GiB accepted); 0 for no limit."],
+        ["max-buffered", None, str(DEFAULT_MAX_BUFFERED),
+         "Bytes all connections may hold together: replies not yet read, frames not yet "
+         "complete (suffixes KiB, MiB, GiB accepted); past it large frames and replies "
+         "get a limit error; 0 for no bound."],
+        ["disk-reserve", None, str(DEFAULT_DISK_RESERVE),
+         "Bytes of free disk uploads must leave for the journal (suffixes KiB, MiB, GiB "
+         "accepted); 0 for none."],
+        ["max-partials", None, DEFAULT_MAX_PARTIALS,
+         "Interrupted (partial) uploads one token (under a roles file) or host may hold; "
+         "0 for no bound.", int],
+        ["max-partial-bytes", None, str(DEFAULT_MAX_PARTIAL_BYTES),
+         "The declared bytes of those partial uploads together; 0 for no bound."],
         ["engine", None, "memory",
          "Where variables live: memory (this daemon, with its journal in --data-dir) or "
          "redis (in Redis, shared by every daemon on it; channels span them too)."],
@@ -186,6 +206,16 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{bound} must be 0 (no bound) or more")
         if not 0 <= self["port"] < 65536:
             raise usage.UsageError("--port must be between 0 and 65535")
+        self._upload_bounds()
+
+    def _upload_bounds(self) -> None:
+        """--disk-reserve, --max-partials, --max-partial-bytes (issue 19)."""
+        for name in ("disk-reserve", "max-partial-bytes", "max-buffered"):
+            if isinstance(self[name], str):
+                self[name] = parse_size(self[name])
+        for name in ("disk-reserve", "max-partials", "max-partial-bytes", "max-buffered"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 (no bound) or more")
 
 
 def read_roles(path: str) -> Optional[list[tuple[str, Grant]]]:
@@ -331,12 +361,18 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     legacy = _legacy_status(options, status_sources)
     files = FileService(os.path.join(options["data-dir"], "files"), pool_runner(reactor),
                         max_file_size=options["max-file-size"],
-                        clock=reactor)  # type: ignore[arg-type]
+                        clock=reactor,  # type: ignore[arg-type]
+                        bounds=UploadBounds(
+                            options.get("disk-reserve", DEFAULT_DISK_RESERVE),
+                            options.get("max-partials", DEFAULT_MAX_PARTIALS),
+                            options.get("max-partial-bytes", DEFAULT_MAX_PARTIAL_BYTES)),
+                        per_token=options.get("roles") is not None)
     state = ServerState(store, auth, max_frame=options["max-frame"], channels=channels,
                         subscriber_buffer=options["subscriber-buffer"],
                         clock=reactor, files=files,  # type: ignore[arg-type]
                         status_sources=status_sources)
     state.max_connections = options.get("max-connections", DEFAULT_MAX_CONNECTIONS)
+    state.budget.limit = options.get("max-buffered", DEFAULT_MAX_BUFFERED)
     state.max_connections_per_host = options.get("max-connections-per-host",
                                                  DEFAULT_MAX_CONNECTIONS_PER_HOST)
     factory = LTtxFactory(state)
@@ -350,6 +386,9 @@ def makeService(options: Options, reactor: Optional[IReactorCore] = None) -> ISe
     sweep.setServiceParent(top)
     files.setServiceParent(top)
     _shared_files(options, store, files, state, auth, reactor, top)
+    stale = TimerService(STALE_SWEEP_INTERVAL, files.sweep_stale)  # abandoned partials
+    stale.clock = reactor
+    stale.setServiceParent(top)
     endpoints = options["listen"] or [f"tcp:{options['port']}"]
     for description in endpoints:
         endpoint = serverFromString(reactor, description)

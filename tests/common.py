@@ -120,11 +120,12 @@ class Daemon:
     def start(self, timeout: float = 30.0) -> "Daemon":
         env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT, PYTHONUNBUFFERED="1")
         env.pop("LTTX_TOKEN", None)
-        self.lines = []
-        self._eof = False
-        self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=env, pass_fds=self.pass_fds)
+        with self._lines_changed:  # (the last process's reader may still be reading)
+            self.lines = []
+            self._eof = False
+            self.process = subprocess.Popen(
+                self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=env, pass_fds=self.pass_fds)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         self.testcase.addCleanup(self.stop)
         line = self.wait_for_log(r"LTtx listening on .* at [\d.]+:(\d+)", timeout)
@@ -133,13 +134,17 @@ class Daemon:
 
     def _read(self, process: "subprocess.Popen[str]") -> None:
         assert process.stdout is not None
+        # A restarted daemon's reader must not add the old process's last lines
+        # (or its end of output) to the new one's: only the current process counts.
         for line in process.stdout:
             with self._lines_changed:
-                self.lines.append(line.rstrip("\n"))
-                self._lines_changed.notify_all()
+                if process is self.process:
+                    self.lines.append(line.rstrip("\n"))
+                    self._lines_changed.notify_all()
         with self._lines_changed:
-            self._eof = True
-            self._lines_changed.notify_all()
+            if process is self.process:
+                self._eof = True
+                self._lines_changed.notify_all()
 
     def wait_for_log(self, pattern: str, timeout: float = 30.0, start: int = 0) -> str:
         """Wait until a log line (from index ``start`` on) matches ``pattern``."""

@@ -15,6 +15,8 @@ from twisted.trial.unittest import TestCase
 import lttx
 
 from .common import Daemon
+from .oldclient import legacy_daemon
+from .test_legacy_integration import raw_handshake
 
 ROLES = {
     "tokens": [
@@ -64,3 +66,38 @@ class RolesChannelPasswordTests(TestCase):
         self.client("admin-token").subscribe("fix_orders")  # exempt: all
         self.assertRaises(lttx.PermissionDenied, self.client("feed-token").subscribe,
                           "fix_orders", password="s3cret")  # no right on fix_* at all
+
+
+class LegacyPortChannelPasswordTests(TestCase):
+    """The legacy port's ``push_mode`` applies the same exemption as the native
+    subscribe (it did not before: a password set by feed locked admin out there)."""
+
+    def setUp(self) -> None:
+        folder = self.mktemp()
+        os.makedirs(folder)
+        path = os.path.join(folder, "tokens.json")
+        with open(path, "w") as f:
+            json.dump(ROLES, f)
+        self.daemon, self.port = legacy_daemon(self, "--token-file", path, token=None)
+
+    def client(self, token: str) -> lttx.client.Client:
+        client = self.daemon.connect(token=token)
+        self.addCleanup(client.close)
+        return client
+
+    def push_mode(self, token: str, channel: str, pwd: str = "") -> dict:
+        s, answer = raw_handshake(self.port, {"con_type": "push_mode", "who": channel,
+                                              "pwd": pwd, "tocken": token})
+        self.addCleanup(s.close)
+        return json.loads(answer)
+
+    def test_the_legacy_port_exempts_like_the_native_one(self) -> None:
+        """feed sets "evil" on hq_ticks: admin (all) and desk (subscribe:hq_ticks) subscribe
+        on the legacy port without it; feed2 (hq_* too) is refused, then gives it."""
+        self.client("feed-token").subscribe("hq_ticks", password="evil")
+        self.assertEqual(self.push_mode("admin-token", "hq_ticks")["code"], 0)
+        self.assertEqual(self.push_mode("desk-token", "hq_ticks")["code"], 0)
+        refused = self.push_mode("feed2-token", "hq_ticks")
+        self.assertEqual(refused["code"], -1)
+        self.assertIn("wrong password", refused["msg"])
+        self.assertEqual(self.push_mode("feed2-token", "hq_ticks", "evil")["code"], 0)

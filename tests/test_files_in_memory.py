@@ -418,7 +418,8 @@ class ListDeleteStatusTests(SessionTestCase):
         self.assertEqual([(f["name"], f["size"]) for f in reply[2]], [("a.csv", 1), ("b.csv", 2)])
         self.assertEqual(self.successResultOf(self.factory.state.status())["files"],
                          {"files": 2, "bytes": 3, "uploads": 0, "downloads": 0,
-                          "partials": 1})
+                          "partials": 1, "disk_reserve": 0, "owned_partials": 0,
+                          "uploads_refused": 0})
         self.request(proto, 2, "delete", "a.csv")
         self.request(proto, 3, "delete", "a.csv")
         self.assertEqual(self.sent(transport), [[codec.REPLY, 2, True], [codec.REPLY, 3, False]])

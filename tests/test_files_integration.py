@@ -218,6 +218,24 @@ class RoundTripTests(FilesTestCase):
         self.assertIn("--max-file-size", str(caught.exception))
         self.assertEqual(client.list_files(), [])
 
+    def test_disk_reserve(self) -> None:
+        """An upload that would eat into --disk-reserve is a StorageError naming the
+        option, and nothing is written; variable writes go on."""
+        data_dir = self.mktemp()
+        os.makedirs(data_dir)
+        stats = os.statvfs(data_dir)
+        reserve = stats.f_blocks * stats.f_frsize + MiB  # more than the whole disk
+        daemon = Daemon(self, "--disk-reserve", str(reserve), data_dir=data_dir)
+        client = daemon.connect()
+        source = self.path("small")
+        make_file(source, 1000)
+        with self.assertRaises(lttx.StorageError) as caught:
+            client.send_file(source)
+        self.assertIn("--disk-reserve", str(caught.exception))
+        self.assertEqual(client.list_files(), [])
+        client.put("still", 1)
+        self.assertEqual(client.status()["files"]["uploads_refused"], 1)
+
 
 HOSTILE_NAMES = ["", ".", "..", "../escape-{tag}", "a/../../escape-{tag}", "/tmp/escape-{tag}",
                  "sub/escape-{tag}", "..\\escape-{tag}", "nul\x00escape-{tag}",

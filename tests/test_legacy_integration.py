@@ -206,6 +206,20 @@ class OldFilesTests(TestCase):
             self.assertEqual(f.read(), b"from the new client\n")
         self.assertEqual(self.old.run("tx1.recv_file('absent.txt')")[0], -1)
 
+    def test_disk_reserve(self) -> None:
+        """An old upload while the disk has less free than --disk-reserve is refused
+        (the daemon says why in its log); nothing is kept."""
+        stats = os.statvfs(self.daemon.data_dir)
+        daemon, port = legacy_daemon(self, "--disk-reserve",
+                                     str(stats.f_blocks * stats.f_frsize + 1024 ** 2))
+        old = OldClient(self)
+        start(old, port)
+        with open(os.path.join(old.cwd, "big.bin"), "wb") as f:
+            f.write(b"x" * 100_000)
+        old.run("tx1.send_file('./big.bin', show_on=False)")
+        daemon.wait_for_log(r"--disk-reserve of \d+ bytes kept for its journal")
+        self.assertEqual(daemon.connect().list_files(), [])
+
     def test_hostile_names_are_refused(self) -> None:
         """A name with a separator, '..' or a leading dot is refused, up and down; nothing
         is written outside the files folder."""

@@ -44,6 +44,21 @@ class OptionsTests(SynchronousTestCase):
                      ["--token", "a", "--token-file", "f"]):
             self.assertRaises(usage.UsageError, parse, *argv)
 
+    def test_upload_bounds(self) -> None:
+        """--disk-reserve, --max-partials, --max-partial-bytes: defaults, sizes, no negatives."""
+        options = parse()
+        self.assertEqual((options["disk-reserve"], options["max-partials"],
+                          options["max-partial-bytes"]), (1024**3, 32, 64 * 1024**3))
+        options = parse("--disk-reserve", "2MiB", "--max-partials", "0",
+                        "--max-partial-bytes", "1GiB")
+        self.assertEqual((options["disk-reserve"], options["max-partials"],
+                          options["max-partial-bytes"]), (2 * 1024**2, 0, 1024**3))
+        self.assertEqual(parse()["max-buffered"], 512 * 1024**2)
+        self.assertEqual(parse("--max-buffered", "1GiB")["max-buffered"], 1024**3)
+        for argv in (["--disk-reserve", "-1"], ["--max-partials", "-2"],
+                     ["--max-buffered", "-5"]):
+            self.assertRaises(usage.UsageError, parse, *argv)
+
     def test_token_sources(self) -> None:
         """--token, then --token-file, then LTTX_TOKEN."""
         path = self.mktemp()
@@ -92,6 +107,18 @@ class MakeServiceTests(SynchronousTestCase):
         status = listener.factory.state.channels.status()
         self.assertEqual((status["channel_history"], status["history_memory"], status["channels"]),
                          (2 * 1024**2, 100 * 1024**2, {}))
+
+    def test_bounds_reach_the_daemon(self) -> None:
+        """--max-buffered, --disk-reserve, --max-partials, --max-partial-bytes reach
+        the state and the file service (partials per host: no roles file)."""
+        options = parse("--max-buffered", "8MiB", "--disk-reserve", "3MiB", "--max-partials",
+                        "4", "--max-partial-bytes", "5MiB", "--data-dir", self.mktemp())
+        [listener] = listeners(makeService(options, MemoryReactorClock()))
+        state = listener.factory.state
+        bounds = state.files.bounds
+        self.assertEqual((state.budget.limit, bounds.reserve, bounds.max_partials,
+                          bounds.max_partial_bytes, state.files.per_token),
+                         (8 * 1024**2, 3 * 1024**2, 4, 5 * 1024**2, False))
 
     def test_port_when_no_listen(self) -> None:
         reactor = MemoryReactorClock()

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..errors import BadRequest, LimitExceeded
-from ..state.auth import Grant, authorize
+from ..state.auth import Grant, authorize, password_exemption
 from ..state.store import MISSING
 from ..wire.limits import (
     MAX_CHANNELS_PER_CONNECTION,
@@ -106,10 +106,7 @@ class Commands:
     def _password_exempt(self) -> Optional[Callable[[str], bool]]:
         """With a roles file, a token with ``all`` or a right naming the channel
         is not held to a password another token set (README, "Tokens with roles")."""
-        if not self.state.auth.named_tokens:
-            return None
-        grant = self.connection.grant
-        return lambda name: grant.unlimited or grant.names_exactly("subscribe", name)
+        return password_exemption(self.state.auth, self.connection.grant)
 
     def _check_held(self, names: list[str]) -> None:
         """Refuse a subscribe that would take the connection past its channel bound."""

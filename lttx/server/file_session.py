@@ -58,6 +58,7 @@ from ..errors import (
 from ..state.auth import FILE_COMMAND_RIGHTS, Grant
 from ..wire import codec
 from ..wire.frames import FILE_CHUNK_SIZE, PREFIX
+from ..wire.limits import decode_request
 from ..wire.names import check_file_name
 from .dispatch import REPLIED, Dispatcher, command
 from .files import FileService
@@ -175,6 +176,12 @@ class FileSession:
         self.connection.transport.abortConnection()
 
     @property
+    def owner(self) -> str:
+        """Whose partial uploads this connection's count among (its token or host)."""
+        peer = getattr(self.connection.transport, "getPeer", lambda: None)()
+        return self.service.owner_of(self.grant.name, str(getattr(peer, "host", self.peer)))
+
+    @property
     def grant(self) -> Grant:
         """What the connection's token may do."""
         grant: Grant = self.connection.grant
@@ -195,7 +202,7 @@ class FileSession:
             self._fatal(None, BadRequest("no request may be sent while a download streams"))
             return
         try:
-            message = codec.decode(frame)
+            message = decode_request(frame)
         except BadRequest as e:
             self.dispatcher.refuse(None, "frame", e)
             return
@@ -318,9 +325,9 @@ class FileSession:
         if prefix_md5 is not None and not isinstance(prefix_md5, str):
             raise BadRequest("upload prefix_md5 must be a hex string or nil")
         self._busy()
-        self.service.check_size(size)
         if name in self.service.uploading:
             raise FileBusy(f"{name} is being uploaded by another connection")
+        self.service.check_upload(self.owner, name, size, offset)
         self.service.uploading.add(name)
         upload = _Upload(name, size, offset, self.service.partial_path_of(name))
         self.upload = upload
@@ -337,6 +344,7 @@ class FileSession:
             self.service.uploading.discard(upload.name)
             return {"offset": offset}
         upload.offset = upload.received = offset
+        self.service.bounds.started(self.owner, upload.name, upload.size)
         upload.writer = StreamWriter(file, md5, self.service.run_in_thread, self.connection,
                                      lambda failure: self._write_failed(upload, failure))
         self.log.info("{peer}: upload of {name} started at byte {offset} of {size}",
@@ -404,6 +412,7 @@ class FileSession:
 
     def _upload_kept(self, upload: _Upload, ours: str) -> dict[str, Any]:
         seconds = time.monotonic() - upload.started
+        self.service.bounds.forget([upload.name])  # a file now, no longer a partial
         self._end_upload(upload, keep=True)
         if self.upload is upload:
             self.upload = None
@@ -433,6 +442,7 @@ class FileSession:
                 upload.writer.file.close()
             if not keep:
                 unlink_quietly(upload.partial)
+                self.service.bounds.forget([upload.name])
             self.service.uploading.discard(upload.name)
             then()
 

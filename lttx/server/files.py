@@ -30,11 +30,10 @@ from twisted.logger import Logger
 from ..diskio import RunInThread, unlink_quietly
 from ..errors import BadFileName, StorageError
 from ..wire.names import check_file_name
+from .upload_bounds import PARTIAL_MAX_AGE, UploadBounds
 
 #: The hidden folder, inside the files folder, holding uploads in progress.
 PARTIAL_DIR = ".partial"
-#: A partial upload left untouched this long is removed when the daemon starts.
-PARTIAL_MAX_AGE = 7 * 24 * 3600
 #: Seconds a file connection may make no progress before it is closed.
 IDLE_TIMEOUT = 60.0
 
@@ -75,14 +74,21 @@ class FileService(Service):
     :param idle_timeout: seconds a file connection may make no progress (no
         byte in or out, no request) before it is closed; its name is freed
         and an upload's partial kept for a resume.
+    :param bounds: the disk reserve and the partial uploads per owner; None:
+        the default bounds of partials and no reserve (no journal to keep room
+        for: tests, :mod:`lttx.testing`; ``makeService`` passes ``--disk-reserve``).
+    :param per_token: count partials per token name (a roles file), else per host.
     """
 
     log = Logger()
 
     def __init__(self, directory: str, run_in_thread: RunInThread,
                  max_file_size: int = 0, clock: Optional[IReactorTime] = None,
-                 idle_timeout: float = IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, bounds: Optional[UploadBounds] = None,
+                 per_token: bool = False) -> None:
         self.clock = clock
+        self.bounds = bounds if bounds is not None else UploadBounds(reserve=0)
+        self.per_token = per_token
         self.idle_timeout = idle_timeout
         self.directory = os.path.abspath(directory)
         self.partial_directory = os.path.join(self.directory, PARTIAL_DIR)
@@ -103,6 +109,15 @@ class FileService(Service):
         self.remove_stale_partials(time.time())
         super().startService()
 
+    def sweep_stale(self) -> "Deferred[Any]":
+        """Remove abandoned partials in the I/O thread (``makeService`` runs this
+        every :data:`~lttx.server.upload_bounds.STALE_SWEEP_INTERVAL` seconds)."""
+        d = self.run_in_thread(_remove_stale, self.partial_directory, time.time(),
+                               PARTIAL_MAX_AGE, frozenset(self.uploading))
+        d.addCallback(self._removed_stale, PARTIAL_MAX_AGE)
+        return d.addErrback(
+            lambda f: self.log.failure("could not remove stale partial uploads", f))
+
     def stopService(self) -> "Deferred[Any]":
         """
         The daemon stops (SIGTERM): uploads in flight are discarded, as the spec
@@ -114,19 +129,31 @@ class FileService(Service):
                               for session in list(self.sessions)])
 
     def remove_stale_partials(self, now: float, max_age: float = PARTIAL_MAX_AGE) -> int:
-        """Remove partial uploads untouched for ``max_age`` seconds; how many went."""
-        removed = 0
-        with os.scandir(self.partial_directory) as entries:
-            for entry in entries:
-                if entry.name in self.uploading or not entry.is_file(follow_symlinks=False):
-                    continue
-                if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
-                    unlink_quietly(entry.path)
-                    removed += 1
+        """Remove partial uploads untouched for ``max_age`` seconds (not those of
+        uploads in flight); how many went.  On the calling thread (at start)."""
+        removed = _remove_stale(self.partial_directory, now, max_age,
+                                frozenset(self.uploading))
+        self._removed_stale(removed, max_age)
+        return len(removed)
+
+    def _removed_stale(self, removed: list[str], max_age: float) -> None:
         if removed:
-            self.log.info("removed {count} partial uploads older than {days:.0f} days",
-                          count=removed, days=max_age / 86400)
-        return removed
+            self.log.info("removed {count} partial uploads untouched for {hours:g} h",
+                          count=len(removed), hours=max_age / 3600)
+            self.bounds.forget(removed)
+
+    def owner_of(self, grant_name: str, host: str) -> str:
+        """Whose partials an upload counts among: the token's, or the host's."""
+        return f"token {grant_name}" if self.per_token else f"host {host}"
+
+    def check_upload(self, owner: str, name: str, size: int, offset: int) -> None:
+        """:raises StorageError: if an upload of ``size`` bytes from ``offset`` is
+        not accepted (over --max-file-size, the disk full, the reserve);
+        :raises LimitExceeded: past the owner's partial uploads."""
+        self.check_size(size)
+        in_flight = sum(max(s.upload.size - s.upload.received, 0)  # type: ignore[attr-defined]
+                        for s in self.sessions if s.upload is not None)
+        self.bounds.check(self.directory, owner, name, size, offset, in_flight)
 
     def path_of(self, name: object) -> str:
         return os.path.join(self.directory, check_file_name(name))
@@ -135,15 +162,10 @@ class FileService(Service):
         return os.path.join(self.partial_directory, check_file_name(name))
 
     def check_size(self, size: int) -> None:
-        """:raises StorageError: if a file of ``size`` bytes is not accepted."""
+        """:raises StorageError: if a file of ``size`` bytes is over --max-file-size."""
         if self.max_file_size and size > self.max_file_size:
             raise StorageError(f"a file of {size} bytes is over the daemon's "
                                f"--max-file-size of {self.max_file_size} bytes")
-        free = os.statvfs(self.directory)
-        available = free.f_bavail * free.f_frsize
-        if size > available:
-            raise StorageError(f"disk full: {size} bytes do not fit in the "
-                               f"{available} bytes left")
 
     def list(self) -> list[dict[str, Any]]:
         """
@@ -190,6 +212,21 @@ class FileService(Service):
         def on_disk() -> dict[str, Any]:
             files = self.list()
             return {"files": len(files), "bytes": sum(f["size"] for f in files),
-                    **transfers, "partials": len(os.listdir(self.partial_directory))}
+                    **transfers, "partials": len(os.listdir(self.partial_directory)),
+                    **self.bounds.status()}
 
         return self.run_in_thread(on_disk)
+
+
+def _remove_stale(folder: str, now: float, max_age: float, busy: frozenset[str]) -> list[str]:
+    """Remove the partials in ``folder`` untouched for ``max_age`` seconds, but
+    those of ``busy`` names; their names (runs in the I/O thread)."""
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name in busy or not entry.is_file(follow_symlinks=False):
+                continue
+            if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                unlink_quietly(entry.path)
+                removed.append(entry.name)
+    return removed

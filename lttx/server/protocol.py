@@ -39,11 +39,13 @@ from ..wire import codec
 from ..wire.excerpt import excerpt
 from ..wire.frames import PREFIX, PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
+from ..wire.limits import DENSE_FROM, decode_request
 from ..wire.tls import tls_failure
 from ..wire.writes import send_now
 from .commands import CommandConnection, Commands
 from .dispatch import Dispatcher
 from .file_session import FileSession, IFileConnection
+from .budget import LARGE, MUST_SEND, unsent_bytes
 from .reader import ChannelReader, ReadThrottle, set_reading
 from .state import ServerState
 
@@ -95,6 +97,8 @@ class LTtxServerProtocol(Int32StringReceiver):
         #: file sender count theirs): one integer add per chunk or frame.
         self.bytes_in = 0
         self._bytes_sent = 0
+        self._frame_admitted = False  # the long frame arriving passed the budget
+        self._must_send: set[int] = set()  # changes whose reply --max-buffered never refuses
 
     # -- connection ---------------------------------------------------------
 
@@ -181,10 +185,15 @@ class LTtxServerProtocol(Int32StringReceiver):
                     self.lengthLimitExceeded(e.length)
                     return
                 if frame is None:
+                    if (decoder.collecting and not self._frame_admitted
+                            and self.file_session is None):  # (file data: one chunk each)
+                        if not self._admit_frame(decoder.pending_length):
+                            return
                     if self.file_session is None:
                         read_size(self.transport, decoder.collecting)
                     self._watch_partial(decoder.buffered > 0, bool(data))
                     return
+                self._frame_admitted = False
                 self.stringReceived(frame)
         finally:
             # The publishes of this chunk are in the channel logs: each
@@ -193,6 +202,25 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.state.channels.flush()
             # The replies of this chunk leave now, not a reactor turn later.
             send_now(self.transport)
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory this connection holds: its incomplete frame (at its declared
+        length) and the replies written to it and not yet sent."""
+        decoder = self._decoder
+        return max(decoder.buffered, decoder.pending_length) + unsent_bytes(self.transport)
+
+    def _admit_frame(self, length: int) -> bool:
+        """Whether a long frame just started fits in the daemon's --max-buffered;
+        if not, a limit error and the connection is closed."""
+        why = self.state.budget.refuse_frame(self, length)
+        if why is None:
+            self._frame_admitted = True
+            return True
+        self._log_refusal("{peer}: a frame of {length} bytes refused: {why}; closed",
+                          length=length, why=why)
+        self._fatal(None, LimitExceeded(why))
+        return False
 
     def _watch_partial(self, partial: bool, progress: bool) -> None:
         """Close a connection that stops in the middle of a frame for
@@ -241,7 +269,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.file_session.frame_received(frame)
             return
         try:
-            message = codec.decode(frame)
+            # (Small frames, almost all, skip a call: they cannot be dense enough to matter.)
+            message = codec.decode(frame) if len(frame) < DENSE_FROM else decode_request(frame)
         except BadRequest as e:
             if not self.authenticated:
                 self._fatal(None, e)
@@ -280,6 +309,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             self._hello(request_id, name, args)
             return
         assert self._dispatcher is not None  # made by hello
+        if name == MUST_SEND:
+            self._must_send.add(request_id)
         self._dispatcher.dispatch(request_id, name, args)
 
     def _hello(self, request_id: int, name: Any, args: Any) -> None:
@@ -389,6 +420,17 @@ class LTtxServerProtocol(Int32StringReceiver):
         except LTtxError as e:  # only values the store holds are sent, but say so if not
             self.send_error(request_id, e)
             return
+        must_send = False
+        if self._must_send:
+            must_send = request_id in self._must_send
+            self._must_send.discard(request_id)
+        if (len(pieces) > 1 or len(pieces[0]) >= LARGE) and not must_send:
+            why = self.state.budget.refuse_reply(sum(map(len, pieces)))
+            if why is not None:
+                self._log_refusal("{peer}: reply to request {id} not sent: {why}",
+                                  id=request_id, why=why)
+                self.send_error(request_id, LimitExceeded(why))
+                return
         if self.reader is not None and self.reader.watch is not None:
             # After the watched changes made before it (docs/protocol.md, "Watch").
             self.reader.reply(PREFIX.pack(sum(map(len, pieces))) + b"".join(pieces))
@@ -400,6 +442,8 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def send_error(self, request_id: Optional[int], error: LTtxError) -> None:
         """Send ``[2, request_id, code, message]``."""
+        if self._must_send:
+            self._must_send.discard(request_id)  # type: ignore[arg-type]
         self.send_frame([codec.ERROR, request_id, error.code, error.message])
 
     def _fatal(self, request_id: Optional[int], error: LTtxError) -> None:

@@ -24,6 +24,7 @@ from ..state.channels import ChannelRegistry
 from ..state.status import StatusSource, gather_status
 from ..state.store import IVariableStore
 from ..state.throttle import HelloThrottle, RefusalLog
+from .budget import BufferBudget
 from .file_session import FileSession, IFileConnection
 from .files import FileService
 
@@ -102,7 +103,11 @@ class ServerState:
             # Every applied change goes to the change log (watch and mirror);
             # the Redis store calls it never: its change feed fills the log.
             store.observer = self.channels.record_change
-        self.status_sources: dict[str, StatusSource] = {"channels": self.channels}
+        #: ``--max-buffered``: what all connections may hold together.
+        self.budget = BufferBudget()
+        self.budget.connections = self.connections
+        self.status_sources: dict[str, StatusSource] = {
+            "channels": self.channels, "buffers": self.budget}
         if files is not None:
             self.status_sources["files"] = files
         if hasattr(store, "observer"):

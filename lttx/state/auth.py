@@ -416,3 +416,17 @@ class TokenAuthenticator:
     def check(self, token: object) -> bool:
         """Whether ``token`` opens the daemon."""
         return self.authenticate(token) is not None
+
+
+def password_exemption(auth: "TokenAuthenticator",
+                       grant: Grant) -> Optional[Callable[[str], bool]]:
+    """
+    Under a roles file, the channels whose password (set by another token)
+    ``grant`` is not held to: every channel with ``all``, a channel a
+    subscribe right names exactly (README, "Tokens with roles").  None
+    without a roles file (one token: the first subscriber's password holds).
+    The same on the native and the legacy port.
+    """
+    if not auth.named_tokens:
+        return None
+    return lambda name: grant.unlimited or grant.names_exactly("subscribe", name)

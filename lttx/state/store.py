@@ -437,11 +437,20 @@ class MemoryStore:
         :data:`~lttx.state.patterns.SLICE` names, else a Deferred computed in
         slices (:mod:`lttx.state.patterns`)."""
         check_pattern(pattern)
-        if self._deadlines:
-            self.sweep(len(self._heap))
+        # Expired names are left out of the reply, not swept here: a sweep of
+        # every expired variable (each journalled) would be one more unbounded
+        # stall of the reactor; the periodic sweep removes them in batches.
         if len(self._values) <= SLICE:
-            return select(list(self._values), pattern)
-        return scan_names(list(self._values), pattern, self._scans)
+            return self._unexpired(select(list(self._values), pattern))
+        found = scan_names(list(self._values), pattern, self._scans)
+        return found.addCallback(self._unexpired)
+
+    def _unexpired(self, names: list[str]) -> list[str]:
+        """``names`` but those past their deadline (the reply is sorted: so is this)."""
+        if not self._deadlines or self.clock is None:
+            return names
+        now, deadlines = self.clock(), self._deadlines
+        return [n for n in names if (d := deadlines.get(n)) is None or d > now]
 
     def incr(self, name: str, by: Any = 1) -> Any:
         current = self.get(name)

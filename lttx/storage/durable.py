@@ -47,6 +47,7 @@ from ..errors import RecoveryError, StorageError, Unavailable
 from ..state.store import IVariableStore, MemoryStore
 from .compaction import Compaction, first_failure
 from .journal import HEADER_SIZE, AppendFile, recover
+from .outage import RETRY_INTERVAL, JournalJob, Outage
 from .writes import JournalledWrites
 
 FSYNC_POLICIES = ("always", "everysec", "no")
@@ -109,6 +110,7 @@ class DurableStore(JournalledWrites, Service):
         snapshot_chunk: int = DEFAULT_SNAPSHOT_CHUNK,
         compaction_slice: float = DEFAULT_COMPACTION_SLICE,
         compaction_gap: float = 0.0,
+        retry_interval: float = RETRY_INTERVAL,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
@@ -150,6 +152,11 @@ class DurableStore(JournalledWrites, Service):
         self._flush_call: Any = None
         self._drain_waiters: list[Deferred[None]] = []
         self._failure: Optional[Failure] = None
+        #: While the journal cannot be written: the held job, retried on a timer.
+        self._outage: Optional[Outage] = None
+        self._outages = 0
+        self._writes_refused = 0
+        self._retry_interval = retry_interval
         self._closing = False
         self._stop_waiters: list[Deferred[None]] = []
         self._fsyncs = 0
@@ -222,7 +229,12 @@ class DurableStore(JournalledWrites, Service):
             except TaskDone:
                 # Encoded already: it is being sealed, which the lane waits for.
                 self.log.info("stopping: the snapshot is encoded; sealing it before the exit")
-        self._flush()  # now, not at the end of the turn: nothing else is coming
+        if self._outage is not None:
+            self._outage.cancel_retry()
+            if not self._in_flight:
+                self._retry()  # space may be back: one last attempt, else give up
+        else:
+            self._flush()  # now, not at the end of the turn: nothing else is coming
         d = self._drained()
         d.addCallback(lambda _: self._journal_lane.run(self._close_file))
         # The snapshot lane finishes (or removes) the snapshot before the exit.
@@ -289,11 +301,13 @@ class DurableStore(JournalledWrites, Service):
         return self._memory.items()
 
     def _writable(self) -> None:
-        if self._failure is not None:
+        if self._outage is not None:
+            self._outage.refused += 1
+            self._writes_refused += 1
             raise StorageError(
-                "the journal could not be written "
-                f"({self._failure.getErrorMessage()}); writes are refused until the "
-                "daemon is restarted")
+                f"the journal cannot be written ({self._outage.reason}); writes are "
+                "refused until it can be written again (the daemon retries every "
+                f"{self._retry_interval:g} s)")
         if self._closing:
             raise Unavailable("the daemon is shutting down")
 
@@ -341,20 +355,17 @@ class DurableStore(JournalledWrites, Service):
             if self._flush_call.active():
                 self._flush_call.cancel()
             self._flush_call = None
-        if self._in_flight:
-            return
-        if self._failure is not None:
-            self._refuse_queued()
-            return
+        if self._in_flight or self._outage is not None:
+            return  # (during an outage, what is queued goes out once the held job is written)
         if not self._has_work():
             self._fire_drained()
             return
         before = b"".join(self._before_rotation)
         after = b"".join(self._buffer)
-        rotate_to, rotated = self._rotate_to, self._rotated
+        rotate_to = self._rotate_to
         sync = self._sync_requested or rotate_to is not None or (
             self.policy == "always" and bool(before or after))
-        waiters = self._waiters
+        job = JournalJob(before, rotate_to, after, sync, self._waiters, self._rotated)
         self._before_rotation, self._buffer, self._waiters = [], [], []
         self._rotate_to, self._rotated = None, None
         self._sync_requested = False
@@ -367,66 +378,103 @@ class DurableStore(JournalledWrites, Service):
             try:
                 self._file.write(after)
             except OSError:
-                self._write_failed(Failure(), waiters, rotated)
+                job.after = after
+                self._write_failed(Failure(), job)
                 return
-            self._written(None, False, waiters, rotated)
+            job.after = b""
+            self._written(None, job)
             return
         if sync:
             self._unsynced = False  # this job's fsync covers everything queued so far
+        self._run_job(job)
+
+    def _run_job(self, job: JournalJob) -> None:
         self._in_flight = True
-        d = self._journal_lane.run(self._write, before, rotate_to, after, sync)
-        d.addCallbacks(self._written, self._write_failed,
-                       callbackArgs=(sync, waiters, rotated), errbackArgs=(waiters, rotated))
+        d = self._journal_lane.run(self._write, job)
+        d.addCallbacks(self._written, self._write_failed, callbackArgs=(job,),
+                       errbackArgs=(job,))
 
-    def _write(self, before: bytes, rotate_to: Optional[int], after: bytes,
-               sync: bool) -> None:
-        """In the lane's thread: append, rotate, append, fsync."""
-        if before:
-            self._file.write(before)
-        if rotate_to is not None:
+    def _write(self, job: JournalJob) -> None:
+        """In the lane's thread: append, rotate, append, fsync; each step once,
+        however many attempts the job takes."""
+        if job.before:
+            self._file.write(job.before)
+            job.before = b""
+        if job.rotate_to is not None:
+            if self._file.fd >= 0:  # (closed already by an attempt that failed to create)
+                self._file.sync()
+                self._file.close()
+            self._file = AppendFile.create(self.directory, job.rotate_to)
+            job.rotate_to = None
+        if job.after:
+            self._file.write(job.after)
+            job.after = b""
+        if job.sync and not job.synced:
             self._file.sync()
-            self._file.close()
-            self._file = AppendFile.create(self.directory, rotate_to)
-        if after:
-            self._file.write(after)
-        if sync:
-            self._file.sync()
+            job.synced = True
 
-    def _written(self, _: None, sync: bool, waiters: list[tuple[Deferred[Any], Any]],
-                 rotated: Optional[Deferred[None]]) -> None:
+    def _written(self, _: None, job: JournalJob) -> None:
         self._in_flight = False
-        if sync:
+        outage, self._outage = self._outage, None
+        self._failure = None
+        if outage is not None:
+            outage.cancel_retry()
+            self.log.info(
+                "the journal can be written again after {seconds:.1f} s ({attempts} "
+                "attempts, {refused} writes refused meanwhile); {held} waiting changes "
+                "written, variable writes resume", seconds=self._clock.seconds() - outage.started,
+                attempts=outage.attempts, refused=outage.refused, held=len(job))
+        if job.synced:
             self._fsyncs += 1
-        for d, result in waiters:
-            d.callback(result)
-        if rotated is not None:
-            rotated.callback(None)
+        job.settle()
         # Whatever arrived while this job ran goes out now, as one job.
         self._flush()
 
-    def _write_failed(self, failure: Failure, waiters: list[tuple[Deferred[Any], Any]],
-                      rotated: Optional[Deferred[None]]) -> None:
+    def _write_failed(self, failure: Failure, job: JournalJob) -> None:
+        """A job could not be written: hold it (its changes are applied in
+        memory, their replies wait) and retry it on a timer; refuse new writes."""
         self._in_flight = False
         self._failure = failure
-        self.log.failure("the journal could not be written; variable writes are refused "
-                         "from now on", failure)
-        self._waiters = waiters + self._waiters
-        if rotated is not None:
-            self._rotated = rotated
-        self._refuse_queued()
+        outage = self._outage
+        if outage is None:
+            outage = self._outage = Outage(failure, self._clock.seconds())
+            self._outages += 1
+            if failure.check(OSError):
+                self.log.error(
+                    "the journal could not be written ({reason}); variable writes are "
+                    "refused until it can be (retried every {interval:g} s); {held} "
+                    "changes applied in memory wait for the disk",
+                    reason=outage.reason, interval=self._retry_interval, held=len(job))
+            else:
+                self.log.failure("the journal could not be written; variable writes are "
+                                 "refused until it can be", failure)
+        else:
+            outage.failure = failure
+        outage.job = job
+        if self._closing:
+            self._give_up()
+        else:
+            outage.retry_call = self._clock.callLater(self._retry_interval, self._retry)
 
-    def _refuse_queued(self) -> None:
-        """After a write failure: fail whatever waits for the disk, drop the queue."""
-        assert self._failure is not None
+    def _retry(self) -> None:
+        outage = self._outage
+        assert outage is not None and outage.job is not None
+        outage.retry_call = None
+        outage.attempts += 1
+        self._run_job(outage.job)
+
+    def _give_up(self) -> None:
+        """Stopping while the journal cannot be written: what waits for it is lost."""
+        outage = self._outage
+        assert outage is not None
         error = StorageError(
-            f"the journal could not be written: {self._failure.getErrorMessage()}")
-        waiters, rotated = self._waiters, self._rotated
+            f"the journal could not be written ({outage.reason}); this change was "
+            "applied in memory only and is lost as the daemon stops")
+        if outage.job is not None:
+            outage.job.refuse(error)
+        JournalJob(b"", None, b"", False, self._waiters, self._rotated).refuse(error)
         self._before_rotation, self._buffer, self._waiters = [], [], []
         self._rotate_to, self._rotated, self._sync_requested = None, None, False
-        for d, _ in waiters:
-            d.errback(error)
-        if rotated is not None:
-            rotated.errback(error)
         self._fire_drained()
 
     def _drained(self) -> "Deferred[None]":
@@ -554,6 +602,11 @@ class DurableStore(JournalledWrites, Service):
             "expiring": self._memory.expiring_count,
             "top_revision": self._memory.top,
             "writable": self._failure is None and not self._closing,
+            # A journal that could not be written: how often, and what it cost.
+            "journal_outages": self._outages,
+            "writes_refused": self._writes_refused,
+            "unwritable_seconds": (self._clock.seconds() - self._outage.started
+                                   if self._outage is not None else 0.0),
         }
 
 

@@ -294,6 +294,8 @@ class AppendFile:
         self.path = path
         self.fd = fd
         self.size = size
+        #: A write failed part-way: bytes past ``size`` are a torn record.
+        self.torn = False
 
     @classmethod
     def create(cls, directory: str, generation: int) -> "AppendFile":
@@ -315,7 +317,17 @@ class AppendFile:
         return cls(path, fd, size)
 
     def write(self, data: bytes) -> None:
-        _write_all(self.fd, data)
+        """Append ``data`` whole.  After a failed write (a full disk), whatever
+        part of it reached the file is cut first, so a retry appends after the
+        last whole record, never after a torn one."""
+        if self.torn:
+            os.ftruncate(self.fd, self.size)
+            self.torn = False
+        try:
+            _write_all(self.fd, data)
+        except BaseException:
+            self.torn = True
+            raise
         self.size += len(data)
 
     def sync(self) -> None:

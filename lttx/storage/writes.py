@@ -66,10 +66,11 @@ class JournalledWrites:
 
     def _expired(self, name: str) -> None:
         """The memory store removed ``name`` by its expiry: journal it."""
-        if not self._closing and self._failure is None:
+        if not self._closing:
             # Any command may find a variable expired (a read too): its
-            # removal is journalled like any change.  When writes are refused
-            # it is not, and the variable expires again at the next start.
+            # removal is journalled like any change.  While the journal
+            # cannot be written, the record waits in the queue with the rest
+            # (a later change of the name must not replay onto the old value).
             self._record(encode_record([EXPIRE, name]))
 
     def put(self, name: str, value: Any, if_revision: Optional[int] = None,

@@ -157,3 +157,22 @@ def decode(payload: bytes, ext_hook: Callable[[int, bytes], Any] = encoded_ext) 
         # ExtraData, FormatError, StackError and truncated input all land here.
         detail = str(e) or "not valid MessagePack"
         raise BadRequest(f"undecodable payload: {e.__class__.__name__}: {detail}") from None
+
+
+def decode_hooked(payload: bytes, list_hook: Callable[[list[Any]], Any],
+                  object_hook: Callable[[dict[Any, Any]], Any]) -> Any:
+    """
+    :func:`decode` with msgpack's hooks called on each list and map as it is
+    made (:func:`lttx.wire.limits.decode_request` counts them); a separate
+    function so that :func:`decode`, on every frame's path, passes none.
+
+    :raises BadRequest: as :func:`decode`.
+    """
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=encoded_ext,
+                               use_list=True, list_hook=list_hook, object_hook=object_hook)
+    except BadRequest:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        detail = str(e) or "not valid MessagePack"
+        raise BadRequest(f"undecodable payload: {e.__class__.__name__}: {detail}") from None

@@ -118,6 +118,11 @@ class FrameDecoder:
         return self._need > 0
 
     @property
+    def pending_length(self) -> int:
+        """The declared payload length of the long frame being collected (0: none)."""
+        return self._need - self._prefix.size if self._need else 0
+
+    @property
     def buffered(self) -> int:
         """Bytes received and not yet taken as frames."""
         ready = len(self._ready) if self._ready is not None else 0

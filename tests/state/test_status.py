@@ -78,6 +78,8 @@ class StatusRequestTests(SynchronousTestCase):
             "version": __version__, "uptime": 90.5, "connections": 2, "variables": 2,
             "hellos": {"failed_hellos": 0, "hellos_refused_waiting": 0, "hosts_slowed_down": 0},
             "channels": factory.state.channels.status(),
+            "buffers": {"held": 0, "limit": 512 * 1024 * 1024, "frames_refused": 0,
+                        "replies_refused": 0},
             "watch": factory.state.channels.changes.status(),
             "journal": {"bytes": 4096}, "files": {"count": 2, "bytes": 10}}]])
         self.assertEqual((journal.asked, files.asked), (1, 1))

@@ -158,7 +158,8 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(size, store.status()["journal_bytes"])
 
     def test_inline_write_failure_refuses_later_writes(self) -> None:
-        """A failing write(2) on the reactor (everysec) fails its writes like the lane's."""
+        """A failing write(2) on the reactor (everysec) holds its write like the lane's:
+        later writes are refused with StorageError, nothing new is applied."""
         store = self.store("everysec")
 
         def full(data: bytes) -> None:
@@ -167,9 +168,10 @@ class PolicyTests(SynchronousTestCase):
         store._file.write = full  # type: ignore[method-assign]
         d = store.put("x", 1)
         self.clock.advance(0)
-        self.assertIn("No space left", self.failureResultOf(d, StorageError).value.message)
-        self.assertRaises(StorageError, store.put, "y", 2)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertNoResult(d)
+        error = self.assertRaises(StorageError, store.put, "y", 2)
+        self.assertIn("No space left", error.message)
+        self.assertIs(store.get("y"), MISSING)
 
     def test_no_never_syncs_while_running(self) -> None:
         """With no, records are written each turn but only fsynced at shutdown."""
@@ -208,24 +210,28 @@ class PolicyTests(SynchronousTestCase):
         self.assertEqual(contents(store), {"l": [1]})
 
     def test_write_failure_refuses_later_writes(self) -> None:
-        """If the journal cannot be written, waiting writes fail and later ones are refused."""
+        """If the journal cannot be written, waiting writes wait (they are applied in
+        memory) and later ones are refused; stopping then fails the waiting ones."""
         store = self.store("always")
         d = store.put("x", 1)
         self.clock.advance(0)
         queued = store.put("z", 3)  # waits behind the job in flight
         f, args, job = self.lane.jobs.pop(0)
         job.errback(OSError(28, "No space left on device"))
-        for waiting in (d, queued):
-            self.assertIn("No space left",
-                          self.failureResultOf(waiting, StorageError).value.message)
+        self.assertNoResult(d)
+        self.assertNoResult(queued)
         error = self.assertRaises(StorageError, store.put, "y", 2)
-        self.assertIn("refused until the daemon is restarted", error.message)
+        self.assertIn("refused until it can be written again", error.message)
         self.assertIs(store.get("y"), MISSING)
         self.assertEqual(self.lane.jobs, [])
-        stopped = store.stopService()
+        stopped = store.stopService()  # one last attempt of the held job...
+        _, _, job = self.lane.jobs.pop(0)
+        job.errback(OSError(28, "No space left on device"))  # ... fails: given up
+        for waiting in (d, queued):
+            self.assertIn("lost as the daemon stops",
+                          self.failureResultOf(waiting, StorageError).value.message)
         self.lane.release_all()  # only the close job
         self.successResultOf(stopped)
-        self.flushLoggedErrors(OSError)
 
 
 def _settle(d: Any, clock: Clock, lane: ManualLane) -> Any:

@@ -97,6 +97,9 @@ class FileMode(Mode):
             raise BadRequest("file_hash must be the file's MD5 in hex")
         if name in self.service.uploading:
             raise FileBusy(f"{name} is being uploaded by another connection")
+        full = self.service.bounds.room(self.service.directory, 0)
+        if full is not None:
+            raise StorageError(full)
         self.service.uploading.add(name)
         partial = os.path.join(self.service.partial_directory, f".legacy-{uuid.uuid4().hex}")
         upload = self.upload = _Upload(name, md5_hex.lower(), partial)
@@ -156,6 +159,12 @@ class FileMode(Mode):
         limit = self.service.max_file_size
         if limit and upload.received > limit:
             upload.discard = f"it is over the daemon's --max-file-size of {limit} bytes"
+            self.connection.transport.loseConnection()
+            return
+        # The old protocol declares no size: the reserve is checked as data comes.
+        full = self.service.bounds.room(self.service.directory, upload.writer.queued + len(data))
+        if full is not None:
+            upload.discard = full
             self.connection.transport.loseConnection()
             return
         upload.writer.write(data)

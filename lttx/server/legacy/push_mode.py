@@ -6,7 +6,9 @@ The connection subscribes through the daemon's channel registry, so it gets
 what native publishers and old ones push; each message reaches it as a frame
 whose body is ``json.dumps("key|data")``, and a ``{"1": 1}`` heartbeat comes
 every :data:`HEARTBEAT_INTERVAL` seconds, as from the original server.  The
-first channel subscriber sets its password, on this port or the native one.
+first channel subscriber sets its password, on this port or the native one;
+under a roles file a token with ``all`` or a right naming the channel is not
+held to it, as on the native port.
 
 It reads the channel logs at its own pace like a native subscriber
 (:class:`~lttx.server.reader.ChannelReader`), so a slow old subscriber never
@@ -27,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ...errors import AuthError, BadRequest, LTtxError
-from ...state.auth import authorize
+from ...state.auth import authorize, password_exemption
 from ...wire import codec
 from ...wire.frames import MESSAGE_HEAD, PREFIX
 from ...wire.legacy import HEARTBEAT_FRAME, message_body, old_frame
@@ -99,7 +101,10 @@ class PushMode(Mode):
                               peer=connection.peer)
         self.subscriber = reader
         try:
-            subscribed = state.channels.subscribe(self.subscriber, names, pwd or None)
+            # Under a roles file, the same exemption as the native subscribe.
+            subscribed = state.channels.subscribe(
+                self.subscriber, names, pwd or None,
+                exempt=password_exemption(state.auth, connection.grant))
         except AuthError:
             transport.unregisterProducer()
             raise AuthError(f"wrong password for channel {'@'.join(names)[:80]!r}") from None
