@@ -21,10 +21,11 @@ from twisted.internet.defer import Deferred
 
 from ..errors import ConnectionLost, EncodeError, FrameTooLarge, LTtxError, TimeoutError
 from ..wire import codec
+from ..wire.frames import PREFIX
 from .asyncclient import AsyncClient
 from .commands import VariableCommands
 from .dataframes import default
-from .eventloop import EventLoop
+from .eventloop import EventLoop, Waiter
 from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
 from .mirror import Mirror
 from .watch import Change, Watch
@@ -92,7 +93,48 @@ class Client(VariableCommands):
         :raises ConnectionLost: if the client stays disconnected that long.
         :raises TimeoutError: if the daemon does not answer in time.
         """
+        protocol = self._client.protocol
+        if protocol is not None and protocol.sender is not None and protocol.sender.direct:
+            waiter: Waiter[Any] = Waiter()
+            waiting = self._loop.waiting
+            waiting.add(waiter)  # failed by close(), as the reactor's calls are
+            try:
+                request_id = protocol.request_from_thread(command, args, waiter,
+                                                          self._direct_prefix)
+                if request_id is not None:
+                    return self._wait(protocol, request_id, waiter)
+            finally:
+                waiting.discard(waiter)
         return self._call(self._client.call, command, *args)
+
+    def _direct_prefix(self, protocol: Any) -> Optional[bytes]:
+        """
+        Under the send lock, in the calling thread, before a request is sent
+        from it: the pushes made before it (they go first), or None when the
+        client holds other bytes for the connection (the request then goes
+        through the reactor thread, behind them).
+        """
+        if self._loop.in_loop_thread or self._closed or not self._client.idle_on(protocol):
+            return None
+        with self._push_room:
+            frames = self._push_frames
+            if not frames:
+                return b""
+            self._push_frames = []
+            self._push_bytes = 0
+            self._push_room.notify_all()
+        return b"".join([PREFIX.pack(len(f)) + f for f in frames])
+
+    def _wait(self, protocol: Any, request_id: int, waiter: "Waiter[Any]") -> Any:
+        if not waiter.wait(self.timeout):
+            protocol.forget(request_id)
+            if not self._client.connected:
+                raise ConnectionLost(f"not connected to the daemon (reconnecting) "
+                                     f"within {self.timeout} s")
+            raise TimeoutError(f"no reply within {self.timeout} seconds")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
 
     def _after_pushes(self, method: Callable[..., "Deferred[Any]"], *args: Any) -> Any:
         """In the reactor thread: hand over the pushes made so far, then make
@@ -155,7 +197,7 @@ class Client(VariableCommands):
         :raises BadRequest: for a bad channel name or key.
         :raises FrameTooLarge: over the daemon's frame limit.
         """
-        return self._call(self._client.publish, key, data, channel)
+        return self.call("publish", channel, key, data)  # as AsyncClient.publish
 
     @property
     def gaps(self) -> int:
@@ -381,13 +423,16 @@ class Client(VariableCommands):
         self._hand_over_pushes()
 
     def _take_pushes(self) -> None:
-        with self._push_room:
-            frames, self._push_frames = self._push_frames, []
-            self._push_bytes = 0
-            self._hand_over_pending = False
-            self._push_room.notify_all()
-        if frames:
-            self._client.write_pushes(frames)
+        # Taken and written under the send lock: a request sent meanwhile
+        # from a calling thread cannot overtake them (lttx.client.sending).
+        with self._client.send_lock:
+            with self._push_room:
+                frames, self._push_frames = self._push_frames, []
+                self._push_bytes = 0
+                self._hand_over_pending = False
+                self._push_room.notify_all()
+            if frames:
+                self._client.write_pushes(frames)
 
     def flush(self) -> None:
         """

@@ -28,6 +28,11 @@ from twisted.internet import tcp
 _PLAIN = (tcp.Server, tcp.Client)
 
 
+def is_plain_tcp(transport: Any) -> bool:
+    """Whether ``transport`` is Twisted's own TCP transport, without TLS."""
+    return type(transport) in _PLAIN and not transport.TLS
+
+
 def send_now(transport: Any) -> None:
     """Write ``transport``'s newly buffered bytes now, if that is safe (see above)."""
     if (type(transport) in _PLAIN and transport._tempDataLen
@@ -44,4 +49,4 @@ def send_now(transport: Any) -> None:
         transport.doWrite()
 
 
-__all__ = ["send_now"]
+__all__ = ["is_plain_tcp", "send_now"]
