@@ -40,7 +40,7 @@ from ..wire.excerpt import excerpt
 from ..wire.frames import PREFIX, PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
 from ..wire.tls import tls_failure
-from ..wire.writes import send_now
+from ..wire.writes import send_now, write_now
 from .commands import CommandConnection, Commands
 from .dispatch import Dispatcher
 from .file_session import FileSession, IFileConnection
@@ -95,6 +95,10 @@ class LTtxServerProtocol(Int32StringReceiver):
         #: file sender count theirs): one integer add per chunk or frame.
         self.bytes_in = 0
         self._bytes_sent = 0
+        # Whether a reply made now is the last of its chunk of requests (or
+        # made outside one, by a Deferred): then it is sent at once
+        # (write_now), else buffered and sent with the others by send_now.
+        self._reply_now = True
 
     # -- connection ---------------------------------------------------------
 
@@ -185,8 +189,10 @@ class LTtxServerProtocol(Int32StringReceiver):
                         read_size(self.transport, decoder.collecting)
                     self._watch_partial(decoder.buffered > 0, bool(data))
                     return
+                self._reply_now = not decoder.buffered
                 self.stringReceived(frame)
         finally:
+            self._reply_now = True
             # The publishes of this chunk are in the channel logs: each
             # subscriber is woken once for the whole chunk (one write), even
             # if a later frame of the chunk failed.
@@ -363,7 +369,10 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def sendString(self, string: bytes) -> None:
         self._bytes_sent += len(string) + 4  # the length prefix
-        super().sendString(string)
+        if self._reply_now:
+            write_now(self.transport, PREFIX.pack(len(string)) + string)
+        else:
+            super().sendString(string)
 
     @property
     def bytes_out(self) -> int:
