@@ -20,6 +20,9 @@ Steps:
 - ``publish``: the daemon's per-message work: ``ChannelRegistry.publish`` into
   a channel with one subscriber, and that subscriber's reader writing it
   (``ChannelReader.wake``, StringTransport);
+- ``daemon_push``: the daemon's whole per-message cost of a PUBLISH frame:
+  ``dataReceived`` of 64 KiB chunks (framing, decode, rights, the channel
+  log) and the write to its one subscriber (StringTransports);
 - ``request``: a put through the blocking client to a real ``twistd -n lttx``
   (p50 of single round trips); ``request_client_cpu`` and
   ``request_daemon_cpu``: the CPU time each process spends per put, which
@@ -201,6 +204,50 @@ def probe_publish(repeat: int) -> float:
             if i % 100 == 99:
                 transport.clear()
         return 20000
+
+    return per_op(rounds, repeat)
+
+
+def probe_daemon_push(repeat: int) -> float:
+    """The daemon's whole per-PUBLISH cost: LTtxServerProtocol.dataReceived of
+    64 KiB chunks of PUBLISH frames (framing, decode, rights, the log) and the
+    one subscriber's write of them (StringTransports)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from lttx.server.factory import LTtxFactory
+    from lttx.server.state import ServerState
+    from lttx.state.auth import TokenAuthenticator
+    from lttx.state.store import MemoryStore
+    from lttx.wire import codec
+    from lttx.wire.framing import PREFIX
+
+    factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator("t")))
+
+    def connected() -> tuple[Any, StringTransport]:
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        hello = codec.encode([codec.REQUEST, 0, "hello", ["t", {}]])
+        proto.dataReceived(PREFIX.pack(len(hello)) + hello)
+        transport.clear()
+        return proto, transport
+
+    publisher, _ = connected()
+    subscriber, sub_transport = connected()
+    request = codec.encode([codec.REQUEST, 1, "subscribe", [["hq"], None, {}]])
+    subscriber.dataReceived(PREFIX.pack(len(request)) + request)
+    frames = []
+    for i in range(600):
+        payload = codec.encode([codec.PUBLISH, "hq", f"{600000 + i}.SH", TICK])
+        frames.append(PREFIX.pack(len(payload)) + payload)
+    chunk = b"".join(frames)
+
+    def rounds() -> int:
+        for _ in range(40):
+            publisher.dataReceived(chunk)
+            sub_transport.clear()
+        return 40 * 600
 
     return per_op(rounds, repeat)
 

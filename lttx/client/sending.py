@@ -33,7 +33,7 @@ import socket
 import threading
 from typing import Any, Callable, Optional
 
-from ..wire.writes import is_plain_tcp, send_now
+from ..wire.writes import is_plain_tcp, send_now, write_now
 
 
 class Sender:
@@ -73,8 +73,10 @@ class Sender:
         with self.lock:
             if self._backlog:
                 self._flush_backlog()
-            self.transport.write(data)
-            send_now(self.transport)
+                self.transport.write(data)
+                send_now(self.transport)
+            else:
+                write_now(self.transport, data)  # one send, no epoll_ctl pair
 
     def write_sequence(self, pieces: list[bytes]) -> None:
         """In the reactor thread: write ``pieces`` (a large value's) in order."""

@@ -36,6 +36,7 @@ from ..errors import (
 )
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
 from ..wire import codec
+from ..wire.codec import decode
 from ..wire.excerpt import excerpt
 from ..wire.frames import PREFIX, PUBLISH_HEAD
 from ..wire.framing import FrameDecoder, FrameTooLong
@@ -95,10 +96,14 @@ class LTtxServerProtocol(Int32StringReceiver):
         #: file sender count theirs): one integer add per chunk or frame.
         self.bytes_in = 0
         self._bytes_sent = 0
-        # Whether a reply made now is the last of its chunk of requests (or
-        # made outside one, by a Deferred): then it is sent at once
-        # (write_now), else buffered and sent with the others by send_now.
-        self._reply_now = True
+        # Within dataReceived's frame loop: a reply is sent at once
+        # (write_now) only if it answers the chunk's last frame, else
+        # buffered and sent with the others by send_now; outside (made
+        # later by a Deferred), always at once.
+        self._in_chunk = False
+        # Authenticated on a command connection: PUBLISH frames take the
+        # short way in dataReceived.
+        self._publishing = False
 
     # -- connection ---------------------------------------------------------
 
@@ -175,6 +180,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.bytes_in += len(data)
         decoder = self._decoder
         decoder.feed(data)
+        self._in_chunk = True
         try:
             # Paused: the peer does not read its replies; what it sent waits
             # in the decoder until set_reading resumes.
@@ -189,10 +195,20 @@ class LTtxServerProtocol(Int32StringReceiver):
                         read_size(self.transport, decoder.collecting)
                     self._watch_partial(decoder.buffered > 0, bool(data))
                     return
-                self._reply_now = not decoder.buffered
+                if frame[:2] == PUBLISH_HEAD and self._publishing:
+                    # The hot path of a feed: [5, channel, key, data] straight
+                    # to the channel log (what stringReceived would do).
+                    try:
+                        message = decode(frame)
+                    except BadRequest:
+                        self.stringReceived(frame)  # reports it
+                        continue
+                    if len(message) == 4:
+                        self.publish_received(message[1], message[2], message[3], frame)
+                        continue
                 self.stringReceived(frame)
         finally:
-            self._reply_now = True
+            self._in_chunk = False
             # The publishes of this chunk are in the channel logs: each
             # subscriber is woken once for the whole chunk (one write), even
             # if a later frame of the chunk failed.
@@ -334,6 +350,7 @@ class LTtxServerProtocol(Int32StringReceiver):
                                           COMMAND_RIGHTS, self.log)
         self.authenticated = True
         self.grant = grant
+        self._publishing = self.file_session is None
         self._decoder.max_length = self.state.max_frame
         if self.file_session is None:
             self.transport.registerProducer(ReadThrottle(self.set_reading), True)
@@ -369,7 +386,7 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def sendString(self, string: bytes) -> None:
         self._bytes_sent += len(string) + 4  # the length prefix
-        if self._reply_now:
+        if not self._in_chunk or not self._decoder.buffered:
             write_now(self.transport, PREFIX.pack(len(string)) + string)
         else:
             super().sendString(string)
