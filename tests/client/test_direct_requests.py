@@ -15,6 +15,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 import lttx
+from lttx.client import blocking
 from lttx.client.sending import Sender
 
 from ..common import Daemon
@@ -54,6 +55,47 @@ class DirectRequestTests(TestCase):
         """On plain TCP a put and a get are written by the caller: nothing is
         handed to the client's reactor thread (each hand-off would call
         callFromThread)."""
+        self.client.ping()
+        handed = self.count_hand_offs()
+        for i in range(50):
+            self.client.put("x", i)
+            self.assertEqual(self.client.get("x"), i)
+        self.assertEqual(handed, [])
+        self.assertTrue(self.client._client.protocol.sender.direct)
+
+    def test_each_thread_keeps_the_order_of_its_pushes_and_requests(self) -> None:
+        """Eight threads alternate push and publish (a request) on one channel:
+        the subscriber sees each thread's values in the order it made them,
+        every one of them, and the connection stays up (no interleaved frame)."""
+        self.check_order()
+
+    def test_the_order_holds_with_every_push_sent_from_its_thread(self) -> None:
+        """The same with every push written by its thread (no batching)."""
+        self.patch(blocking, "DIRECT_PUSH_GAP", 0.0)
+        self.check_order()
+
+    def test_the_order_holds_with_every_push_batched(self) -> None:
+        """The same with every push handed to the reactor thread."""
+        self.patch(blocking, "DIRECT_PUSH_GAP", 1e9)
+        self.client._last_direct_push = 1e9
+        self.check_order()
+
+    def test_a_push_after_a_pause_is_sent_from_its_thread(self) -> None:
+        """Pushes spaced more than DIRECT_PUSH_GAP apart (here: any) are not
+        handed to the reactor thread, and arrive in order."""
+        self.patch(blocking, "DIRECT_PUSH_GAP", 0.0)
+        sub = self.daemon.connect()
+        self.addCleanup(sub.close)
+        sub.subscribe("ticks")
+        self.client.ping()
+        handed = self.count_hand_offs()
+        for i in range(50):
+            self.client.push("k", i, "ticks")
+        self.assertEqual([sub.Q.get(timeout=30).data for _ in range(50)], list(range(50)))
+        self.assertEqual(handed, [])
+
+    def count_hand_offs(self) -> list[Any]:
+        """What is handed to the client's reactor thread from now to the test's end."""
         reactor = self.client._loop.reactor
         handed: list[Any] = []
         original = reactor.callFromThread
@@ -62,25 +104,15 @@ class DirectRequestTests(TestCase):
             handed.append(f)
             original(f, *args, **kwargs)
 
-        self.client.ping()
         reactor.callFromThread = counting
-        try:
-            for i in range(50):
-                self.client.put("x", i)
-                self.assertEqual(self.client.get("x"), i)
-        finally:
-            reactor.callFromThread = original
-        self.assertEqual(handed, [])
-        self.assertTrue(self.client._client.protocol.sender.direct)
+        self.addCleanup(setattr, reactor, "callFromThread", original)
+        return handed
 
-    def test_each_thread_keeps_the_order_of_its_pushes_and_requests(self) -> None:
-        """Eight threads alternate push and publish (a request) on one channel:
-        the subscriber sees each thread's values in the order it made them,
-        every one of them, and the connection stays up (no interleaved frame)."""
+    def check_order(self) -> None:
         sub = self.daemon.connect()
         self.addCleanup(sub.close)
         sub.subscribe("order")
-        n = 150
+        n = 80
 
         def feed(k: int) -> None:
             for i in range(n):
@@ -101,7 +133,7 @@ class DirectRequestTests(TestCase):
         self.client.put("count", 0)
 
         def work(k: int) -> None:
-            for i in range(100):
+            for i in range(50):
                 self.client.put(f"t{k}", [k, i])
                 got = self.client.get(f"t{k}")
                 if got != [k, i]:
@@ -109,7 +141,7 @@ class DirectRequestTests(TestCase):
                 self.client.incr("count")
 
         run_threads(work, 16)
-        self.assertEqual(self.client.get("count"), 1600)
+        self.assertEqual(self.client.get("count"), 800)
 
     def test_large_values_keep_the_order_when_the_kernel_takes_part(self) -> None:
         """Values of 2 MiB do not fit the socket buffer at once: the rest goes
