@@ -8,9 +8,11 @@ in batches.  Frames are split by :class:`lttx.wire.framing.FrameDecoder`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Callable, Optional
 
+import msgpack
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -27,11 +29,17 @@ from ..errors import (
     error_from_wire,
 )
 from ..wire import codec
-from ..wire.frames import PREFIX
+from ..wire.frames import MESSAGE_HEAD, PREFIX
 from ..wire.framing import FrameDecoder
 from .dataframes import default, ext_hook
 from .messages import Message
 from .sending import Sender
+
+#: MESSAGE frames decoded on the subscriber's hot path: what codec.decode does,
+#: without its Python frame (errors go the slow way, which reports them).
+_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False,
+                            ext_hook=ext_hook, use_list=True)
+_new_tuple = tuple.__new__
 
 #: The two kinds of connection a client opens (``hello``'s ``mode`` option).
 COMMAND = "command"
@@ -188,23 +196,26 @@ class ClientProtocol(Protocol):
         # frame_received, after the messages before them.
         batch: list[Message] = []
         self._batch = batch
+        next_frame, unpack, append = decoder.next_frame, _unpack, batch.append
         try:
             while not self.transport.disconnecting:
-                frame = decoder.next_frame()
+                frame = next_frame()
                 if frame is None:
                     read_size(self.transport, decoder.collecting)  # a large reply coming?
                     break
-                if len(frame) > 2 and frame[0] == 0x95 and frame[1] == 0x03:
+                if frame[:2] == MESSAGE_HEAD:
                     try:
-                        _, channel, key, data_, seq = codec.decode(frame, ext_hook)
-                    except (LTtxError, ValueError):
+                        decoded = unpack(frame)
+                    except Exception:  # not one valid value, or a refused extension
                         self.frame_received(frame)  # reports and closes
                         break
-                    batch.append(Message(channel, key, data_, seq))
+                    # Five elements (the head says so): a Message, no Python frame.
+                    append(_new_tuple(Message, decoded[1:]))
                 else:
                     if batch:  # what came before a reply is delivered before it
                         self._on_messages(batch)
                         batch = self._batch = []
+                        append = batch.append
                     self.frame_received(frame)
         finally:
             self._batch = None
