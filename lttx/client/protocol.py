@@ -8,7 +8,6 @@ in batches.  Frames are split by :class:`lttx.wire.framing.FrameDecoder`.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from typing import Any, Callable, Optional
 
@@ -35,10 +34,6 @@ from .dataframes import default, ext_hook
 from .messages import Message
 from .sending import Sender
 
-#: MESSAGE frames decoded on the subscriber's hot path: what codec.decode does,
-#: without its Python frame (errors go the slow way, which reports them).
-_unpack = functools.partial(msgpack.unpackb, raw=False, strict_map_key=False,
-                            ext_hook=ext_hook, use_list=True)
 _new_tuple = tuple.__new__
 
 #: The two kinds of connection a client opens (``hello``'s ``mode`` option).
@@ -196,7 +191,8 @@ class ClientProtocol(Protocol):
         # frame_received, after the messages before them.
         batch: list[Message] = []
         self._batch = batch
-        next_frame, unpack, append = decoder.next_frame, _unpack, batch.append
+        next_frame, append, unpackb, hook = decoder.next_frame, batch.append, \
+            msgpack.unpackb, ext_hook
         try:
             while not self.transport.disconnecting:
                 frame = next_frame()
@@ -205,7 +201,10 @@ class ClientProtocol(Protocol):
                     break
                 if frame[:2] == MESSAGE_HEAD:
                     try:
-                        decoded = unpack(frame)
+                        # What codec.decode does, without its Python frame (a
+                        # functools.partial would copy its keywords per call).
+                        decoded = unpackb(frame, raw=False, strict_map_key=False,
+                                          ext_hook=hook, use_list=True)
                     except Exception:  # not one valid value, or a refused extension
                         self.frame_received(frame)  # reports and closes
                         break
