@@ -20,6 +20,9 @@ Steps:
 - ``publish``: the daemon's per-message work: ``ChannelRegistry.publish`` into
   a channel with one subscriber, and that subscriber's reader writing it
   (``ChannelReader.wake``, StringTransport);
+- ``daemon_push``: the daemon's whole per-message cost of a PUBLISH frame:
+  ``dataReceived`` of 64 KiB chunks (framing, decode, rights, the channel
+  log) and the write to its one subscriber (StringTransports);
 - ``request``: a put through the blocking client to a real ``twistd -n lttx``
   (p50 of single round trips); ``request_client_cpu`` and
   ``request_daemon_cpu``: the CPU time each process spends per put, which
@@ -27,6 +30,10 @@ Steps:
 
 These are the figures the issue asks for "before and after" each change;
 they move with machine load, so compare runs made on the same machine.
+``--instructions`` counts instead the CPU instructions per operation of the
+in-process probes (decode, queue, publish, daemon_push) with valgrind's
+callgrind, which load does not move: the figure to compare on a shared
+machine (slow: about a minute per probe).
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ TICK = ("0000000000000000000|000000001|10.23|10.24|10.22|10.25|1200|3400|5600|78
         "9000|1234567.89|093000000")
 
 
+#: Operations done in the timed rounds of per_op (for --instructions).
+OPS = [0]
+
+
 def per_op(fn: Callable[[], int], repeat: int) -> float:
     """Median over ``repeat`` rounds of ns per operation; ``fn`` returns ops done."""
     rounds = []
@@ -53,7 +64,37 @@ def per_op(fn: Callable[[], int], repeat: int) -> float:
         t0 = time.perf_counter_ns()
         ops = fn()
         rounds.append((time.perf_counter_ns() - t0) / ops)
+        OPS[0] += ops
     return statistics.median(rounds)
+
+
+#: The probes that run in this process alone (the others wait on threads or a daemon).
+IN_PROCESS = ("decode", "queue", "publish", "daemon_push")
+
+
+def instructions(name: str) -> float:
+    """
+    Instructions per operation of an in-process probe, counted by
+    ``valgrind --tool=callgrind``: the same figure on a quiet or a loaded
+    machine.  The probe runs with 2 and with 6 rounds; start-up, imports and
+    set-up cancel out in the difference.
+    """
+    import re
+    import subprocess
+    import tempfile
+
+    counts = []
+    for repeat in (2, 6):
+        with tempfile.TemporaryDirectory() as tmp:
+            run = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
+                 sys.executable, __file__, "--only", name, "--repeat", str(repeat),
+                 "--print-ops"], capture_output=True, text=True, check=True)
+        collected = int(re.findall(r"Collected : (\d+)", run.stderr)[-1])
+        ops = int(re.findall(r"^ops (\d+)$", run.stdout, re.M)[-1])
+        counts.append((collected, ops))
+    (a, ops_a), (b, ops_b) = counts
+    return (b - a) / (ops_b - ops_a)
 
 
 def probe_handoff(repeat: int) -> float:
@@ -205,6 +246,50 @@ def probe_publish(repeat: int) -> float:
     return per_op(rounds, repeat)
 
 
+def probe_daemon_push(repeat: int) -> float:
+    """The daemon's whole per-PUBLISH cost: LTtxServerProtocol.dataReceived of
+    64 KiB chunks of PUBLISH frames (framing, decode, rights, the log) and the
+    one subscriber's write of them (StringTransports)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    from lttx.server.factory import LTtxFactory
+    from lttx.server.state import ServerState
+    from lttx.state.auth import TokenAuthenticator
+    from lttx.state.store import MemoryStore
+    from lttx.wire import codec
+    from lttx.wire.framing import PREFIX
+
+    factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator("t")))
+
+    def connected() -> tuple[Any, StringTransport]:
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        hello = codec.encode([codec.REQUEST, 0, "hello", ["t", {}]])
+        proto.dataReceived(PREFIX.pack(len(hello)) + hello)
+        transport.clear()
+        return proto, transport
+
+    publisher, _ = connected()
+    subscriber, sub_transport = connected()
+    request = codec.encode([codec.REQUEST, 1, "subscribe", [["hq"], None, {}]])
+    subscriber.dataReceived(PREFIX.pack(len(request)) + request)
+    frames = []
+    for i in range(600):
+        payload = codec.encode([codec.PUBLISH, "hq", f"{600000 + i}.SH", TICK])
+        frames.append(PREFIX.pack(len(payload)) + payload)
+    chunk = b"".join(frames)
+
+    def rounds() -> int:
+        for _ in range(40):
+            publisher.dataReceived(chunk)
+            sub_transport.clear()
+        return 40 * 600
+
+    return per_op(rounds, repeat)
+
+
 def _cpu_ns(pid: int) -> int:
     """User + system CPU time of a process, in ns (from /proc)."""
     import os
@@ -265,10 +350,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", default=",".join(PROBES))
+    parser.add_argument("--instructions", action="store_true",
+                        help="instructions per op under valgrind (in-process probes only)")
+    parser.add_argument("--print-ops", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in args.only.split(","):
+        if args.instructions:
+            if name in IN_PROCESS:
+                print(f"{name:18s} {instructions(name):10,.0f} instructions/op", flush=True)
+            continue
         ns = PROBES[name](args.repeat)
         print(f"{name:18s} {ns / 1000:8.2f} µs/op", flush=True)
+    if args.print_ops:
+        print(f"ops {OPS[0]}")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,28 @@ def hash_prefix(file: Any, length: int, md5: Any) -> str:
     return str(md5.hexdigest())
 
 
+def hash_range(fd: int, offset: int, count: int, md5: Any,
+               block: int = 1024 * 1024) -> str:
+    """
+    In a thread: feed bytes ``offset`` to ``offset + count`` of ``fd`` to
+    ``md5`` (with ``os.pread``: the file position is left alone) and close
+    ``fd``, which the caller handed over (a duplicate of its own); the hex digest.
+
+    :raises OSError: if the file cannot be read or is shorter than that.
+    """
+    try:
+        end = offset + count
+        while offset < end:
+            data = os.pread(fd, min(block, end - offset), offset)
+            if not data:
+                raise OSError("the file is shorter than when the download began")
+            md5.update(data)
+            offset += len(data)
+        return str(md5.hexdigest())
+    finally:
+        os.close(fd)
+
+
 def hash_file_prefix(path: str, length: int) -> tuple[Any, str]:
     """The MD5 object and hex digest of the first ``length`` bytes of ``path``."""
     md5 = hashlib.md5()
@@ -281,6 +303,6 @@ READ_SIZE = 1024 * 1024
 SMALL_READ_SIZE = 64 * 1024
 
 __all__ = ["InlineLane", "RunInThread", "StreamWriter", "ThreadLane", "fsync_directory",
-           "hash_file_prefix", "hash_prefix", "lane_for", "pool_runner", "read_big",
+           "hash_file_prefix", "hash_prefix", "hash_range", "lane_for", "pool_runner", "read_big",
            "read_size", "run_inline", "stop_sender", "storage_error", "sync_data", "sync_file",
            "unlink_quietly"]

@@ -9,6 +9,7 @@ from :class:`~lttx.client.commands.VariableCommands`.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
@@ -64,6 +65,9 @@ class AsyncClient(VariableCommands, Watching):
         self._paused = False  # the transport's buffer is full
         self._closing = False
         self._writable_waiters: list[Deferred[None]] = []
+        #: Held by every write of this client's connections, in whichever
+        #: thread (see lttx.client.sending): one lock across reconnections.
+        self.send_lock = threading.RLock()
         # Attached before the reconnector takes the connection, as each new one is:
         # at a loss the client forgets it before the service hears of it, so
         # close() fires with the client disconnected.
@@ -104,6 +108,8 @@ class AsyncClient(VariableCommands, Watching):
         return self.protocol is not None
 
     def _attach(self, protocol: ClientProtocol) -> None:
+        if protocol.sender is not None:
+            protocol.sender.lock = self.send_lock
         self.protocol = protocol
         protocol.set_receivers(self._messages_received, _log_notice, self._gap_received)
         protocol.lost.addCallback(lambda _: self._connection_lost(protocol))
@@ -447,6 +453,14 @@ class AsyncClient(VariableCommands, Watching):
         self._push_frames.extend(frames)
         self._flush_pushes()
 
+    def idle_on(self, protocol: ClientProtocol) -> bool:
+        """
+        Under :attr:`send_lock`, in any thread: whether ``protocol`` is this
+        client's connection and nothing of the client waits to be written
+        before what is sent on it now.
+        """
+        return self.protocol is protocol and not self._paused and not self._push_frames
+
     @property
     def writable(self) -> bool:
         """Connected, and the transport's send buffer is not full."""
@@ -480,8 +494,9 @@ class AsyncClient(VariableCommands, Watching):
             return  # resumeProducing or the reconnection calls again
         assert self.protocol is not None
         if self._push_frames:
-            frames, self._push_frames = self._push_frames, []
-            self.protocol.write_frames(frames)
+            with self.send_lock:  # taken and written as one (lttx.client.sending)
+                frames, self._push_frames = self._push_frames, []
+                self.protocol.write_frames(frames)
         if self.writable:
             waiters, self._writable_waiters = self._writable_waiters, []
             for d in waiters:

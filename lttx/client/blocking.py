@@ -21,10 +21,11 @@ from twisted.internet.defer import Deferred
 
 from ..errors import ConnectionLost, EncodeError, FrameTooLarge, LTtxError, TimeoutError
 from ..wire import codec
+from ..wire.frames import PREFIX
 from .asyncclient import AsyncClient
 from .commands import VariableCommands
 from .dataframes import default
-from .eventloop import EventLoop
+from .eventloop import EventLoop, Waiter
 from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
 from .mirror import Mirror
 from .watch import Change, Watch
@@ -34,6 +35,11 @@ from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_a
 #: them (its send buffer is full, or it reconnects) before ``push`` blocks.
 DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
 
+
+#: A push made this many seconds or more after the last one sent from its
+#: thread is sent from its thread too (no hand-off: the tick leaves at once);
+#: closer pushes are batched by the reactor thread (one write for many).
+DIRECT_PUSH_GAP = 50e-6
 
 #: Most seconds close() waits for the callbacks of messages received before it.
 CALLBACK_DRAIN = 5.0
@@ -66,6 +72,7 @@ class Client(VariableCommands):
         self._push_frames: list[bytes] = []
         self._push_bytes = 0
         self._hand_over_pending = False
+        self._last_direct_push = 0.0  # perf_counter() of the last push sent from its thread
         self._awaiting_writable = False  # reactor thread only
         self._closed = False
         self._callbacks: "Optional[queue.SimpleQueue[Any]]" = None
@@ -92,7 +99,48 @@ class Client(VariableCommands):
         :raises ConnectionLost: if the client stays disconnected that long.
         :raises TimeoutError: if the daemon does not answer in time.
         """
+        protocol = self._client.protocol
+        if protocol is not None and protocol.sender is not None and protocol.sender.direct:
+            waiter: Waiter[Any] = Waiter()
+            waiting = self._loop.waiting
+            waiting.add(waiter)  # failed by close(), as the reactor's calls are
+            try:
+                request_id = protocol.request_from_thread(command, args, waiter,
+                                                          self._direct_prefix)
+                if request_id is not None:
+                    return self._wait(protocol, request_id, waiter)
+            finally:
+                waiting.discard(waiter)
         return self._call(self._client.call, command, *args)
+
+    def _direct_prefix(self, protocol: Any) -> Optional[bytes]:
+        """
+        Under the send lock, in the calling thread, before a request is sent
+        from it: the pushes made before it (they go first), or None when the
+        client holds other bytes for the connection (the request then goes
+        through the reactor thread, behind them).
+        """
+        if self._loop.in_loop_thread or self._closed or not self._client.idle_on(protocol):
+            return None
+        with self._push_room:
+            frames = self._push_frames
+            if not frames:
+                return b""
+            self._push_frames = []
+            self._push_bytes = 0
+            self._push_room.notify_all()
+        return b"".join([PREFIX.pack(len(f)) + f for f in frames])
+
+    def _wait(self, protocol: Any, request_id: int, waiter: "Waiter[Any]") -> Any:
+        if not waiter.wait(self.timeout):
+            protocol.forget(request_id)
+            if not self._client.connected:
+                raise ConnectionLost(f"not connected to the daemon (reconnecting) "
+                                     f"within {self.timeout} s")
+            raise TimeoutError(f"no reply within {self.timeout} seconds")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.result
 
     def _after_pushes(self, method: Callable[..., "Deferred[Any]"], *args: Any) -> Any:
         """In the reactor thread: hand over the pushes made so far, then make
@@ -155,7 +203,7 @@ class Client(VariableCommands):
         :raises BadRequest: for a bad channel name or key.
         :raises FrameTooLarge: over the daemon's frame limit.
         """
-        return self._call(self._client.publish, key, data, channel)
+        return self.call("publish", channel, key, data)  # as AsyncClient.publish
 
     @property
     def gaps(self) -> int:
@@ -317,9 +365,12 @@ class Client(VariableCommands):
         Publish ``data`` under ``key`` on ``channel``; returns at once.
 
         The frame is encoded here (an unencodable value raises
-        :class:`EncodeError` now) and handed to the reactor thread with the
-        other pushes made meanwhile, in one batch: a loop of pushes costs one
-        thread hop per batch, not per push.
+        :class:`EncodeError` now).  A push made after a pause (at least
+        :data:`DIRECT_PUSH_GAP`) is written from this thread on a plain TCP
+        connection, so a tick leaves at once; pushes that follow closely are
+        handed to the reactor thread together, in one batch: a loop of pushes
+        costs one thread hop per batch, not per push.  Either way they keep
+        their order with this thread's other pushes and calls.
 
         Memory is bounded: while the connection cannot take more (the
         daemon reads slower than this thread pushes, or the client
@@ -345,12 +396,44 @@ class Client(VariableCommands):
                                     f"daemon's limit of {limit}")
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
-            self._push_frames.append(frame)
-            self._push_bytes += len(frame)
-            schedule = not self._hand_over_pending
+            direct = False
+            if not self._push_frames and not self._hand_over_pending:
+                # A push after a pause goes out from this thread at once; in a
+                # burst, the ones that follow are batched by the reactor thread.
+                now = time.perf_counter()
+                if now - self._last_direct_push >= DIRECT_PUSH_GAP:
+                    self._last_direct_push = now
+                    direct = True
+            if not direct:
+                self._queue_push(frame)
+                return
+        if not self._push_direct(frame):
+            with self._push_lock:
+                self._queue_push(frame)
+
+    def _queue_push(self, frame: bytes) -> None:
+        """Holding the push lock: queue a push for the reactor thread."""
+        self._push_frames.append(frame)
+        self._push_bytes += len(frame)
+        if not self._hand_over_pending:
             self._hand_over_pending = True
-        if schedule:
             self._loop.call_soon(self._hand_over_pushes)
+
+    def _push_direct(self, frame: bytes) -> bool:
+        """Send a push from this thread, behind anything queued (see
+        lttx.client.sending); False if it must be queued instead."""
+        protocol = self._client.protocol
+        sender = protocol.sender if protocol is not None else None
+        if sender is None or not sender.direct:
+            return False
+        with sender.lock:
+            if protocol.error is not None or not sender.idle():
+                return False
+            first = self._direct_prefix(protocol)
+            if first is None:
+                return False
+            sender.send_from_thread(first + PREFIX.pack(len(frame)) + frame)
+        return True
 
     def _wait_for_room(self) -> None:
         """Wait (holding the condition) until pushes drop under the bound."""
@@ -381,13 +464,16 @@ class Client(VariableCommands):
         self._hand_over_pushes()
 
     def _take_pushes(self) -> None:
-        with self._push_room:
-            frames, self._push_frames = self._push_frames, []
-            self._push_bytes = 0
-            self._hand_over_pending = False
-            self._push_room.notify_all()
-        if frames:
-            self._client.write_pushes(frames)
+        # Taken and written under the send lock: a request sent meanwhile
+        # from a calling thread cannot overtake them (lttx.client.sending).
+        with self._client.send_lock:
+            with self._push_room:
+                frames, self._push_frames = self._push_frames, []
+                self._push_bytes = 0
+                self._hand_over_pending = False
+                self._push_room.notify_all()
+            if frames:
+                self._client.write_pushes(frames)
 
     def flush(self) -> None:
         """

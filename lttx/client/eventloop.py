@@ -81,6 +81,12 @@ class Waiter(Generic[_T]):
     def set_failure(self, failure: Failure) -> None:
         self.set_exception(failure.value)  # type: ignore[arg-type]  # never None here
 
+    # As a pending request's reply (lttx.client.protocol settles it like a Deferred).
+    callback = set_result
+
+    def errback(self, error: "BaseException | Failure") -> None:
+        self.set_exception(error.value if isinstance(error, Failure) else error)
+
     def done(self) -> bool:
         return self._set
 
@@ -105,6 +111,11 @@ class EventLoop:
 
     def _run(self) -> None:
         self.reactor.run(installSignalHandlers=False)
+
+    @property
+    def waiting(self) -> "set[Waiter[Any]]":
+        """The callers waiting on the loop: :meth:`stop` fails each."""
+        return self._waiting
 
     @property
     def in_loop_thread(self) -> bool:

@@ -31,6 +31,7 @@ from ..diskio import (
     RunInThread,
     StreamWriter,
     hash_file_prefix,
+    hash_range,
     pool_runner,
     stop_sender,
     storage_error,
@@ -40,6 +41,7 @@ from ..diskio import (
 from ..errors import ChecksumMismatch, ConnectionLost, FileBusy, LTtxError, NotFound, TimeoutError
 from ..wire.frames import FILE_CHUNK_SIZE, PREFIX
 from ..wire.names import check_file_name
+from ..wire.sendfile import FileShrank, SendfileProducer, can_sendfile
 from .connection import open_connection
 from .protocol import FILE, ClientProtocol
 
@@ -165,18 +167,47 @@ def send_file(reactor: Any, settings: "ConnectionSettings", path: str,
             sent[0] += len(chunk)
             return PREFIX.pack(len(chunk)) + chunk
 
-        sender = FileSender()
-        sender.CHUNK_SIZE = min(FILE_CHUNK_SIZE, protocol.max_frame)
+        chunk = min(FILE_CHUNK_SIZE, protocol.max_frame)
+        hashed: Optional[Deferred[str]] = None
+        if can_sendfile(protocol.transport) and offset < size:
+            # The kernel copies the file to the socket; the MD5 is made in a
+            # thread meanwhile, from a descriptor of its own.
+            hashed = run(hash_range, os.dup(file.fileno()), offset, size - offset, md5)
+
+            def counted(data: int, wire: int) -> None:
+                bar.update(data)
+                watchdog.touch()
+
+            sender: Any = SendfileProducer(protocol.transport, file.fileno(), offset,
+                                           size - offset, chunk, counted)
+        else:
+            sender = FileSender()
+            sender.CHUNK_SIZE = chunk
         protocol.on_error = lambda error: stop_sender(sender)
         try:
-            if offset < size:
+            if hashed is not None:
+                try:
+                    yield sender.start()
+                except FileShrank:
+                    raise LTtxError(f"{path} shrank below {size} bytes while being sent; "
+                                    "nothing was stored") from None
+                except BaseException:
+                    hashed.addErrback(lambda failure: None)  # the send's error is the one
+                    raise
+                try:
+                    ours = yield hashed
+                except OSError as e:
+                    raise LTtxError(f"cannot read {path}: {e}") from None
+                sent[0] = size
+            elif offset < size:
                 # Exactly the size announced, even if the file grows meanwhile.
                 yield sender.beginFileTransfer(_Limited(file, size - offset),
                                                protocol.transport, frame)
             if sent[0] != size:
                 raise LTtxError(f"{path} shrank from {size} to {sent[0]} bytes while "
                                 "being sent; nothing was stored")
-            ours = md5.hexdigest()
+            if hashed is None:
+                ours = md5.hexdigest()
             result = yield _ask(protocol, settings, "upload_end", ours,
                                 extra_time=(size - offset) / _SLOW_DISK)
         except LTtxError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable, Optional
 
+import msgpack
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -27,11 +28,13 @@ from ..errors import (
     error_from_wire,
 )
 from ..wire import codec
-from ..wire.frames import PREFIX
+from ..wire.frames import MESSAGE_HEAD, PREFIX
 from ..wire.framing import FrameDecoder
-from ..wire.writes import send_now
 from .dataframes import default, ext_hook
 from .messages import Message
+from .sending import Sender
+
+_new_tuple = tuple.__new__
 
 #: The two kinds of connection a client opens (``hello``'s ``mode`` option).
 COMMAND = "command"
@@ -90,6 +93,8 @@ class ClientProtocol(Protocol):
         self.on_error: Callable[[LTtxError], None] = lambda error: None
         self.connected_deferred: Deferred[None] = Deferred()
         self.lost: Deferred[None] = Deferred()
+        #: Every write of the connection goes through it (set at connectionMade).
+        self.sender: Optional[Sender] = None
 
     @property
     def label(self) -> str:
@@ -98,6 +103,8 @@ class ClientProtocol(Protocol):
     # -- the connection -----------------------------------------------------
 
     def connectionMade(self) -> None:
+        call_from_thread = getattr(self.reactor, "callFromThread", None)
+        self.sender = Sender(self.transport, call_from_thread, direct=self.mode == COMMAND)
         if self.mode == FILE:
             read_big(self.transport)
         else:
@@ -113,13 +120,22 @@ class ClientProtocol(Protocol):
         self.connected_deferred.callback(None)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self.error is None:
-            self.error = ConnectionLost(f"the {self.label} to the daemon was lost")
+        sender = self.sender
+        if sender is not None:
+            with sender.lock:  # a calling thread's request is in _pending, or fails
+                self._lost()
+                sender.close()
+        else:
+            self._lost()
         pending, self._pending = self._pending, {}
         for d in pending.values():
             d.errback(self.error)
         self.on_error(self.error)
         self.lost.callback(None)
+
+    def _lost(self) -> None:
+        if self.error is None:
+            self.error = ConnectionLost(f"the {self.label} to the daemon was lost")
 
     def fatal(self, error: LTtxError, abort: bool = False) -> None:
         """
@@ -175,23 +191,30 @@ class ClientProtocol(Protocol):
         # frame_received, after the messages before them.
         batch: list[Message] = []
         self._batch = batch
+        next_frame, append, unpackb, hook = decoder.next_frame, batch.append, \
+            msgpack.unpackb, ext_hook
         try:
             while not self.transport.disconnecting:
-                frame = decoder.next_frame()
+                frame = next_frame()
                 if frame is None:
                     read_size(self.transport, decoder.collecting)  # a large reply coming?
                     break
-                if len(frame) > 2 and frame[0] == 0x95 and frame[1] == 0x03:
+                if frame[:2] == MESSAGE_HEAD:
                     try:
-                        _, channel, key, data_, seq = codec.decode(frame, ext_hook)
-                    except (LTtxError, ValueError):
+                        # What codec.decode does, without its Python frame (a
+                        # functools.partial would copy its keywords per call).
+                        decoded = unpackb(frame, raw=False, strict_map_key=False,
+                                          ext_hook=hook, use_list=True)
+                    except Exception:  # not one valid value, or a refused extension
                         self.frame_received(frame)  # reports and closes
                         break
-                    batch.append(Message(channel, key, data_, seq))
+                    # Five elements (the head says so): a Message, no Python frame.
+                    append(_new_tuple(Message, decoded[1:]))
                 else:
                     if batch:  # what came before a reply is delivered before it
                         self._on_messages(batch)
                         batch = self._batch = []
+                        append = batch.append
                     self.frame_received(frame)
         finally:
             self._batch = None
@@ -327,8 +350,9 @@ class ClientProtocol(Protocol):
             # is joined here, the price of keeping the call order).
             writer(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         elif len(pieces) == 1:
-            self.transport.write(PREFIX.pack(size) + pieces[0])
-            send_now(self.transport)  # not a reactor turn later
+            self._write(PREFIX.pack(size) + pieces[0])  # sent now, not a reactor turn later
+        elif self.sender is not None:
+            self.sender.write_sequence([PREFIX.pack(size) + pieces[0], *pieces[1:]])
         else:
             self.transport.writeSequence([PREFIX.pack(size) + pieces[0], *pieces[1:]])
         if timeout is None:
@@ -346,8 +370,52 @@ class ClientProtocol(Protocol):
     def write_frames(self, frames: list[bytes]) -> None:
         """Write already-encoded frames in one write (for batched pushes)."""
         if self.transport is not None and not self.transport.disconnecting:
-            self.transport.write(b"".join(PREFIX.pack(len(f)) + f for f in frames))
-            send_now(self.transport)
+            self._write(b"".join(PREFIX.pack(len(f)) + f for f in frames))
+
+    def _write(self, data: bytes) -> None:
+        if self.sender is not None:
+            self.sender.write(data)
+        else:
+            self.transport.write(data)
+
+    def request_from_thread(self, command: str, args: tuple[Any, ...], waiter: Any,
+                            before: Callable[["ClientProtocol"], Optional[bytes]],
+                            ) -> Optional[int]:
+        """
+        In a blocking caller's thread: send one request from there (see
+        :mod:`lttx.client.sending`); its reply settles ``waiter`` (its
+        ``callback``/``errback``) in the reactor thread.
+
+        :param before: called under the send lock once the connection is
+            idle: the bytes that must go first (pushes made before), or None
+            if the client cannot send now.
+        :return: the request's id (to :meth:`forget` it), or None if the
+            request must go through the reactor thread (nothing was sent).
+        :raises EncodeError: for a value that cannot be encoded.
+        :raises FrameTooLarge: over the daemon's frame limit.
+        """
+        sender = self.sender
+        if sender is None or not sender.direct:
+            return None
+        request_id = next(self._ids)
+        pieces = codec.encode_pieces([codec.REQUEST, request_id, command, list(args)], default)
+        payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if len(payload) > self.max_frame:
+            raise FrameTooLarge(f"{command} needs a frame of {len(payload)} bytes, over "
+                                f"the daemon's limit of {self.max_frame}")
+        with sender.lock:
+            if self.error is not None or not sender.idle():
+                return None
+            first = before(self)
+            if first is None:
+                return None
+            self._pending[request_id] = waiter
+            sender.send_from_thread(first + PREFIX.pack(len(payload)) + payload)
+        return request_id
+
+    def forget(self, request_id: int) -> None:
+        """A request whose caller stopped waiting: its reply, if any, is dropped."""
+        self._pending.pop(request_id, None)
 
 
 __all__ = ["COMMAND", "FILE", "ClientProtocol"]

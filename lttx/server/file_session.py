@@ -23,10 +23,7 @@ A session needs of its connection only :class:`IFileConnection`.
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
-import stat
 import time
 from typing import Any, Callable, Optional
 
@@ -38,12 +35,10 @@ from zope.interface import Attribute, Interface
 
 from ..diskio import (
     StreamWriter,
-    fsync_directory,
-    hash_prefix,
+    hash_range,
     read_big,
     stop_sender,
     storage_error,
-    sync_file,
     unlink_quietly,
 )
 from ..errors import (
@@ -60,7 +55,9 @@ from ..wire import codec
 from ..wire.frames import FILE_CHUNK_SIZE, PREFIX
 from ..wire.limits import decode_request
 from ..wire.names import check_file_name
+from ..wire.sendfile import SendfileProducer, can_sendfile
 from .dispatch import REPLIED, Dispatcher, command
+from .file_disk import move_into_place, open_for_download, open_partial, sync_and_close
 from .files import FileService
 
 
@@ -105,7 +102,8 @@ class _Download:
         self.offset = offset
         self.file = file
         self.md5 = md5
-        self.sender: Optional[FileSender] = None
+        self.sender: Any = None  # a FileSender, or a SendfileProducer
+        self.hashed: Optional[Deferred[str]] = None  # the MD5 made in a thread (sendfile)
         self.sent = False
         self.done = offset  # bytes of the file sent so far, for the status page
         self.started = time.monotonic()
@@ -245,6 +243,8 @@ class FileSession:
                     received=upload.received, size=upload.size)
             self._end_upload(upload, keep=True, then=interrupted)
         if download is not None:
+            if download.hashed is not None:  # nobody will ask for it now
+                download.hashed.addErrback(lambda failure: None)
             if download.sender is not None:
                 stop_sender(download.sender)
             if not download.sent:
@@ -331,7 +331,7 @@ class FileSession:
         self.service.uploading.add(name)
         upload = _Upload(name, size, offset, self.service.partial_path_of(name))
         self.upload = upload
-        d = self.service.run_in_thread(_open_partial, upload.partial, offset, prefix_md5,
+        d = self.service.run_in_thread(open_partial, upload.partial, offset, prefix_md5,
                                        self.service.real_partial_directory)
         d.addCallbacks(lambda opened: self._upload_opened(upload, *opened),
                        lambda failure: self._upload_open_failed(upload, failure))
@@ -392,7 +392,7 @@ class FileSession:
         upload.ending = True
         writer = upload.writer
         d = writer.drained()
-        d.addCallback(lambda _: self.service.run_in_thread(_sync_and_close, writer.file))
+        d.addCallback(lambda _: self.service.run_in_thread(sync_and_close, writer.file))
         d.addCallback(lambda _: self._check_upload(upload, md5_hex))
         d.addErrback(lambda failure: self._upload_end_failed(upload, failure))
         return d
@@ -406,7 +406,7 @@ class FileSession:
                 f"{str(md5_hex)[:40]}; the file was not kept")
         # Renamed into place and the folder synced, off the reactor: once the
         # client hears of success, the file is there even after a power loss.
-        d = self.service.run_in_thread(_move_into_place, upload.partial,
+        d = self.service.run_in_thread(move_into_place, upload.partial,
                                        self.service.path_of(upload.name))
         return d.addCallback(lambda _: self._upload_kept(upload, ours))
 
@@ -466,7 +466,7 @@ class FileSession:
         self._busy()
         path = self.service.path_of(name)
         self.opening_download = True
-        d = self.service.run_in_thread(_open_for_download, path, offset, prefix_md5,
+        d = self.service.run_in_thread(open_for_download, path, offset, prefix_md5,
                                        self.service.real_directory)
         d.addBoth(self._download_opened)
         d.addCallbacks(lambda opened: self._start_download(request_id, name, *opened),
@@ -495,6 +495,22 @@ class FileSession:
         self.log.info("{peer}: download of {name} started at byte {offset} of {size}",
                       peer=self.peer, name=name, offset=offset, size=size)
         self.send_reply(request_id, {"name": name, "size": size, "offset": offset})
+        transport = self.connection.transport
+        if can_sendfile(transport):
+            # The kernel copies the file to the socket; the MD5 is made in a
+            # thread from a descriptor of its own (closed there).
+            def counted(data: int, wire: int) -> None:
+                self._progress()
+                self.bytes_sent += wire
+                download.done += data
+
+            download.hashed = self.service.run_in_thread(
+                hash_range, os.dup(file.fileno()), offset, size - offset, md5)
+            download.sender = SendfileProducer(transport, file.fileno(), offset,
+                                               size - offset, FILE_CHUNK_SIZE, counted)
+            download.sender.start().addCallbacks(lambda _: self._download_sent(download),
+                                                 lambda failure: None)
+            return REPLIED
         file.seek(offset)
         sender = FileSender()
         sender.CHUNK_SIZE = FILE_CHUNK_SIZE
@@ -507,7 +523,7 @@ class FileSession:
             download.done += len(chunk)
             return PREFIX.pack(len(chunk)) + chunk
 
-        sent = sender.beginFileTransfer(file, self.connection.transport, frame)
+        sent = sender.beginFileTransfer(file, transport, frame)
         sent.addCallbacks(lambda _: self._download_sent(download),
                           lambda failure: None)  # stopped: connection_lost logged it
         return REPLIED
@@ -518,12 +534,19 @@ class FileSession:
         download.file.close()
 
     @command(1)
-    def cmd_download_end(self, md5_hex: Any) -> dict[str, str]:
+    def cmd_download_end(self, md5_hex: Any) -> Any:
         download = self.download
         if download is None or not download.sent:
             raise BadRequest("download_end comes after all the data of a download")
         self.download = None
-        ours = download.md5.hexdigest()
+        if download.hashed is not None:  # made in a thread: its result, once there
+            return download.hashed.addCallbacks(
+                lambda ours: self._download_checked(download, md5_hex, ours),
+                lambda failure: Failure(StorageError(
+                    f"cannot read {download.name}: {failure.getErrorMessage()}")))
+        return self._download_checked(download, md5_hex, download.md5.hexdigest())
+
+    def _download_checked(self, download: _Download, md5_hex: Any, ours: str) -> dict[str, str]:
         if ours != md5_hex:
             raise ChecksumMismatch(
                 f"{download.name}: the daemon sent MD5 {ours}, the client computed "
@@ -531,92 +554,7 @@ class FileSession:
         seconds = time.monotonic() - download.started
         self.log.info(
             "{peer}: download of {name} finished: {size} bytes, md5 {md5}, "
-            "{mib_s:.1f} MiB/s", peer=self.peer, name=download.name, size=download.size,
-            md5=ours, mib_s=(download.size - download.offset) / 2**20 / max(seconds, 1e-6))
+            "{mib_s:.1f} MiB/s ({how})", peer=self.peer, name=download.name,
+            size=download.size, md5=ours, how="sendfile" if download.hashed else "read",
+            mib_s=(download.size - download.offset) / 2**20 / max(seconds, 1e-6))
         return {"md5": ours}
-
-
-def open_regular(path: str, flags: int, folder: str) -> Any:
-    """
-    Open ``path``, a name directly inside the daemon's folder ``folder`` (a
-    resolved path), as a binary file object, never through a link.
-
-    ``O_NOFOLLOW`` refuses a symbolic link in place of the file; the folder
-    the file is in must resolve to ``folder`` (a ``.partial`` replaced by a
-    link to elsewhere is refused); what is opened must be a regular file.
-    An upload's partial that is a link is removed (the daemon owns that
-    folder) and created afresh.
-
-    :raises FileNotFoundError: for a link, a missing file or not a regular
-        file when reading (the caller says "no such file").
-    :raises OSError: for a folder that resolves elsewhere (EXDEV).
-    """
-    if os.path.realpath(os.path.dirname(path)) != folder:
-        raise OSError(errno.EXDEV, "the folder resolves outside the daemon's files", path)
-    flags |= os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except OSError as e:
-        if e.errno != errno.ELOOP:
-            raise
-        if not flags & os.O_CREAT:
-            raise FileNotFoundError(errno.ENOENT, "a link, not a file", path) from None
-        os.unlink(path)  # a link planted as our partial: never write through it
-        fd = os.open(path, flags | os.O_EXCL, 0o644)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise FileNotFoundError(errno.ENOENT, "not a regular file", path)
-        mode = "r+b" if flags & os.O_RDWR else ("wb" if flags & os.O_WRONLY else "rb")
-        return os.fdopen(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _open_partial(path: str, offset: int, prefix_md5: Optional[str],
-                  folder: str) -> tuple[Any, Any, int]:
-    """
-    Open the partial file of an upload (in a thread).
-
-    It resumes at ``offset`` only if the partial holds that many bytes and
-    their MD5 is the client's ``prefix_md5``; otherwise it starts afresh.
-    """
-    if offset > 0 and prefix_md5:
-        try:
-            f = open_regular(path, os.O_RDWR, folder)
-        except FileNotFoundError:
-            f = None
-        if f is not None:
-            md5 = hashlib.md5()
-            if os.fstat(f.fileno()).st_size >= offset and \
-                    hash_prefix(f, offset, md5) == prefix_md5:
-                f.seek(offset)
-                f.truncate()
-                return f, md5, offset
-            f.close()
-    return open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, folder), hashlib.md5(), 0
-
-
-def _open_for_download(path: str, offset: int, prefix_md5: Optional[str],
-                       folder: str) -> tuple[Any, int, Any, int]:
-    """Open a stored file (in a thread); resume at ``offset`` if the prefixes agree."""
-    f = open_regular(path, os.O_RDONLY, folder)
-    try:
-        size = os.fstat(f.fileno()).st_size
-        md5 = hashlib.md5()
-        if 0 < offset <= size and prefix_md5 and hash_prefix(f, offset, md5) == prefix_md5:
-            return f, size, md5, offset
-        return f, size, hashlib.md5(), 0
-    except BaseException:
-        f.close()
-        raise
-
-
-def _move_into_place(partial: str, path: str) -> None:
-    os.replace(partial, path)
-    fsync_directory(os.path.dirname(path))
-
-
-def _sync_and_close(file: Any) -> None:
-    sync_file(file)
-    file.close()

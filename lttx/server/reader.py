@@ -37,7 +37,7 @@ from zope.interface import implementer
 from ..state.changelog import WatchPosition, missed_notice
 from ..state.channellog import ChannelLog, Position
 from ..state.channels import ChannelRegistry, ISubscriber, dropped_notice
-from ..wire.writes import send_now
+from ..wire.writes import send_now, write_now
 
 #: About the most bytes written at once when a subscriber catches up.
 CHUNK = 256 * 1024
@@ -156,7 +156,9 @@ class ChannelReader:
         data = b"".join(frames)
         self.written += len(data)
         self.registry.delivered += len(frames)  # (a gap notice counts too: rare)
-        self.transport.write(data)
+        # Sent at once when the transport holds nothing (one send, no
+        # epoll_ctl pair); else behind what it holds, as a write.
+        write_now(self.transport, data)
 
     def _skip_dropped(self, position: Position) -> None:
         log = position.log

@@ -28,6 +28,42 @@ from twisted.internet import tcp
 _PLAIN = (tcp.Server, tcp.Client)
 
 
+def is_plain_tcp(transport: Any) -> bool:
+    """Whether ``transport`` is Twisted's own TCP transport, without TLS."""
+    return type(transport) in _PLAIN and not transport.TLS
+
+
+def _idle(transport: Any) -> bool:
+    return (type(transport) in _PLAIN and not transport._tempDataLen
+            and not transport.dataBuffer and transport.connected and not transport.TLS
+            and not transport.disconnecting and not transport._writeDisconnecting
+            and (transport.producer is None
+                 or (transport.streamingProducer and not transport.producerPaused)))
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """
+    ``transport.write(data)``, its bytes sent at once when the transport is
+    idle (plain TCP, nothing of its own buffered, as :func:`send_now` asks):
+    one ``send``, without registering the socket for writing and taking it
+    off again (two ``epoll_ctl`` calls and a reactor turn's bookkeeping).
+    What the kernel does not take is written to the transport, in order.
+    """
+    if data and _idle(transport):
+        try:
+            sent = transport.socket.send(data)
+        except InterruptedError:
+            sent = 0
+        except OSError:
+            # EAGAIN, or a broken connection: the transport's own write
+            # meets it (or the reactor's doWrite does) and closes as usual.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 def send_now(transport: Any) -> None:
     """Write ``transport``'s newly buffered bytes now, if that is safe (see above)."""
     if (type(transport) in _PLAIN and transport._tempDataLen
@@ -44,4 +80,4 @@ def send_now(transport: Any) -> None:
         transport.doWrite()
 
 
-__all__ = ["send_now"]
+__all__ = ["is_plain_tcp", "send_now", "write_now"]

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import lttx
 from lttx.client.eventloop import EventLoop, Waiter
-from lttx.wire.writes import send_now
+from lttx.wire.writes import send_now, write_now
 
 
 class WaiterTests(SynchronousTestCase):
@@ -130,9 +130,46 @@ class SendNowTests(TestCase):
         send_now(self.transport)
         self.assertEqual((producer.resumed, self.transport._tempDataLen), (0, 1))
 
+    def test_write_now_sends_without_registering_for_writing(self) -> None:
+        """An idle transport: the bytes are in the kernel when write_now
+        returns, and the socket was never registered for writing (no
+        epoll_ctl pair, no reactor turn)."""
+        write_now(self.transport, b"reply")
+        self.assertNotIn(self.transport, reactor.getWriters())  # type: ignore[attr-defined]
+        self.assertEqual((self.transport._tempDataLen, self.transport.dataBuffer), (0, b""))
+        self.assertEqual(self.peer.recv(100), b"reply")
+
+    def test_write_now_goes_behind_buffered_bytes(self) -> None:
+        """Bytes the transport still holds go first: write_now buffers behind them."""
+        self.transport.write(b"first-")
+        write_now(self.transport, b"second")
+        self.assertEqual(self.transport._tempDataLen, 12)
+        send_now(self.transport)
+        self.assertEqual(self.peer.recv(100), b"first-second")
+
+    def test_write_now_keeps_what_the_kernel_did_not_take(self) -> Deferred[None]:
+        """Past the socket's buffer the rest is written to the transport and
+        sent by the reactor, in order, after what the kernel took."""
+        from twisted.internet.threads import deferToThread
+
+        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = bytes(range(256)) * 4096  # 1 MiB
+        write_now(self.transport, data)
+        self.assertGreater(self.transport._tempDataLen, 0)
+
+        def read_all() -> bytes:
+            got = b""
+            while len(got) < len(data):
+                got += self.peer.recv(1 << 20)
+            return got
+
+        return deferToThread(read_all).addCallback(  # type: ignore[no-any-return]
+            lambda got: self.assertEqual(got, data))
+
     def test_other_transports_are_left_to_write(self) -> None:
         """A TLS or in-memory transport buffers as before."""
         transport = StringTransport()
         transport.write(b"abc")
         send_now(transport)
-        self.assertEqual(transport.value(), b"abc")
+        write_now(transport, b"def")
+        self.assertEqual(transport.value(), b"abcdef")

@@ -35,12 +35,11 @@ from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 
-from ...diskio import StreamWriter, fsync_directory, read_big, stop_sender, sync_file, \
-    unlink_quietly
+from ...diskio import StreamWriter, read_big, stop_sender, unlink_quietly
 from ...errors import BadRequest, FileBusy, StorageError
 from ...state.auth import authorize
 from ...wire.names import check_file_name
-from ..file_session import open_regular
+from ..file_disk import move_into_place, open_regular, sync_and_close
 from .handshake import LegacyProtocol, Mode
 from .push_mode import SETTLE_DELAY
 
@@ -174,7 +173,7 @@ class FileMode(Mode):
         assert self.service is not None and upload.writer is not None
         service, writer = self.service, upload.writer
         d = writer.drained()
-        d.addCallback(lambda _: service.run_in_thread(_sync_and_close, writer.file))
+        d.addCallback(lambda _: service.run_in_thread(sync_and_close, writer.file))
 
         def check(_: Any) -> Any:
             ours = writer.md5.hexdigest()
@@ -183,7 +182,7 @@ class FileMode(Mode):
                                   f"the client sent {upload.md5_hex}")
             if upload.discard is not None:
                 return None
-            return service.run_in_thread(_move_into_place, upload.partial,
+            return service.run_in_thread(move_into_place, upload.partial,
                                          service.path_of(upload.name)).addCallback(
                 lambda _: self._kept(upload, ours))
 
@@ -288,13 +287,3 @@ class FileMode(Mode):
         if upload.discard is None:
             upload.discard = reason
         return upload.finished
-
-
-def _sync_and_close(file: Any) -> None:
-    sync_file(file)
-    file.close()
-
-
-def _move_into_place(partial: str, path: str) -> None:
-    os.replace(partial, path)
-    fsync_directory(os.path.dirname(path))
