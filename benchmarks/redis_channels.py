@@ -31,11 +31,9 @@ The machine is shared: the figures are indicative.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,80 +41,13 @@ import time
 from typing import Any
 
 from common import ROOT, DaemonProcess, percentile, start_redis, table  # type: ignore
+from redis_fanout import connected, fanout, lttx_push, tick  # type: ignore[import-not-found]
 
 sys.path.insert(0, ROOT)
 
 import lttx  # noqa: E402
 
 SUBSCRIBERS = 10
-
-SUBSCRIBER = r"""
-import json, sys, time
-n, kind, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-if kind == "lttx":
-    sys.path.insert(0, sys.argv[4])
-    import lttx
-    c = lttx.connect("127.0.0.1", port, token="bench", timeout=60)
-    c.subscribe("hq")
-    print("ready", flush=True)
-    for _ in range(n):
-        c.Q.get(timeout=60)
-else:
-    import redis
-    r = redis.Redis(port=port)
-    p = r.pubsub()
-    p.subscribe("hq")
-    p.get_message(timeout=5)
-    print("ready", flush=True)
-    got = 0
-    while got < n:
-        if p.get_message(timeout=60) is not None:
-            got += 1
-print(json.dumps({"end": time.monotonic_ns()}), flush=True)
-"""
-
-
-def tick(i: int) -> str:
-    return f"{i:08d}|10.23|10.24|10.22|10.25|1200|3400|5600|7800|9000|1234567.89|2026112609300|"
-
-
-def connected(daemon: DaemonProcess) -> Any:
-    """A client once the daemon's Redis connection answers (bounded)."""
-    client = lttx.connect("127.0.0.1", daemon.port, token="bench", timeout=60)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.get("warm-up")
-            return client
-        except lttx.Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def fanout(kind: str, ports: list[int], n: int, push: Any) -> float:
-    procs = [subprocess.Popen([sys.executable, "-c", SUBSCRIBER, str(n), kind,
-                               str(ports[i % len(ports)]), ROOT],
-                              stdout=subprocess.PIPE, text=True) for i in range(SUBSCRIBERS)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    start = time.monotonic_ns()
-    push(n)
-    ends = []
-    for p in procs:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        p.wait(120)
-        ends.append(json.loads(line)["end"])
-    return n * SUBSCRIBERS / ((max(ends) - start) / 1e9)
-
-
-def lttx_push(client: Any) -> Any:
-    def push(n: int) -> None:
-        for i in range(n):
-            client.push(f"{i % 5000:06d}.SH", tick(i), "hq")
-        client.flush()
-    return push
 
 
 def fanout_runs(runs: int, messages: int, redis_port: int, r: Any) -> dict[str, list[float]]:
@@ -134,13 +65,15 @@ def fanout_runs(runs: int, messages: int, redis_port: int, r: Any) -> dict[str, 
     with DaemonProcess("--fsync", "no") as mem, \
             DaemonProcess("--engine", "redis", "--redis", url) as a, \
             DaemonProcess("--engine", "redis", "--redis", url) as b:
-        cm, ca = connected(mem), connected(a)
-        connected(b).close()
+        cm, ca = connected(mem.port), connected(a.port)
+        connected(b.port).close()
         for _ in range(runs):
-            figures["memory"].append(fanout("lttx", [mem.port], messages, lttx_push(cm)))
-            figures["redis x2"].append(fanout("lttx", [a.port, b.port], messages,
-                                              lttx_push(ca)))
-            figures["redis-py"].append(fanout("redis", [redis_port], messages, redis_py_push))
+            figures["memory"].append(
+                fanout("lttx", [mem.port], SUBSCRIBERS, messages, lttx_push(cm)))
+            figures["redis x2"].append(
+                fanout("lttx", [a.port, b.port], SUBSCRIBERS, messages, lttx_push(ca)))
+            figures["redis-py"].append(
+                fanout("redis", [redis_port], SUBSCRIBERS, messages, redis_py_push))
         cm.close()
         ca.close()
     return figures
@@ -153,9 +86,9 @@ def failover_once(redis_port: int) -> tuple[float, bool]:
     with DaemonProcess("--engine", "redis", "--redis", url) as a, \
             DaemonProcess("--engine", "redis", "--redis", url) as b, \
             DaemonProcess("--engine", "redis", "--redis", url) as c:
-        connected(a).close()
-        connected(b).close()
-        publisher = connected(c)
+        connected(a.port).close()
+        connected(b.port).close()
+        publisher = connected(c.port)
         client = lttx.connect([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], token="bench",
                               timeout=30)
         client.subscribe(channel)

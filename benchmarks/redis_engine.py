@@ -27,57 +27,19 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
 from common import ROOT, DaemonProcess, start_redis, table  # type: ignore[import-not-found]
+from redis_fanout import fanout, lttx_push, tick, wait_for_redis  # type: ignore[import-not-found]  # noqa: E501
 
 sys.path.insert(0, ROOT)
 
 import lttx  # noqa: E402
 
 SUBSCRIBERS = 4
-
-SUBSCRIBER = r"""
-import json, sys, time
-n, kind, port = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-if kind == "lttx":
-    sys.path.insert(0, sys.argv[4])
-    import lttx
-    c = lttx.connect("127.0.0.1", port, token="bench", timeout=60)
-    c.subscribe("hq")
-    print("ready", flush=True)
-    for _ in range(n):
-        c.Q.get(timeout=60)
-else:
-    import redis
-    r = redis.Redis(port=port)
-    p = r.pubsub()
-    p.subscribe("hq")
-    p.get_message(timeout=5)
-    print("ready", flush=True)
-    got = 0
-    while got < n:
-        if p.get_message(timeout=60) is not None:
-            got += 1
-print(json.dumps({"end": time.monotonic_ns()}), flush=True)
-"""
-
-
-def wait_for_redis(client: Any) -> None:
-    """The daemon logs before it has its Redis connection: wait for it (bounded)."""
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.get("warm-up")
-            return
-        except lttx.Unavailable:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def round_trips(put: Any, get: Any, n: int) -> float:
@@ -87,35 +49,6 @@ def round_trips(put: Any, get: Any, n: int) -> float:
         put(f"k{i % 100}", value)
         get(f"k{i % 100}")
     return n / (time.perf_counter() - start)
-
-
-def fanout(kind: str, publish_port: int, subscribe_port: int, n: int, push: Any) -> float:
-    procs = [subprocess.Popen([sys.executable, "-c", SUBSCRIBER, str(n), kind,
-                               str(subscribe_port), ROOT],
-                              stdout=subprocess.PIPE, text=True) for _ in range(SUBSCRIBERS)]
-    for p in procs:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    start = time.monotonic_ns()
-    push(n)
-    ends = []
-    for p in procs:
-        assert p.stdout is not None
-        line = p.stdout.readline()
-        p.wait(120)
-        ends.append(json.loads(line)["end"])
-    return n * SUBSCRIBERS / ((max(ends) - start) / 1e9)
-
-
-def tick(i: int) -> str:
-    return f"{i:08d}|10.23|10.24|10.22|10.25|1200|3400|5600|7800|9000|1234567.89|2026112609300|"
-
-
-def lttx_push(client: Any) -> Any:
-    def push(n: int) -> None:
-        for i in range(n):
-            client.push(f"{i % 5000:06d}.SH", tick(i), "hq")
-        client.flush()
-    return push
 
 
 def main() -> None:
@@ -157,10 +90,10 @@ def main() -> None:
                 pipe.execute()
 
             fo = {
-                "memory": fanout("lttx", mem.port, mem.port, messages, lttx_push(cm)),
-                "redis x1": fanout("lttx", a.port, a.port, messages, lttx_push(ca)),
-                "redis x2": fanout("lttx", a.port, b.port, messages, lttx_push(ca)),
-                "redis-py": fanout("redis", port, port, messages, redis_py_push),
+                "memory": fanout("lttx", [mem.port], SUBSCRIBERS, messages, lttx_push(cm)),
+                "redis x1": fanout("lttx", [a.port], SUBSCRIBERS, messages, lttx_push(ca)),
+                "redis x2": fanout("lttx", [b.port], SUBSCRIBERS, messages, lttx_push(ca)),
+                "redis-py": fanout("redis", [port], SUBSCRIBERS, messages, redis_py_push),
             }
             for c in (cm, ca, cb):
                 c.close()

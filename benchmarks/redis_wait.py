@@ -32,7 +32,8 @@ from common import ROOT, DaemonProcess, start_redis, table  # type: ignore[impor
 sys.path.insert(0, ROOT)
 
 import lttx  # noqa: E402
-from redis_engine import round_trips, wait_for_redis  # type: ignore[import-not-found]  # noqa: E402,E501
+from redis_engine import round_trips  # type: ignore[import-not-found]  # noqa: E402
+from redis_fanout import wait_for_redis  # type: ignore[import-not-found]  # noqa: E402
 
 
 def start_replica(server: str, directory: str, master_port: int) -> tuple[Any, int]:
