@@ -456,6 +456,20 @@ class ResumeTests(SynchronousTestCase):
         self.assertEqual([m.seq for m in self.received], [7, 8, 9])
         self.assertEqual(self.client.gaps, 0)
 
+    def test_a_batch_of_one_channel_and_a_mixed_batch_move_the_resume_point(self) -> None:
+        """One read of one channel's messages (delivered as a whole batch) and one
+        mixing in a channel not subscribed: the messages of hq alone reach the
+        receiver, in order, and the resubscription resumes after the last."""
+        self.daemon.answer([codec.MESSAGE, "hq", "k", "c", 9], [codec.MESSAGE, "hq", "k", "d", 10])
+        self.daemon.answer([codec.MESSAGE, "hq", "k", "e", 11], [codec.MESSAGE, "zz", "k", "?", 1],
+                           [codec.MESSAGE, "hq", "k", "f", 12])
+        self.assertEqual([m.seq for m in self.received], [7, 8, 9, 10, 11, 12])
+        self.daemon.drop()
+        self.clock.advance(0.1)
+        self.daemon.accept_hello()
+        [subscribe] = self.daemon.requests()
+        self.assertEqual(subscribe[3][2]["resume"], {"hq": [self.EPOCH, 12]})
+
     def test_gap_notice_is_logged_counted_and_called_back(self) -> None:
         """A gap notice between messages: on_gap in order, one log line, counted."""
         order: list[Any] = []
