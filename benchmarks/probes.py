@@ -23,6 +23,7 @@ Steps:
 - ``daemon_push``: the daemon's whole per-message cost of a PUBLISH frame:
   ``dataReceived`` of 64 KiB chunks (framing, decode, rights, the channel
   log) and the write to its one subscriber (StringTransports);
+  ``daemon_push10`` the same with ten subscribers;
 - ``request``: a put through the blocking client to a real ``twistd -n lttx``
   (p50 of single round trips); ``request_client_cpu`` and
   ``request_daemon_cpu``: the CPU time each process spends per put, which
@@ -69,7 +70,7 @@ def per_op(fn: Callable[[], int], repeat: int) -> float:
 
 
 #: The probes that run in this process alone (the others wait on threads or a daemon).
-IN_PROCESS = ("decode", "queue", "publish", "daemon_push")
+IN_PROCESS = ("decode", "queue", "publish", "daemon_push", "daemon_push10")
 
 
 def instructions(name: str) -> float:
@@ -246,10 +247,10 @@ def probe_publish(repeat: int) -> float:
     return per_op(rounds, repeat)
 
 
-def probe_daemon_push(repeat: int) -> float:
+def probe_daemon_push(repeat: int, subscribers: int = 1) -> float:
     """The daemon's whole per-PUBLISH cost: LTtxServerProtocol.dataReceived of
     64 KiB chunks of PUBLISH frames (framing, decode, rights, the log) and the
-    one subscriber's write of them (StringTransports)."""
+    subscribers' writes of them (StringTransports)."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
@@ -272,9 +273,12 @@ def probe_daemon_push(repeat: int) -> float:
         return proto, transport
 
     publisher, _ = connected()
-    subscriber, sub_transport = connected()
-    request = codec.encode([codec.REQUEST, 1, "subscribe", [["hq"], None, {}]])
-    subscriber.dataReceived(PREFIX.pack(len(request)) + request)
+    sub_transports = []
+    for _ in range(subscribers):
+        subscriber, sub_transport = connected()
+        request = codec.encode([codec.REQUEST, 1, "subscribe", [["hq"], None, {}]])
+        subscriber.dataReceived(PREFIX.pack(len(request)) + request)
+        sub_transports.append(sub_transport)
     frames = []
     for i in range(600):
         payload = codec.encode([codec.PUBLISH, "hq", f"{600000 + i}.SH", TICK])
@@ -284,10 +288,16 @@ def probe_daemon_push(repeat: int) -> float:
     def rounds() -> int:
         for _ in range(40):
             publisher.dataReceived(chunk)
-            sub_transport.clear()
+            for sub_transport in sub_transports:
+                sub_transport.clear()
         return 40 * 600
 
     return per_op(rounds, repeat)
+
+
+def probe_daemon_push10(repeat: int) -> float:
+    """daemon_push with ten subscribers of the channel (1->10 fan-out)."""
+    return probe_daemon_push(repeat, 10)
 
 
 def _cpu_ns(pid: int) -> int:

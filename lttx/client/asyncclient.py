@@ -10,6 +10,7 @@ from :class:`~lttx.client.commands.VariableCommands`.
 from __future__ import annotations
 
 import threading
+from operator import itemgetter
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, FirstError, fail, gatherResults, succeed
@@ -343,6 +344,16 @@ class AsyncClient(VariableCommands, Watching):
 
     def _messages_received(self, messages: list[Message]) -> None:
         subscriptions = self._subscriptions
+        # The common batch: one channel subscribed without a callback.  Its
+        # checks are C loops over the batch, not Python per message.
+        subscription = subscriptions.get(messages[0].channel) if messages else None
+        if (subscription is not None and subscription.callback is None
+                and len(set(map(_channel_of, messages))) == 1):
+            last = max(map(_seq_of, messages))
+            if last > subscription.last:
+                subscription.last = last
+            self._deliver_plain(messages)
+            return
         plain = []
         changes = []
         for message in messages:
@@ -551,6 +562,10 @@ class _RequestFrame(bytes):
     """A request's payload queued behind pushes (dropped, not resent, at a loss)."""
 
     __slots__ = ()
+
+
+_channel_of = itemgetter(0)  # Message.channel
+_seq_of = itemgetter(3)  # Message.seq
 
 
 def _log_notice(code: str, message: str) -> None:

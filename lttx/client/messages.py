@@ -6,6 +6,8 @@ bounded :class:`MessageQueue` (``Client.Q``).
 from __future__ import annotations
 
 import queue
+from collections import deque
+from time import monotonic
 from typing import Any, NamedTuple, Optional
 
 from twisted.logger import Logger
@@ -34,9 +36,14 @@ class MessageQueue(queue.Queue):  # type: ignore[type-arg]
     per episode; the gap in ``Message.seq`` shows the reader what it missed.
     The reactor thread never waits on it, so calls and other channels go on.
 
-    ``put_many`` takes the lock once per batch and ``get`` takes only the
-    plain mutex when a message is waiting: at tens of thousands of messages a
-    second, the Condition machinery of ``Queue`` would be most of the cost.
+    ``put_many`` takes the lock once per batch (one wake of a waiting
+    ``get`` per received read).  ``get`` takes no lock while messages already
+    moved out of the put side wait: under the mutex, a ``get`` that finds
+    none moves everything put so far into a second deque at once, and later
+    ``get`` calls pop from it (``deque.popleft`` is atomic), so the lock is
+    taken once per batch on the reading side too.  Messages are only moved
+    while that deque is empty and under the mutex, so they leave in the
+    order they came, whatever the number of reading threads.
     """
 
     log = Logger()
@@ -46,6 +53,8 @@ class MessageQueue(queue.Queue):  # type: ignore[type-arg]
         self.limit = limit
         self.dropped = 0
         self._dropping = False
+        # Messages moved out of ``queue`` by a get, taken without the lock.
+        self._ready: "deque[Message]" = deque()
 
     def put(self, item: Message, block: bool = True, timeout: Optional[float] = None) -> None:
         self.put_many([item])
@@ -53,7 +62,7 @@ class MessageQueue(queue.Queue):  # type: ignore[type-arg]
     def put_many(self, items: list[Message]) -> None:
         """Put several items at once, in order; past the limit they are dropped."""
         with self.mutex:
-            room = self.limit - len(self.queue)
+            room = self.limit - len(self.queue) - len(self._ready)
             if room < len(items):
                 lost = len(items) - max(room, 0)
                 items = items[:max(room, 0)]
@@ -63,17 +72,50 @@ class MessageQueue(queue.Queue):  # type: ignore[type-arg]
                     self.log.warn("Q holds {limit} messages nobody reads: dropping new ones "
                                   "until it is read (a gap in Message.seq shows them)",
                                   limit=self.limit)
-            elif self._dropping and len(self.queue) < self.limit // 2:
+            elif self._dropping and len(self.queue) + len(self._ready) < self.limit // 2:
                 self._dropping = False
             self.queue.extend(items)
             self.unfinished_tasks += len(items)
             self.not_empty.notify(len(items))
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Message:
-        with self.mutex:
-            if self.queue:
-                return self.queue.popleft()  # no putter ever waits on not_full
-        return super().get(block, timeout)
+        """
+        The oldest message, as :meth:`queue.Queue.get`: waiting for one
+        (at most ``timeout`` seconds, then :class:`queue.Empty`) unless
+        ``block`` is false.
+        """
+        ready = self._ready
+        try:
+            return ready.popleft()
+        except IndexError:
+            pass
+        deadline = None
+        with self.not_empty:
+            while True:
+                try:
+                    return ready.popleft()
+                except IndexError:
+                    pass
+                if self.queue:
+                    ready.extend(self.queue)
+                    self.queue.clear()
+                    continue
+                if not block:
+                    raise queue.Empty
+                if timeout is None:
+                    self.not_empty.wait()
+                    continue
+                if deadline is None:
+                    if timeout < 0:
+                        raise ValueError("'timeout' must be a non-negative number")
+                    deadline = monotonic() + timeout
+                remaining = deadline - monotonic()
+                if remaining <= 0:
+                    raise queue.Empty
+                self.not_empty.wait(remaining)
+
+    def _qsize(self) -> int:  # qsize(), empty() and full() count both deques
+        return len(self.queue) + len(self._ready)
 
 
 __all__ = ["DEFAULT_QUEUE_LIMIT", "Message", "MessageQueue"]

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..wire import codec
 from ..wire.frames import MESSAGE_HEAD, PREFIX
-from ..wire.framing import FrameDecoder
+from ..wire.framing import FrameDecoder, FrameTooLong
 from .dataframes import default, ext_hook
 from .messages import Message
 from .sending import Sender
@@ -186,19 +186,27 @@ class ClientProtocol(Protocol):
                     return
                 self.frame_received(frame)
             return
-        # The hot path of a subscriber: MESSAGE frames (payload head 95 03)
-        # are decoded straight into a batch; other frames go through
-        # frame_received, after the messages before them.
+        # The hot path of a subscriber: the read's frames are split in one
+        # loop; MESSAGE frames (payload head 95 03) are decoded straight into
+        # a batch; other frames go through frame_received, after the
+        # messages before them.
+        if self.transport.disconnecting:
+            return  # closing after a fatal error: nothing more is read
+        try:
+            frames = decoder.take_all()
+        except FrameTooLong as e:
+            self._broken(BadRequest(f"undecodable frame from the daemon: {e}"))
+            return
+        read_size(self.transport, decoder.collecting)  # a large reply coming?
+        if not frames:
+            return
         batch: list[Message] = []
         self._batch = batch
-        next_frame, append, unpackb, hook = decoder.next_frame, batch.append, \
-            msgpack.unpackb, ext_hook
+        append, unpackb, hook = batch.append, msgpack.unpackb, ext_hook
+        transport = self.transport
+        remaining = iter(frames)
         try:
-            while not self.transport.disconnecting:
-                frame = next_frame()
-                if frame is None:
-                    read_size(self.transport, decoder.collecting)  # a large reply coming?
-                    break
+            for frame in remaining:
                 if frame[:2] == MESSAGE_HEAD:
                     try:
                         # What codec.decode does, without its Python frame (a
@@ -210,12 +218,22 @@ class ClientProtocol(Protocol):
                         break
                     # Five elements (the head says so): a Message, no Python frame.
                     append(_new_tuple(Message, decoded[1:]))
-                else:
-                    if batch:  # what came before a reply is delivered before it
-                        self._on_messages(batch)
-                        batch = self._batch = []
-                        append = batch.append
-                    self.frame_received(frame)
+                    continue
+                if batch:  # what came before a reply is delivered before it
+                    self._on_messages(batch)
+                    batch = self._batch = []
+                    append = batch.append
+                self.frame_received(frame)
+                if transport.disconnecting:
+                    break
+                if self.raw_left > 0:
+                    # Raw data follows (a download's reply): the rest of
+                    # the read is taken a frame at a time.
+                    for frame in remaining:
+                        if transport.disconnecting:
+                            break
+                        self.frame_received(frame)
+                    break
         finally:
             self._batch = None
             if batch:

@@ -92,6 +92,10 @@ class ChannelRegistry:
         # logs appended to since the last flush(), and subscribers to wake
         self._dirty: list[ChannelLog] = []
         self._woken: dict[Any, None] = {}
+        #: While flush wakes the subscribers: per log, the joined bytes of the
+        #: frames from one seq to its newest, ``(start, end, data)``, so that
+        #: readers at the same place write one shared join (None otherwise).
+        self.joined: Optional[dict[ChannelLog, tuple[int, int, bytes]]] = None
         #: Bytes retained by all logs.
         self.retained = 0
         self.published = 0
@@ -371,8 +375,12 @@ class ChannelRegistry:
                     woken[reader] = None
         if woken:
             self._woken = {}
-            for reader in woken:
-                reader.wake()
+            self.joined = {}
+            try:
+                for reader in woken:
+                    reader.wake()
+            finally:
+                self.joined = None
 
     # -- the change log (watch and mirror) ------------------------------------
 

@@ -112,6 +112,48 @@ class FrameDecoder:
         self._position = end
         return buffer[position + header:end]
 
+    def take_all(self) -> list[bytes]:
+        """
+        Every complete payload buffered, in order (what :meth:`next_frame`
+        would give until it gives None), split in one loop: a subscriber
+        takes a whole read's frames at once.
+
+        :raises FrameTooLong: if the first frame's length is over the limit;
+            one after complete frames is raised by the next call, once they
+            are taken.
+        """
+        if self._need:
+            return []
+        frames: list[bytes] = []
+        if self._ready is not None:
+            frames.append(self._ready)
+            self._ready = None
+        buffer, position = self._buffer, self._position
+        size = len(buffer)
+        header = self._prefix.size
+        unpack_from, limit, append = self._prefix.unpack_from, self.max_length, frames.append
+        while size - position >= header:
+            (length,) = unpack_from(buffer, position)
+            if length > limit:
+                if frames:
+                    break
+                self._position = position
+                raise FrameTooLong(length, limit)
+            start = position + header
+            end = start + length
+            if end > size:
+                if length >= _COLLECT_FROM:
+                    self._pieces = [buffer[position:]]
+                    self._have = size - position
+                    self._need = header + length
+                    self._buffer, self._position = b"", 0
+                    return frames
+                break
+            append(buffer[start:end])
+            position = end
+        self._position = position
+        return frames
+
     @property
     def collecting(self) -> bool:
         """Whether a long frame is arriving (its reader may read in bigger chunks)."""

@@ -6,6 +6,7 @@ what a reconnection does with them.
 
 from __future__ import annotations
 
+import queue
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -161,6 +162,69 @@ class MessageQueueTests(SynchronousTestCase):
         self.assertEqual([q.get().seq for _ in range(10)], list(range(1, 11)))
         q.put_many([Message("a", "k", 99, 21)])
         self.assertEqual(q.get().seq, 21)  # the gap 11..20 shows what was dropped
+
+
+class MessageQueueThreadTests(SynchronousTestCase):
+    """Q's get takes moved batches without the lock: from many threads at once,
+    each message is taken once, in order, and the bounds count every message held."""
+
+    def test_many_readers_take_each_message_once_in_order(self) -> None:
+        """A putter thread's batches read by four threads: every message is taken
+        exactly once, each thread sees increasing seqs, nobody times out early."""
+        import threading
+
+        q = MessageQueue()
+        total, readers = 20000, 4
+        taken: list[list[int]] = [[] for _ in range(readers)]
+        done = threading.Event()
+
+        def read(mine: list[int]) -> None:
+            while not done.is_set() or q.qsize():
+                try:
+                    mine.append(q.get(timeout=0.05).seq)
+                except queue.Empty:
+                    continue
+
+        threads = [threading.Thread(target=read, args=(t,)) for t in taken]
+        for thread in threads:
+            thread.start()
+        for start in range(0, total, 50):
+            q.put_many([Message("a", "k", None, i) for i in range(start, start + 50)])
+        done.set()
+        for thread in threads:
+            thread.join(30)
+        self.assertEqual(sorted(s for t in taken for s in t), list(range(total)))
+        for mine in taken:
+            self.assertEqual(mine, sorted(mine))
+        self.assertEqual(q.qsize(), 0)
+
+    def test_a_waiting_get_is_woken_by_a_batch(self) -> None:
+        """A get blocked in another thread returns the first message of a batch
+        put later; the rest stay, in order, counted by qsize."""
+        import threading
+
+        q = MessageQueue()
+        got: list[Message] = []
+        waiting = threading.Thread(target=lambda: got.append(q.get(timeout=30)))
+        waiting.start()
+        q.put_many([Message("a", "k", None, i) for i in range(3)])
+        waiting.join(30)
+        self.assertEqual([m.seq for m in got], [0])
+        self.assertEqual(q.qsize(), 2)
+        self.assertEqual([q.get_nowait().seq, q.get(block=False).seq], [1, 2])
+        self.assertRaises(queue.Empty, q.get_nowait)
+        self.assertRaises(ValueError, q.get, timeout=-1)
+
+    def test_the_limit_counts_messages_already_moved(self) -> None:
+        """Messages moved out of the put side by a get still count against the
+        limit: the Q holds at most `limit` in all."""
+        q = MessageQueue(limit=10)
+        q.put_many([Message("a", "k", None, i) for i in range(8)])
+        self.assertEqual(q.get().seq, 0)  # the other 7 now wait in the get side
+        q.put_many([Message("a", "k", None, i) for i in range(8, 12)])
+        self.assertEqual((q.qsize(), q.dropped), (10, 1))
+        self.assertEqual([q.get().seq for _ in range(10)], list(range(1, 11)))
+        self.assertTrue(q.empty())
 
 
 class ScriptedDaemon:
@@ -391,6 +455,20 @@ class ResumeTests(SynchronousTestCase):
                            [codec.MESSAGE, "hq", "k", "c", 9])
         self.assertEqual([m.seq for m in self.received], [7, 8, 9])
         self.assertEqual(self.client.gaps, 0)
+
+    def test_a_batch_of_one_channel_and_a_mixed_batch_move_the_resume_point(self) -> None:
+        """One read of one channel's messages (delivered as a whole batch) and one
+        mixing in a channel not subscribed: the messages of hq alone reach the
+        receiver, in order, and the resubscription resumes after the last."""
+        self.daemon.answer([codec.MESSAGE, "hq", "k", "c", 9], [codec.MESSAGE, "hq", "k", "d", 10])
+        self.daemon.answer([codec.MESSAGE, "hq", "k", "e", 11], [codec.MESSAGE, "zz", "k", "?", 1],
+                           [codec.MESSAGE, "hq", "k", "f", 12])
+        self.assertEqual([m.seq for m in self.received], [7, 8, 9, 10, 11, 12])
+        self.daemon.drop()
+        self.clock.advance(0.1)
+        self.daemon.accept_hello()
+        [subscribe] = self.daemon.requests()
+        self.assertEqual(subscribe[3][2]["resume"], {"hq": [self.EPOCH, 12]})
 
     def test_gap_notice_is_logged_counted_and_called_back(self) -> None:
         """A gap notice between messages: on_gap in order, one log line, counted."""

@@ -55,6 +55,43 @@ class FramingTests(SynchronousTestCase):
                 Message("hq", b"\x95\x03", "x" * 300, 2),
                 "pong", ("slow_subscriber", "bye"), Message("hq", 7, None, 3)])
 
+    def test_one_read_is_one_batch_per_run_of_messages(self) -> None:
+        """All the frames of one read are taken at once: its messages reach the
+        receiver in one batch per run between other frames, in order, and a reply
+        in the middle fires after the messages before it and before those after."""
+        stream = (b"".join(frame([codec.MESSAGE, "hq", i, "x" * i, i]) for i in range(50))
+                  + frame([codec.REPLY, 1, "pong"])
+                  + b"".join(frame([codec.MESSAGE, "hq", i, [i], i]) for i in range(50, 53)))
+        events: list[Any] = []
+        protocol = ClientProtocol(events.append, lambda *n: events.append(n))
+        protocol.makeConnection(StringTransport())
+        protocol.request("ping").addCallback(events.append)
+        protocol.set_receivers(lambda batch: events.append(list(batch)),
+                               lambda *n: events.append(n))
+        protocol.dataReceived(stream[:-3])
+        protocol.dataReceived(stream[-3:])
+        self.assertEqual(events, [
+            [Message("hq", i, "x" * i, i) for i in range(50)], "pong",
+            [Message("hq", i, [i], i) for i in range(50, 52)],
+            [Message("hq", 52, [52], 52)]])
+
+    def test_frames_after_a_broken_one_in_the_same_read_are_dropped(self) -> None:
+        """A frame that does not decode ends the connection: the messages before it in
+        the read are delivered, none after it."""
+        events: list[Any] = []
+        protocol = ClientProtocol(lambda m: None, lambda *n: None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.set_receivers(events.extend, lambda *n: None)
+        protocol.dataReceived(frame([codec.MESSAGE, "hq", 1, None, 1])
+                              + b"\x00\x00\x00\x03\x95\x03\xc1"
+                              + frame([codec.MESSAGE, "hq", 2, None, 2]))
+        self.assertEqual(events, [Message("hq", 1, None, 1)])
+        self.assertTrue(transport.disconnecting)
+        protocol.dataReceived(frame([codec.MESSAGE, "hq", 3, None, 3]))
+        self.assertEqual(events, [Message("hq", 1, None, 1)])
+        self.flushLoggedErrors()
+
     def test_garbage_closes(self) -> None:
         """A frame that looks like a message but does not decode closes the connection."""
         protocol = ClientProtocol(lambda m: None, lambda *n: None)

@@ -120,6 +120,70 @@ class ReaderTests(SynchronousTestCase):
         self.assertEqual([m[4] for m in frames[1:]], list(range(first, 101)))
         self.assertEqual(registry.status()["gaps"], 1)
 
+    def test_readers_at_one_place_share_one_join_and_others_get_their_own(self) -> None:
+        """In one flush, readers at the same seq are written the same bytes object
+        (one join for all), exactly the frames of their messages; a reader that
+        was behind gets its backlog from its own place, a paused conflating one
+        the newest per key, and the delivered count counts every message."""
+        written: list[list[bytes]] = []
+
+        class Recording(CountingTransport):
+            def __init__(self) -> None:
+                super().__init__()
+                self.chunks: list[bytes] = []
+                written.append(self.chunks)
+
+            def write(self, data: bytes) -> None:
+                self.chunks.append(data)
+                super().write(data)
+
+        transports = [Recording() for _ in range(4)]
+        readers = [ChannelReader(t, self.registry) for t in transports]
+        for reader in readers[:3]:
+            self.registry.subscribe(reader, ["hq"])
+        self.registry.subscribe(readers[3], ["hq"], conflate=True)
+        transports[2].producer.pauseProducing()
+        transports[3].producer.pauseProducing()
+        for i in range(3):
+            self.registry.publish("hq", f"k{i % 2}", i)
+        self.registry.flush()
+        transports[3].producer.resumeProducing()  # conflating, lagging: newest per key
+        self.assertEqual(transports[3].value(), message("hq", "k1", 1, 2)
+                         + message("hq", "k0", 2, 3))
+        delivered = self.registry.delivered
+        for i in range(3, 6):
+            self.registry.publish("hq", f"k{i % 2}", i)
+        transports[2].producer.resumeProducing()  # behind: its backlog and the new ones
+        self.assertEqual(transports[2].value(), b"".join(
+            message("hq", f"k{i % 2}", i, i + 1) for i in range(6)))
+        self.registry.flush()
+        self.assertIsNone(self.registry.joined)
+        new = b"".join(message("hq", f"k{i % 2}", i, i + 1) for i in range(3, 6))
+        self.assertEqual(written[0][-1], new)
+        self.assertIs(written[0][-1], written[1][-1])
+        self.assertIs(written[0][-1], written[3][-1])
+        self.assertEqual(len(written[2]), 1)  # nothing more for the one that caught up
+        self.assertEqual(transports[0].value(), b"".join(
+            message("hq", f"k{i % 2}", i, i + 1) for i in range(6)))
+        self.assertEqual(self.registry.delivered - delivered, 3 * 3 + 6)
+
+    def test_a_reader_that_rewrites_its_frames_is_not_given_a_shared_join(self) -> None:
+        """A subclass with its own _write (the legacy port's reader) gets every
+        frame through it, next to plain readers sharing a join."""
+        rewritten: list[bytes] = []
+
+        class Rewriting(ChannelReader):
+            def _write(self, frames: list[bytes]) -> None:
+                rewritten.extend(frames)
+
+        plain = ChannelReader(CountingTransport(), self.registry)
+        rewriting = Rewriting(CountingTransport(), self.registry)
+        self.registry.subscribe(plain, ["hq"])
+        self.registry.subscribe(rewriting, ["hq"])
+        self.publish(3)
+        self.assertEqual(rewritten, [message("hq", f"k{i}", "x" * 10, i + 1) for i in range(3)])
+        self.assertEqual(plain.transport.value(), b"".join(rewritten))
+
     def test_conflating_backlog_is_the_newest_per_key(self) -> None:
         """A paused conflating reader, resumed, gets the newest message of each key,
         in seq order; a live one gets every message."""

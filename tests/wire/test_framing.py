@@ -77,6 +77,38 @@ class FrameDecoderTests(SynchronousTestCase):
         self.assertEqual(out, payloads)
         self.assertEqual(decoder.buffered, 0)
 
+    @settings(max_examples=100)
+    @given(st.lists(st.sampled_from([0, 1, 5, 121, LARGE_FRAME, LARGE_FRAME + 3]),
+                    max_size=8),
+           st.lists(st.integers(min_value=0), max_size=12),
+           st.lists(st.booleans(), max_size=20))
+    def test_take_all_gives_what_next_frame_gives(self, sizes: list[int], cuts: list[int],
+                                                  singles: list[bool]) -> None:
+        """take_all, mixed with next_frame after any read, takes the same frames in
+        the same order, small and large, and leaves the incomplete rest buffered."""
+        payloads = [bytes([i]) * n for i, n in enumerate(sizes)]
+        stream = b"".join(struct.pack("!I", len(p)) + p for p in payloads)
+        decoder = FrameDecoder(2**31)
+        out: list[bytes] = []
+        for i, piece in enumerate(split(stream, cuts)):
+            decoder.feed(piece)
+            if i < len(singles) and singles[i]:
+                if (f := decoder.next_frame()) is not None:
+                    out.append(f)
+            out.extend(decoder.take_all())
+            self.assertEqual(decoder.buffered, sum(map(len, split(stream, cuts)[:i + 1]))
+                             - sum(4 + len(f) for f in out))
+        self.assertEqual(out, payloads)
+        self.assertEqual(decoder.take_all(), [])
+
+    def test_take_all_refuses_a_frame_over_the_limit_after_the_good_ones(self) -> None:
+        """The frames before one over the limit are taken; the next call raises."""
+        decoder = FrameDecoder(100)
+        decoder.feed(struct.pack("!I", 1) + b"a" + struct.pack("!I", 101) + b"x")
+        self.assertEqual(decoder.take_all(), [b"a"])
+        with self.assertRaises(FrameTooLong):
+            decoder.take_all()
+
     def test_frame_over_the_limit_is_refused(self) -> None:
         """A length prefix over the limit raises FrameTooLong, with the length."""
         decoder = FrameDecoder(100)
