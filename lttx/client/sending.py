@@ -29,11 +29,16 @@ as they see any write.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from typing import Any, Callable, Optional
 
 from ..wire.writes import is_plain_tcp, send_now, write_now
+
+
+#: poll() events saying the daemon's side of the connection is gone.
+_PEER_GONE = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR
 
 
 class Sender:
@@ -58,6 +63,12 @@ class Sender:
             sock = socket.socket(fileno=socket.dup(transport.fileno()))
             sock.setblocking(False)
             self._sock = sock
+            # Whether the daemon has closed its side (it died, or went away):
+            # the reactor thread may not have seen it yet, and a request sent
+            # now would be lost with the connection instead of waiting for
+            # the reconnection, as a request made during an outage does.
+            self._hangup = select.poll()
+            self._hangup.register(sock.fileno(), _PEER_GONE)
         # What a calling thread's send left over, for the reactor thread.
         self._backlog: list[bytes] = []
 
@@ -116,7 +127,8 @@ class Sender:
         # _tempDataLen first: doWrite fills dataBuffer from it before
         # clearing it, and empties dataBuffer only once it is sent.
         return (self._sock is not None and not self._backlog and not t._tempDataLen
-                and not t.dataBuffer and not t.disconnecting and t.connected)
+                and not t.dataBuffer and not t.disconnecting and t.connected
+                and not self._hangup.poll(0))
 
     def send_from_thread(self, data: bytes) -> None:
         """

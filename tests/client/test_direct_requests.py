@@ -9,6 +9,7 @@ reactor thread where they need not.
 
 from __future__ import annotations
 
+import select
 import threading
 from typing import Any
 
@@ -185,6 +186,24 @@ class DirectRequestTests(TestCase):
         self.assertEqual(self.client.get("x"), 3)
         self.assertTrue(self.client._client.protocol.sender.direct)
         self.assertEqual(second.port, port)
+
+    def test_no_direct_send_once_the_daemon_has_closed_its_side(self) -> None:
+        """The daemon dies while the reactor thread is busy (it has not seen
+        the connection go): a calling thread must not send on the dead
+        connection, where its request would be lost with it; it takes the
+        reactor thread's way, which waits for the reconnection."""
+        self.client.put("x", 1)
+        sender = self.client._client.protocol.sender
+
+        def in_the_reactor_thread() -> tuple[bool, bool, bool]:
+            before = sender.idle()
+            self.daemon.kill()  # the kernel closes the daemon's side now
+            # Until the daemon's FIN is there (the reactor thread is held).
+            select.select([sender.transport.fileno()], [], [], 10)
+            return before, sender.transport.connected, sender.idle()
+
+        before, connected, after = self.client._loop.run(in_the_reactor_thread, timeout=30)
+        self.assertEqual((before, connected, after), (True, True, False))
 
 
 class SenderTests(TestCase):
