@@ -286,6 +286,8 @@ class FilesAcrossDaemonsTests(TestCase):
             self.cb.list_files()
         self.redis.start()
         self.a.wait_for_log(r"close\.csv is now in the Redis file directory")
+        # B reconnects on its own back-off: until then its calls are Unavailable.
+        self.b.wait_for_log(r"redis: connected to Redis", start=mark_b)
         # (B's view of the daemons is back once both beat again: at most a second or two.)
         deadline = time.monotonic() + 15
         while len(self.cb.status()["engine"]["daemons"]) < 2 and time.monotonic() < deadline:
