@@ -86,8 +86,12 @@ class ChangeLog(ChannelLog):
         except (TypeError, ValueError, OverflowError) as e:
             raise EncodeError(f"cannot encode a change of {name!r}: {e}") from None
         payload = MESSAGE_HEAD + _NIL_CHANNEL + body + pack_seq(seq)
-        frame = PREFIX.pack(len(payload)) + payload
-        self.next_seq = seq + 1
+        return self._append(name, PREFIX.pack(len(payload)) + payload, arrival)
+
+    def _append(self, name: str, frame: bytes, arrival: int) -> int:
+        """Keep ``frame`` as the next seq's; drop the oldest past the bound
+        (a sixteenth more, so that a full log does not drop at every change)."""
+        self.next_seq += 1
         self._frames.append(frame)
         self._order.append(arrival)
         self.names.append(name)
@@ -107,23 +111,12 @@ class ChangeLog(ChannelLog):
 
         :return: as :meth:`record`.
         """
-        seq = self.next_seq
+        frame = b""
         if name:
-            payload = MESSAGE_HEAD + _NIL_CHANNEL + self._pack(name) + body + pack_seq(seq)
+            payload = (MESSAGE_HEAD + _NIL_CHANNEL + self._pack(name) + body
+                       + pack_seq(self.next_seq))
             frame = PREFIX.pack(len(payload)) + payload
-        else:
-            frame = b""
-        self.next_seq = seq + 1
-        self._frames.append(frame)
-        self._order.append(0)
-        self.names.append(name)
-        self.recorded += 1
-        size = len(frame) + ENTRY_OVERHEAD
-        self.bytes += size
-        if self.bytes > self.history_bytes:
-            return size - self.drop_bytes(self.bytes - self.history_bytes
-                                          + (self.history_bytes >> 4))
-        return size
+        return self._append(name, frame, 0)
 
     def restart(self, epoch: int, next_seq: int) -> int:
         """Drop everything and go on at ``next_seq`` of ``epoch``; the bytes freed."""
