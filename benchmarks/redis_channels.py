@@ -41,7 +41,7 @@ import time
 from typing import Any
 
 from common import ROOT, DaemonProcess, percentile, start_redis, table  # type: ignore
-from redis_fanout import connected, fanout, lttx_push, tick  # type: ignore[import-not-found]
+from redis_fanout import connected, fanout, lttx_push, redis_py_push  # type: ignore
 
 sys.path.insert(0, ROOT)
 
@@ -54,14 +54,6 @@ def fanout_runs(runs: int, messages: int, redis_port: int, r: Any) -> dict[str, 
     url = f"redis://127.0.0.1:{redis_port}/0"
     figures: dict[str, list[float]] = {"memory": [], "redis x2": [], "redis-py": []}
 
-    def redis_py_push(n: int) -> None:
-        pipe = r.pipeline(transaction=False)
-        for i in range(n):
-            pipe.publish("hq", tick(i))
-            if i % 500 == 499:
-                pipe.execute()
-        pipe.execute()
-
     with DaemonProcess("--fsync", "no") as mem, \
             DaemonProcess("--engine", "redis", "--redis", url) as a, \
             DaemonProcess("--engine", "redis", "--redis", url) as b:
@@ -73,7 +65,7 @@ def fanout_runs(runs: int, messages: int, redis_port: int, r: Any) -> dict[str, 
             figures["redis x2"].append(
                 fanout("lttx", [a.port, b.port], SUBSCRIBERS, messages, lttx_push(ca)))
             figures["redis-py"].append(
-                fanout("redis", [redis_port], SUBSCRIBERS, messages, redis_py_push))
+                fanout("redis", [redis_port], SUBSCRIBERS, messages, redis_py_push(r)))
         cm.close()
         ca.close()
     return figures

@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 from common import ROOT, DaemonProcess, start_redis, table  # type: ignore[import-not-found]
-from redis_fanout import fanout, lttx_push, tick, wait_for_redis  # type: ignore[import-not-found]  # noqa: E501
+from redis_fanout import fanout, lttx_push, redis_py_push, wait_for_redis  # type: ignore[import-not-found]  # noqa: E501
 
 sys.path.insert(0, ROOT)
 
@@ -81,19 +81,11 @@ def main() -> None:
                 "redis-py": round_trips(lambda k, v: r.set(k, json.dumps(v)), r.get, trips),
             }
 
-            def redis_py_push(n: int) -> None:
-                pipe = r.pipeline(transaction=False)
-                for i in range(n):
-                    pipe.publish("hq", tick(i))
-                    if i % 500 == 499:
-                        pipe.execute()
-                pipe.execute()
-
             fo = {
                 "memory": fanout("lttx", [mem.port], SUBSCRIBERS, messages, lttx_push(cm)),
                 "redis x1": fanout("lttx", [a.port], SUBSCRIBERS, messages, lttx_push(ca)),
                 "redis x2": fanout("lttx", [b.port], SUBSCRIBERS, messages, lttx_push(ca)),
-                "redis-py": fanout("redis", [port], SUBSCRIBERS, messages, redis_py_push),
+                "redis-py": fanout("redis", [port], SUBSCRIBERS, messages, redis_py_push(r)),
             }
             for c in (cm, ca, cb):
                 c.close()

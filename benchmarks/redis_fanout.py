@@ -88,6 +88,19 @@ def fanout(kind: str, ports: list[int], subscribers: int, n: int,
     return n * subscribers / ((max(ends) - start) / 1e9)
 
 
+def redis_py_push(r: Any) -> Callable[[int], None]:
+    """``push(n)``: n ticks published on Redis channel ``hq`` through redis-py
+    ``r``, pipelined 500 at a time."""
+    def push(n: int) -> None:
+        pipe = r.pipeline(transaction=False)
+        for i in range(n):
+            pipe.publish("hq", tick(i))
+            if i % 500 == 499:
+                pipe.execute()
+        pipe.execute()
+    return push
+
+
 def lttx_push(client: Any) -> Callable[[int], None]:
     """``push(n)``: n ticks on channel ``hq`` through ``client``."""
     def push(n: int) -> None:
