@@ -20,17 +20,17 @@ Used by the storage layer, the daemon and the client alike.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
 import os
+import threading
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import (
     Deferred,
-    FirstError,
     fail,
-    gatherResults,
     maybeDeferred,
     succeed,
 )
@@ -195,32 +195,79 @@ def hash_file_prefix(path: str, length: int) -> tuple[Any, str]:
 
 # -- the receiving side of a stream ------------------------------------------
 
-def _write_chunks(file: Any, chunks: list[bytes]) -> None:
+class _Lane:
+    """
+    One of a :class:`StreamWriter`'s two jobs (writing the chunks, or hashing
+    them): its own queue of the chunks, in order, and whether a thread is on it.
+
+    ``chunks`` and ``running`` change only under the writer's lock; ``done``
+    (bytes this lane has finished) only in the thread running the lane.
+    """
+
+    __slots__ = ("chunks", "done", "running", "step", "writer")
+
+    def __init__(self, writer: "StreamWriter", step: Callable[[bytes], Any]) -> None:
+        self.writer = writer
+        self.step = step
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.running = False
+        self.done = 0
+
+    def drain(self) -> None:
+        """
+        In a thread: take this lane's chunks in order until none is left, the
+        writer is paused and its backlog is down to its low mark (the reactor
+        thread then resumes the producer and starts the lane again), or
+        ``high`` bytes were handled in this run (a pool thread is not held by
+        one transfer for long).
+        """
+        writer = self.writer
+        lock, chunks, step = writer._lock, self.chunks, self.step
+        budget = writer._high
+        try:
+            while True:
+                with lock:
+                    if (not chunks or budget <= 0
+                            or (writer.paused and writer.queued <= writer._low)):
+                        self.running = False
+                        return
+                    chunk = chunks.popleft()
+                step(chunk)
+                self.done += len(chunk)
+                budget -= len(chunk)
+        except BaseException:
+            with lock:
+                self.running = False
+            raise
+
+
+def _write_chunks(lane: _Lane) -> None:
     # Runs in a thread: file writes release the GIL on big buffers.
-    for chunk in chunks:
-        file.write(chunk)
+    lane.drain()
 
 
-def _hash_chunks(md5: Any, chunks: list[bytes]) -> None:
+def _hash_chunks(lane: _Lane) -> None:
     # Runs in another thread beside _write_chunks: hashlib releases the GIL
     # for buffers over 2 KiB, so the MD5 and the write overlap.
-    for chunk in chunks:
-        md5.update(chunk)
+    lane.drain()
 
 
 class StreamWriter:
     """
     Write chunks to a file in order, in a thread, hashing them as they go.
 
-    Each batch of chunks is hashed and written by two jobs that run side by
-    side (a write costs about what the MD5 costs: the batch takes the longer
-    of the two, not their sum); the next batch starts once both are done, so
-    the MD5 sees the chunks in order and the file has one writer at a time.
+    Two jobs take the chunks, each in order and at its own pace, in threads
+    of ``run_in_thread``: one writes them to ``file``, the other feeds them to
+    ``md5`` (a write costs less than the MD5: the stream goes at the pace of
+    the slower job, not of their sum).  A job runs for as long as it has
+    chunks: the reactor thread only appends a chunk to both queues (one lock,
+    no hand-off per chunk or per batch) and starts a job that had stopped.
 
-    While more than ``high`` bytes wait to be written, ``producer`` (the
-    receiving protocol) is paused, so a fast sender and a slow disk cannot make
-    the receiver's memory grow; it is resumed at ``low``.  The first write
-    error is kept; ``on_error`` is told of it and later chunks are dropped.
+    While more than ``high`` bytes wait to be written or hashed, ``producer``
+    (the receiving protocol) is paused, so a fast sender and a slow disk
+    cannot make the receiver's memory grow; it is resumed at ``low``.  The
+    first error of either job is kept; ``on_error`` is told of it once and
+    later chunks are dropped.
     """
 
     def __init__(self, file: Any, md5: Any, run_in_thread: RunInThread, producer: Any,
@@ -233,64 +280,90 @@ class StreamWriter:
         self._on_error = on_error
         self._high = high
         self._low = low
-        self._queue: list[bytes] = []
-        self.queued = 0
-        self._busy = False
+        self._lock = threading.Lock()
+        # (The steps look the file and the MD5 up when they run: a test may
+        # swap either.)
+        self._lanes = ((_Lane(self, lambda chunk: self.file.write(chunk)), _write_chunks),
+                       (_Lane(self, lambda chunk: self.md5.update(chunk)), _hash_chunks))
+        self.received = 0  # bytes given to write()
         self.paused = False
         self.error: Optional[Failure] = None
         self._waiters: list[Deferred[None]] = []
 
+    @property
+    def queued(self) -> int:
+        """Bytes given and not yet both written and hashed."""
+        return self.received - min(lane.done for lane, _ in self._lanes)
+
     def write(self, chunk: bytes) -> None:
         if self.error is not None:
             return
-        self._queue.append(chunk)
-        self.queued += len(chunk)
-        if not self._busy:
-            self._next()
-        if self.queued > self._high and not self.paused:
+        self.received += len(chunk)
+        start = []
+        with self._lock:
+            for lane, job in self._lanes:
+                lane.chunks.append(chunk)
+                if not lane.running:
+                    lane.running = True
+                    start.append((lane, job))
+        for lane, job in start:
+            self._start(lane, job)
+        if not self.paused and self.queued > self._high:
             self.paused = True
             self._producer.pauseProducing()
 
-    def _next(self) -> None:
-        chunks, self._queue = self._queue, []
-        self._busy = True
-        written = self._run(_write_chunks, self.file, chunks)
-        hashed = self._run(_hash_chunks, self.md5, chunks)
-        d = gatherResults([written, hashed], consumeErrors=True)
-        d.addCallbacks(self._written, self._failed,
-                       callbackArgs=(sum(len(c) for c in chunks),))
+    def _start(self, lane: _Lane, job: Callable[[_Lane], None]) -> None:
+        self._run(job, lane).addCallbacks(self._stopped, self._failed, errbackArgs=(lane,))
 
-    def _written(self, _: Any, length: int) -> None:
-        self._busy = False
-        self.queued -= length
-        if self._queue:
-            self._next()
+    def _stopped(self, _: Any = None) -> None:
+        """A job ran out of chunks (or paused, or used its budget): in the reactor thread."""
+        if self.error is not None:
+            self._settle()
+            return
         if self.paused and self.queued <= self._low:
             self.paused = False
-            self._producer.resumeProducing()
-        if not self._busy:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
+            self._producer.resumeProducing()  # (may give more chunks at once)
+        if self.error is None:
+            start = []
+            with self._lock:
+                for lane, job in self._lanes:
+                    if lane.chunks and not lane.running:
+                        lane.running = True
+                        start.append((lane, job))
+            for lane, job in start:
+                self._start(lane, job)
+        self._settle()
 
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(FirstError):  # the first of the two jobs to fail
-            failure = failure.value.subFailure
-        self._busy = False
-        self._queue = []
-        self.queued = 0
-        self.error = failure
+    def _failed(self, failure: Failure, lane: _Lane) -> None:
+        with self._lock:
+            lane.running = False  # (a job may fail before it ran at all)
+        if self.error is None:
+            self.error = failure
+            with self._lock:  # the other job stops at its next chunk
+                for lane, _ in self._lanes:
+                    lane.chunks.clear()
+            self._on_error(failure)
+        self._settle()
+
+    def _idle(self) -> bool:
+        return not any(lane.running or lane.chunks for lane, _ in self._lanes)
+
+    def _settle(self) -> None:
+        """Tell drained() waiters, once no job runs any more."""
+        if not self._waiters or not self._idle():
+            return
         waiters, self._waiters = self._waiters, []
         for d in waiters:
-            d.errback(failure)
-        self._on_error(failure)
+            if self.error is not None:
+                d.errback(self.error)
+            else:
+                d.callback(None)
 
     def drained(self) -> "Deferred[None]":
-        """Fires once every chunk given so far is written (fails with the write error)."""
-        if self.error is not None:
-            return fail(self.error)
-        if not self._busy:
-            return succeed(None)
+        """Fires once every chunk given so far is written and hashed and no job
+        runs any more (fails with the first error, once the jobs stopped)."""
+        if self._idle():
+            return fail(self.error) if self.error is not None else succeed(None)
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
         return d
