@@ -3,13 +3,16 @@ lttx.diskio.StreamWriter: the chunks are hashed and written by two jobs in
 flight together, each taking its chunks in order at its own pace (a job
 running takes the chunks given meanwhile: no new job per chunk), errors of
 either job are kept and reported once, the producer is paused and resumed at
-the water marks, and a job's run is bounded.
+the water marks, a job's run is bounded, and the disk is started on the
+pages written every WRITEBACK_EVERY bytes.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import threading
 from typing import Any, Callable
 
@@ -18,6 +21,7 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from lttx import diskio
 from lttx.diskio import StreamWriter, _hash_chunks, _write_chunks
 
 
@@ -222,3 +226,73 @@ class StreamWriterTests(TestCase):
         self.assertIn(_write_chunks, [f for f, _, _ in run.jobs])  # started again
         run.release(_write_chunks)
         self.assertEqual(file.getvalue(), b"".join(bytes([65 + i]) * 6000 for i in range(4)))
+
+
+class WritebackTests(TestCase):
+    """The writing job starts the disk on the pages written every WRITEBACK_EVERY bytes."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.file = open(self.path, "wb")
+        self.addCleanup(self.file.close)
+        self.calls: list[int] = []
+
+    def writer(self, errors: list[Failure]) -> StreamWriter:
+        return StreamWriter(self.file, hashlib.md5(), maybeDeferred, Producer(), errors.append)
+
+    def test_started_every_writeback_every_bytes(self) -> None:
+        """20 MiB in 256 KiB chunks: two writebacks, each after its 8 MiB were flushed."""
+        sizes: list[int] = []
+
+        def record(fd: int) -> bool:
+            self.assertEqual(fd, self.file.fileno())
+            sizes.append(os.fstat(fd).st_size)  # flushed to the file before
+            return True
+
+        self.patch(diskio, "start_writeback", record)
+        errors: list[Failure] = []
+        writer = self.writer(errors)
+        chunk = os.urandom(256 * 1024)
+        for _ in range(80):
+            writer.write(chunk)
+        self.successResultOf(writer.drained())
+        self.assertEqual(sizes, [diskio.WRITEBACK_EVERY, 2 * diskio.WRITEBACK_EVERY])
+        self.assertEqual(errors, [])
+        self.file.close()
+        with open(self.path, "rb") as f:
+            self.assertEqual(f.read(), chunk * 80)
+
+    def test_not_supported_is_not_asked_again(self) -> None:
+        """A file system without it (False): the stream goes on, never asking again."""
+        calls: list[int] = []
+        self.patch(diskio, "start_writeback", lambda fd: calls.append(fd) and False)
+        writer = self.writer([])
+        for _ in range(3):
+            writer.write(b"w" * diskio.WRITEBACK_EVERY)
+        self.successResultOf(writer.drained())
+        self.assertEqual(len(calls), 1)
+
+    def test_disk_error_is_the_write_error(self) -> None:
+        """ENOSPC from the writeback fails the stream as a failing write does: 'disk full'."""
+        def full(fd: int) -> bool:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(diskio, "start_writeback", full)
+        errors: list[Failure] = []
+        writer = self.writer(errors)
+        writer.write(b"f" * diskio.WRITEBACK_EVERY)
+        [error] = errors
+        self.assertIn("disk full", str(diskio.storage_error(error.value, "f.bin")))
+        self.failureResultOf(writer.drained(), OSError)
+
+    def test_the_real_call(self) -> None:
+        """On Linux the call is made on a file; a pipe is told apart (False), not an error."""
+        if diskio._sync_file_range is None:
+            raise self.skipTest("no sync_file_range here")
+        self.file.write(b"x" * 100_000)
+        self.file.flush()
+        self.assertTrue(diskio.start_writeback(self.file.fileno()))
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        self.assertFalse(diskio.start_writeback(write))
