@@ -102,7 +102,19 @@ def pool_runner(reactor: Any) -> RunInThread:
     pool (at once, on a reactor without threads, as :func:`lane_for` does)."""
     if not IReactorThreads.providedBy(reactor):
         return run_inline
-    return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+    return _PoolRunner(reactor)
+
+
+class _PoolRunner:
+    """A :data:`RunInThread` of the reactor's pool; its jobs may also call
+    ``call_from_thread`` (the reactor's ``callFromThread``) while they run."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.call_from_thread = reactor.callFromThread
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
 
 def run_inline(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
@@ -262,23 +274,30 @@ class _Lane:
 
     def drain(self) -> None:
         """
-        In a thread: take this lane's chunks in order until none is left, the
-        writer is paused and its backlog is down to its low mark (the reactor
-        thread then resumes the producer and starts the lane again), or
+        In a thread: take this lane's chunks in order until none is left or
         ``high`` bytes were handled in this run (a pool thread is not held by
-        one transfer for long).
+        one transfer for long).  Once the writer is paused and its backlog is
+        down to its low mark, the reactor thread is asked to resume the
+        producer while this goes on (with a runner that has no
+        ``call_from_thread``, this stops instead, and the reactor thread
+        resumes the producer and starts the lane again).
         """
         writer = self.writer
-        lock, chunks, step = writer._lock, self.chunks, self.step
+        lock, chunks, step, from_thread = writer._lock, self.chunks, self.step, writer._from_thread
         budget = writer._high
         try:
             while True:
+                ask = False
                 with lock:
-                    if (not chunks or budget <= 0
-                            or (writer.paused and writer.queued <= writer._low)):
+                    low = writer.paused and writer.queued <= writer._low
+                    if not chunks or budget <= 0 or (low and from_thread is None):
                         self.running = False
                         return
+                    if low and not writer._resuming:
+                        writer._resuming = ask = True
                     chunk = chunks.popleft()
+                if ask:  # the reactor thread resumes the producer; this job goes on
+                    from_thread(writer._resume)
                 step(chunk)
                 self.done += len(chunk)
                 budget -= len(chunk)
@@ -331,6 +350,10 @@ class StreamWriter:
         self._high = high
         self._low = low
         self._lock = threading.Lock()
+        # The reactor's callFromThread, if the runner has it (pool_runner):
+        # a job asks it to resume the producer without stopping.
+        self._from_thread = getattr(run_in_thread, "call_from_thread", None)
+        self._resuming = False  # a job asked for _resume, not yet run
         # (The steps look the file and the MD5 up when they run: a test may
         # swap either.)
         self._lanes = ((_Lane(self, self._write_step), _write_chunks),
@@ -381,6 +404,13 @@ class StreamWriter:
 
     def _start(self, lane: _Lane, job: Callable[[_Lane], None]) -> None:
         self._run(job, lane).addCallbacks(self._stopped, self._failed, errbackArgs=(lane,))
+
+    def _resume(self) -> None:
+        """Asked by a job (in the reactor thread): the backlog is down to the low mark."""
+        self._resuming = False
+        if self.paused and self.error is None:
+            self.paused = False
+            self._producer.resumeProducing()
 
     def _stopped(self, _: Any = None) -> None:
         """A job ran out of chunks (or paused, or used its budget): in the reactor thread."""

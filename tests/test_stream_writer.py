@@ -216,6 +216,34 @@ class StreamWriterTests(TestCase):
         self.successResultOf(writer.drained())
         self.assertEqual(producer.calls, ["pause", "resume"])
 
+    def test_with_call_from_thread_the_job_goes_on_past_the_low_mark(self) -> None:
+        """With the reactor's callFromThread (pool_runner), the job that reaches the
+        low mark asks the reactor thread once to resume the producer and goes on
+        with its chunks in the same run; the producer is resumed once."""
+        writer, run, _, producer, _ = self.make(high=13000, low=7000)
+        hashing = writer._lanes[1][0]
+        asked: list[tuple[int, Callable[[], None]]] = []
+        # What pool_runner's call_from_thread gives: here, noted with the bytes hashed.
+        writer._from_thread = lambda f: asked.append((hashing.done, f))
+        for c in b"abc":
+            writer.write(bytes([c]) * 6000)
+        self.assertEqual(producer.calls, ["pause"])
+        run.release(_write_chunks)
+        run.release(_hash_chunks)  # a, b (down to 6000 <= low: asks), then c, same run
+        self.assertEqual([done for done, _ in asked], [12000])
+        self.assertEqual(hashing.done, 18000)
+        self.assertEqual(run.jobs, [])  # it did not stop at the low mark
+        asked[0][1]()
+        self.assertEqual(producer.calls, ["pause", "resume"])
+        self.assertEqual(writer.md5.hexdigest(),
+                         hashlib.md5(b"a" * 6000 + b"b" * 6000 + b"c" * 6000).hexdigest())
+
+    def test_pool_runner_offers_call_from_thread(self) -> None:
+        """pool_runner's runner carries the reactor's callFromThread; run_inline does not."""
+        self.assertEqual(diskio.pool_runner(reactor).call_from_thread,  # type: ignore
+                         reactor.callFromThread)
+        self.assertFalse(hasattr(diskio.run_inline, "call_from_thread"))
+
     def test_a_run_is_bounded_by_the_high_mark(self) -> None:
         """A job hands its pool thread back after ``high`` bytes and is started again."""
         writer, run, file, _, _ = self.make(high=10000, low=1000)
