@@ -13,10 +13,14 @@ announced before, so no byte is copied into a MessagePack envelope.  The exact
 exchange is in ``docs/protocol.md`` ("File transfer"); the folder and its
 rules are the :class:`~lttx.server.files.FileService`'s.
 
-Neither end holds a file in memory: the sending side is Twisted's
-:class:`FileSender`, a pull producer driven by the socket; the receiving side
-(:class:`~lttx.diskio.StreamWriter`) writes chunks in a thread as they arrive
-and pauses the connection while more than a few MiB wait to be written.
+Neither end holds a file in memory: the sending side is a pull producer driven
+by the socket (:class:`~lttx.wire.sendfile.SendfileProducer` over plain TCP,
+Twisted's :class:`FileSender` over TLS); the receiving side
+(:class:`~lttx.diskio.StreamWriter`) writes and hashes chunks in threads as
+they arrive and pauses the connection while more than a few MiB wait.  A
+download of a file unchanged since its upload is checked against the MD5 its
+upload recorded (:func:`~lttx.server.file_disk.recorded_digest`), not hashed
+again.
 
 A session needs of its connection only :class:`IFileConnection`.
 """
