@@ -408,7 +408,8 @@ class StreamWriter:
     def _resume(self) -> None:
         """Asked by a job (in the reactor thread): the backlog is down to the low mark."""
         self._resuming = False
-        if self.paused and self.error is None:
+        # (Resumed meanwhile and paused again: not yet; a job asks again at low.)
+        if self.paused and self.error is None and self.queued <= self._low:
             self.paused = False
             self._producer.resumeProducing()
 

@@ -238,6 +238,23 @@ class StreamWriterTests(TestCase):
         self.assertEqual(writer.md5.hexdigest(),
                          hashlib.md5(b"a" * 6000 + b"b" * 6000 + b"c" * 6000).hexdigest())
 
+    def test_a_late_resume_request_does_not_resume_over_the_mark(self) -> None:
+        """A job's request to resume that runs after the producer was resumed and
+        paused again (the backlog over the low mark again) does not resume it."""
+        writer, run, _, producer, _ = self.make(high=13000, low=7000)
+        asked: list[Callable[[], None]] = []
+        writer._from_thread = asked.append
+        for c in b"abc":
+            writer.write(bytes([c]) * 6000)
+        run.release(_write_chunks)
+        run.release(_hash_chunks)  # asks at the low mark; then stops: resumed by _stopped
+        self.assertEqual(producer.calls, ["pause", "resume"])
+        for c in b"def":
+            writer.write(bytes([c]) * 6000)  # over high: paused again
+        self.assertEqual(producer.calls, ["pause", "resume", "pause"])
+        asked[0]()  # the late request
+        self.assertEqual(producer.calls, ["pause", "resume", "pause"])
+
     def test_pool_runner_offers_call_from_thread(self) -> None:
         """pool_runner's runner carries the reactor's callFromThread; run_inline does not."""
         self.assertEqual(diskio.pool_runner(reactor).call_from_thread,  # type: ignore
