@@ -6,7 +6,8 @@ Blocking disk work and where it runs: off the reactor thread, always.
   (the journal, the snapshot writer); :func:`pool_runner` in the reactor's
   thread pool (file transfers, many at once); :class:`InlineLane` at once on
   the calling thread (reactors without threads, tests).
-- Durability: :func:`sync_data`, :func:`sync_file`, :func:`fsync_directory`.
+- Durability: :func:`sync_data`, :func:`sync_file`, :func:`fsync_directory`,
+  and :func:`start_writeback` (the disk started early on a stream's pages).
 - :class:`StreamWriter`: chunks written and hashed in order off the reactor,
   with backpressure on the producer that feeds it (both ends of a file
   transfer receive through one).
@@ -438,8 +439,8 @@ class StreamWriter:
         if self.error is None:
             self.error = failure
             with self._lock:  # the other job stops at its next chunk
-                for lane, _ in self._lanes:
-                    lane.chunks.clear()
+                for other, _ in self._lanes:
+                    other.chunks.clear()
             self._on_error(failure)
         self._settle()
 

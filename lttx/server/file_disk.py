@@ -154,10 +154,13 @@ def recorded_digest(fd: int, st: os.stat_result) -> Optional[str]:
     except OSError:  # none recorded (ENODATA), or no attributes here
         return None
     parts = value.decode("ascii", "replace").split()
-    if (len(parts) != 3 or len(parts[0]) != 32
+    if (len(parts) != 3 or len(parts[0]) != 32 or not _HEX.issuperset(parts[0])
             or parts[1:] != [str(st.st_size), str(st.st_mtime_ns)]):
         return None
     return parts[0]
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 def sync_and_close(file: Any) -> None:

@@ -75,7 +75,9 @@ class RecordTests(SynchronousTestCase):
     def test_garbage_or_missing_attribute(self) -> None:
         """No attribute, or one that is not ``<32 hex> <size> <mtime_ns>``: None."""
         self.assertIsNone(self.recorded())
-        for value in (b"", b"nonsense", b"abc 10 5", b"\xff" * 40):
+        st = os.stat(self.path)
+        for value in (b"", b"nonsense", b"abc 10 5", b"\xff" * 40,
+                      f"{'z' * 32} {st.st_size} {st.st_mtime_ns}".encode()):
             os.setxattr(self.path, DIGEST_ATTRIBUTE, value)
             self.assertIsNone(self.recorded(), value)
 
