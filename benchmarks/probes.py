@@ -24,6 +24,9 @@ Steps:
   ``dataReceived`` of 64 KiB chunks (framing, decode, rights, the channel
   log) and the write to its one subscriber (StringTransports);
   ``daemon_push10`` the same with ten subscribers;
+- ``stream_writer``: receiving a file, per 256 KiB chunk, without the write
+  itself: ``StreamWriter`` on a real reactor thread with its jobs in the
+  thread pool (the MD5, hand-offs, pauses, resumptions; every thread);
 - ``request``: a put through the blocking client to a real ``twistd -n lttx``
   (p50 of single round trips); ``request_client_cpu`` and
   ``request_daemon_cpu``: the CPU time each process spends per put, which
@@ -32,7 +35,7 @@ Steps:
 These are the figures the issue asks for "before and after" each change;
 they move with machine load, so compare runs made on the same machine.
 ``--instructions`` counts instead the CPU instructions per operation of the
-in-process probes (decode, queue, publish, daemon_push) with valgrind's
+in-process probes (decode, queue, publish, daemon_push, stream_writer) with valgrind's
 callgrind, which load does not move: the figure to compare on a shared
 machine (slow: about a minute per probe).
 """
@@ -40,6 +43,7 @@ machine (slow: about a minute per probe).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 import threading
@@ -70,7 +74,7 @@ def per_op(fn: Callable[[], int], repeat: int) -> float:
 
 
 #: The probes that run in this process alone (the others wait on threads or a daemon).
-IN_PROCESS = ("decode", "queue", "publish", "daemon_push", "daemon_push10")
+IN_PROCESS = ("decode", "queue", "publish", "daemon_push", "daemon_push10", "stream_writer")
 
 
 def instructions(name: str) -> float:
@@ -298,6 +302,76 @@ def probe_daemon_push(repeat: int, subscribers: int = 1) -> float:
 def probe_daemon_push10(repeat: int) -> float:
     """daemon_push with ten subscribers of the channel (1->10 fan-out)."""
     return probe_daemon_push(repeat, 10)
+
+
+def probe_stream_writer(repeat: int) -> float:
+    """
+    What receiving a file costs per 256 KiB chunk besides the write itself
+    (a null file): ``StreamWriter.write`` on a real reactor thread, four
+    chunks per reactor turn as from 1 MiB reads, its jobs in the reactor's
+    thread pool, the MD5 (the slower job, as in a transfer: about 1.2 M
+    instructions per chunk of its own), pauses and resumptions at the water
+    marks, counted in every thread.
+    """
+    from twisted.internet.defer import Deferred
+
+    from lttx.client.eventloop import EventLoop
+    from lttx.diskio import StreamWriter, pool_runner
+
+    class Null:
+        def write(self, data: bytes) -> None:
+            return None
+
+        def fileno(self) -> int:
+            raise OSError("not a file")
+
+    loop = EventLoop()
+    reactor = loop.reactor
+    chunk = bytes(256 * 1024)
+    count = 512
+
+    def feed() -> "Deferred[None]":
+        done: Deferred[None] = Deferred()
+
+        class Producer:
+            paused = False
+            finishing = False
+            left = count
+
+            def pauseProducing(self) -> None:
+                self.paused = True
+
+            def resumeProducing(self) -> None:
+                self.paused = False
+                self.turn()
+
+            def turn(self) -> None:
+                for _ in range(4):
+                    if self.paused or not self.left:
+                        break
+                    writer.write(chunk)
+                    self.left -= 1
+                if not self.left:
+                    if not self.finishing:  # (a resumption after the last chunk)
+                        self.finishing = True
+                        writer.drained().chainDeferred(done)
+                elif not self.paused:
+                    reactor.callLater(0, self.turn)
+
+        producer = Producer()
+        writer = StreamWriter(Null(), hashlib.md5(), pool_runner(reactor), producer,
+                              lambda failure: done.errback(failure))
+        producer.turn()
+        return done
+
+    def rounds() -> int:
+        loop.run(feed)
+        return count
+
+    try:
+        return per_op(rounds, repeat)
+    finally:
+        loop.stop()
 
 
 def _cpu_ns(pid: int) -> int:

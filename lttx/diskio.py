@@ -6,7 +6,8 @@ Blocking disk work and where it runs: off the reactor thread, always.
   (the journal, the snapshot writer); :func:`pool_runner` in the reactor's
   thread pool (file transfers, many at once); :class:`InlineLane` at once on
   the calling thread (reactors without threads, tests).
-- Durability: :func:`sync_data`, :func:`sync_file`, :func:`fsync_directory`.
+- Durability: :func:`sync_data`, :func:`sync_file`, :func:`fsync_directory`,
+  and :func:`start_writeback` (the disk started early on a stream's pages).
 - :class:`StreamWriter`: chunks written and hashed in order off the reactor,
   with backpressure on the producer that feeds it (both ends of a file
   transfer receive through one).
@@ -20,17 +21,18 @@ Used by the storage layer, the daemon and the client alike.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
 import os
+import sys
+import threading
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import (
     Deferred,
-    FirstError,
     fail,
-    gatherResults,
     maybeDeferred,
     succeed,
 )
@@ -101,7 +103,19 @@ def pool_runner(reactor: Any) -> RunInThread:
     pool (at once, on a reactor without threads, as :func:`lane_for` does)."""
     if not IReactorThreads.providedBy(reactor):
         return run_inline
-    return lambda f, *args: deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+    return _PoolRunner(reactor)
+
+
+class _PoolRunner:
+    """A :data:`RunInThread` of the reactor's pool; its jobs may also call
+    ``call_from_thread`` (the reactor's ``callFromThread``) while they run."""
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.call_from_thread = reactor.callFromThread
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
 
 def run_inline(f: Callable[..., Any], *args: Any) -> "Deferred[Any]":
@@ -121,6 +135,52 @@ def sync_file(file: Any) -> None:
     """Flush a Python file object and fsync it."""
     file.flush()
     os.fsync(file.fileno())
+
+
+#: A stream being written hands its dirty pages to the disk every this many
+#: bytes (:func:`start_writeback`), so its final fsync waits only for the last ones.
+WRITEBACK_EVERY = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _find_sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux; Python's os has none), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sync_file_range = _find_sync_file_range()
+
+
+def start_writeback(fd: int) -> bool:
+    """
+    Start writing the dirty pages of ``fd`` to the disk, without waiting for
+    them (``sync_file_range(SYNC_FILE_RANGE_WRITE)``; the GIL is released):
+    the fsync that ends a stream then waits only for what came after.  It
+    makes nothing durable by itself.  Whether it could (not on a file system
+    or platform without it).
+
+    :raises OSError: if the disk reports an error (EIO, ENOSPC).
+    """
+    if _sync_file_range is None:
+        return False
+    if _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0:
+        return True
+    import ctypes
+
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ESPIPE, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code))
 
 
 def fsync_directory(path: str) -> None:
@@ -195,32 +255,89 @@ def hash_file_prefix(path: str, length: int) -> tuple[Any, str]:
 
 # -- the receiving side of a stream ------------------------------------------
 
-def _write_chunks(file: Any, chunks: list[bytes]) -> None:
+class _Lane:
+    """
+    One of a :class:`StreamWriter`'s two jobs (writing the chunks, or hashing
+    them): its own queue of the chunks, in order, and whether a thread is on it.
+
+    ``chunks`` and ``running`` change only under the writer's lock; ``done``
+    (bytes this lane has finished) only in the thread running the lane.
+    """
+
+    __slots__ = ("chunks", "done", "running", "step", "writer")
+
+    def __init__(self, writer: "StreamWriter", step: Callable[[bytes], Any]) -> None:
+        self.writer = writer
+        self.step = step
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.running = False
+        self.done = 0
+
+    def drain(self) -> None:
+        """
+        In a thread: take this lane's chunks in order until none is left or
+        ``high`` bytes were handled in this run (a pool thread is not held by
+        one transfer for long).  Once the writer is paused and its backlog is
+        down to its low mark, the reactor thread is asked to resume the
+        producer while this goes on (with a runner that has no
+        ``call_from_thread``, this stops instead, and the reactor thread
+        resumes the producer and starts the lane again).
+        """
+        writer = self.writer
+        lock, chunks, step, from_thread = writer._lock, self.chunks, self.step, writer._from_thread
+        budget = writer._high
+        try:
+            while True:
+                ask = False
+                with lock:
+                    low = writer.paused and writer.queued <= writer._low
+                    if not chunks or budget <= 0 or (low and from_thread is None):
+                        self.running = False
+                        return
+                    if low and not writer._resuming:
+                        writer._resuming = ask = True
+                    chunk = chunks.popleft()
+                if ask:  # the reactor thread resumes the producer; this job goes on
+                    from_thread(writer._resume)
+                step(chunk)
+                self.done += len(chunk)
+                budget -= len(chunk)
+        except BaseException:
+            with lock:
+                self.running = False
+            raise
+
+
+def _write_chunks(lane: _Lane) -> None:
     # Runs in a thread: file writes release the GIL on big buffers.
-    for chunk in chunks:
-        file.write(chunk)
+    lane.drain()
 
 
-def _hash_chunks(md5: Any, chunks: list[bytes]) -> None:
+def _hash_chunks(lane: _Lane) -> None:
     # Runs in another thread beside _write_chunks: hashlib releases the GIL
     # for buffers over 2 KiB, so the MD5 and the write overlap.
-    for chunk in chunks:
-        md5.update(chunk)
+    lane.drain()
 
 
 class StreamWriter:
     """
     Write chunks to a file in order, in a thread, hashing them as they go.
 
-    Each batch of chunks is hashed and written by two jobs that run side by
-    side (a write costs about what the MD5 costs: the batch takes the longer
-    of the two, not their sum); the next batch starts once both are done, so
-    the MD5 sees the chunks in order and the file has one writer at a time.
+    Two jobs take the chunks, each in order and at its own pace, in threads
+    of ``run_in_thread``: one writes them to ``file``, the other feeds them to
+    ``md5`` (a write costs less than the MD5: the stream goes at the pace of
+    the slower job, not of their sum).  Every :data:`WRITEBACK_EVERY` bytes
+    the writing job starts the disk on the pages written so far
+    (:func:`start_writeback`), so the fsync at the end of the stream does
+    not wait for the whole file.  A job runs for as long as it has
+    chunks: the reactor thread only appends a chunk to both queues (one lock,
+    no hand-off per chunk or per batch) and starts a job that had stopped.
 
-    While more than ``high`` bytes wait to be written, ``producer`` (the
-    receiving protocol) is paused, so a fast sender and a slow disk cannot make
-    the receiver's memory grow; it is resumed at ``low``.  The first write
-    error is kept; ``on_error`` is told of it and later chunks are dropped.
+    While more than ``high`` bytes wait to be written or hashed, ``producer``
+    (the receiving protocol) is paused, so a fast sender and a slow disk
+    cannot make the receiver's memory grow; it is resumed at ``low``.  The
+    first error of either job is kept; ``on_error`` is told of it once and
+    later chunks are dropped.
     """
 
     def __init__(self, file: Any, md5: Any, run_in_thread: RunInThread, producer: Any,
@@ -233,64 +350,119 @@ class StreamWriter:
         self._on_error = on_error
         self._high = high
         self._low = low
-        self._queue: list[bytes] = []
-        self.queued = 0
-        self._busy = False
+        self._lock = threading.Lock()
+        # The reactor's callFromThread, if the runner has it (pool_runner):
+        # a job asks it to resume the producer without stopping.
+        self._from_thread = getattr(run_in_thread, "call_from_thread", None)
+        self._resuming = False  # a job asked for _resume, not yet run
+        # (The steps look the file and the MD5 up when they run: a test may
+        # swap either.)
+        self._lanes = ((_Lane(self, self._write_step), _write_chunks),
+                       (_Lane(self, lambda chunk: self.md5.update(chunk)), _hash_chunks))
+        try:
+            self._fd: Optional[int] = file.fileno()
+        except (OSError, ValueError, AttributeError):  # not a file of the disk (tests)
+            self._fd = None
+        self._unsent = 0  # bytes written since the last start_writeback
+        self.received = 0  # bytes given to write()
         self.paused = False
         self.error: Optional[Failure] = None
         self._waiters: list[Deferred[None]] = []
 
+    def _write_step(self, chunk: bytes) -> None:
+        # In the writing job's thread.
+        self.file.write(chunk)
+        if self._fd is None:
+            return
+        self._unsent += len(chunk)
+        if self._unsent >= WRITEBACK_EVERY:
+            self._unsent = 0
+            self.file.flush()
+            if not start_writeback(self._fd):
+                self._fd = None  # not here: the final fsync writes it all
+
+    @property
+    def queued(self) -> int:
+        """Bytes given and not yet both written and hashed."""
+        return self.received - min(lane.done for lane, _ in self._lanes)
+
     def write(self, chunk: bytes) -> None:
         if self.error is not None:
             return
-        self._queue.append(chunk)
-        self.queued += len(chunk)
-        if not self._busy:
-            self._next()
-        if self.queued > self._high and not self.paused:
+        self.received += len(chunk)
+        start = []
+        with self._lock:
+            for lane, job in self._lanes:
+                lane.chunks.append(chunk)
+                if not lane.running:
+                    lane.running = True
+                    start.append((lane, job))
+        for lane, job in start:
+            self._start(lane, job)
+        if not self.paused and self.queued > self._high:
             self.paused = True
             self._producer.pauseProducing()
 
-    def _next(self) -> None:
-        chunks, self._queue = self._queue, []
-        self._busy = True
-        written = self._run(_write_chunks, self.file, chunks)
-        hashed = self._run(_hash_chunks, self.md5, chunks)
-        d = gatherResults([written, hashed], consumeErrors=True)
-        d.addCallbacks(self._written, self._failed,
-                       callbackArgs=(sum(len(c) for c in chunks),))
+    def _start(self, lane: _Lane, job: Callable[[_Lane], None]) -> None:
+        self._run(job, lane).addCallbacks(self._stopped, self._failed, errbackArgs=(lane,))
 
-    def _written(self, _: Any, length: int) -> None:
-        self._busy = False
-        self.queued -= length
-        if self._queue:
-            self._next()
-        if self.paused and self.queued <= self._low:
+    def _resume(self) -> None:
+        """Asked by a job (in the reactor thread): the backlog is down to the low mark."""
+        self._resuming = False
+        # (Resumed meanwhile and paused again: not yet; a job asks again at low.)
+        if self.paused and self.error is None and self.queued <= self._low:
             self.paused = False
             self._producer.resumeProducing()
-        if not self._busy:
-            waiters, self._waiters = self._waiters, []
-            for d in waiters:
-                d.callback(None)
 
-    def _failed(self, failure: Failure) -> None:
-        if failure.check(FirstError):  # the first of the two jobs to fail
-            failure = failure.value.subFailure
-        self._busy = False
-        self._queue = []
-        self.queued = 0
-        self.error = failure
+    def _stopped(self, _: Any = None) -> None:
+        """A job ran out of chunks (or paused, or used its budget): in the reactor thread."""
+        if self.error is not None:
+            self._settle()
+            return
+        if self.paused and self.queued <= self._low:
+            self.paused = False
+            self._producer.resumeProducing()  # (may give more chunks at once)
+        if self.error is None:
+            start = []
+            with self._lock:
+                for lane, job in self._lanes:
+                    if lane.chunks and not lane.running:
+                        lane.running = True
+                        start.append((lane, job))
+            for lane, job in start:
+                self._start(lane, job)
+        self._settle()
+
+    def _failed(self, failure: Failure, lane: _Lane) -> None:
+        with self._lock:
+            lane.running = False  # (a job may fail before it ran at all)
+        if self.error is None:
+            self.error = failure
+            with self._lock:  # the other job stops at its next chunk
+                for other, _ in self._lanes:
+                    other.chunks.clear()
+            self._on_error(failure)
+        self._settle()
+
+    def _idle(self) -> bool:
+        return not any(lane.running or lane.chunks for lane, _ in self._lanes)
+
+    def _settle(self) -> None:
+        """Tell drained() waiters, once no job runs any more."""
+        if not self._waiters or not self._idle():
+            return
         waiters, self._waiters = self._waiters, []
         for d in waiters:
-            d.errback(failure)
-        self._on_error(failure)
+            if self.error is not None:
+                d.errback(self.error)
+            else:
+                d.callback(None)
 
     def drained(self) -> "Deferred[None]":
-        """Fires once every chunk given so far is written (fails with the write error)."""
-        if self.error is not None:
-            return fail(self.error)
-        if not self._busy:
-            return succeed(None)
+        """Fires once every chunk given so far is written and hashed and no job
+        runs any more (fails with the first error, once the jobs stopped)."""
+        if self._idle():
+            return fail(self.error) if self.error is not None else succeed(None)
         d: Deferred[None] = Deferred()
         self._waiters.append(d)
         return d
@@ -324,7 +496,7 @@ READ_SIZE = 1024 * 1024
 #: Twisted's own read size (``FileDescriptor.bufferSize``).
 SMALL_READ_SIZE = 64 * 1024
 
-__all__ = ["InlineLane", "RunInThread", "StreamWriter", "ThreadLane", "fsync_directory",
-           "hash_file_prefix", "hash_prefix", "hash_range", "lane_for", "pool_runner", "read_big",
-           "read_size", "run_inline", "stop_sender", "storage_error", "sync_data", "sync_file",
-           "unlink_quietly"]
+__all__ = ["WRITEBACK_EVERY", "InlineLane", "RunInThread", "StreamWriter", "ThreadLane",
+           "fsync_directory", "hash_file_prefix", "hash_prefix", "hash_range", "lane_for",
+           "pool_runner", "read_big", "read_size", "run_inline", "start_writeback", "stop_sender",
+           "storage_error", "sync_data", "sync_file", "unlink_quietly"]

@@ -165,7 +165,7 @@ class RoundTripTests(FilesTestCase):
         self.daemon.wait_for_log(r"upload of big\.bin finished: 167772160 bytes, md5 " + expected)
         # Over plain TCP the daemon sends with os.sendfile (hashing in a thread).
         self.daemon.wait_for_log(r"download of big\.bin finished: 167772160 bytes, md5 "
-                                 + expected + r", .* \(sendfile\)")
+                                 + expected + r", .* \(sendfile, md5 recorded at upload\)")
 
     def test_list_delete_and_name(self) -> None:
         """A file stored under another name is listed with its size, then deleted."""

@@ -5,10 +5,11 @@ never holds up the other calls of a client.  The daemon's side is
 :mod:`lttx.server.files`; the exchange is in ``docs/protocol.md`` ("File
 transfer").
 
-Uploads are read by Twisted's :class:`FileSender`, hashed as they are sent;
-downloads are written aside by a :class:`~lttx.diskio.StreamWriter` (in a
-thread, pausing the connection while the disk lags), and renamed into place
-only once their MD5 matches the daemon's.
+Uploads are sent with ``os.sendfile`` over plain TCP (hashed meanwhile in a
+thread) or read by Twisted's :class:`FileSender` over TLS (hashed as they are
+sent); downloads are written aside by a :class:`~lttx.diskio.StreamWriter`
+(written and hashed in threads, pausing the connection while the disk lags),
+and renamed into place only once their MD5 matches the daemon's.
 """
 
 from __future__ import annotations

@@ -13,10 +13,14 @@ announced before, so no byte is copied into a MessagePack envelope.  The exact
 exchange is in ``docs/protocol.md`` ("File transfer"); the folder and its
 rules are the :class:`~lttx.server.files.FileService`'s.
 
-Neither end holds a file in memory: the sending side is Twisted's
-:class:`FileSender`, a pull producer driven by the socket; the receiving side
-(:class:`~lttx.diskio.StreamWriter`) writes chunks in a thread as they arrive
-and pauses the connection while more than a few MiB wait to be written.
+Neither end holds a file in memory: the sending side is a pull producer driven
+by the socket (:class:`~lttx.wire.sendfile.SendfileProducer` over plain TCP,
+Twisted's :class:`FileSender` over TLS); the receiving side
+(:class:`~lttx.diskio.StreamWriter`) writes and hashes chunks in threads as
+they arrive and pauses the connection while more than a few MiB wait.  A
+download of a file unchanged since its upload is checked against the MD5 its
+upload recorded (:func:`~lttx.server.file_disk.recorded_digest`), not hashed
+again.
 
 A session needs of its connection only :class:`IFileConnection`.
 """
@@ -104,6 +108,7 @@ class _Download:
         self.md5 = md5
         self.sender: Any = None  # a FileSender, or a SendfileProducer
         self.hashed: Optional[Deferred[str]] = None  # the MD5 made in a thread (sendfile)
+        self.known: Optional[str] = None  # the MD5 recorded at the file's upload
         self.sent = False
         self.done = offset  # bytes of the file sent so far, for the status page
         self.started = time.monotonic()
@@ -406,8 +411,10 @@ class FileSession:
                 f"{str(md5_hex)[:40]}; the file was not kept")
         # Renamed into place and the folder synced, off the reactor: once the
         # client hears of success, the file is there even after a power loss.
+        # The checked MD5 is recorded on the file: a download sends it
+        # instead of hashing the file again.
         d = self.service.run_in_thread(move_into_place, upload.partial,
-                                       self.service.path_of(upload.name))
+                                       self.service.path_of(upload.name), ours)
         return d.addCallback(lambda _: self._upload_kept(upload, ours))
 
     def _upload_kept(self, upload: _Upload, ours: str) -> dict[str, Any]:
@@ -486,26 +493,29 @@ class FileSession:
         return failure
 
     def _start_download(self, request_id: int, name: str, file: Any, size: int,
-                        md5: Any, offset: int) -> object:
+                        md5: Any, offset: int, known: Optional[str] = None) -> object:
         if self.closed:
             file.close()
             return REPLIED
         download = _Download(name, size, offset, file, md5)
+        download.known = known
         self.download = download
         self.log.info("{peer}: download of {name} started at byte {offset} of {size}",
                       peer=self.peer, name=name, offset=offset, size=size)
         self.send_reply(request_id, {"name": name, "size": size, "offset": offset})
         transport = self.connection.transport
         if can_sendfile(transport):
-            # The kernel copies the file to the socket; the MD5 is made in a
-            # thread from a descriptor of its own (closed there).
+            # The kernel copies the file to the socket; the MD5 is the one
+            # recorded at its upload, else made in a thread from a descriptor
+            # of its own (closed there).
             def counted(data: int, wire: int) -> None:
                 self._progress()
                 self.bytes_sent += wire
                 download.done += data
 
-            download.hashed = self.service.run_in_thread(
-                hash_range, os.dup(file.fileno()), offset, size - offset, md5)
+            download.hashed = succeed(known) if known is not None else \
+                self.service.run_in_thread(
+                    hash_range, os.dup(file.fileno()), offset, size - offset, md5)
             download.sender = SendfileProducer(transport, file.fileno(), offset,
                                                size - offset, FILE_CHUNK_SIZE, counted)
             download.sender.start().addCallbacks(lambda _: self._download_sent(download),
@@ -517,7 +527,8 @@ class FileSession:
         download.sender = sender
 
         def frame(chunk: bytes) -> bytes:
-            download.md5.update(chunk)
+            if known is None:
+                download.md5.update(chunk)
             self._progress()
             self.bytes_sent += len(chunk) + PREFIX.size
             download.done += len(chunk)
@@ -544,7 +555,8 @@ class FileSession:
                 lambda ours: self._download_checked(download, md5_hex, ours),
                 lambda failure: Failure(StorageError(
                     f"cannot read {download.name}: {failure.getErrorMessage()}")))
-        return self._download_checked(download, md5_hex, download.md5.hexdigest())
+        return self._download_checked(
+            download, md5_hex, download.known or download.md5.hexdigest())
 
     def _download_checked(self, download: _Download, md5_hex: Any, ours: str) -> dict[str, str]:
         if ours != md5_hex:
@@ -554,7 +566,8 @@ class FileSession:
         seconds = time.monotonic() - download.started
         self.log.info(
             "{peer}: download of {name} finished: {size} bytes, md5 {md5}, "
-            "{mib_s:.1f} MiB/s ({how})", peer=self.peer, name=download.name,
+            "{mib_s:.1f} MiB/s ({how}{digest})", peer=self.peer, name=download.name,
             size=download.size, md5=ours, how="sendfile" if download.hashed else "read",
+            digest=", md5 recorded at upload" if download.known else "",
             mib_s=(download.size - download.offset) / 2**20 / max(seconds, 1e-6))
         return {"md5": ours}

@@ -183,7 +183,7 @@ class FileMode(Mode):
             if upload.discard is not None:
                 return None
             return service.run_in_thread(move_into_place, upload.partial,
-                                         service.path_of(upload.name)).addCallback(
+                                         service.path_of(upload.name), ours).addCallback(
                 lambda _: self._kept(upload, ours))
 
         d.addCallback(check)
