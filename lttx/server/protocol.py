@@ -191,6 +191,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         next_frame, publish, unpackb = (decoder.next_frame, self.state.channels.publish,
                                         msgpack.unpackb)
         self._in_chunk = True
+        self.state.chunk_begun()
         try:
             # Paused: the peer does not read its replies; what it sent waits
             # in the decoder until set_reading resumes.
@@ -238,6 +239,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             # subscriber is woken once for the whole chunk (one write), even
             # if a later frame of the chunk failed.
             self.state.channels.flush()
+            # The journal write of the chunk's changes, then their replies.
+            self.state.chunk_done()
             # The replies of this chunk leave now, not a reactor turn later.
             send_now(self.transport)
 

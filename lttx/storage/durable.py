@@ -150,6 +150,10 @@ class DurableStore(JournalledWrites, Service):
         self._unsynced = False
         self._in_flight = False
         self._flush_call: Any = None
+        # Chunks of received requests being served (chunk_begun/chunk_done):
+        # meanwhile a plain append waits for the chunk's end, not a callLater.
+        self._chunks = 0
+        self._flush_after_chunk = False
         self._drain_waiters: list[Deferred[None]] = []
         self._failure: Optional[Failure] = None
         #: While the journal cannot be written: the held job, retried on a timer.
@@ -346,9 +350,29 @@ class DurableStore(JournalledWrites, Service):
     def _schedule(self) -> None:
         # The first record of a reactor turn schedules the flush for the end
         # of the turn, so the records of every connection served in that turn
-        # share one job (and, with ``always``, one fsync).
+        # share one job (and, with ``always``, one fsync).  Without fsync, the
+        # records made while a chunk of requests is served are written at the
+        # chunk's end instead (chunk_done): the same write(2) before the same
+        # replies, without a DelayedCall and a reactor pass before them.
         if self._flush_call is None and not self._in_flight:
-            self._flush_call = self._clock.callLater(0, self._flush)
+            if self._chunks and self.policy != "always":
+                self._flush_after_chunk = True
+            else:
+                self._flush_call = self._clock.callLater(0, self._flush)
+
+    def chunk_begun(self) -> None:
+        """A connection starts serving a chunk of received requests."""
+        self._chunks += 1
+
+    def chunk_done(self) -> None:
+        """That chunk is served: write what its changes queued (``everysec``
+        and ``no``; ``always`` keeps its end-of-turn group commit), so their
+        replies leave now.  Acknowledged still means written: the replies
+        wait for the write, as at the end of the turn."""
+        self._chunks -= 1
+        if not self._chunks and self._flush_after_chunk:
+            self._flush_after_chunk = False
+            self._flush()  # (a job in flight or an outage: it returns, as a callLater would)
 
     def _flush(self) -> None:
         if self._flush_call is not None:
