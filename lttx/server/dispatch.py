@@ -101,16 +101,24 @@ class Dispatcher:
         self.connection = connection
         self.rights = rights
         self.log = log
+        # Each command's handler and its marks, once looked up.
+        self._found: dict[str, tuple[Any, Any]] = {}
 
     def dispatch(self, request_id: int, name: Any, args: Any) -> None:
         """Serve one request; the reply or error is sent now or when it is known."""
-        handler: Any = None
-        if isinstance(name, str):
-            handler = getattr(self.handlers, f"cmd_{name}", None)
-        marked = getattr(handler, "command", None)
-        if marked is None:  # no such handler, or a method not marked as a command
-            self.refuse(request_id, name, BadRequest(f"unknown command {excerpt(name, 40)}"))
-            return
+        found = self._found.get(name) if type(name) is str else None
+        if found is None:
+            handler: Any = None
+            if isinstance(name, str):
+                handler = getattr(self.handlers, f"cmd_{name}", None)
+            marked = getattr(handler, "command", None)
+            if marked is None:  # no such handler, or a method not marked as a command
+                self.refuse(request_id, name, BadRequest(f"unknown command {excerpt(name, 40)}"))
+                return
+            if type(name) is str:
+                self._found[name] = (handler, marked)  # (commands only: a bounded table)
+        else:
+            handler, marked = found
         if not isinstance(args, list):
             self.refuse(request_id, name, BadRequest("arguments must be an array"))
             return

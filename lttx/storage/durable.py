@@ -350,10 +350,8 @@ class DurableStore(JournalledWrites, Service):
     def _schedule(self) -> None:
         # The first record of a reactor turn schedules the flush for the end
         # of the turn, so the records of every connection served in that turn
-        # share one job (and, with ``always``, one fsync).  Without fsync, the
-        # records made while a chunk of requests is served are written at the
-        # chunk's end instead (chunk_done): the same write(2) before the same
-        # replies, without a DelayedCall and a reactor pass before them.
+        # share one job (and, with ``always``, one fsync).  Without fsync, a
+        # chunk's records are written at its end instead (chunk_done).
         if self._flush_call is None and not self._in_flight:
             if self._chunks and self.policy != "always":
                 self._flush_after_chunk = True
@@ -365,10 +363,8 @@ class DurableStore(JournalledWrites, Service):
         self._chunks += 1
 
     def chunk_done(self) -> None:
-        """That chunk is served: write what its changes queued (``everysec``
-        and ``no``; ``always`` keeps its end-of-turn group commit), so their
-        replies leave now.  Acknowledged still means written: the replies
-        wait for the write, as at the end of the turn."""
+        """That chunk is served: write what its changes queued (not with
+        ``always``), then their replies go, as at the end of the turn."""
         self._chunks -= 1
         if not self._chunks and self._flush_after_chunk:
             self._flush_after_chunk = False
@@ -381,6 +377,22 @@ class DurableStore(JournalledWrites, Service):
             self._flush_call = None
         if self._in_flight or self._outage is not None:
             return  # (during an outage, what is queued goes out once the held job is written)
+        if (self._buffer and not self._before_rotation and self._rotate_to is None
+                and not self._sync_requested and self.policy != "always"):
+            # Appends only: what the job below does, without building it.
+            after = b"".join(self._buffer)
+            waiters, self._buffer, self._waiters = self._waiters, [], []
+            try:
+                self._file.write(after)
+            except OSError:
+                job = JournalJob(b"", None, after, False, waiters, None)
+                self._write_failed(Failure(), job)
+                return
+            self._failure = None
+            for d, result in waiters:
+                d.callback(result)
+            self._flush() if self._has_work() else self._fire_drained()
+            return
         if not self._has_work():
             self._fire_drained()
             return
