@@ -83,6 +83,9 @@ FAST_COMMANDS = frozenset({
 #: value is written by the reactor, at the pace the daemon reads it).
 MAX_REQUEST = 256 * 1024
 
+#: The types of the arguments sent here (others, DataFrames and arrays, go the main way).
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, list, tuple, dict})
+
 #: Calls a client makes the main way before it opens its request connection.
 OPEN_AFTER = 2
 
@@ -181,6 +184,8 @@ class RequestConnection:
         if not self._lock.acquire(False):
             return NOT_TAKEN  # another thread's call is here: this one goes the main way
         try:
+            if self._closed:
+                return NOT_TAKEN  # (closed meanwhile: never opened again)
             if self._sock is None or self._beside is not protocol:
                 if not self._open(protocol):
                     return NOT_TAKEN
@@ -193,11 +198,13 @@ class RequestConnection:
         """Holding the lock, the connection open: send one request, read its reply."""
         sock = self._sock
         assert sock is not None
+        if not all(type(arg) in _PLAIN for arg in args):
+            return NOT_TAKEN  # a DataFrame or an array: large, converted once, the main way
         request_id = next(self._ids)
         pieces = codec.encode_pieces([codec.REQUEST, request_id, command, list(args)], default)
-        payload = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        if len(payload) >= MAX_REQUEST or len(payload) > protocol.max_frame:
+        if len(pieces) > 1 or len(pieces[0]) >= MAX_REQUEST or len(pieces[0]) > protocol.max_frame:
             return NOT_TAKEN  # the main way writes it, or says it is too large
+        payload = pieces[0]
         if not self._established(sock):
             # The daemon closed its side (it died, or restarts): the main way
             # waits for the reconnection, as any call during an outage.

@@ -104,6 +104,25 @@ class RequestConnectionTests(TestCase):
         self.client.put("x", 2)
         self.assertEqual(self.requests.answered, answered + 1)
 
+    def test_large_values_take_the_main_connection(self) -> None:
+        """A request of 256 KiB or more is written by the reactor (at the pace
+        the daemon reads it), as before; the next small one is answered here."""
+        self.warm()
+        answered = self.requests.answered
+        self.client.put("big", BLOB)
+        self.assertEqual(self.requests.answered, answered)
+        self.assertEqual(self.client.get("big"), BLOB)  # a large reply: read here
+        self.assertEqual(self.requests.answered, answered + 1)
+
+    def test_no_call_after_close(self) -> None:
+        """Once the client is closed, no call opens it again."""
+        self.warm()
+        self.client.close()
+        self.assertFalse(self.requests.is_open)
+        with self.assertRaises(lttx.LTtxError):
+            self.client.ping()
+        self.assertFalse(self.requests.is_open)
+
     def test_a_watcher_sees_its_own_write_before_the_reply(self) -> None:
         """A client with a mirror: each put returns once its mirror shows it
         (its calls stay on the main connection, where the change comes first)."""
