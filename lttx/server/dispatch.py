@@ -144,8 +144,8 @@ class Dispatcher:
             self._internal(request_id, name, Failure())
             return
         if isinstance(result, Deferred):
-            result.addCallbacks(lambda value: self._reply(request_id, value),
-                                lambda failure: self._failed(request_id, name, failure))
+            result.addCallbacks(self._replied, self._failed, (request_id,), None,
+                                (request_id, name))
         else:
             self._reply(request_id, result)
 
@@ -162,7 +162,11 @@ class Dispatcher:
         if value is not REPLIED:
             self.connection.send_reply(request_id, value)
 
-    def _failed(self, request_id: int, name: str, failure: Failure) -> None:
+    def _replied(self, value: Any, request_id: int) -> None:
+        if value is not REPLIED:
+            self.connection.send_reply(request_id, value)
+
+    def _failed(self, failure: Failure, request_id: int, name: str) -> None:
         if isinstance(failure.value, LTtxError):
             self.refuse(request_id, name, failure.value)
         else:
