@@ -108,6 +108,7 @@ _ESTABLISHED = 1  # TCP_ESTABLISHED in linux/tcp_states.h
 _RCVTIMEO = sys.platform.startswith("linux")
 _TIMEVAL = struct.Struct("@ll")
 
+_HEAD = PREFIX.size
 _log = Logger(namespace="lttx.client.requests")
 
 
@@ -247,6 +248,15 @@ class RequestConnection:
         except OSError:
             raise _Lost(sent=False) from None  # (a reset: the daemon read nothing after it)
         decoder = self._decoder
+        if not decoder.buffered:
+            # The common case: the reply alone, whole, in the first read.
+            chunk = self._recv(sock)
+            if len(chunk) > _HEAD and PREFIX.unpack_from(chunk)[0] + _HEAD == len(chunk):
+                message = self._decode(chunk[_HEAD:])
+                if message[1] == request_id and (message[0] == codec.REPLY
+                                                 or message[0] == codec.ERROR):
+                    return message
+            decoder.feed(chunk)  # (anything else: read as frames below)
         deadline = 0.0
         while True:
             try:
@@ -262,15 +272,7 @@ class RequestConnection:
                     self._set_timeout(sock, left)  # (restored by the next call)
                 else:
                     deadline = time.monotonic() + timeout
-                try:
-                    chunk = sock.recv(65536)
-                except (socket.timeout, BlockingIOError):  # SO_RCVTIMEO, or settimeout
-                    raise _TimedOut() from None
-                except OSError:
-                    raise _Lost(sent=True) from None
-                if not chunk:
-                    raise _Lost(sent=True)
-                decoder.feed(chunk)
+                decoder.feed(self._recv(sock))
                 continue
             message = self._decode(frame)
             kind = message[0]
@@ -290,6 +292,19 @@ class RequestConnection:
                 self._drop()
                 raise BadRequest(f"undecodable frame from the daemon: "
                                  f"unexpected frame kind {kind!r}")
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        """One read of the daemon's bytes (some, never none)."""
+        try:
+            chunk = sock.recv(65536)
+        except (socket.timeout, BlockingIOError):  # SO_RCVTIMEO, or settimeout
+            raise _TimedOut() from None
+        except OSError:
+            raise _Lost(sent=True) from None
+        if not chunk:
+            raise _Lost(sent=True)
+        return chunk
 
     def _decode(self, frame: bytes) -> list[Any]:
         try:
