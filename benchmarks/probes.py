@@ -74,7 +74,8 @@ def per_op(fn: Callable[[], int], repeat: int) -> float:
 
 
 #: The probes that run in this process alone (the others wait on threads or a daemon).
-IN_PROCESS = ("decode", "queue", "publish", "daemon_push", "daemon_push10", "stream_writer")
+IN_PROCESS = ("decode", "queue", "publish", "daemon_push", "daemon_push10", "daemon_put",
+              "daemon_get", "stream_writer")
 
 
 def instructions(name: str) -> float:
@@ -297,6 +298,72 @@ def probe_daemon_push(repeat: int, subscribers: int = 1) -> float:
         return 40 * 600
 
     return per_op(rounds, repeat)
+
+
+def _daemon_requests(repeat: int, command: str) -> float:
+    """The daemon's whole cost of one request from a client waiting for each
+    reply: ``dataReceived`` of the one frame, the store (a journalled
+    ``DurableStore``, ``--fsync everysec``, its end-of-turn write included:
+    the clock's ``callLater(0)`` is run as the reactor would) and the reply
+    written (StringTransport)."""
+    import tempfile
+
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from lttx.diskio import InlineLane
+    from lttx.server.factory import LTtxFactory
+    from lttx.server.state import ServerState
+    from lttx.state.auth import TokenAuthenticator
+    from lttx.storage.durable import DurableStore
+    from lttx.wire import codec
+    from lttx.wire.framing import PREFIX
+
+    clock = Clock()
+    tmp = tempfile.TemporaryDirectory()
+    store = DurableStore.open(tmp.name, "everysec", clock, InlineLane(), InlineLane())
+    factory = LTtxFactory(ServerState(store, TokenAuthenticator("t"), clock=clock))
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    hello = codec.encode([codec.REQUEST, 0, "hello", ["t", {}]])
+    proto.dataReceived(PREFIX.pack(len(hello)) + hello)
+    value = {"600000.SH": [10.23, 10.24, 1500, "浦发银行"]}
+    args = ["pos", value] if command == "put" else ["pos"]
+    frames = []
+    for i in range(1, 1001):
+        payload = codec.encode([codec.REQUEST, i, command, args])
+        frames.append(PREFIX.pack(len(payload)) + payload)
+    put = codec.encode([codec.REQUEST, 1, "put", ["pos", value]])
+    proto.dataReceived(PREFIX.pack(len(put)) + put)
+    clock.advance(0)
+    received, advance, clear = proto.dataReceived, clock.advance, transport.clear
+
+    def rounds() -> int:
+        for _ in range(4):
+            for frame in frames:
+                received(frame)
+                advance(0)
+            clear()
+        assert transport.value() == b"" and len(store) == 1
+        return 4000
+
+    try:
+        return per_op(rounds, repeat)
+    finally:
+        store._file.close()
+        tmp.cleanup()
+
+
+def probe_daemon_put(repeat: int) -> float:
+    """The daemon's cost of one journalled put (see _daemon_requests)."""
+    return _daemon_requests(repeat, "put")
+
+
+def probe_daemon_get(repeat: int) -> float:
+    """The daemon's cost of one get."""
+    return _daemon_requests(repeat, "get")
 
 
 def probe_daemon_push10(repeat: int) -> float:

@@ -28,6 +28,7 @@ from .dataframes import default
 from .eventloop import EventLoop, Waiter
 from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
 from .mirror import Mirror
+from .requests import NOT_TAKEN, RequestConnection
 from .watch import Change, Watch
 from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_address
 
@@ -75,6 +76,9 @@ class Client(VariableCommands):
         self._last_direct_push = 0.0  # perf_counter() of the last push sent from its thread
         self._awaiting_writable = False  # reactor thread only
         self._closed = False
+        #: Where a call may be sent and its reply read by the calling thread
+        #: (lttx.client.requests); it counts the pushes (under the push lock).
+        self._requests = RequestConnection(self)
         self._callbacks: "Optional[queue.SimpleQueue[Any]]" = None
         self._dropping_callbacks = False
         self._callback_thread: Optional[threading.Thread] = None
@@ -99,6 +103,17 @@ class Client(VariableCommands):
         :raises ConnectionLost: if the client stays disconnected that long.
         :raises TimeoutError: if the daemon does not answer in time.
         """
+        requests = self._requests
+        result = requests.call(command, args)
+        if result is NOT_TAKEN:
+            mark = requests.pushes  # every push counted here goes before this call
+            result = self._call_main(command, args)
+            requests.replied(mark)
+        return result
+
+    def _call_main(self, command: str, args: tuple[Any, ...]) -> Any:
+        """A call on the main connection, from this thread if it can (plain TCP,
+        nothing waiting to be written before it), else by the reactor thread."""
         protocol = self._client.protocol
         if protocol is not None and protocol.sender is not None and protocol.sender.direct:
             waiter: Waiter[Any] = Waiter()
@@ -407,14 +422,18 @@ class Client(VariableCommands):
             if not direct:
                 self._queue_push(frame)
                 return
-        if not self._push_direct(frame):
-            with self._push_lock:
+        sent = self._push_direct(frame)
+        with self._push_lock:
+            if sent:
+                self._requests.pushes += 1  # counted once sent (see call)
+            else:
                 self._queue_push(frame)
 
     def _queue_push(self, frame: bytes) -> None:
         """Holding the push lock: queue a push for the reactor thread."""
         self._push_frames.append(frame)
         self._push_bytes += len(frame)
+        self._requests.pushes += 1
         if not self._hand_over_pending:
             self._hand_over_pending = True
             self._loop.call_soon(self._hand_over_pushes)
@@ -515,6 +534,7 @@ class Client(VariableCommands):
             with self._push_room:
                 self._closed = True
                 self._push_room.notify_all()
+            self._requests.close()
             if self._callbacks is not None:
                 self._callbacks.put(None)
             self._loop.stop()

@@ -101,16 +101,24 @@ class Dispatcher:
         self.connection = connection
         self.rights = rights
         self.log = log
+        # Each command's handler and its marks, once looked up.
+        self._found: dict[str, tuple[Any, Any]] = {}
 
     def dispatch(self, request_id: int, name: Any, args: Any) -> None:
         """Serve one request; the reply or error is sent now or when it is known."""
-        handler: Any = None
-        if isinstance(name, str):
-            handler = getattr(self.handlers, f"cmd_{name}", None)
-        marked = getattr(handler, "command", None)
-        if marked is None:  # no such handler, or a method not marked as a command
-            self.refuse(request_id, name, BadRequest(f"unknown command {excerpt(name, 40)}"))
-            return
+        found = self._found.get(name) if type(name) is str else None
+        if found is None:
+            handler: Any = None
+            if isinstance(name, str):
+                handler = getattr(self.handlers, f"cmd_{name}", None)
+            marked = getattr(handler, "command", None)
+            if marked is None:  # no such handler, or a method not marked as a command
+                self.refuse(request_id, name, BadRequest(f"unknown command {excerpt(name, 40)}"))
+                return
+            if type(name) is str:
+                self._found[name] = (handler, marked)  # (commands only: a bounded table)
+        else:
+            handler, marked = found
         if not isinstance(args, list):
             self.refuse(request_id, name, BadRequest("arguments must be an array"))
             return
@@ -136,8 +144,8 @@ class Dispatcher:
             self._internal(request_id, name, Failure())
             return
         if isinstance(result, Deferred):
-            result.addCallbacks(lambda value: self._reply(request_id, value),
-                                lambda failure: self._failed(request_id, name, failure))
+            result.addCallbacks(self._replied, self._failed, (request_id,), None,
+                                (request_id, name))
         else:
             self._reply(request_id, result)
 
@@ -154,7 +162,11 @@ class Dispatcher:
         if value is not REPLIED:
             self.connection.send_reply(request_id, value)
 
-    def _failed(self, request_id: int, name: str, failure: Failure) -> None:
+    def _replied(self, value: Any, request_id: int) -> None:
+        if value is not REPLIED:
+            self.connection.send_reply(request_id, value)
+
+    def _failed(self, failure: Failure, request_id: int, name: str) -> None:
         if isinstance(failure.value, LTtxError):
             self.refuse(request_id, name, failure.value)
         else:

@@ -109,6 +109,9 @@ class LTtxServerProtocol(Int32StringReceiver):
         # Authenticated on a command connection: PUBLISH frames take the
         # short way in dataReceived.
         self._publishing = False
+        #: A blocking client's request connection (hello's ``"mode":
+        #: "requests"``): requests only, never a subscription or a watch.
+        self.requests_only = False
 
     # -- connection ---------------------------------------------------------
 
@@ -188,6 +191,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         next_frame, publish, unpackb = (decoder.next_frame, self.state.channels.publish,
                                         msgpack.unpackb)
         self._in_chunk = True
+        self.state.chunk_begun()
         try:
             # Paused: the peer does not read its replies; what it sent waits
             # in the decoder until set_reading resumes.
@@ -235,6 +239,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             # subscriber is woken once for the whole chunk (one write), even
             # if a later frame of the chunk failed.
             self.state.channels.flush()
+            # The journal write of the chunk's changes, then their replies.
+            self.state.chunk_done()
             # The replies of this chunk leave now, not a reactor turn later.
             send_now(self.transport)
 
@@ -392,6 +398,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         else:
             self._dispatcher = Dispatcher(self.command_handlers(self.state, self), self,
                                           COMMAND_RIGHTS, self.log)
+            self.requests_only = isinstance(options, dict) and options.get("mode") == "requests"
         self.authenticated = True
         self.grant = grant
         self._publishing = self.file_session is None
@@ -401,10 +408,12 @@ class LTtxServerProtocol(Int32StringReceiver):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+        kind = " (request connection)" if self.requests_only else ""
         if self.state.auth.named_tokens:
-            self.log.info("{peer} connected as {role}", peer=self.peer, role=grant.name)
+            self.log.info("{peer} connected as {role}{kind}", peer=self.peer, role=grant.name,
+                          kind=kind)
         else:
-            self.log.info("{peer} connected", peer=self.peer)
+            self.log.info("{peer} connected{kind}", peer=self.peer, kind=kind)
         self.send_reply(request_id, {
             "server": "lttx",
             "version": __version__,
@@ -519,7 +528,13 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.send_frame([codec.NOTICE, e.code, e.message])
 
     def open_reader(self) -> ChannelReader:
-        """This connection's channel reader, made by its first subscribe."""
+        """This connection's channel reader, made by its first subscribe.
+
+        :raises BadRequest: on a request connection.
+        """
+        if self.requests_only:
+            raise BadRequest('a request connection (hello mode "requests") neither '
+                             'subscribes nor watches')
         if self.reader is None:
             # The reader takes over from the read throttle as the producer.
             self.transport.unregisterProducer()

@@ -42,6 +42,10 @@ DEFAULT_MAX_CONNECTIONS_PER_HOST = 2_000
 _OWN_STATUS = frozenset({"version", "uptime", "connections", "variables", "hellos"})
 
 
+def _nothing() -> None:
+    """A store with no journal: nothing to do around a chunk."""
+
+
 class Connection(Protocol):
     """What the state keeps of an open connection."""
 
@@ -113,6 +117,11 @@ class ServerState:
         if hasattr(store, "observer"):
             self.status_sources["watch"] = self.channels.changes
         self.status_sources.update(status_sources or {})
+        #: Called by a connection before and after it serves a chunk of
+        #: received requests: a journalled store writes the chunk's changes
+        #: at its end (``DurableStore.chunk_done``).
+        self.chunk_begun: Callable[[], None] = getattr(store, "chunk_begun", _nothing)
+        self.chunk_done: Callable[[], None] = getattr(store, "chunk_done", _nothing)
         clash = set(self.status_sources) & _OWN_STATUS
         if clash:
             raise ValueError(f"status source names clash with the daemon's own: {sorted(clash)}")

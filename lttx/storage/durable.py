@@ -150,6 +150,10 @@ class DurableStore(JournalledWrites, Service):
         self._unsynced = False
         self._in_flight = False
         self._flush_call: Any = None
+        # Chunks of received requests being served (chunk_begun/chunk_done):
+        # meanwhile a plain append waits for the chunk's end, not a callLater.
+        self._chunks = 0
+        self._flush_after_chunk = False
         self._drain_waiters: list[Deferred[None]] = []
         self._failure: Optional[Failure] = None
         #: While the journal cannot be written: the held job, retried on a timer.
@@ -346,9 +350,25 @@ class DurableStore(JournalledWrites, Service):
     def _schedule(self) -> None:
         # The first record of a reactor turn schedules the flush for the end
         # of the turn, so the records of every connection served in that turn
-        # share one job (and, with ``always``, one fsync).
+        # share one job (and, with ``always``, one fsync).  Without fsync, a
+        # chunk's records are written at its end instead (chunk_done).
         if self._flush_call is None and not self._in_flight:
-            self._flush_call = self._clock.callLater(0, self._flush)
+            if self._chunks and self.policy != "always":
+                self._flush_after_chunk = True
+            else:
+                self._flush_call = self._clock.callLater(0, self._flush)
+
+    def chunk_begun(self) -> None:
+        """A connection starts serving a chunk of received requests."""
+        self._chunks += 1
+
+    def chunk_done(self) -> None:
+        """That chunk is served: write what its changes queued (not with
+        ``always``), then their replies go, as at the end of the turn."""
+        self._chunks -= 1
+        if not self._chunks and self._flush_after_chunk:
+            self._flush_after_chunk = False
+            self._flush()  # (a job in flight or an outage: it returns, as a callLater would)
 
     def _flush(self) -> None:
         if self._flush_call is not None:
@@ -357,6 +377,22 @@ class DurableStore(JournalledWrites, Service):
             self._flush_call = None
         if self._in_flight or self._outage is not None:
             return  # (during an outage, what is queued goes out once the held job is written)
+        if (self._buffer and not self._before_rotation and self._rotate_to is None
+                and not self._sync_requested and self.policy != "always"):
+            # Appends only: what the job below does, without building it.
+            after = b"".join(self._buffer)
+            waiters, self._buffer, self._waiters = self._waiters, [], []
+            try:
+                self._file.write(after)
+            except OSError:
+                job = JournalJob(b"", None, after, False, waiters, None)
+                self._write_failed(Failure(), job)
+                return
+            self._failure = None
+            for d, result in waiters:
+                d.callback(result)
+            self._flush() if self._has_work() else self._fire_drained()
+            return
         if not self._has_work():
             self._fire_drained()
             return

@@ -69,6 +69,7 @@ def connections_report(state: ServerState,
             "peer": connection.peer,
             "token": grant.name if connection.authenticated and grant is not None else None,
             "kind": ("file" if getattr(connection, "file_session", None) is not None
+                     else "requests" if getattr(connection, "requests_only", False)
                      else "command" if connection.authenticated else "hello"),
             "since": getattr(connection, "since", None),
             "bytes_in": getattr(connection, "bytes_in", 0),

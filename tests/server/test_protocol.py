@@ -360,3 +360,41 @@ class ByteCounterTests(SynchronousTestCase):
         self.assertEqual(publisher.bytes_in, hello + 3 * len(push))
         self.assertEqual(subscriber.bytes_out - before, len(sub_transport.value()))
         self.assertGreater(len(sub_transport.value()), 300)
+
+
+class RequestConnectionTests(SynchronousTestCase):
+    """A blocking client's request connection (hello mode "requests")."""
+
+    def hello(self) -> tuple[object, object]:
+        proto, transport = server_protocol(authenticate=False)
+        proto.dataReceived(frame([0, 1, "hello", [TOKEN, {"mode": "requests"}]]))
+        self.assertEqual(frames_of(transport.value())[0][:2], [R, 1])
+        transport.clear()
+        return proto, transport
+
+    def test_serves_requests(self) -> None:
+        """Variable commands and publish are served as on any command connection."""
+        proto, transport = self.hello()
+        proto.dataReceived(frame([0, 2, "put", ["x", 1]]) + frame([0, 3, "get", ["x"]])
+                           + frame([0, 4, "publish", ["ch", "k", "v"]]))
+        self.assertEqual(frames_of(transport.value()), [[R, 2, None], [R, 3, [1]], [R, 4, 1]])
+
+    def test_neither_subscribes_nor_watches(self) -> None:
+        """Messages and changes arrive on the client's main connection only: a
+        subscribe or a watch here is refused, and the connection goes on."""
+        proto, transport = self.hello()
+        proto.dataReceived(frame([0, 2, "subscribe", [["ch"], None, {}]])
+                           + frame([0, 3, "watch", [["x*"]]]) + frame([0, 4, "ping", []]))
+        refusal = 'a request connection (hello mode "requests") neither subscribes nor watches'
+        self.assertEqual(frames_of(transport.value()), [
+            [E, 2, "bad_request", refusal], [E, 3, "bad_request", refusal], [R, 4, "pong"]])
+        self.assertIsNone(proto.reader)
+        self.assertFalse(transport.disconnecting)
+
+    def test_listed_as_a_request_connection(self) -> None:
+        """The status page's connection list names its kind."""
+        from lttx.web.report import connections_report
+
+        proto, _ = self.hello()
+        [row] = connections_report(proto.state)["connections"]
+        self.assertEqual(row["kind"], "requests")

@@ -194,6 +194,61 @@ class PolicyTests(SynchronousTestCase):
         self.lane.release()
         self.assertEqual(frames_of(transport.value()), [[1, 7, None]])
 
+    def test_everysec_writes_a_chunk_at_its_end(self) -> None:
+        """Through the protocol, with everysec: a chunk's puts are written to
+        the journal in one write(2) at the chunk's end, before their replies,
+        which leave in the same call (no reactor pass): acknowledged is still
+        written."""
+        store = self.store("everysec")
+        proto, transport = server_protocol(store=store)
+        path = os.path.join(self.dir, journal_name(1))
+        writes: list[int] = []
+        real_write = store._file.write
+
+        def write(data: bytes) -> None:
+            self.assertEqual(transport.value(), b"", "a reply before its write")
+            real_write(data)
+            writes.append(len(data))
+
+        store._file.write = write  # type: ignore[method-assign]
+        proto.dataReceived(frame([0, 7, "put", ["a", 1]]) + frame([0, 8, "put", ["b", 2]]))
+        self.assertEqual(frames_of(transport.value()), [[1, 7, None], [1, 8, None]])
+        self.assertEqual(len(writes), 1)
+        self.assertEqual(os.path.getsize(path), store.status()["journal_bytes"])
+        self.assertEqual([c.getTime() for c in self.clock.getDelayedCalls()], [1.0])  # the fsync
+
+    def test_always_keeps_its_group_commit_across_connections(self) -> None:
+        """With always, the chunks of two connections served in one turn
+        still share one fsync, and no reply leaves before it."""
+        store = self.store("always")
+        first, first_transport = server_protocol(store=store)
+        second, second_transport = server_protocol(store=store, peer=("127.0.0.1", 40001))
+        first.dataReceived(frame([0, 1, "put", ["a", 1]]))
+        second.dataReceived(frame([0, 1, "put", ["b", 2]]))
+        self.assertEqual((first_transport.value(), second_transport.value()), (b"", b""))
+        self.clock.advance(0)
+        self.assertEqual(len(self.lane.jobs), 1)
+        self.lane.release()
+        self.assertEqual(frames_of(first_transport.value()), [[1, 1, None]])
+        self.assertEqual(frames_of(second_transport.value()), [[1, 1, None]])
+        self.assertEqual(store.status()["journal_fsyncs"], 1)
+
+    def test_a_failed_chunk_write_holds_its_replies(self) -> None:
+        """A write at a chunk's end that fails holds the replies (the journal
+        outage): nothing is acknowledged that is not written."""
+        store = self.store("everysec")
+        proto, transport = server_protocol(store=store)
+
+        def full(data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+        store._file.write = full  # type: ignore[method-assign]
+        proto.dataReceived(frame([0, 7, "put", ["a", 1]]))
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(frame([0, 8, "put", ["b", 2]]))
+        [[kind, request_id, code, _]] = frames_of(transport.value())
+        self.assertEqual((kind, request_id, code), (2, 8, "storage"))
+
     def test_refused_operations_write_nothing(self) -> None:
         """A refused operation changes nothing and queues nothing for the disk."""
         store = self.store("always")
