@@ -62,6 +62,7 @@ from twisted.logger import Logger
 from ..errors import (
     BadRequest,
     ConnectionLost,
+    EncodeError,
     LTtxError,
     TimeoutError,
     error_from_wire,
@@ -139,6 +140,7 @@ class RequestConnection:
         self._sock: Optional[socket.socket] = None
         self._beside: Any = None  # the main connection's protocol it was opened beside
         self._decoder = FrameDecoder(2**32)
+        self._packer = codec.packer(default)
         self._ids = itertools.count(1)
         self._timeout: Optional[float] = None  # what SO_RCVTIMEO/SO_SNDTIMEO are set to
         self._calls = 0  # calls that could have taken it, until it first opened
@@ -199,13 +201,21 @@ class RequestConnection:
         """Holding the lock, the connection open: send one request, read its reply."""
         sock = self._sock
         assert sock is not None
-        if not all(type(arg) in _PLAIN for arg in args):
-            return NOT_TAKEN  # a DataFrame or an array: large, converted once, the main way
+        plain = _PLAIN
+        for arg in args:
+            if type(arg) not in plain:
+                return NOT_TAKEN  # a DataFrame or an array: large, converted once, the main way
         request_id = next(self._ids)
-        pieces = codec.encode_pieces([codec.REQUEST, request_id, command, list(args)], default)
-        if len(pieces) > 1 or len(pieces[0]) >= MAX_REQUEST or len(pieces[0]) > protocol.max_frame:
-            return NOT_TAKEN  # the main way writes it, or says it is too large
-        payload = pieces[0]
+        try:
+            # The connection's own packer (used under its lock): packb would
+            # build a Packer per call.  What codec.encode writes, byte for byte.
+            payload = self._packer.pack([codec.REQUEST, request_id, command, list(args)])
+        except (TypeError, ValueError, OverflowError) as e:
+            if isinstance(e, EncodeError):
+                raise
+            raise EncodeError(f"cannot encode value: {e}") from None
+        if len(payload) >= MAX_REQUEST or len(payload) > protocol.max_frame:
+            return NOT_TAKEN  # the main way writes it (in pieces), or says it is too large
         if not self._established(sock):
             # The daemon closed its side (it died, or restarts): the main way
             # waits for the reconnection, as any call during an outage.

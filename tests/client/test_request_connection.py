@@ -63,6 +63,21 @@ class RequestConnectionTests(TestCase):
         status = self.client.status()
         self.assertEqual(status["connections"], 2)
 
+    def test_a_value_that_cannot_be_encoded_is_refused_there(self) -> None:
+        """A set (or an int past 64 bits) on the request connection: the
+        caller gets EncodeError as on the main one, nothing is sent, and the
+        connection's encoder serves the next call with the right bytes."""
+        self.warm()
+        answered = self.requests.answered
+        with self.assertRaises(lttx.EncodeError):
+            self.client.put("x", {"bad": {1, 2}})
+        with self.assertRaises(lttx.EncodeError):
+            self.client.put("x", [2**70])
+        self.client.put("x", {"good": [1.5, "z", None, b"b"]})
+        self.assertEqual(self.client.get("x"), {"good": [1.5, "z", None, b"b"]})
+        self.assertEqual(self.requests.answered - answered, 2)
+        self.assertTrue(self.requests.is_open)
+
     def test_a_push_then_a_call_keep_their_order(self) -> None:
         """A push of 2 MiB (the daemon reads it in many chunks) then a publish:
         the publish is not sent on the request connection, where it would
