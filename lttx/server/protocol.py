@@ -85,6 +85,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.authenticated = False
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
+        self.wants_batches = False  # set by hello (option "batches")
         self.peer = "?"
         self.reader: Optional[ChannelReader] = None  # made by the first subscribe
         self._refused_publishes = 0
@@ -394,6 +395,8 @@ class LTtxServerProtocol(Int32StringReceiver):
                                           COMMAND_RIGHTS, self.log)
         self.authenticated = True
         self.grant = grant
+        # A client that reads MESSAGES frames (lttx.wire.batches) says so.
+        self.wants_batches = isinstance(options, dict) and options.get("batches") is True
         self._publishing = self.file_session is None
         self._decoder.max_length = self.state.max_frame
         if self.file_session is None:
@@ -524,6 +527,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             # The reader takes over from the read throttle as the producer.
             self.transport.unregisterProducer()
             self.reader = ChannelReader(self.transport, self.state.channels, self.set_reading)
+            self.reader.batches = self.wants_batches
         return self.reader
 
 
