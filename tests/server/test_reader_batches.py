@@ -257,3 +257,33 @@ class ProtocolBatchTests(SynchronousTestCase):
         old = b"".join(message("hq", f"k{i}", i, i + 1) for i in range(3))
         self.assertEqual(plain.value(), old)
         self.assertEqual(odd.value(), old)
+
+
+class DocsExampleTests(SynchronousTestCase):
+    def test_examples(self) -> None:
+        """The hex of docs/protocol.md's "Batches of messages" is what the
+        Python client's hello and a batch reader write."""
+        import os
+        import re
+
+        from lttx.client.settings import ConnectionSettings
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        with open(os.path.join(here, "..", "..", "docs", "protocol.md"), encoding="utf-8") as f:
+            text = f.read()
+        section = text[text.index("### Batches of messages"):text.index("\n## Watch and mirror")]
+        blocks = [bytes.fromhex(line.replace(" ", ""))
+                  for block in re.findall(r"```\n(.*?)```", section, re.S)
+                  for line in block.splitlines() if re.fullmatch(r"[0-9a-f ]+", line)]
+        registry = ChannelRegistry()
+        reader = ChannelReader(Recording(), registry)
+        reader.batches = True
+        registry.subscribe(reader, ["hq"])
+        registry.publish("hq", "600000.SH", "10.23|10.24")
+        registry.publish("hq", "600001.SH", "8.71|8.72")
+        registry.flush()
+        hello = ConnectionSettings("127.0.0.1", 1, token="LTtx").hello_args(batches=True)
+        self.assertEqual(blocks, [frame([codec.REQUEST, 1, "hello", hello]),
+                                  reader.transport.value()])
+        self.assertEqual(frames_of(blocks[1]), [[MESSAGES, "hq", [
+            "600000.SH", "10.23|10.24", 1, "600001.SH", "8.71|8.72", 2]]])
