@@ -36,6 +36,7 @@ from ..errors import (
     TimeoutError,
 )
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
+from ..state.publishing import publish_frames
 from ..wire import codec
 from ..wire.codec import encoded_ext
 from ..wire.excerpt import excerpt
@@ -198,24 +199,14 @@ class LTtxServerProtocol(Int32StringReceiver):
                     # The hot path of a feed: the read's run of PUBLISH
                     # frames ([5, channel, key, data], under DENSE_FROM) is
                     # split in one loop and goes straight to the channel
-                    # logs (what stringReceived and publish_received do,
-                    # without their Python frames).  A publish has no reply:
+                    # logs (lttx.state.publishing: what stringReceived and
+                    # publish_received do, without their Python frames).  A publish has no reply:
                     # a pause takes effect at the frame after the run.
                     run = take_run(PUBLISH_HEAD, DENSE_FROM)
                     if run:
                         self._frame_admitted = False
-                        for frame in run:
-                            try:
-                                # What codec.decode does, without its Python frame.
-                                message = unpackb(frame, raw=False, strict_map_key=False,
-                                                  ext_hook=encoded_ext, use_list=True)
-                            except Exception:  # not one valid value, or a refused extension
-                                self.stringReceived(frame)  # reports it
-                                continue
-                            try:
-                                publish(message[1], message[2], message[3], frame[2:])
-                            except LTtxError as e:
-                                self._publish_refused(e)
+                        publish_frames(self.state.channels, run, self.stringReceived,
+                                       self._publish_refused)
                         continue
                 try:
                     frame = next_frame()
