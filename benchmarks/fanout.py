@@ -429,8 +429,10 @@ class Servers:
                     time.sleep(0.05)
 
     def _start(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        # In ROOT: ``python -c`` puts the working directory first on sys.path,
+        # so from another checkout the daemon would run that one's lttx.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env)
+                                text=True, env=env, cwd=ROOT)
         self.procs.append(proc)
         return proc
 
