@@ -27,8 +27,10 @@ class DaemonProcess:
                         "--data-dir", self.data_dir, *args]
         if token:
             cmd += ["--token", token]
+        # In ROOT: ``python -c`` puts the working directory first on sys.path.
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+                                        text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                                        cwd=ROOT)
         deadline = time.monotonic() + 30
         assert self.process.stdout is not None
         for line in self.process.stdout:

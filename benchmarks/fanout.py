@@ -98,11 +98,13 @@ class Recorder:
         self.first = 0
         self.last = 0
         self.lat: list[int] = []
+        self.cpu_first = 0.0
 
     def got(self, data: str) -> None:
         now = time.monotonic_ns()
         if not self.count:
             self.first = now
+            self.cpu_first = time.process_time()
         self.count += 1
         self.last = now
         if self.latency:
@@ -110,6 +112,10 @@ class Recorder:
 
     def report(self) -> None:
         out: dict[str, Any] = {"count": self.count, "first": self.first, "last": self.last}
+        if self.count:
+            # CPU seconds of the whole process (its reactor thread too) from
+            # the first message to the last, start-up and close left out.
+            out["cpu_s"] = time.process_time() - self.cpu_first
         if self.lat:
             lat = sorted(self.lat)
             out["p50_us"] = lat[len(lat) // 2] / 1000
@@ -423,8 +429,10 @@ class Servers:
                     time.sleep(0.05)
 
     def _start(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        # In ROOT: ``python -c`` puts the working directory first on sys.path,
+        # so from another checkout the daemon would run that one's lttx.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=env)
+                                text=True, env=env, cwd=ROOT)
         self.procs.append(proc)
         return proc
 
@@ -553,6 +561,8 @@ def scenario(servers: Servers, system: str, subscribers: int, n: int, frozen: in
         "received": received, "complete": complete,
         "seconds": elapsed / 1e9, "delivered_per_s": received / (elapsed / 1e9),
         "publish_per_s": pub["sent"] / ((pub["t1"] - pub["t0"]) / 1e9),
+        # Each live subscriber's CPU seconds while receiving (see Recorder.report).
+        "subscriber_cpu_s": [r.get("cpu_s", 0.0) for r in results],
     }
     if rate:
         out["p50_us"] = results[0].get("p50_us")

@@ -14,6 +14,7 @@ Steps:
   (as a reply does);
 - ``decode``: a subscriber's per-MESSAGE cost in ``ClientProtocol.dataReceived``
   (framing, msgpack, the Message tuple), for a 64 KiB read of ~110-byte ticks;
+  ``decode_batch`` the same read as one MESSAGES frame (hello's ``batches``);
 - ``queue``: ``MessageQueue.put_many`` of 100-message batches and ``get`` of each;
 - ``queue_wake``: a message put by another thread to a ``get()`` already
   waiting for it (the Condition wake-up);
@@ -23,7 +24,8 @@ Steps:
 - ``daemon_push``: the daemon's whole per-message cost of a PUBLISH frame:
   ``dataReceived`` of 64 KiB chunks (framing, decode, rights, the channel
   log) and the write to its one subscriber (StringTransports);
-  ``daemon_push10`` the same with ten subscribers;
+  ``daemon_push10`` the same with ten subscribers; ``daemon_push_batch`` and
+  ``daemon_push10_batch`` with subscribers that read MESSAGES frames;
 - ``stream_writer``: receiving a file, per 256 KiB chunk, without the write
   itself: ``StreamWriter`` on a real reactor thread with its jobs in the
   thread pool (the MD5, hand-offs, pauses, resumptions; every thread);
@@ -74,8 +76,9 @@ def per_op(fn: Callable[[], int], repeat: int) -> float:
 
 
 #: The probes that run in this process alone (the others wait on threads or a daemon).
-IN_PROCESS = ("decode", "queue", "publish", "daemon_push", "daemon_push10", "daemon_put",
-              "daemon_get", "stream_writer")
+IN_PROCESS = ("decode", "decode_batch", "queue", "publish", "daemon_push", "daemon_push10",
+              "daemon_push_batch", "daemon_push10_batch", "daemon_put", "daemon_get",
+              "stream_writer")
 
 
 def instructions(name: str) -> float:
@@ -147,7 +150,7 @@ def probe_handoff_deferred(repeat: int) -> float:
         loop.stop()
 
 
-def probe_decode(repeat: int) -> float:
+def probe_decode(repeat: int, batches: bool = False) -> float:
     from twisted.internet.testing import StringTransport
 
     from lttx.client.protocol import ClientProtocol
@@ -156,8 +159,12 @@ def probe_decode(repeat: int) -> float:
 
     frames = []
     for i in range(600):
-        payload = codec.encode([codec.MESSAGE, "hq", f"{600000 + i}.SH", TICK, i])
+        payload = codec.encode([codec.MESSAGE, "hq", f"{600000 + i}.SH", TICK, 70000 + i])
         frames.append(PREFIX.pack(len(payload)) + payload)
+    if batches:
+        from lttx.wire.batches import batch_frames, message_head
+
+        frames = batch_frames(message_head("hq"), frames)
     chunk = b"".join(frames)
     got: list[Any] = []
     proto = ClientProtocol(on_message=got.append)
@@ -173,6 +180,12 @@ def probe_decode(repeat: int) -> float:
         return n
 
     return per_op(rounds, repeat)
+
+
+def probe_decode_batch(repeat: int) -> float:
+    """decode, the 600 messages of each read in one MESSAGES frame (hello's
+    ``batches`` option)."""
+    return probe_decode(repeat, batches=True)
 
 
 def _takes_two(proto: Any) -> bool:
@@ -252,7 +265,7 @@ def probe_publish(repeat: int) -> float:
     return per_op(rounds, repeat)
 
 
-def probe_daemon_push(repeat: int, subscribers: int = 1) -> float:
+def probe_daemon_push(repeat: int, subscribers: int = 1, batches: bool = False) -> float:
     """The daemon's whole per-PUBLISH cost: LTtxServerProtocol.dataReceived of
     64 KiB chunks of PUBLISH frames (framing, decode, rights, the log) and the
     subscribers' writes of them (StringTransports)."""
@@ -268,19 +281,19 @@ def probe_daemon_push(repeat: int, subscribers: int = 1) -> float:
 
     factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator("t")))
 
-    def connected() -> tuple[Any, StringTransport]:
+    def connected(options: dict[str, Any]) -> tuple[Any, StringTransport]:
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
         transport = StringTransport()
         proto.makeConnection(transport)
-        hello = codec.encode([codec.REQUEST, 0, "hello", ["t", {}]])
+        hello = codec.encode([codec.REQUEST, 0, "hello", ["t", options]])
         proto.dataReceived(PREFIX.pack(len(hello)) + hello)
         transport.clear()
         return proto, transport
 
-    publisher, _ = connected()
+    publisher, _ = connected({})
     sub_transports = []
     for _ in range(subscribers):
-        subscriber, sub_transport = connected()
+        subscriber, sub_transport = connected({"batches": True} if batches else {})
         request = codec.encode([codec.REQUEST, 1, "subscribe", [["hq"], None, {}]])
         subscriber.dataReceived(PREFIX.pack(len(request)) + request)
         sub_transports.append(sub_transport)
@@ -369,6 +382,16 @@ def probe_daemon_get(repeat: int) -> float:
 def probe_daemon_push10(repeat: int) -> float:
     """daemon_push with ten subscribers of the channel (1->10 fan-out)."""
     return probe_daemon_push(repeat, 10)
+
+
+def probe_daemon_push_batch(repeat: int) -> float:
+    """daemon_push, the subscriber reading MESSAGES frames (hello's ``batches``)."""
+    return probe_daemon_push(repeat, 1, batches=True)
+
+
+def probe_daemon_push10_batch(repeat: int) -> float:
+    """daemon_push10, the subscribers reading MESSAGES frames."""
+    return probe_daemon_push(repeat, 10, batches=True)
 
 
 def probe_stream_writer(repeat: int) -> float:

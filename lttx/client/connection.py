@@ -54,7 +54,8 @@ def open_connection(reactor: IReactorTime, settings: ConnectionSettings,
     where = f"{settings.host}:{settings.port}"
 
     def authenticate(_: Any) -> "Deferred[Any]":
-        options = {"mode": FILE} if mode == FILE else {}
+        # A command connection reads MESSAGES frames (lttx.wire.batches).
+        options = {"mode": FILE} if mode == FILE else {"batches": True}
         return protocol.request("hello", *settings.hello_args(**options),
                                 timeout=settings.timeout)
 

@@ -28,6 +28,7 @@ from ..errors import (
     error_from_wire,
 )
 from ..wire import codec
+from ..wire.batches import BATCH_HEAD, MESSAGES, batch_messages
 from ..wire.frames import MESSAGE_HEAD, PREFIX
 from ..wire.framing import FrameDecoder, FrameTooLong
 from .dataframes import default, ext_hook
@@ -219,6 +220,20 @@ class ClientProtocol(Protocol):
                     # Five elements (the head says so): a Message, no Python frame.
                     append(_new_tuple(Message, decoded[1:]))
                     continue
+                if frame[:2] == BATCH_HEAD:
+                    # A MESSAGES frame (lttx.wire.batches): one unpackb for
+                    # all its messages, a Message each in one C-driven loop.
+                    try:
+                        decoded = unpackb(frame, raw=False, strict_map_key=False,
+                                          ext_hook=hook, use_list=True)
+                        channel, flat = batch_messages(decoded)
+                    except Exception:  # not one valid value, or not a batch's shape
+                        self.frame_received(frame)  # reports and closes
+                        break
+                    items = iter(flat)
+                    batch.extend([_new_tuple(Message, (channel, key, data, seq))
+                                  for key, data, seq in zip(items, items, items)])
+                    continue
                 if batch:  # what came before a reply is delivered before it
                     self._on_messages(batch)
                     batch = self._batch = []
@@ -252,6 +267,18 @@ class ClientProtocol(Protocol):
                     self._batch.append(Message._make(message[1:5]))
                 else:
                     self._on_message(Message._make(message[1:5]))
+            elif kind == MESSAGES and self._on_message is not None:
+                channel, flat = batch_messages(message)
+                items = iter(flat)
+                messages = [Message(channel, key, data, seq)
+                            for key, data, seq in zip(items, items, items)]
+                if self._batch is not None:
+                    self._batch.extend(messages)
+                elif self._on_messages is not None:
+                    self._on_messages(messages)
+                else:
+                    for one in messages:
+                        self._on_message(one)
             elif kind == codec.REPLY or kind == codec.ERROR:
                 self._settle(message)
             elif kind == codec.NOTICE:

@@ -36,6 +36,7 @@ from ..errors import (
     TimeoutError,
 )
 from ..state.auth import COMMAND_RIGHTS, NOTHING, Grant, authorize
+from ..state.publishing import publish_frames
 from ..wire import codec
 from ..wire.codec import encoded_ext
 from ..wire.excerpt import excerpt
@@ -85,6 +86,7 @@ class LTtxServerProtocol(Int32StringReceiver):
         self.authenticated = False
         #: What this connection's token may do (see ``authorize``).
         self.grant: Grant = NOTHING
+        self.wants_batches = False  # set by hello (option "batches")
         self.peer = "?"
         self.reader: Optional[ChannelReader] = None  # made by the first subscribe
         self._refused_publishes = 0
@@ -190,12 +192,26 @@ class LTtxServerProtocol(Int32StringReceiver):
         decoder.feed(data)
         next_frame, publish, unpackb = (decoder.next_frame, self.state.channels.publish,
                                         msgpack.unpackb)
+        take_run = decoder.take_run
         self._in_chunk = True
         self.state.chunk_begun()
         try:
             # Paused: the peer does not read its replies; what it sent waits
             # in the decoder until set_reading resumes.
             while not self.paused and not self.transport.disconnecting:
+                if self._publishing and self.grant.unlimited:
+                    # The hot path of a feed: the read's run of PUBLISH
+                    # frames ([5, channel, key, data], under DENSE_FROM) is
+                    # split in one loop and goes straight to the channel
+                    # logs (lttx.state.publishing: what stringReceived and
+                    # publish_received do, without their Python frames).  A publish has no reply:
+                    # a pause takes effect at the frame after the run.
+                    run = take_run(PUBLISH_HEAD, DENSE_FROM)
+                    if run:
+                        self._frame_admitted = False
+                        publish_frames(self.state.channels, run, self.stringReceived,
+                                       self._publish_refused)
+                        continue
                 try:
                     frame = next_frame()
                 except FrameTooLong as e:
@@ -212,13 +228,10 @@ class LTtxServerProtocol(Int32StringReceiver):
                     return
                 self._frame_admitted = False
                 if frame[:2] == PUBLISH_HEAD and self._publishing and len(frame) < DENSE_FROM:
-                    # The hot path of a feed: [5, channel, key, data] straight
-                    # to the channel log (what stringReceived and
-                    # publish_received do, without their Python frames).  A
-                    # frame of DENSE_FROM or more takes stringReceived, for
-                    # its bound on lists and maps.
+                    # A publish of a token with limited rights: checked per
+                    # channel.  A frame of DENSE_FROM or more takes
+                    # stringReceived, for its bound on lists and maps.
                     try:
-                        # What codec.decode does, without its Python frame.
                         message = unpackb(frame, raw=False, strict_map_key=False,
                                           ext_hook=encoded_ext, use_list=True)
                     except Exception:  # not one valid value, or a refused extension
@@ -401,6 +414,8 @@ class LTtxServerProtocol(Int32StringReceiver):
             self.requests_only = isinstance(options, dict) and options.get("mode") == "requests"
         self.authenticated = True
         self.grant = grant
+        # A client that reads MESSAGES frames (lttx.wire.batches) says so.
+        self.wants_batches = isinstance(options, dict) and options.get("batches") is True
         self._publishing = self.file_session is None
         self._decoder.max_length = self.state.max_frame
         if self.file_session is None:
@@ -539,6 +554,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             # The reader takes over from the read throttle as the producer.
             self.transport.unregisterProducer()
             self.reader = ChannelReader(self.transport, self.state.channels, self.set_reading)
+            self.reader.batches = self.wants_batches
         return self.reader
 
 

@@ -37,6 +37,7 @@ from zope.interface import implementer
 from ..state.changelog import WatchPosition, missed_notice
 from ..state.channellog import ChannelLog, Position
 from ..state.channels import ChannelRegistry, ISubscriber, dropped_notice
+from ..wire.batches import batch_frames, message_head
 from ..wire.writes import send_now, write_now
 
 #: About the most bytes written at once when a subscriber catches up.
@@ -59,6 +60,12 @@ class ChannelReader:
     #: frames (:meth:`_write_shared`); false for a subclass whose ``_write``
     #: rewrites the frames (the legacy port's reader), set by itself.
     shares_joins = True
+
+    #: Whether the connection asked for MESSAGES frames at ``hello``
+    #: (:mod:`lttx.wire.batches`): the messages of one channel it reads in
+    #: one slice go as batches; merged reads of several channels, gap
+    #: notices and everything else keep their own frames.
+    batches = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,6 +168,15 @@ class ChannelReader:
             return not (self.paused or self.stopped)
         return True
 
+    def _add_messages(self, log: ChannelLog, frames: list[bytes]) -> bool:
+        """:meth:`_add` of MESSAGE frames of ``log``, as MESSAGES frames if the
+        connection asked for them (each message still counted as delivered)."""
+        if self.batches and len(frames) > 1:
+            out = batch_frames(message_head(log.name), frames)
+            self.registry.delivered += len(frames) - len(out)
+            frames = out
+        return self._add(frames)
+
     def _write(self, frames: list[bytes]) -> None:
         """Write complete frames (the logs' MESSAGE frames, gap notices) in one write."""
         data = b"".join(frames)
@@ -183,7 +199,10 @@ class ChannelReader:
         if shared is not None and shared[0] == start and shared[1] == end:
             data = shared[2]
         else:
-            data = b"".join(log.read(start, end - start)[1])
+            frames = log.read(start, end - start)[1]
+            if self.batches:
+                frames = batch_frames(message_head(log.name), frames)
+            data = b"".join(frames)
             joined[log] = (start, end, data)
         position.next = end
         position.lagging = False
@@ -209,13 +228,13 @@ class ChannelReader:
         self.conflated_drops += skipped
         self.registry.conflated_drops += skipped
         position.lagging = False
-        self._add(frames)
+        self._add_messages(log, frames)
         return True
 
     def _read_one(self, position: Position) -> None:
         """One channel with something to send: its frames in slices."""
         log = position.log
-        joined = self.registry.joined
+        joined = self.registry.batched if self.batches else self.registry.joined
         if (joined is not None and self.shares_joins and not self._out
                 and position.next >= log.first_seq
                 and not (position.conflate and position.lagging)
@@ -230,7 +249,7 @@ class ChannelReader:
             if self._conflated(position, count):
                 break
             _, frames, position.next = log.read(position.next, count)
-            if not self._add(frames):
+            if not self._add_messages(log, frames):
                 return
         position.lagging = False
 

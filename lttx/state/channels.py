@@ -96,6 +96,8 @@ class ChannelRegistry:
         #: frames from one seq to its newest, ``(start, end, data)``, so that
         #: readers at the same place write one shared join (None otherwise).
         self.joined: Optional[dict[ChannelLog, tuple[int, int, bytes]]] = None
+        #: The same for the readers that write MESSAGES frames (batches).
+        self.batched: Optional[dict[ChannelLog, tuple[int, int, bytes]]] = None
         #: Bytes retained by all logs.
         self.retained = 0
         self.published = 0
@@ -376,11 +378,12 @@ class ChannelRegistry:
         if woken:
             self._woken = {}
             self.joined = {}
+            self.batched = {}
             try:
                 for reader in woken:
                     reader.wake()
             finally:
-                self.joined = None
+                self.joined = self.batched = None
 
     # -- the change log (watch and mirror) ------------------------------------
 

@@ -5,6 +5,7 @@ The wire: what travels between a client and the daemon, with no I/O.
 - :mod:`lttx.wire.frames`: the length prefix, the payload heads the fast paths
   recognise, and the raw frames of file data;
 - :mod:`lttx.wire.framing`: a decoder that splits a byte stream into frames;
+- :mod:`lttx.wire.batches`: MESSAGES frames, several messages of one channel in one frame;
 - :mod:`lttx.wire.names`: what a variable, channel or file name may be;
 - :mod:`lttx.wire.tls`: what a TLS failure says.
 

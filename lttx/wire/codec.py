@@ -13,6 +13,7 @@ kind      array                                       direction
 3         ``[3, channel, key, data, seq]``            daemon -> client
 4         ``[4, code, message]``                      daemon -> client
 5         ``[5, channel, key, data]``                 client -> daemon
+6         ``[6, channel, [key, data, seq, ...]]``     daemon -> client (:mod:`.batches`)
 ========  ==========================================  ==============
 
 Values may hold the extension types of :mod:`lttx.wire.ext` (DataFrames,

@@ -154,6 +154,33 @@ class FrameDecoder:
         self._position = position
         return frames
 
+    def take_run(self, head: bytes, below: int) -> list[bytes]:
+        """
+        The complete payloads from here on that start with ``head`` and are
+        shorter than ``below`` bytes, in order, up to the first frame that is
+        not one (left for :meth:`next_frame`, as is anything incomplete): the
+        daemon takes a read's run of PUBLISH frames in one loop.
+        """
+        if self._need or self._ready is not None:
+            return []
+        buffer, position = self._buffer, self._position
+        size = len(buffer)
+        header = self._prefix.size
+        unpack_from, starts = self._prefix.unpack_from, buffer.startswith
+        below = min(below, self.max_length + 1)
+        frames: list[bytes] = []
+        append = frames.append
+        while size - position >= header:
+            (length,) = unpack_from(buffer, position)
+            start = position + header
+            end = start + length
+            if length >= below or end > size or not starts(head, start, end):
+                break
+            append(buffer[start:end])
+            position = end
+        self._position = position
+        return frames
+
     @property
     def collecting(self) -> bool:
         """Whether a long frame is arriving (its reader may read in bigger chunks)."""
