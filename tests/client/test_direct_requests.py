@@ -46,6 +46,24 @@ def run_threads(target: Any, n: int = THREADS) -> None:
     assert not any(t.is_alive() for t in threads), "a thread is stuck"
 
 
+def own_replies(test: Any, client: Any, threads: int = 16, rounds: int = 50) -> None:
+    """``threads`` threads each put and get their own variable ``rounds``
+    times and increment one counter: each reply must reach the thread that
+    asked (a wrong one fails the thread), and the counter end exact."""
+    client.put("count", 0)
+
+    def work(k: int) -> None:
+        for i in range(rounds):
+            client.put(f"t{k}", [k, i])
+            got = client.get(f"t{k}")
+            if got != [k, i]:
+                raise AssertionError(f"thread {k} got {got!r} for {[k, i]!r}")
+            client.incr("count")
+
+    run_threads(work, threads)
+    test.assertEqual(client.get("count"), threads * rounds)
+
+
 class DirectRequestTests(TestCase):
     def setUp(self) -> None:
         self.daemon = Daemon(self)
@@ -131,18 +149,7 @@ class DirectRequestTests(TestCase):
     def test_many_threads_each_get_their_own_replies(self) -> None:
         """Sixteen threads put and get their own variables and increment one
         counter: every reply reaches the thread that asked, none is lost."""
-        self.client.put("count", 0)
-
-        def work(k: int) -> None:
-            for i in range(50):
-                self.client.put(f"t{k}", [k, i])
-                got = self.client.get(f"t{k}")
-                if got != [k, i]:
-                    raise AssertionError(f"thread {k} got {got!r} for {[k, i]!r}")
-                self.client.incr("count")
-
-        run_threads(work, 16)
-        self.assertEqual(self.client.get("count"), 800)
+        own_replies(self, self.client)
 
     def test_large_values_keep_the_order_when_the_kernel_takes_part(self) -> None:
         """Values of 2 MiB do not fit the socket buffer at once: the rest goes

@@ -24,7 +24,7 @@ from lttx.client import requests as requests_module
 from lttx.client.requests import NOT_TAKEN, OPEN_AFTER
 
 from ..common import Daemon
-from .test_direct_requests import run_threads
+from .test_direct_requests import own_replies
 
 BLOB = bytes(range(256)) * (8 * 1024)  # 2 MiB: more than one read of the daemon
 
@@ -174,19 +174,8 @@ class RequestConnectionTests(TestCase):
         counter: one at a time on the request connection, the others on the
         main one meanwhile; each reply reaches the thread that asked."""
         self.warm()
-        self.client.put("count", 0)
         answered = self.requests.answered
-
-        def work(k: int) -> None:
-            for i in range(50):
-                self.client.put(f"t{k}", [k, i])
-                got = self.client.get(f"t{k}")
-                if got != [k, i]:
-                    raise AssertionError(f"thread {k} got {got!r} for {[k, i]!r}")
-                self.client.incr("count")
-
-        run_threads(work, 16)
-        self.assertEqual(self.client.get("count"), 800)
+        own_replies(self, self.client)
         self.assertGreater(self.requests.answered - answered, 0)
 
     def test_a_late_reply_is_not_taken_by_the_next_call(self) -> None:
