@@ -107,7 +107,14 @@ class Client(VariableCommands):
         result = requests.call(command, args)
         if result is NOT_TAKEN:
             mark = requests.pushes  # every push counted here goes before this call
-            result = self._call_main(command, args)
+            try:
+                result = self._call_main(command, args)
+            except TimeoutError:
+                # Unanswered, it may still be applied after a later call: as
+                # for a push, the next call goes the main way, behind it.
+                with self._push_lock:
+                    requests.pushes += 1
+                raise
             requests.replied(mark)
         return result
 

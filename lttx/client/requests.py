@@ -71,6 +71,7 @@ from ..wire import codec
 from ..wire.frames import PREFIX
 from ..wire.framing import FrameDecoder, FrameTooLong
 from .dataframes import default, ext_hook
+from .sending import peer_open
 
 #: The commands a request connection carries: each acts on the daemon's
 #: state, never on the connection's own (subscribe, watch, hello do).
@@ -102,8 +103,6 @@ MODE = "requests"
 #: What :meth:`RequestConnection.call` returns when the call must go the main way.
 NOT_TAKEN: Any = object()
 
-_TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None)
-_ESTABLISHED = 1  # TCP_ESTABLISHED in linux/tcp_states.h
 # SO_RCVTIMEO keeps a blocking recv one system call (settimeout() adds a
 # poll before each); its struct timeval is two C longs on Linux.
 _RCVTIMEO = sys.platform.startswith("linux")
@@ -192,6 +191,9 @@ class RequestConnection:
             if self._sock is None or self._beside is not protocol:
                 if not self._open(protocol):
                     return NOT_TAKEN
+                if self._closed:  # close() ran while this thread was opening it
+                    self._drop()
+                    return NOT_TAKEN
             return self._exchange(command, args, owner.timeout, protocol)
         finally:
             self._lock.release()
@@ -216,7 +218,7 @@ class RequestConnection:
             raise EncodeError(f"cannot encode value: {e}") from None
         if len(payload) >= MAX_REQUEST or len(payload) > protocol.max_frame:
             return NOT_TAKEN  # the main way writes it (in pieces), or says it is too large
-        if not self._established(sock):
+        if not peer_open(sock):
             # The daemon closed its side (it died, or restarts): the main way
             # waits for the reconnection, as any call during an outage.
             self._drop()
@@ -329,14 +331,6 @@ class RequestConnection:
             raise BadRequest(f"undecodable frame from the daemon: {e}") from None
 
     # -- the socket ------------------------------------------------------------
-
-    @staticmethod
-    def _established(sock: socket.socket) -> bool:
-        if _TCP_INFO is not None:
-            return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _ESTABLISHED
-        import select
-
-        return not select.select([sock], [], [], 0)[0]  # nothing to read: no FIN, no reset
 
     def _set_timeout(self, sock: socket.socket, seconds: float) -> None:
         if _RCVTIMEO:

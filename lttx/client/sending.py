@@ -44,6 +44,23 @@ _TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None)
 _ESTABLISHED = 1  # TCP_ESTABLISHED in linux/tcp_states.h
 
 
+def peer_open(sock: socket.socket) -> bool:
+    """
+    Whether the daemon's side of ``sock`` is still open (no FIN, no RST seen).
+
+    The reactor thread may not have seen the daemon go yet, and a request
+    sent now would be lost with the connection instead of waiting for the
+    reconnection, as a request made during an outage does.  Linux: the TCP
+    state, read without releasing the GIL (a poll() would release it, and
+    getting it back costs ~10% of a round trip); elsewhere a poll.
+    """
+    if _TCP_INFO is not None:
+        return sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _ESTABLISHED
+    hangup = select.poll()
+    hangup.register(sock.fileno(), _PEER_GONE)
+    return not hangup.poll(0)
+
+
 class Sender:
     """
     The writes of one connection, in order, from any thread.
@@ -66,14 +83,6 @@ class Sender:
             sock = socket.socket(fileno=socket.dup(transport.fileno()))
             sock.setblocking(False)
             self._sock = sock
-            # Whether the daemon has closed its side (it died, or went away):
-            # the reactor thread may not have seen it yet, and a request sent
-            # now would be lost with the connection instead of waiting for
-            # the reconnection, as a request made during an outage does.
-            # Linux: the TCP state, read without releasing the GIL (a poll()
-            # would release it, and getting it back costs a round trip ~10%).
-            self._hangup = select.poll()
-            self._hangup.register(sock.fileno(), _PEER_GONE)
         # What a calling thread's send left over, for the reactor thread.
         self._backlog: list[bytes] = []
 
@@ -138,9 +147,7 @@ class Sender:
     def _established(self) -> bool:
         """Whether the daemon's side is still open (no FIN, no RST seen)."""
         assert self._sock is not None
-        if _TCP_INFO is not None:
-            return self._sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0] == _ESTABLISHED
-        return not self._hangup.poll(0)
+        return peer_open(self._sock)
 
     def send_from_thread(self, data: bytes) -> None:
         """
@@ -162,4 +169,4 @@ class Sender:
             self._call_from_thread(self._drain)
 
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "peer_open"]

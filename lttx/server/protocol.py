@@ -251,9 +251,12 @@ class LTtxServerProtocol(Int32StringReceiver):
             # The publishes of this chunk are in the channel logs: each
             # subscriber is woken once for the whole chunk (one write), even
             # if a later frame of the chunk failed.
-            self.state.channels.flush()
-            # The journal write of the chunk's changes, then their replies.
-            self.state.chunk_done()
+            try:
+                self.state.channels.flush()
+            finally:
+                # The journal write of the chunk's changes, then their replies
+                # (always: a chunk left open would hold every later write).
+                self.state.chunk_done()
             # The replies of this chunk leave now, not a reactor turn later.
             send_now(self.transport)
 

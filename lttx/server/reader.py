@@ -200,7 +200,7 @@ class ChannelReader:
             data = shared[2]
         else:
             frames = log.read(start, end - start)[1]
-            if self.batches:
+            if self.batches and end - start > 1:  # (one message stays a MESSAGE frame)
                 frames = batch_frames(message_head(log.name), frames)
             data = b"".join(frames)
             joined[log] = (start, end, data)

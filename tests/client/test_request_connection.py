@@ -195,6 +195,27 @@ class RequestConnectionTests(TestCase):
         self.assertEqual(self.client.get("late"), "A")
         self.assertEqual(self.requests.answered, answered + 1)
 
+    def test_a_call_after_a_timed_out_main_call_stays_behind_it(self) -> None:
+        """A large put (the main way) times out while the daemon is stopped:
+        unanswered, it may still be applied, so the next put of the same
+        variable does not take the request connection (it could overtake it)
+        but goes the main way behind it; the variable ends with the later
+        value, and the fence lifts once that call is answered."""
+        self.warm()
+        self.client.timeout = 1
+        self.daemon.signal(signal.SIGSTOP)
+        try:
+            with self.assertRaises(lttx.TimeoutError):
+                self.client.put("v", BLOB)  # 2 MiB: written by the reactor thread
+        finally:
+            self.daemon.signal(signal.SIGCONT)
+        self.client.timeout = 15
+        answered = self.requests.answered
+        self.client.put("v", "later")
+        self.assertEqual(self.requests.answered, answered)  # the main way
+        self.assertEqual(self.client.get("v"), "later")
+        self.assertEqual(self.requests.answered, answered + 1)  # fence lifted
+
     def test_not_sent_once_the_daemon_has_closed_its_side(self) -> None:
         """The daemon dies while the client's reactor thread is held (it has
         not seen its connection go): a call is not sent on the request

@@ -249,6 +249,32 @@ class PolicyTests(SynchronousTestCase):
         [[kind, request_id, code, _]] = frames_of(transport.value())
         self.assertEqual((kind, request_id, code), (2, 8, "storage"))
 
+    def test_a_failing_flush_still_ends_the_chunk(self) -> None:
+        """The subscribers' flush at a chunk's end raises (a transport's
+        write failing, say): the chunk is still ended, its put is written and
+        answered, and later chunks of every connection are written as before
+        (a chunk left open would hold every later write of the daemon)."""
+        store = self.store("everysec")
+        proto, transport = server_protocol(store=store)
+        channels = proto.state.channels
+        real_flush = channels.flush
+        failures: list[int] = []
+
+        def failing_flush() -> None:
+            failures.append(1)
+            channels.flush = real_flush  # type: ignore[method-assign]
+            raise RuntimeError("a subscriber's write failed")
+
+        channels.flush = failing_flush  # type: ignore[method-assign]
+        with self.assertRaises(RuntimeError):
+            proto.dataReceived(frame([0, 7, "put", ["a", 1]]))
+        self.assertEqual(failures, [1])
+        self.assertEqual(store._chunks, 0)
+        other, other_transport = server_protocol(store=store, peer=("127.0.0.1", 40001))
+        other.dataReceived(frame([0, 8, "put", ["b", 2]]))
+        self.assertEqual(frames_of(other_transport.value()), [[1, 8, None]])
+        self.assertEqual(frames_of(transport.value()), [[1, 7, None]])
+
     def test_refused_operations_write_nothing(self) -> None:
         """A refused operation changes nothing and queues nothing for the disk."""
         store = self.store("always")
