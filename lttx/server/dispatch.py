@@ -147,7 +147,7 @@ class Dispatcher:
             result.addCallbacks(self._replied, self._failed, (request_id,), None,
                                 (request_id, name))
         else:
-            self._reply(request_id, result)
+            self._replied(result, request_id)
 
     def refuse(self, request_id: Optional[int], name: Any, error: LTtxError) -> None:
         """Send an error frame for a request (or a frame) and log it in one line."""
@@ -157,10 +157,6 @@ class Dispatcher:
                       peer=self.connection.peer, command=_loggable(name), code=error.code,
                       reason=error.message)
         self.connection.send_error(request_id, error)
-
-    def _reply(self, request_id: int, value: Any) -> None:
-        if value is not REPLIED:
-            self.connection.send_reply(request_id, value)
 
     def _replied(self, value: Any, request_id: int) -> None:
         if value is not REPLIED:
