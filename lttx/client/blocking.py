@@ -37,10 +37,15 @@ from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_a
 DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
 
 
-#: A push made this many seconds or more after the last one sent from its
-#: thread is sent from its thread too (no hand-off: the tick leaves at once);
-#: closer pushes are batched by the reactor thread (one write for many).
+#: Pushes closer together than this many seconds make one burst.
 DIRECT_PUSH_GAP = 50e-6
+
+#: The first pushes of a burst, up to this many, are sent from their thread
+#: at once (no hand-off: a burst of ticks leaves as it is made, not after a
+#: wake of the reactor thread, which waits for the pushing thread's GIL);
+#: the rest of a longer burst (a loop of pushes) is batched by the reactor
+#: thread, one write for many.
+DIRECT_PUSH_RUN = 16
 
 #: Most seconds close() waits for the callbacks of messages received before it.
 CALLBACK_DRAIN = 5.0
@@ -73,7 +78,8 @@ class Client(VariableCommands):
         self._push_frames: list[bytes] = []
         self._push_bytes = 0
         self._hand_over_pending = False
-        self._last_direct_push = 0.0  # perf_counter() of the last push sent from its thread
+        self._last_push = float("-inf")  # perf_counter() of the last push
+        self._burst = 0  # pushes made in the current burst (DIRECT_PUSH_RUN)
         self._awaiting_writable = False  # reactor thread only
         self._closed = False
         #: Where a call may be sent and its reply read by the calling thread
@@ -387,11 +393,12 @@ class Client(VariableCommands):
         Publish ``data`` under ``key`` on ``channel``; returns at once.
 
         The frame is encoded here (an unencodable value raises
-        :class:`EncodeError` now).  A push made after a pause (at least
-        :data:`DIRECT_PUSH_GAP`) is written from this thread on a plain TCP
-        connection, so a tick leaves at once; pushes that follow closely are
-        handed to the reactor thread together, in one batch: a loop of pushes
-        costs one thread hop per batch, not per push.  Either way they keep
+        :class:`EncodeError` now).  On a plain TCP connection the first
+        :data:`DIRECT_PUSH_RUN` pushes of a burst (pushes less than
+        :data:`DIRECT_PUSH_GAP` apart) are written from this thread, so a
+        tick leaves at once; the rest of a longer burst are handed to the
+        reactor thread together, in batches: a loop of pushes costs one
+        thread hop per batch, not per push.  Either way they keep
         their order with this thread's other pushes and calls.
 
         Memory is bounded: while the connection cannot take more (the
@@ -418,14 +425,16 @@ class Client(VariableCommands):
                                     f"daemon's limit of {limit}")
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
-            direct = False
-            if not self._push_frames and not self._hand_over_pending:
-                # A push after a pause goes out from this thread at once; in a
-                # burst, the ones that follow are batched by the reactor thread.
-                now = time.perf_counter()
-                if now - self._last_direct_push >= DIRECT_PUSH_GAP:
-                    self._last_direct_push = now
-                    direct = True
+            now = time.perf_counter()
+            if now - self._last_push >= DIRECT_PUSH_GAP:
+                self._burst = 0
+            self._last_push = now
+            self._burst += 1
+            # The first pushes of a burst go out from this thread at once; the
+            # rest of a long one are batched by the reactor thread.  Once one
+            # is queued, the next ones queue behind it (their order).
+            direct = (self._burst <= DIRECT_PUSH_RUN and not self._push_frames
+                      and not self._hand_over_pending)
             if not direct:
                 self._queue_push(frame)
                 return

@@ -95,8 +95,7 @@ class DirectRequestTests(TestCase):
 
     def test_the_order_holds_with_every_push_batched(self) -> None:
         """The same with every push handed to the reactor thread."""
-        self.patch(blocking, "DIRECT_PUSH_GAP", 1e9)
-        self.client._last_direct_push = 1e9
+        self.patch(blocking, "DIRECT_PUSH_RUN", 0)
         self.check_order()
 
     def test_a_push_after_a_pause_is_sent_from_its_thread(self) -> None:
@@ -112,6 +111,26 @@ class DirectRequestTests(TestCase):
             self.client.push("k", i, "ticks")
         self.assertEqual([sub.Q.get(timeout=30).data for _ in range(50)], list(range(50)))
         self.assertEqual(handed, [])
+
+    def test_a_short_burst_is_sent_from_its_thread_a_long_one_batched(self) -> None:
+        """The first DIRECT_PUSH_RUN pushes of a burst go out from their
+        thread; the rest of it is handed to the reactor thread; all arrive,
+        in order."""
+        self.patch(blocking, "DIRECT_PUSH_GAP", 1e9)  # every push in one burst
+        self.patch(blocking, "DIRECT_PUSH_RUN", 5)
+        sub = self.daemon.connect()
+        self.addCleanup(sub.close)
+        sub.subscribe("ticks")
+        self.client.ping()
+        self.client._last_push = float("-inf")  # a burst starts now
+        handed = self.count_hand_offs()
+        for i in range(5):
+            self.client.push("k", i, "ticks")
+        self.assertEqual(handed, [])
+        for i in range(5, 200):
+            self.client.push("k", i, "ticks")
+        self.assertEqual([sub.Q.get(timeout=30).data for _ in range(200)], list(range(200)))
+        self.assertGreater(len(handed), 0)
 
     def count_hand_offs(self) -> list[Any]:
         """What is handed to the client's reactor thread from now to the test's end."""
