@@ -67,6 +67,14 @@ class ChannelReader:
     #: notices and everything else keep their own frames.
     batches = False
 
+    #: The fewest messages of one slice written as a MESSAGES frame; shorter
+    #: runs keep their MESSAGE frames.  Below about this, building the batch
+    #: costs the daemon (for every subscriber, on the path of every tick)
+    #: about what decoding it saves a subscriber, and bursts of a few ticks
+    #: reached their subscriber later (benchmarks/fanout.py latency, the
+    #: closing note of issue 14); a throughput read holds hundreds.
+    batch_from = 8
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "_write" in cls.__dict__:
@@ -171,7 +179,7 @@ class ChannelReader:
     def _add_messages(self, log: ChannelLog, frames: list[bytes]) -> bool:
         """:meth:`_add` of MESSAGE frames of ``log``, as MESSAGES frames if the
         connection asked for them (each message still counted as delivered)."""
-        if self.batches and len(frames) > 1:
+        if self.batches and len(frames) >= self.batch_from:
             out = batch_frames(message_head(log.name), frames)
             self.registry.delivered += len(frames) - len(out)
             frames = out
@@ -200,7 +208,7 @@ class ChannelReader:
             data = shared[2]
         else:
             frames = log.read(start, end - start)[1]
-            if self.batches and end - start > 1:  # (one message stays a MESSAGE frame)
+            if self.batches and end - start >= self.batch_from:
                 frames = batch_frames(message_head(log.name), frames)
             data = b"".join(frames)
             joined[log] = (start, end, data)

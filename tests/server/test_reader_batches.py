@@ -65,6 +65,7 @@ class BatchReaderTests(SynchronousTestCase):
     def reader(self, batches: bool = True, pause_after: int = 0) -> ChannelReader:
         reader = ChannelReader(Recording(pause_after), self.registry)
         reader.batches = batches
+        reader.batch_from = 2  # the mechanics, on short runs (the default: test_short_runs_...)
         return reader
 
     def publish(self, count: int, channel: str = "hq", first: int = 0) -> None:
@@ -90,6 +91,21 @@ class BatchReaderTests(SynchronousTestCase):
         self.assertEqual(readers[0].written, len(expected))
         self.assertIsNone(self.registry.batched)
 
+    def test_short_runs_stay_message_frames_by_default(self) -> None:
+        """With the daemon's default, a flush of batch_from - 1 messages goes
+        as MESSAGE frames, one of batch_from messages as one MESSAGES frame."""
+        reader = ChannelReader(Recording(), self.registry)
+        reader.batches = True
+        short = ChannelReader.batch_from - 1
+        self.assertGreater(short, 1)
+        self.registry.subscribe(reader, ["hq"])
+        self.publish(short)
+        self.assertEqual(reader.transport.chunks, [b"".join(
+            message("hq", f"k{i % 2}", i, i + 1) for i in range(short))])
+        self.publish(short + 1, first=short)
+        self.assertEqual(reader.transport.chunks[1], batch(
+            "hq", [(f"k{i % 2}", i, i + 1) for i in range(short, 2 * short + 1)]))
+
     def test_one_message_per_flush_is_a_message_frame(self) -> None:
         """A batch of one would not pay: a lone message keeps its MESSAGE frame."""
         reader = self.reader()
@@ -104,6 +120,7 @@ class BatchReaderTests(SynchronousTestCase):
         registry = ChannelRegistry(history_bytes=20 * 150)
         reader = ChannelReader(Recording(), registry)
         reader.batches = True
+        reader.batch_from = 2
         epoch = registry.subscribe(reader, ["hq"])["hq"]["epoch"]
         for i in range(3):
             registry.publish("hq", "k", "x" * 70)
@@ -189,6 +206,7 @@ class BatchReaderPropertyTests(SynchronousTestCase):
         for batches in (True, False):
             reader = ChannelReader(CountingTransport(pause_after=pause_after), registry)
             reader.batches = batches
+            reader.batch_from = 2  # batches of every size
             registry.subscribe(reader, names, conflate=conflate)
             readers.append(reader)
         received = [b"", b""]
@@ -243,18 +261,18 @@ class ProtocolBatchTests(SynchronousTestCase):
         return transport
 
     def test_batches_only_for_a_client_that_asks(self) -> None:
-        """Three publishes in one read: a client that said "batches": true at
-        hello gets one MESSAGES frame, one that did not (or said something
-        else than true) the three MESSAGE frames of protocol 2."""
+        """Eight publishes in one read (the default batch_from): a client that
+        said "batches": true at hello gets one MESSAGES frame, one that did
+        not (or said something else than true) the MESSAGE frames of protocol 2."""
         factory = LTtxFactory(ServerState(MemoryStore(), TokenAuthenticator(TOKEN)))
         publisher, _ = server_protocol(factory=factory)
         asking = self.subscriber(factory, {"batches": True})
         plain = self.subscriber(factory, {})
         odd = self.subscriber(factory, {"batches": 1})
         publisher.dataReceived(b"".join(frame([codec.PUBLISH, "hq", f"k{i}", i])
-                                        for i in range(3)))
-        self.assertEqual(asking.value(), batch("hq", [(f"k{i}", i, i + 1) for i in range(3)]))
-        old = b"".join(message("hq", f"k{i}", i, i + 1) for i in range(3))
+                                        for i in range(8)))
+        self.assertEqual(asking.value(), batch("hq", [(f"k{i}", i, i + 1) for i in range(8)]))
+        old = b"".join(message("hq", f"k{i}", i, i + 1) for i in range(8))
         self.assertEqual(plain.value(), old)
         self.assertEqual(odd.value(), old)
 
@@ -278,6 +296,7 @@ class DocsExampleTests(SynchronousTestCase):
         registry = ChannelRegistry()
         reader = ChannelReader(Recording(), registry)
         reader.batches = True
+        reader.batch_from = 2  # the example's two messages
         registry.subscribe(reader, ["hq"])
         registry.publish("hq", "600000.SH", "10.23|10.24")
         registry.publish("hq", "600001.SH", "8.71|8.72")
