@@ -47,6 +47,13 @@ DIRECT_PUSH_GAP = 50e-6
 #: thread, one write for many.
 DIRECT_PUSH_RUN = 16
 
+#: Once a push was queued for the reactor thread (a stream of pushes), the
+#: next ones are queued too until none was for this many seconds.  A pushing
+#: thread that waited for the GIL while the reactor thread wrote its batch
+#: seems to have paused; sending from the thread then would hand the GIL back
+#: and forth at every send (a loop of pushes took twice the time).
+STREAM_REST = 1e-3
+
 #: Most seconds close() waits for the callbacks of messages received before it.
 CALLBACK_DRAIN = 5.0
 
@@ -80,6 +87,8 @@ class Client(VariableCommands):
         self._hand_over_pending = False
         self._last_push = float("-inf")  # perf_counter() of the last push
         self._burst = 0  # pushes made in the current burst (DIRECT_PUSH_RUN)
+        self._last_queued = float("-inf")  # perf_counter() of the last push queued
+        self._streaming = False  # pushes were queued behind others since then
         self._awaiting_writable = False  # reactor thread only
         self._closed = False
         #: Where a call may be sent and its reply read by the calling thread
@@ -396,7 +405,8 @@ class Client(VariableCommands):
         :class:`EncodeError` now).  On a plain TCP connection the first
         :data:`DIRECT_PUSH_RUN` pushes of a burst (pushes less than
         :data:`DIRECT_PUSH_GAP` apart) are written from this thread, so a
-        tick leaves at once; the rest of a longer burst are handed to the
+        tick leaves at once; the rest of a longer burst, and every push
+        until the pushes rested for :data:`STREAM_REST`, are handed to the
         reactor thread together, in batches: a loop of pushes costs one
         thread hop per batch, not per push.  Either way they keep
         their order with this thread's other pushes and calls.
@@ -425,17 +435,24 @@ class Client(VariableCommands):
                                     f"daemon's limit of {limit}")
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
+            if self._push_frames or self._hand_over_pending:
+                # A stream: behind the pushes queued before (their order),
+                # with no clock read (the loop of a publisher).
+                self._streaming = True
+                self._queue_push(frame)
+                return
             now = time.perf_counter()
+            if self._streaming:  # pushes were queued since the last look
+                self._streaming = False
+                self._last_queued = now
             if now - self._last_push >= DIRECT_PUSH_GAP:
                 self._burst = 0
             self._last_push = now
             self._burst += 1
             # The first pushes of a burst go out from this thread at once; the
-            # rest of a long one are batched by the reactor thread.  Once one
-            # is queued, the next ones queue behind it (their order).
-            direct = (self._burst <= DIRECT_PUSH_RUN and not self._push_frames
-                      and not self._hand_over_pending)
-            if not direct:
+            # rest of a long one, and a stream, are batched by the reactor thread.
+            if self._burst > DIRECT_PUSH_RUN or now - self._last_queued < STREAM_REST:
+                self._last_queued = now
                 self._queue_push(frame)
                 return
         sent = self._push_direct(frame)

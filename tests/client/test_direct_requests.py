@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import select
 import threading
+import time
 from typing import Any
 
 from twisted.trial.unittest import TestCase
@@ -130,6 +131,26 @@ class DirectRequestTests(TestCase):
         for i in range(5, 200):
             self.client.push("k", i, "ticks")
         self.assertEqual([sub.Q.get(timeout=30).data for _ in range(200)], list(range(200)))
+        self.assertGreater(len(handed), 0)
+
+    def test_a_stream_stays_batched_until_it_rests(self) -> None:
+        """Once a push was queued (a stream), pushes keep being queued until
+        none was for STREAM_REST, even ones that look like a new burst."""
+        self.patch(blocking, "DIRECT_PUSH_GAP", 0.0)  # each push a burst of its own
+        self.patch(blocking, "STREAM_REST", 1e9)
+        sub = self.daemon.connect()
+        self.addCleanup(sub.close)
+        sub.subscribe("ticks")
+        self.client.ping()
+        self.client._last_queued = time.perf_counter()  # a push was just queued
+        sent_direct: list[bytes] = []
+        original = self.client._push_direct
+        self.client._push_direct = lambda frame: sent_direct.append(frame) or original(frame)
+        handed = self.count_hand_offs()
+        for i in range(20):
+            self.client.push("k", i, "ticks")
+        self.assertEqual([sub.Q.get(timeout=30).data for _ in range(20)], list(range(20)))
+        self.assertEqual(sent_direct, [])
         self.assertGreater(len(handed), 0)
 
     def count_hand_offs(self) -> list[Any]:
