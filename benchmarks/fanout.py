@@ -91,13 +91,18 @@ def free_port() -> int:
 class Recorder:
     """Counts messages and, with ``latency``, records push-to-receive times."""
 
-    def __init__(self, n: int, latency: bool) -> None:
+    def __init__(self, n: int, latency: bool, step: int = 1) -> None:
         self.n = n
         self.latency = latency
+        self.step = step  # messages per 1 ms step of the publisher
         self.count = 0
         self.first = 0
         self.last = 0
         self.lat: list[int] = []
+        # Each message's place in its 1 ms step (latency mode), and, for
+        # LTtx with LTTX_BENCH_SPLIT=1, push-to-Client.Q times (see sub_lttx).
+        self.places: list[int] = []
+        self.queued: list[int] = []
         self.cpu_first = 0.0
 
     def got(self, data: str) -> None:
@@ -109,6 +114,7 @@ class Recorder:
         self.last = now
         if self.latency:
             self.lat.append(now - int(data[:19]))
+            self.places.append(int(data[20:29]) % self.step)
 
     def report(self) -> None:
         out: dict[str, Any] = {"count": self.count, "first": self.first, "last": self.last}
@@ -121,7 +127,17 @@ class Recorder:
             out["p50_us"] = lat[len(lat) // 2] / 1000
             out["p99_us"] = lat[int(len(lat) * 0.99)] / 1000
             out["max_us"] = lat[-1] / 1000
+            by_place: dict[int, list[int]] = {}
+            for place, ns in zip(self.places, self.lat):
+                by_place.setdefault(place, []).append(ns)
+            out["p50_by_place_us"] = [_median(v) / 1000 for _, v in sorted(by_place.items())]
+        if self.queued:
+            out["queued_p50_us"] = _median(self.queued) / 1000
         print(json.dumps(out), flush=True)
+
+
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]
 
 
 def sub_lttx(port: int, rec: Recorder, deadline: float) -> None:
@@ -129,6 +145,20 @@ def sub_lttx(port: int, rec: Recorder, deadline: float) -> None:
 
     import lttx
 
+    if os.environ.get("LTTX_BENCH_SPLIT") and rec.latency:
+        # When each message reached Client.Q (the reactor thread's put): the
+        # rest of its latency is the hand-off to the reading thread.
+        from lttx.client.messages import MessageQueue
+
+        put_many = MessageQueue.put_many
+        queued = rec.queued
+
+        def timed(self: MessageQueue, items: list[Any]) -> None:
+            now = time.monotonic_ns()
+            queued.extend(now - int(m.data[:19]) for m in items)
+            put_many(self, items)
+
+        MessageQueue.put_many = timed  # type: ignore[method-assign]
     c = lttx.connect("127.0.0.1", port, token=TOKEN, timeout=30)
     c.subscribe(CHANNEL)
     print("ready", flush=True)
@@ -524,7 +554,7 @@ def scenario(servers: Servers, system: str, subscribers: int, n: int, frozen: in
     for k in range(subscribers):
         child = subprocess.Popen(
             [sys.executable, __file__, "sub", system, str(port), str(n),
-             str(deadline - time.monotonic()), "latency" if rate else "count"],
+             str(deadline - time.monotonic()), f"latency:{_step(rate)}" if rate else "count"],
             stdout=subprocess.PIPE, text=True, env=env)
         children.append(child)
     for child in children:
@@ -568,6 +598,8 @@ def scenario(servers: Servers, system: str, subscribers: int, n: int, frozen: in
         out["p50_us"] = results[0].get("p50_us")
         out["p99_us"] = results[0].get("p99_us")
         out["max_us"] = results[0].get("max_us")
+        out["p50_by_place_us"] = results[0].get("p50_by_place_us")
+        out["queued_p50_us"] = results[0].get("queued_p50_us")
     if system == "lttx":
         out["daemon_rss_growth_kib"] = rss_after - rss_before
     return out
@@ -643,7 +675,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "sub":
         _, _, system, port, n, left, mode = sys.argv
-        recorder = Recorder(int(n), mode == "latency")
+        latency, _, step = mode.partition(":")
+        recorder = Recorder(int(n), latency == "latency", int(step or 1))
         globals()[f"sub_{system}"](int(port), recorder, time.monotonic() + float(left))
     elif len(sys.argv) > 1 and sys.argv[1] == "relay":
         relay(int(sys.argv[2]))

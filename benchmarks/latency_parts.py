@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""
+Where a tick's push-to-receive time goes, in compare.py's latency scenario
+(a steady 10,000 messages/s, ten pushes together every 1 ms, one subscriber).
+
+    python3 benchmarks/latency_parts.py [--runs 9] [--n 10000] [--systems lttx,redis]
+
+Runs the scenario on each system in turn, ``--runs`` times, and prints per
+system the medians over the runs of:
+
+- ``p50``: the scenario's push-to-receive p50 (what compare.py reports);
+- ``by place``: the p50 of the 1st, 2nd, ... 10th message of each 1 ms step.
+  A row that falls by the time between two pushes from each place to the next
+  means the step's messages reached the reader together;
+- LTtx only, ``to Q``: push to the moment the subscriber's reactor thread put
+  the message into ``Client.Q``; ``p50 - to Q`` is the hand-off from that
+  thread to the one reading ``Q.get()`` (a futex wake, then the GIL);
+- ``CPU µs per step``: of the daemon (LTtx: ``/proc/<pid>/schedstat``; Redis:
+  redis-server's) and of the subscriber process, per 1 ms step of ten.
+
+Run by hand on a quiet machine; alternate the systems (as here) rather than
+comparing runs made at different times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import os  # noqa: E402
+
+import compare  # noqa: E402
+import fanout  # noqa: E402
+
+RATE = 10_000.0
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has run (all its threads), to the nanosecond."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def redis_pid(servers: Any) -> int:
+    for proc in servers.procs:
+        if proc.args[0] == "redis-server":
+            return int(proc.pid)
+    raise RuntimeError("no redis-server running")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--n", type=int, default=10_000, help="messages per run")
+    parser.add_argument("--systems", default="lttx,redis")
+    args = parser.parse_args()
+    systems = args.systems.split(",")
+    os.environ["LTTX_BENCH_SPLIT"] = "1"
+    steps = args.n / fanout._step(RATE)
+    servers = compare.AllServers()
+    rows: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+    try:
+        for system in systems:  # warm up
+            fanout.scenario(servers, system, subscribers=1, n=2000, rate=RATE)
+        for _ in range(args.runs):
+            for system in systems:
+                server = servers.daemon.pid if system == "lttx" else redis_pid(servers)
+                before = cpu_s(server)
+                out = fanout.scenario(servers, system, subscribers=1, n=args.n, rate=RATE)
+                out["server_cpu_us"] = (cpu_s(server) - before) / steps * 1e6
+                out["subscriber_cpu_us"] = out["subscriber_cpu_s"][0] / steps * 1e6
+                rows[system].append(out)
+    finally:
+        servers.stop()
+    for system, runs in rows.items():
+        def med(key: str) -> float:
+            return statistics.median(r[key] for r in runs if r.get(key) is not None)
+
+        places = [statistics.median(r["p50_by_place_us"][k] for r in runs)
+                  for k in range(len(runs[0]["p50_by_place_us"]))]
+        each = ", ".join(f"{r['p50_us']:.0f}" for r in runs)
+        print(f"{system:6s} p50 {med('p50_us'):6.1f} µs  (runs: {each})")
+        print(f"{'':6s} by place {', '.join(f'{p:.0f}' for p in places)} µs")
+        if system == "lttx":
+            print(f"{'':6s} to Q {med('queued_p50_us'):6.1f} µs, hand-off to Q.get "
+                  f"{med('p50_us') - med('queued_p50_us'):5.1f} µs")
+        print(f"{'':6s} CPU µs per step: server {med('server_cpu_us'):6.1f}, "
+              f"subscriber {med('subscriber_cpu_us'):6.1f}")
+
+
+if __name__ == "__main__":
+    main()
