@@ -70,7 +70,7 @@ def main() -> None:
             fanout.scenario(servers, system, subscribers=1, n=2000, rate=RATE)
         for _ in range(args.runs):
             for system in systems:
-                server = servers.daemon.pid if system == "lttx" else redis_pid(servers)
+                server = servers.daemon.pid if system == "lttx" else (redis_pid(servers) if system == "redis" else os.getpid())
                 before = cpu_s(server)
                 out = fanout.scenario(servers, system, subscribers=1, n=args.n, rate=RATE)
                 out["server_cpu_us"] = (cpu_s(server) - before) / steps * 1e6
