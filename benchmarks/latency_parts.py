@@ -15,8 +15,9 @@ system the medians over the runs of:
 - LTtx only, ``to Q``: push to the moment the subscriber's reactor thread put
   the message into ``Client.Q``; ``p50 - to Q`` is the hand-off from that
   thread to the one reading ``Q.get()`` (a futex wake, then the GIL);
-- ``CPU µs per step``: of the daemon (LTtx: ``/proc/<pid>/schedstat``; Redis:
-  redis-server's) and of the subscriber process, per 1 ms step of ten.
+- ``CPU µs per step``: of the server (the LTtx daemon, redis-server,
+  nats-server or the raw relay; from ``/proc/<pid>/schedstat``) and of the
+  subscriber process, per 1 ms step of ten.
 
 Run by hand on a quiet machine; alternate the systems (as here) rather than
 comparing runs made at different times.
@@ -47,11 +48,16 @@ def cpu_s(pid: int) -> float:
         return int(f.read().split()[0]) / 1e9
 
 
-def redis_pid(servers: Any) -> int:
+def server_pid(servers: Any, system: str) -> int:
+    """The pid of the process that relays ``system``'s messages."""
+    if system == "lttx":
+        return int(servers.daemon.pid)
     for proc in servers.procs:
-        if proc.args[0] == "redis-server":
+        if (system == "redis" and proc.args[0] == "redis-server"
+                or system == "nats" and proc.args[0] == "nats-server"
+                or system == "raw" and "relay" in proc.args):
             return int(proc.pid)
-    raise RuntimeError("no redis-server running")
+    raise RuntimeError(f"no {system} server running")
 
 
 def main() -> None:
@@ -70,7 +76,7 @@ def main() -> None:
             fanout.scenario(servers, system, subscribers=1, n=2000, rate=RATE)
         for _ in range(args.runs):
             for system in systems:
-                server = servers.daemon.pid if system == "lttx" else (redis_pid(servers) if system == "redis" else os.getpid())
+                server = server_pid(servers, system)
                 before = cpu_s(server)
                 out = fanout.scenario(servers, system, subscribers=1, n=args.n, rate=RATE)
                 out["server_cpu_us"] = (cpu_s(server) - before) / steps * 1e6
