@@ -28,6 +28,7 @@ from .dataframes import default
 from .eventloop import EventLoop, Waiter
 from .messages import DEFAULT_QUEUE_LIMIT, Message, MessageQueue
 from .mirror import Mirror
+from .pacing import PushPacing
 from .requests import NOT_TAKEN, RequestConnection
 from .watch import Change, Watch
 from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_address
@@ -36,23 +37,6 @@ from .settings import DEFAULT_PORT, DEFAULT_TIMEOUT, ConnectionSettings, split_a
 #: them (its send buffer is full, or it reconnects) before ``push`` blocks.
 DEFAULT_PUSH_BUFFER = 8 * 1024 * 1024
 
-
-#: Pushes closer together than this many seconds make one burst.
-DIRECT_PUSH_GAP = 50e-6
-
-#: The first pushes of a burst, up to this many, are sent from their thread
-#: at once (no hand-off: a burst of ticks leaves as it is made, not after a
-#: wake of the reactor thread, which waits for the pushing thread's GIL);
-#: the rest of a longer burst (a loop of pushes) is batched by the reactor
-#: thread, one write for many.
-DIRECT_PUSH_RUN = 16
-
-#: Once a push was queued for the reactor thread (a stream of pushes), the
-#: next ones are queued too until none was for this many seconds.  A pushing
-#: thread that waited for the GIL while the reactor thread wrote its batch
-#: seems to have paused; sending from the thread then would hand the GIL back
-#: and forth at every send (a loop of pushes took twice the time).
-STREAM_REST = 1e-3
 
 #: Most seconds close() waits for the callbacks of messages received before it.
 CALLBACK_DRAIN = 5.0
@@ -85,10 +69,7 @@ class Client(VariableCommands):
         self._push_frames: list[bytes] = []
         self._push_bytes = 0
         self._hand_over_pending = False
-        self._last_push = float("-inf")  # perf_counter() of the last push
-        self._burst = 0  # pushes made in the current burst (DIRECT_PUSH_RUN)
-        self._last_queued = float("-inf")  # perf_counter() of the last push queued
-        self._streaming = False  # pushes were queued behind others since then
+        self._pacing = PushPacing()  # which pushes leave from their thread
         self._awaiting_writable = False  # reactor thread only
         self._closed = False
         #: Where a call may be sent and its reply read by the calling thread
@@ -403,12 +384,10 @@ class Client(VariableCommands):
 
         The frame is encoded here (an unencodable value raises
         :class:`EncodeError` now).  On a plain TCP connection the first
-        :data:`DIRECT_PUSH_RUN` pushes of a burst (pushes less than
-        :data:`DIRECT_PUSH_GAP` apart) are written from this thread, so a
-        tick leaves at once; the rest of a longer burst, and every push
-        until the pushes rested for :data:`STREAM_REST`, are handed to the
-        reactor thread together, in batches: a loop of pushes costs one
-        thread hop per batch, not per push.  Either way they keep
+        pushes of a burst are written from this thread, so a tick leaves at
+        once; the rest of a longer burst, and a stream of pushes, are handed
+        to the reactor thread together, in batches: a loop of pushes costs
+        one thread hop per batch, not per push (:mod:`lttx.client.pacing`).  Either way they keep
         their order with this thread's other pushes and calls.
 
         Memory is bounded: while the connection cannot take more (the
@@ -436,23 +415,10 @@ class Client(VariableCommands):
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
             if self._push_frames or self._hand_over_pending:
-                # A stream: behind the pushes queued before (their order),
-                # with no clock read (the loop of a publisher).
-                self._streaming = True
+                self._pacing.streaming = True  # behind the queued ones (their order)
                 self._queue_push(frame)
                 return
-            now = time.perf_counter()
-            if self._streaming:  # pushes were queued since the last look
-                self._streaming = False
-                self._last_queued = now
-            if now - self._last_push >= DIRECT_PUSH_GAP:
-                self._burst = 0
-            self._last_push = now
-            self._burst += 1
-            # The first pushes of a burst go out from this thread at once; the
-            # rest of a long one, and a stream, are batched by the reactor thread.
-            if self._burst > DIRECT_PUSH_RUN or now - self._last_queued < STREAM_REST:
-                self._last_queued = now
+            if not self._pacing.direct():
                 self._queue_push(frame)
                 return
         sent = self._push_direct(frame)

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 import lttx
-from lttx.client import blocking
+from lttx.client import pacing
 from lttx.client.sending import Sender
 
 from ..common import Daemon
@@ -91,18 +91,18 @@ class DirectRequestTests(TestCase):
 
     def test_the_order_holds_with_every_push_sent_from_its_thread(self) -> None:
         """The same with every push written by its thread (no batching)."""
-        self.patch(blocking, "DIRECT_PUSH_GAP", 0.0)
+        self.patch(pacing, "DIRECT_PUSH_GAP", 0.0)
         self.check_order()
 
     def test_the_order_holds_with_every_push_batched(self) -> None:
         """The same with every push handed to the reactor thread."""
-        self.patch(blocking, "DIRECT_PUSH_RUN", 0)
+        self.patch(pacing, "DIRECT_PUSH_RUN", 0)
         self.check_order()
 
     def test_a_push_after_a_pause_is_sent_from_its_thread(self) -> None:
         """Pushes spaced more than DIRECT_PUSH_GAP apart (here: any) are not
         handed to the reactor thread, and arrive in order."""
-        self.patch(blocking, "DIRECT_PUSH_GAP", 0.0)
+        self.patch(pacing, "DIRECT_PUSH_GAP", 0.0)
         sub = self.daemon.connect()
         self.addCleanup(sub.close)
         sub.subscribe("ticks")
@@ -117,13 +117,13 @@ class DirectRequestTests(TestCase):
         """The first DIRECT_PUSH_RUN pushes of a burst go out from their
         thread; the rest of it is handed to the reactor thread; all arrive,
         in order."""
-        self.patch(blocking, "DIRECT_PUSH_GAP", 1e9)  # every push in one burst
-        self.patch(blocking, "DIRECT_PUSH_RUN", 5)
+        self.patch(pacing, "DIRECT_PUSH_GAP", 1e9)  # every push in one burst
+        self.patch(pacing, "DIRECT_PUSH_RUN", 5)
         sub = self.daemon.connect()
         self.addCleanup(sub.close)
         sub.subscribe("ticks")
         self.client.ping()
-        self.client._last_push = float("-inf")  # a burst starts now
+        self.client._pacing.last_push = float("-inf")  # a burst starts now
         handed = self.count_hand_offs()
         for i in range(5):
             self.client.push("k", i, "ticks")
@@ -136,13 +136,13 @@ class DirectRequestTests(TestCase):
     def test_a_stream_stays_batched_until_it_rests(self) -> None:
         """Once a push was queued (a stream), pushes keep being queued until
         none was for STREAM_REST, even ones that look like a new burst."""
-        self.patch(blocking, "DIRECT_PUSH_GAP", 0.0)  # each push a burst of its own
-        self.patch(blocking, "STREAM_REST", 1e9)
+        self.patch(pacing, "DIRECT_PUSH_GAP", 0.0)  # each push a burst of its own
+        self.patch(pacing, "STREAM_REST", 1e9)
         sub = self.daemon.connect()
         self.addCleanup(sub.close)
         sub.subscribe("ticks")
         self.client.ping()
-        self.client._last_queued = time.perf_counter()  # a push was just queued
+        self.client._pacing.last_queued = time.perf_counter()  # a push was just queued
         sent_direct: list[bytes] = []
         original = self.client._push_direct
         self.client._push_direct = lambda frame: sent_direct.append(frame) or original(frame)
