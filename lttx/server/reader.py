@@ -67,12 +67,13 @@ class ChannelReader:
     #: notices and everything else keep their own frames.
     batches = False
 
-    #: The fewest messages of one slice written as a MESSAGES frame; shorter
-    #: runs keep their MESSAGE frames.  Below about this, building the batch
-    #: costs the daemon (for every subscriber, on the path of every tick)
-    #: about what decoding it saves a subscriber, and bursts of a few ticks
-    #: reached their subscriber later (benchmarks/fanout.py latency, the
-    #: closing note of issue 14); a throughput read holds hundreds.
+    #: The fewest messages of one slice written as a MESSAGES frame to a
+    #: channel's only subscriber; shorter runs keep their MESSAGE frames.
+    #: Below about this, building the batch costs the daemon (on the path of
+    #: every tick) about what decoding it saves the subscriber, and bursts of
+    #: a few ticks reached it later (benchmarks/latency_parts.py, the closing
+    #: note of issue 14).  A batch shared by several subscribers at the same
+    #: seq is built once for all and pays from two messages.
     batch_from = 8
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -208,7 +209,9 @@ class ChannelReader:
             data = shared[2]
         else:
             frames = log.read(start, end - start)[1]
-            if self.batches and end - start >= self.batch_from:
+            # Built once for every reader at this seq: with several, it pays
+            # from two messages (each of them decodes it cheaper).
+            if self.batches and end - start >= (2 if len(log.readers) > 1 else self.batch_from):
                 frames = batch_frames(message_head(log.name), frames)
             data = b"".join(frames)
             joined[log] = (start, end, data)

@@ -106,6 +106,18 @@ class BatchReaderTests(SynchronousTestCase):
         self.assertEqual(reader.transport.chunks[1], batch(
             "hq", [(f"k{i % 2}", i, i + 1) for i in range(short, 2 * short + 1)]))
 
+    def test_a_short_run_shared_by_several_subscribers_is_one_batch(self) -> None:
+        """Two subscribers at the same seq: with the daemon's default, even two
+        messages go as one MESSAGES frame, built once for both."""
+        readers = [ChannelReader(Recording(), self.registry) for _ in range(2)]
+        for reader in readers:
+            reader.batches = True
+            self.registry.subscribe(reader, ["hq"])
+        self.publish(2)
+        expected = batch("hq", [(f"k{i % 2}", i, i + 1) for i in range(2)])
+        self.assertEqual(readers[0].transport.chunks, [expected])
+        self.assertIs(readers[0].transport.chunks[0], readers[1].transport.chunks[0])
+
     def test_one_message_per_flush_is_a_message_frame(self) -> None:
         """A batch of one would not pay: a lone message keeps its MESSAGE frame."""
         reader = self.reader()
