@@ -23,6 +23,7 @@ from ..errors import ConnectionLost, EncodeError, FrameTooLarge, LTtxError, Time
 from ..wire import codec
 from ..wire.frames import PREFIX
 from .asyncclient import AsyncClient
+from .callbacks import CallbackThread
 from .commands import VariableCommands
 from .dataframes import default
 from .eventloop import EventLoop, Waiter
@@ -75,9 +76,7 @@ class Client(VariableCommands):
         #: Where a call may be sent and its reply read by the calling thread
         #: (lttx.client.requests); it counts the pushes (under the push lock).
         self._requests = RequestConnection(self)
-        self._callbacks: "Optional[queue.SimpleQueue[Any]]" = None
-        self._dropping_callbacks = False
-        self._callback_thread: Optional[threading.Thread] = None
+        self._callbacks = CallbackThread(messages)  # started by the first callback
         # A script that ends without close() still delivers what it pushed.
         self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._exit_hook)
@@ -206,8 +205,8 @@ class Client(VariableCommands):
         :return: each channel's next sequence number.
         :raises AuthError: on a wrong password (nothing is subscribed).
         """
-        deliver = None if callback is None else self._dispatcher(callback)
-        gap = None if on_gap is None else self._gap_dispatcher(on_gap)
+        deliver = None if callback is None else self._callbacks.for_messages(callback)
+        gap = None if on_gap is None else self._callbacks.for_gaps(on_gap)
         return self._call(self._client.subscribe, channels, password, conflate, deliver,
                           history, since, last_values, gap)
 
@@ -233,17 +232,6 @@ class Client(VariableCommands):
         """The gaps reported, per channel."""
         return dict(self._client.gaps_by_channel)
 
-    def _gap_dispatcher(self, on_gap: Callable[[str, Optional[int], Optional[int]], None],
-                        ) -> Callable[[str, Optional[int], Optional[int]], None]:
-        """A reactor-thread gap callback running ``on_gap`` in the callback thread,
-        in order with the messages."""
-        run = self._dispatcher(lambda message: on_gap(*message[1]))
-
-        def hand_over(channel: str, first: Optional[int], last: Optional[int]) -> None:
-            run(_GapCall(channel, (channel, first, last)))  # type: ignore[arg-type]
-
-        return hand_over
-
     def unsubscribe(self, channels: "str | list[str]") -> list[str]:
         """Leave channels; the channels actually left."""
         return self._call(self._client.unsubscribe, channels)
@@ -252,53 +240,6 @@ class Client(VariableCommands):
     def subscriptions(self) -> list[str]:
         """The channels this client is subscribed to."""
         return self._client.subscriptions
-
-    def _dispatcher(self, callback: Callable[[Message], None]) -> Callable[[Message], None]:
-        """A reactor-thread callback handing each message to the dispatch thread."""
-        with self._push_lock:  # two threads subscribing at once start one thread
-            if self._callbacks is None:
-                self._callbacks = queue.SimpleQueue()
-                self._callback_thread = threading.Thread(
-                    target=self._run_callbacks, args=(self._callbacks,),
-                    name="lttx-callbacks", daemon=True)
-                self._callback_thread.start()
-        callbacks = self._callbacks
-        limit = getattr(self.Q, "limit", DEFAULT_QUEUE_LIMIT)
-
-        def hand_over(message: Message) -> None:
-            # Bounded like Q: a callback that falls behind for good drops
-            # messages (counted in Q.dropped, logged once) instead of growing.
-            waiting = callbacks.qsize()
-            if waiting >= limit:
-                self._callback_dropped(limit)
-                return
-            if self._dropping_callbacks and waiting < limit // 2:
-                self._dropping_callbacks = False
-            callbacks.put((callback, message))
-
-        return hand_over
-
-    def _callback_dropped(self, limit: int) -> None:
-        if isinstance(self.Q, MessageQueue):
-            self.Q.dropped += 1
-        if not self._dropping_callbacks:
-            self._dropping_callbacks = True
-            AsyncClient.log.warn("{limit} messages wait for callbacks that do not keep up: "
-                                 "dropping new ones (a gap in Message.seq shows them)",
-                                 limit=limit)
-
-    def _run_callbacks(self, callbacks: "queue.SimpleQueue[Any]") -> None:
-        while True:
-            item = callbacks.get()
-            if item is None:
-                return
-            callback, message = item
-            try:
-                callback(message)
-            except Exception:
-                # The user's callback failed; later messages still get theirs.
-                AsyncClient.log.failure("a message callback failed on {channel}",
-                                        channel=message.channel)
 
     # -- watch and mirror -----------------------------------------------------
 
@@ -315,15 +256,11 @@ class Client(VariableCommands):
         place, or ``on_missed(first, last)`` is called, or else the callback
         gets a Change whose op is ``"missed"``.
         """
-        deliver = None if callback is None else self._handed_over(callback)
-        missed = None if on_missed is None else self._handed_over(lambda args: on_missed(*args))
+        deliver = None if callback is None else self._callbacks.for_values(callback)
+        missed = (None if on_missed is None
+                  else self._callbacks.for_values(lambda args: on_missed(*args)))
         return self._call(self._client.watch, pattern, deliver,
                           None if missed is None else (lambda first, last: missed((first, last))))
-
-    def _handed_over(self, f: Callable[[Any], None]) -> Callable[[Any], None]:
-        """A reactor-thread callable running ``f`` in the callback thread."""
-        run = self._dispatcher(lambda call: f(call[1]))
-        return lambda value: run(_GapCall("(watch)", value))  # type: ignore[arg-type]
 
     def unwatch(self, pattern: str) -> list[str]:
         """Stop every watch and mirror of ``pattern``; the patterns still watched."""
@@ -534,14 +471,10 @@ class Client(VariableCommands):
                 self._closed = True
                 self._push_room.notify_all()
             self._requests.close()
-            if self._callbacks is not None:
-                self._callbacks.put(None)
             self._loop.stop()
-            thread = self._callback_thread
-            if thread is not None and thread is not threading.current_thread():
-                # Callbacks (and on_gap) of what arrived before close() run
-                # first, for a few seconds at most.
-                thread.join(min(CALLBACK_DRAIN, self.timeout if timeout is None else timeout))
+            # Callbacks (and on_gap) of what arrived before close() run
+            # first, for a few seconds at most.
+            self._callbacks.stop(min(CALLBACK_DRAIN, self.timeout if timeout is None else timeout))
 
     def _close_in_loop(self) -> "Deferred[None]":
         with self._push_room:
@@ -555,18 +488,6 @@ class Client(VariableCommands):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
-
-
-class _GapCall(tuple):  # type: ignore[type-arg]
-    """A gap callback's arguments, passed through the message callback thread
-    (``.channel`` names it in the log line of a failing callback)."""
-
-    def __new__(cls, channel: str, args: tuple[Any, ...]) -> "_GapCall":
-        return super().__new__(cls, (channel, args))
-
-    @property
-    def channel(self) -> str:
-        return self[0]  # type: ignore[no-any-return]
 
 
 #: Seconds a client left open at interpreter exit has to write its pushes.
