@@ -22,7 +22,9 @@ how many runs delivered every message ("runs complete / runs").
 Systems:
 
 - ``lttx``: the real ``twistd -n lttx``; the blocking client's ``push`` in a
-  plain loop, subscribers read ``client.Q``.
+  plain loop (at a steady rate, each 1 ms step in one ``push_many``, as Redis
+  and NATS send each step together; ``LTTX_BENCH_PUSH=each`` pushes one by
+  one there too), subscribers read ``client.Q``.
 - ``raw``: the simplest possible Python relay: it forwards the bytes of
   pre-framed messages (4-byte length + ``key|data``) from the publisher to
   every subscriber with ``sendall``, no parsing, no flow control.  The upper
@@ -322,12 +324,27 @@ class Publisher:
 
         c = lttx.connect("127.0.0.1", self.port, token=TOKEN, timeout=budget)
         push = c.push
+        # At a steady rate each 1 ms step goes with push_many, as Redis's
+        # publisher sends a pipeline and NATS's flushes per step; with
+        # LTTX_BENCH_PUSH=each, push by push.
+        step = _step(rate) if rate and os.environ.get("LTTX_BENCH_PUSH") != "each" else 0
+        batch: list[tuple[str, str]] = []
         t0 = time.monotonic_ns()
         sent = 0
         try:
             for i in paced(n, rate):
+                if step:
+                    batch.append((key_of(i), tick(i, time.monotonic_ns() if stamp else 0)))
+                    if len(batch) >= step:
+                        c.push_many(batch, CHANNEL)
+                        sent += len(batch)
+                        batch = []
+                    continue
                 push(key_of(i), tick(i, time.monotonic_ns() if stamp else 0), CHANNEL)
                 sent += 1
+            if batch:
+                c.push_many(batch, CHANNEL)
+                sent += len(batch)
             c.flush()
         except lttx.LTtxError as e:
             print(f"  lttx publisher stopped: {e}", file=sys.stderr)

@@ -5,8 +5,9 @@ Where a tick's push-to-receive time goes, in compare.py's latency scenario
 
     python3 benchmarks/latency_parts.py [--runs 9] [--n 10000] [--systems lttx,redis]
 
-Runs the scenario on each system in turn, ``--runs`` times, and prints per
-system the medians over the runs of:
+Runs the scenario on each system in turn, ``--runs`` times (``lttx`` sends
+each 1 ms step with ``push_many``, as compare.py does; ``lttx-each`` pushes
+one by one), and prints per system the medians over the runs of:
 
 - ``p50``: the scenario's push-to-receive p50 (what compare.py reports);
 - ``by place``: the p50 of the 1st, 2nd, ... 10th message of each 1 ms step.
@@ -64,7 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--n", type=int, default=10_000, help="messages per run")
-    parser.add_argument("--systems", default="lttx,redis")
+    parser.add_argument("--systems", default="lttx,lttx-each,redis",
+                        help="lttx-each: LTtx pushing one by one (not push_many)")
     args = parser.parse_args()
     systems = args.systems.split(",")
     os.environ["LTTX_BENCH_SPLIT"] = "1"
@@ -73,12 +75,14 @@ def main() -> None:
     rows: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
     try:
         for system in systems:  # warm up
-            fanout.scenario(servers, system, subscribers=1, n=2000, rate=RATE)
+            fanout.scenario(servers, system.split("-")[0], subscribers=1, n=2000, rate=RATE)
         for _ in range(args.runs):
             for system in systems:
-                server = server_pid(servers, system)
+                name = system.split("-")[0]
+                server = server_pid(servers, name)
+                os.environ["LTTX_BENCH_PUSH"] = "each" if system == "lttx-each" else "step"
                 before = cpu_s(server)
-                out = fanout.scenario(servers, system, subscribers=1, n=args.n, rate=RATE)
+                out = fanout.scenario(servers, name, subscribers=1, n=args.n, rate=RATE)
                 out["server_cpu_us"] = (cpu_s(server) - before) / steps * 1e6
                 out["subscriber_cpu_us"] = out["subscriber_cpu_s"][0] / steps * 1e6
                 rows[system].append(out)
@@ -91,9 +95,9 @@ def main() -> None:
         places = [statistics.median(r["p50_by_place_us"][k] for r in runs)
                   for k in range(len(runs[0]["p50_by_place_us"]))]
         each = ", ".join(f"{r['p50_us']:.0f}" for r in runs)
-        print(f"{system:6s} p50 {med('p50_us'):6.1f} µs  (runs: {each})")
+        print(f"{system:9s} p50 {med('p50_us'):6.1f} µs  (runs: {each})")
         print(f"{'':6s} by place {', '.join(f'{p:.0f}' for p in places)} µs")
-        if system == "lttx":
+        if system.startswith("lttx"):
             print(f"{'':6s} to Q {med('queued_p50_us'):6.1f} µs, hand-off to Q.get "
                   f"{med('p50_us') - med('queued_p50_us'):5.1f} µs")
         print(f"{'':6s} CPU µs per step: server {med('server_cpu_us'):6.1f}, "
