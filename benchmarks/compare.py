@@ -18,6 +18,9 @@ Scenarios (110-byte ticks, as in benchmarks/fanout.py):
 - ``roundtrip``: put+get pairs/s through one blocking client (Redis: redis-py
   with hiredis, SET+GET; NATS has no store and is not measured);
 - ``latency``: push -> receive at a steady 10,000 msg/s to 1 subscriber, p50 and p99;
+  each publisher sends the ten messages of each 1 ms step together (Redis: a
+  pipeline; NATS: publishes then a flush; LTtx: ``push_many``), each message
+  stamped when it is given to its client;
 - ``fanout``: 1 -> 1 and 1 -> 10, messages/s per subscriber, and whether
   every run delivered every message;
 - ``files``: LTtx download/upload of one file (``--file-mib``, 256 by default)
