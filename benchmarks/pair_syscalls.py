@@ -10,7 +10,10 @@ process under ``strace -f -c`` twice, doing 1,000 and ``1,000 + --pairs``
 put+get pairs of the 110-byte value of ``compare.py``; the difference of the
 two counts over ``--pairs`` is the cost of one pair (start-up, imports and
 the connection cancel out).  ``--daemon`` counts the daemon's calls instead
-(``strace -p`` attached while the same clients run).
+(``strace -p`` attached while the same clients run).  ``--instructions``
+counts the client's instructions per pair instead, both threads, under
+``valgrind --tool=callgrind`` (the daemon runs as usual; use fewer pairs:
+``--pairs 2000``).
 """
 
 from __future__ import annotations
@@ -52,9 +55,13 @@ def counts(path: str) -> dict[str, int]:
     return found
 
 
-def run(daemon: DaemonProcess, pairs: int, out: str, of_daemon: bool) -> dict[str, int]:
+def run(daemon: DaemonProcess, pairs: int, out: str, of_daemon: "bool | None") -> dict[str, int]:
     client = [sys.executable, "-c", CLIENT, str(daemon.port), str(daemon.token), str(pairs)]
     env = dict(os.environ, PYTHONPATH=ROOT)
+    if of_daemon is None:  # instructions
+        done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                               *client], env=env, check=True, capture_output=True, text=True)
+        return {"instructions": int(re.findall(r"Collected : (\d+)", done.stderr)[-1])}
     if not of_daemon:
         subprocess.run(["strace", "-f", "-c", "-o", out, *client], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -76,11 +83,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=10000)
     parser.add_argument("--daemon", action="store_true", help="count the daemon's calls")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count the client's instructions (callgrind) instead")
     args = parser.parse_args()
+    which = None if args.instructions else args.daemon
     with DaemonProcess() as daemon, tempfile.TemporaryDirectory() as tmp:
-        few = run(daemon, 1000, f"{tmp}/few", args.daemon)
-        many = run(daemon, 1000 + args.pairs, f"{tmp}/many", args.daemon)
+        few = run(daemon, 1000, f"{tmp}/few", which)
+        many = run(daemon, 1000 + args.pairs, f"{tmp}/many", which)
     per_pair = {name: (many[name] - few.get(name, 0)) / args.pairs for name in many}
+    if args.instructions:
+        print(f"client instructions per put+get pair: {per_pair['instructions']:,.0f}")
+        return
     shown = {name: n for name, n in per_pair.items() if n >= 0.05}
     who = "daemon" if args.daemon else "client"
     print(f"{who} system calls per put+get pair: {sum(shown.values()):.1f}")

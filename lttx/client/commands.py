@@ -49,10 +49,9 @@ class VariableCommands:
         :param ttl: the variable expires this many seconds from now; without
             it, any expiry the variable had is cleared.
         :raises Conflict: the variable is not at ``if_revision``; nothing changed."""
-        options = _options(if_revision=if_revision, ttl=ttl)
-        if options:
-            return self.call("put", name, value, options)
-        return self.call("put", name, value)
+        if if_revision is None and ttl is None:
+            return self.call("put", name, value)
+        return self.call("put", name, value, _options(if_revision=if_revision, ttl=ttl))
 
     def get(self, name: str, default: Any = None, *, revision: bool = False) -> Result:
         """The value of ``name``, or ``default`` if there is no such variable;
