@@ -71,6 +71,7 @@ import threading
 import time
 from typing import Any, Optional
 
+import msgpack
 from twisted.logger import Logger
 
 from ..errors import (
@@ -124,6 +125,10 @@ _TIMEVAL = struct.Struct("@ll")
 
 _HEAD = PREFIX.size
 _UNPACK_HEAD = PREFIX.unpack_from
+_unpackb = msgpack.unpackb
+#: What codec.decode turns into BadRequest, and _decode into one of its own.
+_UNDECODABLE = (LTtxError, IndexError, TypeError, KeyError, ValueError,
+                msgpack.UnpackException)
 # struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 at byte 120 (Linux 4.1 on).
 _TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None)
 _BYTES_ACKED = struct.Struct("@Q")
@@ -303,7 +308,17 @@ class RequestConnection:
             if not chunk:
                 raise _Lost(sent=True)
             if len(chunk) > _HEAD and _UNPACK_HEAD(chunk)[0] + _HEAD == len(chunk):
-                message = self._decode(chunk[_HEAD:])
+                frame = chunk[_HEAD:]
+                try:
+                    message = _unpackb(frame, raw=False, strict_map_key=False,
+                                       ext_hook=ext_hook, use_list=True)
+                except _UNDECODABLE:
+                    message = None  # (_decode says why, below)
+                # A reply to this request, checked as _decode checks it.
+                if (type(message) is list and len(message) >= 3 and message[1] == request_id
+                        and message[0] == codec.REPLY):
+                    return message  # type: ignore[no-any-return]
+                message = self._decode(frame)
                 if message[1] == request_id and (message[0] == codec.REPLY
                                                  or message[0] == codec.ERROR):
                     return message

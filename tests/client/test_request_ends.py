@@ -20,7 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from lttx.client import requests as requests_module
 from lttx.client.requests import NOT_TAKEN, OPEN_AFTER, RequestConnection
-from lttx.errors import ConnectionLost
+from lttx.errors import BadRequest, ConnectionLost, WrongTypeError
 from lttx.wire import codec
 
 from ..common import frame
@@ -40,21 +40,24 @@ def _read_frame(conn: socket.socket) -> Any:
 class _ScriptedDaemon:
     """Answers hello and one request, then does ``then(conn)`` and closes."""
 
-    def __init__(self, then: Callable[[socket.socket], None]) -> None:
+    def __init__(self, then: Callable[[socket.socket], None],
+                 answer: Callable[[int], bytes] = lambda i: frame([codec.REPLY, i, "pong"]),
+                 ) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.read: list[Any] = []
         self._then = then
+        self._answers = [lambda i: frame([codec.REPLY, i, "pong"]), answer]
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
         conn, _ = self.listener.accept()
         with conn:
-            for _ in range(2):  # hello, then one request
+            for answer in self._answers:  # hello, then one request
                 request = _read_frame(conn)
                 self.read.append(request)
-                conn.sendall(frame([codec.REPLY, request[1], "pong"]))
+                conn.sendall(answer(request[1]))
             self._then(conn)
         self.listener.close()
 
@@ -125,3 +128,44 @@ class RequestEndTests(TestCase):
         self.patch(requests_module, "_BYTES_ACKED_AT", 10**6)  # (beyond any tcp_info)
         self.closed_before_the_request()
         self.closed_after_reading_the_request()
+
+
+def _raw(payload: bytes) -> bytes:
+    return struct.pack("!I", len(payload)) + payload
+
+
+class RequestReplyTests(TestCase):
+    """The replies a call reads on its request connection, the common one
+    (one whole reply in one read) and the others."""
+
+    def answered(self, answer: Callable[[int], bytes]) -> tuple[RequestConnection, Any]:
+        daemon = _ScriptedDaemon(lambda conn: None, answer)
+        self.addCleanup(daemon.thread.join, 10)
+        connection = RequestConnection(_owner(daemon.port))
+        self.addCleanup(connection.close)
+        for _ in range(OPEN_AFTER - 1):
+            self.assertIs(connection.call("ping", ()), NOT_TAKEN)
+        return connection, daemon
+
+    def test_a_late_reply_then_its_own_in_one_read(self) -> None:
+        """Another id's reply before this call's, in the same read: skipped."""
+        connection, _ = self.answered(lambda i: frame([codec.REPLY, i - 1, "late"])
+                                      + frame([codec.REPLY, i, "own"]))
+        self.assertEqual(connection.call("get", ("v",)), "own")
+
+    def test_an_error_reply(self) -> None:
+        """An error frame for this call raises the daemon's error."""
+        connection, _ = self.answered(
+            lambda i: frame([codec.ERROR, i, "wrong_type", "v is not a number"]))
+        with self.assertRaises(WrongTypeError):
+            connection.call("incr", ("v",))
+
+    def test_undecodable_replies_close_it(self) -> None:
+        """Bytes that are not a frame of the protocol: BadRequest, and the
+        connection is closed (the stream cannot be trusted)."""
+        for payload in (b"\xc1", b"\x92\x01\x02", b"\x93\x01\x02", b"\xa3abc",
+                        codec.encode([codec.ERROR, 2, "x"])):
+            connection, _ = self.answered(lambda i: _raw(payload))
+            with self.assertRaises(BadRequest):
+                connection.call("ping", ())
+            self.assertFalse(connection.is_open)
