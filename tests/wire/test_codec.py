@@ -96,3 +96,31 @@ class SharedPackerTests(SynchronousTestCase):
         pieces = codec.encode_pieces([1, 2, Encoded("numpy.ndarray", data)])
         self.assertEqual(len(pieces), 3)
         self.assertIs(pieces[1], data)
+
+    def test_threads_encoding_at_once_each_get_their_bytes(self) -> None:
+        """Eight threads encode at once (the shared packer taken by one, the
+        others the general way): every payload is its own bytes."""
+        import sys
+        import threading
+
+        # (Every third holds an extension value: the shared packer calls
+        # Python code there, where another thread may run.)
+        payloads = [[i, "x" * (i % 50), {"k": [i, float(i), b"b" * (i % 7)]},
+                     Encoded("numpy.ndarray", b"a" * i) if i % 3 == 0 else None]
+                    for i in range(2000)]
+        wrong: list[int] = []
+
+        def encode_all(offset: int) -> None:
+            for i in range(len(payloads)):
+                value = payloads[(i + offset) % len(payloads)]
+                if codec.encode(value) != _general(value):
+                    wrong.append(i)
+
+        threads = [threading.Thread(target=encode_all, args=(k * 250,)) for k in range(8)]
+        self.addCleanup(sys.setswitchinterval, sys.getswitchinterval())
+        sys.setswitchinterval(1e-6)  # threads switch as often as they can
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(wrong, [])
