@@ -60,9 +60,11 @@ def run(daemon: DaemonProcess, pairs: int, out: str, of_daemon: "bool | None") -
     client = [sys.executable, "-c", CLIENT, str(daemon.port), str(daemon.token), str(pairs)]
     env = dict(os.environ, PYTHONPATH=ROOT)
     if of_daemon is None:  # instructions, per thread (the first is the calling one)
+        # One hash seed for both runs: dict lookups (attributes, globals) cost
+        # what their collisions make them cost, which varies with the seed.
         subprocess.run(["valgrind", "--tool=callgrind", "--separate-threads=yes",
-                        f"--callgrind-out-file={out}", *client], env=env, check=True,
-                       capture_output=True)
+                        f"--callgrind-out-file={out}", *client],
+                       env=dict(env, PYTHONHASHSEED="0"), check=True, capture_output=True)
         found = {}
         for path in sorted(Path(out).parent.glob(Path(out).name + "-*"),
                            key=lambda p: int(p.name.rsplit("-", 1)[1])):
