@@ -88,6 +88,7 @@ def instructions(name: str) -> float:
     machine.  The probe runs with 2 and with 6 rounds; start-up, imports and
     set-up cancel out in the difference.
     """
+    import os
     import re
     import subprocess
     import tempfile
@@ -95,10 +96,13 @@ def instructions(name: str) -> float:
     counts = []
     for repeat in (2, 6):
         with tempfile.TemporaryDirectory() as tmp:
+            # One hash seed for both runs: dict lookups cost what their
+            # collisions make them cost, which varies with the seed.
             run = subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
                  sys.executable, __file__, "--only", name, "--repeat", str(repeat),
-                 "--print-ops"], capture_output=True, text=True, check=True)
+                 "--print-ops"], capture_output=True, text=True, check=True,
+                env=dict(os.environ, PYTHONHASHSEED="0"))
         collected = int(re.findall(r"Collected : (\d+)", run.stderr)[-1])
         ops = int(re.findall(r"^ops (\d+)$", run.stdout, re.M)[-1])
         counts.append((collected, ops))

@@ -168,6 +168,9 @@ class Client(VariableCommands):
     def _then(self, result: Any, transform: Callable[[Any], Any]) -> Any:
         return transform(result)
 
+    def _present(self, result: Any, default: Any) -> Any:
+        return result[0] if result else default  # (what _present_or's function does)
+
     @property
     def server_info(self) -> dict[str, Any]:
         """What the daemon said of itself at ``hello`` (version, limits)."""

@@ -35,6 +35,11 @@ class VariableCommands:
         """``transform`` applied to a result of :meth:`call`, when it is there."""
         raise NotImplementedError
 
+    def _present(self, result: Result, default: Any) -> Result:
+        """``[value]`` -> value, ``[]`` -> ``default``, applied to a result of
+        :meth:`call` when it is there (a class may do it without a closure)."""
+        return self._then(result, _present_or(default))
+
     def ping(self) -> Result:
         """``"pong"``: the daemon is there and answers."""
         return self.call("ping")
@@ -49,10 +54,9 @@ class VariableCommands:
         :param ttl: the variable expires this many seconds from now; without
             it, any expiry the variable had is cleared.
         :raises Conflict: the variable is not at ``if_revision``; nothing changed."""
-        options = _options(if_revision=if_revision, ttl=ttl)
-        if options:
-            return self.call("put", name, value, options)
-        return self.call("put", name, value)
+        if if_revision is None and ttl is None:
+            return self.call("put", name, value)
+        return self.call("put", name, value, _options(if_revision=if_revision, ttl=ttl))
 
     def get(self, name: str, default: Any = None, *, revision: bool = False) -> Result:
         """The value of ``name``, or ``default`` if there is no such variable;
@@ -60,7 +64,7 @@ class VariableCommands:
         if revision:
             return self._then(self.call("get", name, {"revision": True}),
                               lambda found: (found[0], found[1]) if found else (default, 0))
-        return self._then(self.call("get", name), _present_or(default))
+        return self._present(self.call("get", name), default)
 
     def delete(self, name: str, *, if_revision: Optional[int] = None) -> Result:
         """Delete ``name``; whether it existed.
@@ -104,7 +108,7 @@ class VariableCommands:
     def get_dict_value(self, name: str, key: Any, default: Any = None) -> Result:
         """One key of a (big) dict without fetching the dict, or ``default`` if
         the variable or the key is absent."""
-        return self._then(self.call("get_dict_value", name, key), _present_or(default))
+        return self._present(self.call("get_dict_value", name, key), default)
 
     def list_append(self, name: str, item: Any, *, if_revision: Optional[int] = None) -> Result:
         """Append to a list variable (created if absent); the new length."""

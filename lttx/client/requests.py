@@ -36,14 +36,28 @@ has made :data:`OPEN_AFTER` such calls (a one-shot script or the ``lttx``
 command opens no second connection), at the daemon the main connection is
 connected to, and again beside each new main connection.
 
-Failures: a daemon that closed its side before the request was sent (seen in
-the socket's TCP state, as :class:`~lttx.client.sending.Sender` does) -> the
-connection is closed and the call goes the main way (which waits for the
-reconnection); lost after sending -> :class:`~lttx.errors.ConnectionLost`;
+Failures: a daemon that closed its side before it received the request ->
+the connection is closed and the call goes the main way (which waits for the
+reconnection); lost after the daemon received it ->
+:class:`~lttx.errors.ConnectionLost`;
 no reply in time -> :class:`~lttx.errors.TimeoutError` (its late reply is
 skipped by its id by the next call); opening it fails (refused, connection
 limits, a refused token) -> one warning, the main way, and a new attempt
 after a back-off.
+
+Whether the daemon received the request is read from the socket once the
+call met the connection's end, not before each call (that was one
+``getsockopt`` per call): Linux's ``TCP_INFO`` counts the bytes the peer
+acknowledged (``tcpi_bytes_acked``).  A daemon's kernel acknowledges what it
+receives before its process can read it, and a socket closed (its process
+gone, or it closed the connection) answers later bytes with a reset that
+acknowledges nothing; a process that read the request and then died has its
+kernel's FIN acknowledge it.  So fewer bytes acknowledged than sent means the
+daemon never read the request: it is not applied, and the main way may send
+it.  All acknowledged means it may have been: ``ConnectionLost``, as before.
+Where the count is not there (another system, an old kernel) the TCP state
+is checked before each send instead, as the main connection's
+:class:`~lttx.client.sending.Sender` does.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ import threading
 import time
 from typing import Any, Optional
 
+import msgpack
 from twisted.logger import Logger
 
 from ..errors import (
@@ -109,6 +124,16 @@ _RCVTIMEO = sys.platform.startswith("linux")
 _TIMEVAL = struct.Struct("@ll")
 
 _HEAD = PREFIX.size
+_UNPACK_HEAD = PREFIX.unpack_from
+_unpackb = msgpack.unpackb
+#: What codec.decode turns into BadRequest, and _decode into one of its own.
+_UNDECODABLE = (LTtxError, IndexError, TypeError, KeyError, ValueError,
+                msgpack.UnpackException)
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked, a u64 at byte 120 (Linux 4.1 on).
+_TCP_INFO: Optional[int] = getattr(socket, "TCP_INFO", None)
+_BYTES_ACKED = struct.Struct("@Q")
+_BYTES_ACKED_AT = 120
+_TCP_INFO_SIZE = 232
 _log = Logger(namespace="lttx.client.requests")
 
 
@@ -146,6 +171,13 @@ class RequestConnection:
         self._retry_at = 0.0  # time.monotonic() before which no opening is tried
         self._retry_delay = RETRY_FIRST
         self._closed = False
+        # Bytes sent on the socket, and what tcpi_bytes_acked counts beyond
+        # them once all are acknowledged (its SYN); None: no such count here.
+        self._sent = 0
+        self._acked_base: Optional[int] = None
+        # Whether the decoder may hold bytes (only the general read fills it).
+        self._leftover = False
+        self._loop_ident = owner._loop._thread.ident  # the reactor thread's (fixed)
         #: Pushes handed to the main connection (queued or sent), counted by
         #: the client under its push lock once each push is.
         self.pushes = 0
@@ -181,7 +213,7 @@ class RequestConnection:
         if (self.pushes != self.fenced or command not in FAST_COMMANDS or protocol is None
                 or client._subscriptions or client.watches.listeners or owner._closed
                 or self._closed or protocol.sender is None or not protocol.sender.direct
-                or owner._loop.in_loop_thread):
+                or threading.get_ident() == self._loop_ident):
             return NOT_TAKEN
         if not self._lock.acquire(False):
             return NOT_TAKEN  # another thread's call is here: this one goes the main way
@@ -216,9 +248,10 @@ class RequestConnection:
             if isinstance(e, EncodeError):
                 raise
             raise EncodeError(f"cannot encode value: {e}") from None
-        if len(payload) >= MAX_REQUEST or len(payload) > protocol.max_frame:
+        size = len(payload)
+        if size >= MAX_REQUEST or size > protocol.max_frame:
             return NOT_TAKEN  # the main way writes it (in pieces), or says it is too large
-        if not peer_open(sock):
+        if self._acked_base is None and not peer_open(sock):
             # The daemon closed its side (it died, or restarts): the main way
             # waits for the reconnection, as any call during an outage.
             self._drop()
@@ -226,13 +259,16 @@ class RequestConnection:
         if timeout != self._timeout:
             self._set_timeout(sock, timeout)
         try:
-            message = self._round_trip(sock, PREFIX.pack(len(payload)) + payload,
-                                       request_id, timeout)
+            message = self._round_trip(sock, PREFIX.pack(size) + payload, request_id, timeout)
         except _Lost as e:
+            # (Read before the socket is closed.)  The daemon gone before it
+            # had the request: the main way waits for the reconnection, as
+            # any call during an outage.
+            unread = not e.sent or self._unread(sock)
             self._drop()
             if self._closed:
                 raise LTtxError("the client was closed while this call waited") from None
-            if not e.sent:
+            if unread:
                 return NOT_TAKEN
             raise ConnectionLost("the connection to the daemon was lost") from None
         except _TimedOut:
@@ -259,16 +295,35 @@ class RequestConnection:
             raise _TimedOut() from None
         except OSError:
             raise _Lost(sent=False) from None  # (a reset: the daemon read nothing after it)
+        self._sent += len(data)
         decoder = self._decoder
-        if not decoder.buffered:
+        if not self._leftover:
             # The common case: the reply alone, whole, in the first read.
-            chunk = self._recv(sock)
-            if len(chunk) > _HEAD and PREFIX.unpack_from(chunk)[0] + _HEAD == len(chunk):
-                message = self._decode(chunk[_HEAD:])
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, BlockingIOError):  # SO_RCVTIMEO, or settimeout
+                raise _TimedOut() from None
+            except OSError:
+                raise _Lost(sent=True) from None
+            if not chunk:
+                raise _Lost(sent=True)
+            if len(chunk) > _HEAD and _UNPACK_HEAD(chunk)[0] + _HEAD == len(chunk):
+                frame = chunk[_HEAD:]
+                try:
+                    message = _unpackb(frame, raw=False, strict_map_key=False,
+                                       ext_hook=ext_hook, use_list=True)
+                except _UNDECODABLE:
+                    message = None  # (_decode says why, below)
+                # A reply to this request, checked as _decode checks it.
+                if (type(message) is list and len(message) >= 3 and message[1] == request_id
+                        and message[0] == codec.REPLY):
+                    return message  # type: ignore[no-any-return]
+                message = self._decode(frame)
                 if message[1] == request_id and (message[0] == codec.REPLY
                                                  or message[0] == codec.ERROR):
                     return message
             decoder.feed(chunk)  # (anything else: read as frames below)
+        self._leftover = True  # (until the loop below has taken every frame)
         deadline = 0.0
         while True:
             try:
@@ -290,9 +345,11 @@ class RequestConnection:
             kind = message[0]
             if kind == codec.REPLY or kind == codec.ERROR:
                 if message[1] == request_id:
+                    self._leftover = decoder.buffered > 0
                     return message  # type: ignore[no-any-return]
                 if message[1] is None and kind == codec.ERROR:
                     if opening:
+                        self._leftover = decoder.buffered > 0
                         return message  # type: ignore[no-any-return]
                     _log.warn("the daemon says: {code}: {message}",
                               code=message[2], message=message[3])
@@ -368,6 +425,7 @@ class RequestConnection:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.settimeout(None)
             self._sock, self._decoder = sock, FrameDecoder(2**32)
+            self._sent, self._acked_base, self._leftover = 0, None, False
             self._set_timeout(sock, timeout)
             request_id = next(self._ids)
             payload = codec.encode([codec.REQUEST, request_id, "hello",
@@ -396,7 +454,38 @@ class RequestConnection:
             return False
         self._beside = protocol
         self._retry_delay = RETRY_FIRST
+        self._acked_base = self._base(sock)
         return True
+
+    def _acked(self, sock: socket.socket) -> Optional[int]:
+        """tcpi_bytes_acked of ``sock``, or None where there is no such count."""
+        if _TCP_INFO is None:
+            return None
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
+        except OSError:
+            return None
+        if len(info) < _BYTES_ACKED_AT + _BYTES_ACKED.size:
+            return None
+        return _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0]  # type: ignore[no-any-return]
+
+    def _base(self, sock: socket.socket) -> Optional[int]:
+        """Once ``hello`` is answered (its reply acknowledges the hello): what
+        the count holds beyond the bytes sent, or None to check the TCP
+        state before each send instead."""
+        acked = self._acked(sock)
+        if acked is None or acked < self._sent:
+            return None
+        return acked - self._sent
+
+    def _unread(self, sock: socket.socket) -> bool:
+        """After the connection ended under a call whose request was sent:
+        whether the daemon's side acknowledged less than was sent (it never
+        had the request: see the module's docstring)."""
+        if self._acked_base is None:
+            return False  # (checked before the send: the daemon was there)
+        acked = self._acked(sock)
+        return acked is not None and acked - self._acked_base < self._sent
 
     def _failed(self, why: str) -> None:
         """Opening failed: said once per attempt, and not tried again for a while."""

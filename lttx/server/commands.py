@@ -29,7 +29,7 @@ from ..wire.limits import (
     name_list,
 )
 from ..wire.names import split_channels
-from .dispatch import command
+from .dispatch import PLAIN_RESULTS, command
 from .reader import ChannelReader
 from .state import ServerState
 
@@ -296,6 +296,6 @@ def _present(value: Any) -> list[Any]:
 
 def _map(result: Any, f: Callable[[Any], Any]) -> Any:
     """Apply ``f`` to a result that may still be a Deferred."""
-    if isinstance(result, Deferred):
-        return result.addCallback(f)
-    return f(result)
+    if type(result) in PLAIN_RESULTS or not isinstance(result, Deferred):
+        return f(result)
+    return result.addCallback(f)

@@ -187,8 +187,14 @@ class LTtxServerProtocol(Int32StringReceiver):
             f"frame of {length} bytes is over the limit of {self._decoder.max_length} bytes"))
 
     def dataReceived(self, data: bytes) -> None:
-        self.bytes_in += len(data)
         decoder = self._decoder
+        if self._dispatcher is not None:
+            frame = decoder.whole(data)
+            if (frame is not None and not frame.startswith(PUBLISH_HEAD) and not self.paused
+                    and not self.transport.disconnecting):
+                self._one_request(len(data), frame)
+                return
+        self.bytes_in += len(data)
         decoder.feed(data)
         next_frame, publish, unpackb = (decoder.next_frame, self.state.channels.publish,
                                         msgpack.unpackb)
@@ -247,18 +253,45 @@ class LTtxServerProtocol(Int32StringReceiver):
                     continue
                 self.stringReceived(frame)
         finally:
-            self._in_chunk = False
-            # The publishes of this chunk are in the channel logs: each
-            # subscriber is woken once for the whole chunk (one write), even
-            # if a later frame of the chunk failed.
-            try:
-                self.state.channels.flush()
-            finally:
-                # The journal write of the chunk's changes, then their replies
-                # (always: a chunk left open would hold every later write).
-                self.state.chunk_done()
-            # The replies of this chunk leave now, not a reactor turn later.
-            send_now(self.transport)
+            self._chunk_served()
+
+    def _one_request(self, size: int, frame: bytes) -> None:
+        """
+        :meth:`dataReceived` of a read that is one whole frame of a request
+        (not a publish), nothing buffered before it, the connection served
+        (authenticated, a command connection, not paused nor closing): what
+        the frame loop does with it, without the loop.  The decoder is not
+        fed: it would give this frame, then nothing more.
+        """
+        self.bytes_in += size
+        self._in_chunk = True
+        self.state.chunk_begun()
+        try:
+            self._frame_admitted = False
+            self.stringReceived(frame)
+            # The loop's next turn: no frame (none is incomplete either).
+            if not self.paused and not self.transport.disconnecting:
+                if self.file_session is None:
+                    read_size(self.transport, False)
+                if self._frame_timer is not None:
+                    self._watch_partial(False, True)
+        finally:
+            self._chunk_served()
+
+    def _chunk_served(self) -> None:
+        """The end of a chunk's frames (also after a failed frame)."""
+        self._in_chunk = False
+        # The publishes of this chunk are in the channel logs: each
+        # subscriber is woken once for the whole chunk (one write), even
+        # if a later frame of the chunk failed.
+        try:
+            self.state.channels.flush()
+        finally:
+            # The journal write of the chunk's changes, then their replies
+            # (always: a chunk left open would hold every later write).
+            self.state.chunk_done()
+        # The replies of this chunk leave now, not a reactor turn later.
+        send_now(self.transport)
 
     @property
     def held_bytes(self) -> int:

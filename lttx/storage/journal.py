@@ -108,6 +108,11 @@ def encode_record(payload: Any) -> bytes:
     # A large DataFrame or array stays out of MessagePack's buffer: the
     # record is joined once from the pieces.
     pieces = codec.encode_pieces(payload)
+    if len(pieces) == 1:  # (the common record: no large extension data)
+        piece = pieces[0]
+        if len(piece) <= MAX_RECORD:
+            length = _CRC.pack(len(piece))
+            return length + _CRC.pack(zlib.crc32(piece, zlib.crc32(length))) + piece
     size = sum(map(len, pieces))
     if size > MAX_RECORD:
         raise RecoveryError(f"a record of {size} bytes is over the format's 4 GiB limit")

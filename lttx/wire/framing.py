@@ -112,6 +112,23 @@ class FrameDecoder:
         self._position = end
         return buffer[position + header:end]
 
+    def whole(self, data: bytes) -> Optional[bytes]:
+        """
+        The payload of ``data`` when nothing is buffered and ``data`` is
+        exactly one whole frame within the limit: what :meth:`feed` then
+        :meth:`next_frame` would give (after which nothing is buffered
+        either), without feeding it.  None otherwise: feed ``data``.
+        """
+        if self._need or self._ready is not None or self._position < len(self._buffer):
+            return None
+        header = self._prefix.size
+        if len(data) <= header:
+            return None
+        (length,) = self._prefix.unpack_from(data)
+        if length + header != len(data) or length > self.max_length:
+            return None
+        return data[header:]
+
     def take_all(self) -> list[bytes]:
         """
         Every complete payload buffered, in order (what :meth:`next_frame`

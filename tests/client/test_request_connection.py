@@ -218,9 +218,10 @@ class RequestConnectionTests(TestCase):
 
     def test_not_sent_once_the_daemon_has_closed_its_side(self) -> None:
         """The daemon dies while the client's reactor thread is held (it has
-        not seen its connection go): a call is not sent on the request
-        connection, whose daemon is gone (it would be lost with it): the
-        connection is closed and the call takes the main way."""
+        not seen its connection go): a call is not answered on the request
+        connection, whose daemon is gone (and never had the request: its
+        kernel acknowledged none of it): the connection is closed and the
+        call takes the main way."""
         self.warm()
         sock = self.requests._sock
 

@@ -8,6 +8,7 @@ import os
 import struct
 import zlib
 
+from hypothesis import given
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -32,6 +33,10 @@ from lttx.storage.journal import (
     snapshot_name,
 )
 from lttx.state.store import MemoryStore
+from lttx.wire import codec
+from lttx.wire.ext import Encoded
+
+from ..strategies import values
 
 RECORDS = [
     [PUT, "pos", {"600000.SH": 100}],
@@ -72,6 +77,17 @@ def newer_header(magic: bytes, generation: int) -> bytes:
 
 class RecordTests(SynchronousTestCase):
     """Framing: length, CRC over length and payload, MessagePack array."""
+
+    @given(values)
+    def test_a_record_is_length_crc_payload(self, value: object) -> None:
+        """Any record (large extension data too): its 4-byte length, the CRC-32
+        of that length and the payload, then the payload as codec.encode writes it."""
+        for payload in ([PUT, "v", value], [PUT, "v", [value, Encoded(
+                "numpy.ndarray", b"d" * codec.SPLICE_FROM)]]):
+            body = codec.encode(payload)
+            length = struct.pack(">I", len(body))
+            self.assertEqual(encode_record(payload), length + struct.pack(
+                ">I", zlib.crc32(length + body)) + body)
 
     def test_records_round_trip(self) -> None:
         """Records read back equal, in order, and the reader ends at the last one."""

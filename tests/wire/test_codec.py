@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -9,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lttx.wire import codec
 from lttx.errors import BadRequest, EncodeError
 from lttx.state.store import strict_equal
+from lttx.wire.ext import Encoded
 
 from ..strategies import values
 
@@ -52,3 +54,73 @@ class CodecTests(SynchronousTestCase):
         self.assertRaises(BadRequest, codec.decode, b"\x92\x01")
         self.assertRaises(BadRequest, codec.decode, b"\x01\x02")
         self.assertRaises(BadRequest, codec.decode, b"")
+
+
+def _general(value: object) -> bytes:
+    """What msgpack.packb writes with the protocol's options (the general way)."""
+    return msgpack.packb(value, use_bin_type=True, datetime=False,
+                         default=codec.encoded_default)
+
+
+class SharedPackerTests(SynchronousTestCase):
+    """encode and encode_pieces take a shared Packer for plain values: the
+    same bytes as the general way, whoever holds it."""
+
+    @given(values)
+    def test_the_shared_packer_writes_the_general_bytes(self, value: object) -> None:
+        """Any value (extension values too): encode and the joined pieces are
+        packb's bytes, with the shared packer free and with it taken."""
+        expected = _general(value)
+        self.assertEqual(codec.encode(value), expected)
+        self.assertEqual(b"".join(codec.encode_pieces(value)), expected)
+        with codec._shared_lock:  # another thread's, or an encode within an encode
+            self.assertEqual(codec.encode(value), expected)
+            self.assertEqual(b"".join(codec.encode_pieces(value)), expected)
+
+    def test_a_failed_encode_leaves_nothing_behind(self) -> None:
+        """An unencodable value raises the same EncodeError either way, and
+        the payload encoded next holds none of its bytes."""
+        for value in ([1, "half", {1, 2}], ["x" * 100, 2**64], [b"y", object()]):
+            with self.assertRaises(EncodeError) as shared:
+                codec.encode(value)
+            with codec._shared_lock, self.assertRaises(EncodeError) as general:
+                codec.encode(value)
+            self.assertEqual(str(shared.exception), str(general.exception))
+            self.assertRaises(EncodeError, codec.encode_pieces, value)
+            self.assertEqual(codec.encode([1]), b"\x91\x01")
+
+    def test_a_large_extension_value_is_still_spliced(self) -> None:
+        """A value holding large extension data takes the general way: its data
+        is a piece of its own."""
+        data = b"d" * codec.SPLICE_FROM
+        pieces = codec.encode_pieces([1, 2, Encoded("numpy.ndarray", data)])
+        self.assertEqual(len(pieces), 3)
+        self.assertIs(pieces[1], data)
+
+    def test_threads_encoding_at_once_each_get_their_bytes(self) -> None:
+        """Eight threads encode at once (the shared packer taken by one, the
+        others the general way): every payload is its own bytes."""
+        import sys
+        import threading
+
+        # (Every third holds an extension value: the shared packer calls
+        # Python code there, where another thread may run.)
+        payloads = [[i, "x" * (i % 50), {"k": [i, float(i), b"b" * (i % 7)]},
+                     Encoded("numpy.ndarray", b"a" * i) if i % 3 == 0 else None]
+                    for i in range(2000)]
+        wrong: list[int] = []
+
+        def encode_all(offset: int) -> None:
+            for i in range(len(payloads)):
+                value = payloads[(i + offset) % len(payloads)]
+                if codec.encode(value) != _general(value):
+                    wrong.append(i)
+
+        threads = [threading.Thread(target=encode_all, args=(k * 250,)) for k in range(8)]
+        self.addCleanup(sys.setswitchinterval, sys.getswitchinterval())
+        sys.setswitchinterval(1e-6)  # threads switch as often as they can
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(wrong, [])
