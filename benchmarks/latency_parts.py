@@ -44,9 +44,15 @@ RATE = 10_000.0
 
 
 def cpu_s(pid: int) -> float:
-    """CPU seconds a process has run (all its threads), to the nanosecond."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        return int(f.read().split()[0]) / 1e9
+    """CPU seconds a process's threads have run, to the nanosecond."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except FileNotFoundError:  # a thread that just ended
+            continue
+    return total / 1e9
 
 
 def server_pid(servers: Any, system: str) -> int:
