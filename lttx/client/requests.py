@@ -52,9 +52,13 @@ acknowledged (``tcpi_bytes_acked``).  A daemon's kernel acknowledges what it
 receives before its process can read it, and a socket closed (its process
 gone, or it closed the connection) answers later bytes with a reset that
 acknowledges nothing; a process that read the request and then died has its
-kernel's FIN acknowledge it.  So fewer bytes acknowledged than sent means the
-daemon never read the request: it is not applied, and the main way may send
-it.  All acknowledged means it may have been: ``ConnectionLost``, as before.
+kernel's FIN acknowledge it.  So when the read met the daemon's orderly end
+(its FIN came first: a closed daemon, or one that restarts) and fewer bytes
+are acknowledged than sent, the daemon never read the request: it is not
+applied, and the main way may send it.  A reset instead (no FIN) proves
+nothing: a daemon that read the request may not have acknowledged it yet
+(its ACK rides on the reply) and Linux ignores a reset's ACK; so a reset, or
+all bytes acknowledged, is ``ConnectionLost``, as before: never sent twice.
 Where the count is not there (another system, an old kernel) the TCP state
 is checked before each send instead, as the main connection's
 :class:`~lttx.client.sending.Sender` does.
@@ -139,11 +143,13 @@ _log = Logger(namespace="lttx.client.requests")
 
 class _Lost(Exception):
     """The connection ended under a call: before the daemon had its whole
-    request (``sent`` False), or after."""
+    request (``sent`` False), or after; ``reset``: the read that met the end
+    got a reset, not the daemon's orderly end (its FIN)."""
 
-    def __init__(self, sent: bool) -> None:
+    def __init__(self, sent: bool, reset: bool = False) -> None:
         super().__init__(sent)
         self.sent = sent
+        self.reset = reset
 
 
 class _TimedOut(Exception):
@@ -264,7 +270,11 @@ class RequestConnection:
             # (Read before the socket is closed.)  The daemon gone before it
             # had the request: the main way waits for the reconnection, as
             # any call during an outage.
-            unread = not e.sent or self._unread(sock)
+            # Only after the daemon's orderly end: a reset can come from a
+            # daemon that read the request with its ACK still delayed (a
+            # request/reply stream acknowledges with the reply), and Linux
+            # does not read the ACK of a reset.
+            unread = not e.sent or (not e.reset and self._unread(sock))
             self._drop()
             if self._closed:
                 raise LTtxError("the client was closed while this call waited") from None
@@ -304,7 +314,7 @@ class RequestConnection:
             except (socket.timeout, BlockingIOError):  # SO_RCVTIMEO, or settimeout
                 raise _TimedOut() from None
             except OSError:
-                raise _Lost(sent=True) from None
+                raise _Lost(sent=True, reset=True) from None
             if not chunk:
                 raise _Lost(sent=True)
             if len(chunk) > _HEAD and _UNPACK_HEAD(chunk)[0] + _HEAD == len(chunk):
@@ -370,7 +380,7 @@ class RequestConnection:
         except (socket.timeout, BlockingIOError):  # SO_RCVTIMEO, or settimeout
             raise _TimedOut() from None
         except OSError:
-            raise _Lost(sent=True) from None
+            raise _Lost(sent=True, reset=True) from None
         if not chunk:
             raise _Lost(sent=True)
         return chunk

@@ -113,6 +113,24 @@ class RequestEndTests(TestCase):
         have applied it, so the call says ConnectionLost (never sent again)."""
         self.closed_after_reading_the_request()
 
+    def test_a_daemon_that_read_the_request_then_reset_is_a_lost_connection(self) -> None:
+        """The daemon read the request and ended the connection with a reset
+        (SO_LINGER 0): its ACK of the request may never have come (it rides
+        on the reply), so a reset proves nothing: ConnectionLost, the request
+        is not sent again."""
+        read: list[Any] = []
+
+        def read_then_reset(conn: socket.socket) -> None:
+            read.append(_read_frame(conn))
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+        connection, daemon = self.opened(read_then_reset)
+        with self.assertRaises(ConnectionLost):
+            connection.call("incr", ("n", 1))
+        daemon.thread.join(10)
+        self.assertEqual([r[2:] for r in read], [["incr", ["n", 1]]])
+        self.assertFalse(connection.is_open)
+
     def test_the_acknowledged_count_is_what_is_used(self) -> None:
         """On Linux the count replaces the check before each send: with the
         check made to fail, calls are still answered."""
