@@ -351,8 +351,7 @@ class Client(VariableCommands):
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
             if self._push_frames or self._hand_over_pending:
-                self._pacing.streaming = True  # behind the queued ones (their order)
-                self._queue_push(frame)
+                self._queue_push(frame)  # behind the queued ones (their order)
                 return
             if not self._pacing.direct():
                 self._queue_push(frame)
@@ -393,7 +392,6 @@ class Client(VariableCommands):
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
             if self._push_frames or self._hand_over_pending:
-                self._pacing.streaming = True
                 self._queue_pushes(frames)
                 return
         sent = self._push_direct(b"".join([PREFIX.pack(len(f)) + f for f in frames]))
@@ -469,6 +467,8 @@ class Client(VariableCommands):
                 frames, self._push_frames = self._push_frames, []
                 self._push_bytes = 0
                 self._hand_over_pending = False
+                if frames:
+                    self._pacing.taken()
                 self._push_room.notify_all()
             if frames:
                 self._client.write_pushes(frames)

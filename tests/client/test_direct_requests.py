@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import select
 import threading
-import time
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.trial.unittest import TestCase
@@ -92,6 +92,7 @@ class DirectRequestTests(TestCase):
     def test_the_order_holds_with_every_push_sent_from_its_thread(self) -> None:
         """The same with every push written by its thread (no batching)."""
         self.patch(pacing, "DIRECT_PUSH_GAP", 0.0)
+        self.patch(pacing, "STREAM_REST", 0.0)
         self.check_order()
 
     def test_the_order_holds_with_every_push_batched(self) -> None:
@@ -133,25 +134,38 @@ class DirectRequestTests(TestCase):
         self.assertEqual([sub.Q.get(timeout=30).data for _ in range(200)], list(range(200)))
         self.assertGreater(len(handed), 0)
 
-    def test_a_stream_stays_batched_until_it_rests(self) -> None:
-        """Once a push was queued (a stream), pushes keep being queued until
-        none was for STREAM_REST, even ones that look like a new burst."""
-        self.patch(pacing, "DIRECT_PUSH_GAP", 0.0)  # each push a burst of its own
-        self.patch(pacing, "STREAM_REST", 1e9)
+    def test_a_stream_stays_batched_until_it_rests_then_bursts_leave_at_once(self) -> None:
+        """On a clock of the test's: a burst longer than DIRECT_PUSH_RUN spills
+        to the reactor thread; a push soon after the reactor thread took the
+        spilled ones (within STREAM_REST) is queued too, even as a new burst;
+        once the stream rested, a burst goes out from its thread again."""
+        clock = [100.0]
+        self.patch(pacing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+        self.patch(pacing, "DIRECT_PUSH_RUN", 2)
         sub = self.daemon.connect()
         self.addCleanup(sub.close)
         sub.subscribe("ticks")
         self.client.ping()
-        self.client._pacing.last_queued = time.perf_counter()  # a push was just queued
         sent_direct: list[bytes] = []
         original = self.client._push_direct
-        self.client._push_direct = lambda frame: sent_direct.append(frame) or original(frame)
-        handed = self.count_hand_offs()
-        for i in range(20):
-            self.client.push("k", i, "ticks")
-        self.assertEqual([sub.Q.get(timeout=30).data for _ in range(20)], list(range(20)))
-        self.assertEqual(sent_direct, [])
-        self.assertGreater(len(handed), 0)
+        self.client._push_direct = lambda data: sent_direct.append(data) or original(data)
+
+        def burst(first: int, n: int) -> None:
+            for i in range(first, first + n):
+                self.client.push("k", i, "ticks")
+            self.client.flush()  # the reactor thread took what was queued
+
+        burst(0, 5)  # 2 direct, 3 queued
+        self.assertEqual(len(sent_direct), 2)
+        clock[0] += pacing.DIRECT_PUSH_GAP + pacing.STREAM_REST  # rested
+        burst(5, 2)
+        self.assertEqual(len(sent_direct), 4)
+        burst(7, 3)  # (the same burst) 1 queued: a stream again
+        self.assertEqual(len(sent_direct), 4)
+        clock[0] += pacing.DIRECT_PUSH_GAP + pacing.STREAM_REST / 2  # a new burst, no rest
+        burst(10, 1)
+        self.assertEqual(len(sent_direct), 4)
+        self.assertEqual([sub.Q.get(timeout=30).data for _ in range(11)], list(range(11)))
 
     def count_hand_offs(self) -> list[Any]:
         """What is handed to the client's reactor thread from now to the test's end."""
