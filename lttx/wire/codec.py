@@ -72,8 +72,13 @@ def _unusual(value: Any) -> Any:
 # thread, or an encode within an encode) goes the general way, as does any
 # payload the shared one does not finish (an extension value, an error: the
 # general way meets the same and raises its EncodeError).
+# A Packer keeps the largest buffer it ever grew to: past KEEP_AFTER bytes
+# the shared one is replaced, so a large reply does not pin its size for good.
 _shared_lock = threading.Lock()
-_shared = msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True, default=_unusual)
+_shared = [msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True, default=_unusual)]
+
+#: A payload of this many bytes or more replaces the shared packer (its buffer).
+KEEP_AFTER = 1024 * 1024
 
 
 def _plain(value: Any) -> Optional[bytes]:
@@ -81,7 +86,11 @@ def _plain(value: Any) -> Optional[bytes]:
     if not _shared_lock.acquire(False):
         return None
     try:
-        return _shared.pack(value)  # type: ignore[no-any-return]
+        payload: bytes = _shared[0].pack(value)
+        if len(payload) >= KEEP_AFTER:
+            _shared[0] = msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True,
+                                        default=_unusual)
+        return payload
     except (_Unusual, TypeError, ValueError, OverflowError):
         return None
     finally:

@@ -124,3 +124,16 @@ class SharedPackerTests(SynchronousTestCase):
         for t in threads:
             t.join()
         self.assertEqual(wrong, [])
+
+
+class SharedPackerMemoryTests(SynchronousTestCase):
+    def test_a_large_payload_leaves_no_large_buffer_behind(self) -> None:
+        """A payload over KEEP_AFTER replaces the shared packer (a Packer keeps
+        the largest buffer it grew to); a small one keeps it; bytes as packb's."""
+        before = codec._shared[0]
+        self.assertEqual(codec.encode(["x" * 100]), msgpack.packb(["x" * 100]))
+        self.assertIs(codec._shared[0], before)
+        big = ["x" * codec.KEEP_AFTER]
+        self.assertEqual(codec.encode(big), msgpack.packb(big))
+        self.assertIsNot(codec._shared[0], before)
+        self.assertEqual(codec.encode_pieces(["y"]), [msgpack.packb(["y"])])
