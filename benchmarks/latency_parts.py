@@ -9,7 +9,9 @@ Runs the scenario on each system in turn, ``--runs`` times (``lttx`` sends
 each 1 ms step with ``push_many``, as compare.py does; ``lttx-each`` pushes
 one by one), and prints per system the medians over the runs of:
 
-- ``p50``: the scenario's push-to-receive p50 (what compare.py reports);
+- ``p50``: the scenario's push-to-receive p50 (as compare.py measures it; LTtx's
+  subscriber here also times each put into ``Client.Q``, in its reactor
+  thread, which adds a little to LTtx's figure);
 - ``by place``: the p50 of the 1st, 2nd, ... 10th message of each 1 ms step.
   A row that falls by the time between two pushes from each place to the next
   means the step's messages reached the reader together;

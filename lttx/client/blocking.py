@@ -371,11 +371,15 @@ class Client(VariableCommands):
         packet of ticks reaches the daemon at once (as a Redis pipeline or a
         NATS flush sends it) and costs one system call.  Returns at once.
 
+        A batch waits for room as one push does (:attr:`push_buffer`), then
+        is queued whole: it may pass the bound by its own size.
+
         :raises EncodeError: if one of them cannot be encoded (none is sent).
         :raises FrameTooLarge: if one of them is over the daemon's frame limit
             (none is sent).
         :raises ConnectionLost, TimeoutError: as :meth:`push`.
         """
+        items = list(items)  # (a generator may call this client: not under its lock)
         with self._push_lock:
             pack, frames = self._packer.pack, []
             limit = self._client.server_info.get("max_frame")

@@ -42,6 +42,8 @@ class CallbackThreadTests(SynchronousTestCase):
                                 (message(4), "lttx-callbacks")])
 
     def test_a_failing_callback_is_logged_and_later_ones_run(self) -> None:
+        """A callback that raises: its error is logged once, the messages after
+        it still get theirs."""
         thread = CallbackThread(MessageQueue())
         seen: list[int] = []
 

@@ -68,6 +68,18 @@ class PushManyTests(TestCase):
         self.client.push("d", 4, "ticks")
         self.assertEqual([(m.key, m.data) for m in self.received(1)], [("d", 4)])
 
+    def test_a_generator_that_calls_the_client(self) -> None:
+        """Items made by a generator that itself calls the client (a get per
+        tick): no deadlock on the client's push lock; all arrive."""
+        self.client.put("price", 10)
+
+        def ticks() -> Any:
+            for i in range(3):
+                yield (f"k{i}", self.client.get("price") + i)
+
+        self.client.push_many(ticks(), "ticks")
+        self.assertEqual([m.data for m in self.received(3)], [10, 11, 12])
+
     def test_a_value_over_the_frame_limit_refuses_the_batch(self) -> None:
         limit = self.client.server_info["max_frame"]
         with self.assertRaises(lttx.FrameTooLarge):
