@@ -309,14 +309,7 @@ class RequestConnection:
         decoder = self._decoder
         if not self._leftover:
             # The common case: the reply alone, whole, in the first read.
-            try:
-                chunk = sock.recv(65536)
-            except (socket.timeout, BlockingIOError):  # SO_RCVTIMEO, or settimeout
-                raise _TimedOut() from None
-            except OSError:
-                raise _Lost(sent=True, reset=True) from None
-            if not chunk:
-                raise _Lost(sent=True)
+            chunk = self._recv(sock)
             if len(chunk) > _HEAD and _UNPACK_HEAD(chunk)[0] + _HEAD == len(chunk):
                 frame = chunk[_HEAD:]
                 try:
