@@ -507,7 +507,7 @@ class LTtxServerProtocol(Int32StringReceiver):
 
     def send_frame(self, payload: Any) -> None:
         """Encode and send one frame."""
-        self.sendString(codec.encode(payload))
+        self.sendString(self.state.encoder.encode(payload))
 
     def send_reply(self, request_id: int, result: Any) -> None:
         """Send ``[1, request_id, result]``, unless the connection is closing."""
@@ -515,7 +515,7 @@ class LTtxServerProtocol(Int32StringReceiver):
             return
         try:
             # A large DataFrame or array the store holds is a piece of its own.
-            pieces = codec.encode_pieces([codec.REPLY, request_id, result])
+            pieces = self.state.encoder.encode_pieces([codec.REPLY, request_id, result])
         except LTtxError as e:  # only values the store holds are sent, but say so if not
             self.send_error(request_id, e)
             return

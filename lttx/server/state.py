@@ -24,6 +24,7 @@ from ..state.channels import ChannelRegistry
 from ..state.status import StatusSource, gather_status
 from ..state.store import IVariableStore
 from ..state.throttle import HelloThrottle, RefusalLog
+from ..wire.codec import Encoder
 from .budget import BufferBudget
 from .file_session import FileSession, IFileConnection
 from .files import FileService
@@ -107,6 +108,8 @@ class ServerState:
             # Every applied change goes to the change log (watch and mirror);
             # the Redis store calls it never: its change feed fills the log.
             store.observer = self.channels.record_change
+        #: Encodes the daemon's frames with a Packer kept for reuse.
+        self.encoder = Encoder()
         #: ``--max-buffered``: what all connections may hold together.
         self.budget = BufferBudget()
         self.budget.connections = self.connections

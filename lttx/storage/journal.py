@@ -99,15 +99,17 @@ def encode_header(magic: bytes, generation: int, version: int = FORMAT_VERSION) 
     return head + _CRC.pack(zlib.crc32(head))
 
 
-def encode_record(payload: Any) -> bytes:
+def encode_record(payload: Any, encoder: Optional[codec.Encoder] = None) -> bytes:
     """
     One framed record.
 
+    :param encoder: the writer's own, if it has one (a Packer kept for reuse).
     :raises EncodeError: if ``payload`` holds a value MessagePack cannot carry.
     """
     # A large DataFrame or array stays out of MessagePack's buffer: the
     # record is joined once from the pieces.
-    pieces = codec.encode_pieces(payload)
+    pieces = (codec.encode_pieces(payload) if encoder is None
+              else encoder.encode_pieces(payload))
     if len(pieces) == 1:  # (the common record: no large extension data)
         piece = pieces[0]
         if len(piece) <= MAX_RECORD:

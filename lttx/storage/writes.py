@@ -13,9 +13,11 @@ itself (expiries) journalled as they happen.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 from ..state.store import Change, MemoryStore, check_dict_key, check_seconds, check_ttl
+from ..wire.codec import Encoder
 from ..wire.names import check_variable_name
 from .journal import (
     DELETE,
@@ -39,6 +41,11 @@ class JournalledWrites:
     _clock: Any
     _closing: bool
     _failure: Any
+
+    @functools.cached_property
+    def _encoder(self) -> Encoder:
+        """The records' encoder (a Packer kept for reuse), one per store."""
+        return Encoder()
 
     @property
     def observer(self) -> Optional[Callable[[Change], None]]:
@@ -71,7 +78,7 @@ class JournalledWrites:
             # removal is journalled like any change.  While the journal
             # cannot be written, the record waits in the queue with the rest
             # (a later change of the name must not replay onto the old value).
-            self._record(encode_record([EXPIRE, name]))
+            self._record(encode_record([EXPIRE, name], self._encoder))
 
     def put(self, name: str, value: Any, if_revision: Optional[int] = None,
             ttl: Optional[float] = None) -> Any:
@@ -79,12 +86,12 @@ class JournalledWrites:
         check_variable_name(name)
         # Encoding first: a value that cannot be journalled is refused unapplied.
         if ttl is None:
-            record = encode_record([PUT, name, value])
+            record = encode_record([PUT, name, value], self._encoder)
             self._preserve(name, False)
             self._memory.put(name, value, if_revision)
         else:
             deadline = self._clock.seconds() + check_ttl(ttl)
-            record = encode_record([PUT_UNTIL, name, value, deadline])
+            record = encode_record([PUT_UNTIL, name, value, deadline], self._encoder)
             self._preserve(name, False)
             self._memory.put_until(name, value, deadline, if_revision)
         return self._append(record, None)
@@ -94,11 +101,11 @@ class JournalledWrites:
         self._preserve(check_variable_name(name), False)
         if not self._memory.delete(name, if_revision):
             return False
-        return self._append(encode_record([DELETE, name]), True)
+        return self._append(encode_record([DELETE, name], self._encoder), True)
 
     def incr(self, name: str, by: Any = 1) -> Any:
         self._writable()
-        record = encode_record([INCR, check_variable_name(name), by])
+        record = encode_record([INCR, check_variable_name(name), by], self._encoder)
         self._preserve(name, False)
         return self._append(record, self._memory.incr(name, by))
 
@@ -112,7 +119,7 @@ class JournalledWrites:
             return self._append(b"", True)
         deadline = self._clock.seconds() + seconds
         self._memory.expire_at(name, deadline)
-        return self._append(encode_record([EXPIRE_AT, name, deadline]), True)
+        return self._append(encode_record([EXPIRE_AT, name, deadline], self._encoder), True)
 
     def sweep(self, limit: int = 1000) -> int:
         """Remove at most ``limit`` expired variables (see MemoryStore.sweep)."""
@@ -123,14 +130,15 @@ class JournalledWrites:
     def dict_change(self, name: str, key: Any, value: Any,
                     if_revision: Optional[int] = None) -> Any:
         self._writable()
-        record = encode_record([DICT_CHANGE, check_variable_name(name), check_dict_key(key), value])
+        record = encode_record([DICT_CHANGE, check_variable_name(name), check_dict_key(key),
+                                value], self._encoder)
         self._preserve(name, True)
         self._memory.dict_change(name, key, value, if_revision)
         return self._append(record, None)
 
     def list_append(self, name: str, item: Any, if_revision: Optional[int] = None) -> Any:
         self._writable()
-        record = encode_record([LIST_APPEND, check_variable_name(name), item])
+        record = encode_record([LIST_APPEND, check_variable_name(name), item], self._encoder)
         self._preserve(name, True)
         return self._append(record, self._memory.list_append(name, item, if_revision))
 
@@ -138,11 +146,11 @@ class JournalledWrites:
         self._writable()
         self._preserve(check_variable_name(name), True)
         item = self._memory.list_pop(name, index, if_revision)
-        return self._append(encode_record([LIST_POP, name, index]), item)
+        return self._append(encode_record([LIST_POP, name, index], self._encoder), item)
 
     def list_remove(self, name: str, item: Any, if_revision: Optional[int] = None) -> Any:
         self._writable()
-        record = encode_record([LIST_REMOVE, check_variable_name(name), item])
+        record = encode_record([LIST_REMOVE, check_variable_name(name), item], self._encoder)
         self._preserve(name, True)
         if not self._memory.list_remove(name, item, if_revision):
             return False

@@ -57,44 +57,69 @@ def encoded_default(value: Any) -> Any:
 
 
 class _Unusual(Exception):
-    """A value the shared packer does not encode itself: the general way does."""
+    """A value an Encoder's kept packer does not encode itself: the general way does."""
 
 
 def _unusual(value: Any) -> Any:
     raise _Unusual()
 
 
-# ``msgpack.packb`` builds (and frees) a Packer, its 1 MiB buffer included,
-# for every payload: two thirds of the cost of a reply of 100 bytes.  The
-# common payload, plain values only (no extension type: ``default`` is never
-# called), is encoded by one shared Packer with the same options, so the same
-# bytes.  Its lock is only tried: a payload that finds it taken (another
-# thread, or an encode within an encode) goes the general way, as does any
-# payload the shared one does not finish (an extension value, an error: the
-# general way meets the same and raises its EncodeError).
-# A Packer keeps the largest buffer it ever grew to: past KEEP_AFTER bytes
-# the shared one is replaced, so a large reply does not pin its size for good.
-_shared_lock = threading.Lock()
-_shared = [msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True, default=_unusual)]
+class Encoder:
+    """
+    :func:`encode` and :func:`encode_pieces` (the protocol's ``default``)
+    with a Packer kept for reuse, for an owner that encodes many payloads
+    (the daemon's state, a journal).
 
-#: A payload of this many bytes or more replaces the shared packer (its buffer).
+    ``msgpack.packb`` builds (and frees) a Packer, its 1 MiB buffer
+    included, for every payload: two thirds of the cost of a reply of 100
+    bytes.  The common payload, plain values only (no extension type:
+    ``default`` is never called), is encoded here by one Packer with the
+    same options, so the same bytes.  Its lock is only tried: a payload that
+    finds it taken (another thread, or an encode within an encode) goes the
+    general way, as does any payload it does not finish (an extension value,
+    an error: the general way meets the same and raises its EncodeError).
+    A Packer keeps the largest buffer it ever grew to, so a payload of
+    :data:`KEEP_AFTER` bytes or more gets it a new one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._packer = self._new_packer()
+
+    @staticmethod
+    def _new_packer() -> msgpack.Packer:
+        return msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True,
+                              default=_unusual)
+
+    def _plain(self, value: Any) -> Optional[bytes]:
+        """``value`` encoded by the kept packer, or None (take the general way)."""
+        if not self._lock.acquire(False):
+            return None
+        try:
+            payload: bytes = self._packer.pack(value)
+            if len(payload) >= KEEP_AFTER:
+                self._packer = self._new_packer()
+            return payload
+        except (_Unusual, TypeError, ValueError, OverflowError):
+            return None
+        finally:
+            self._lock.release()
+
+    def encode(self, value: Any) -> bytes:
+        """:func:`encode` of ``value``."""
+        payload = self._plain(value)
+        return payload if payload is not None else encode(value)
+
+    def encode_pieces(self, value: Any) -> list[bytes]:
+        """:func:`encode_pieces` of ``value``."""
+        payload = self._plain(value)
+        if payload is not None:
+            return [payload]  # (no extension value at all, so none to splice)
+        return encode_pieces(value)
+
+
+#: A payload of this many bytes or more gets its :class:`Encoder` a new Packer.
 KEEP_AFTER = 1024 * 1024
-
-
-def _plain(value: Any) -> Optional[bytes]:
-    """``value`` encoded by the shared packer, or None (take the general way)."""
-    if not _shared_lock.acquire(False):
-        return None
-    try:
-        payload: bytes = _shared[0].pack(value)
-        if len(payload) >= KEEP_AFTER:
-            _shared[0] = msgpack.Packer(use_bin_type=True, datetime=False, autoreset=True,
-                                        default=_unusual)
-        return payload
-    except (_Unusual, TypeError, ValueError, OverflowError):
-        return None
-    finally:
-        _shared_lock.release()
 
 
 def encode(value: Any, default: Callable[[Any], Any] = encoded_default) -> bytes:
@@ -106,10 +131,6 @@ def encode(value: Any, default: Callable[[Any], Any] = encoded_default) -> bytes
     :raises EncodeError: for a type the protocol does not carry (a set, an
         object, a datetime) or an int outside [-2**63, 2**64).
     """
-    if default is encoded_default:
-        payload = _plain(value)
-        if payload is not None:
-            return payload
     return _encode(value, default)
 
 
@@ -139,10 +160,6 @@ def encode_pieces(value: Any, default: Callable[[Any], Any] = encoded_default) -
 
     :raises EncodeError: as :func:`encode`.
     """
-    if default is encoded_default:
-        payload = _plain(value)
-        if payload is not None:
-            return [payload]  # (no extension value at all, so none to splice)
     large: list[msgpack.ExtType] = []
     token = b""
 

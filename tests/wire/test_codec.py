@@ -62,48 +62,51 @@ def _general(value: object) -> bytes:
                          default=codec.encoded_default)
 
 
-class SharedPackerTests(SynchronousTestCase):
-    """encode and encode_pieces take a shared Packer for plain values: the
-    same bytes as the general way, whoever holds it."""
+class EncoderTests(SynchronousTestCase):
+    """An Encoder keeps a Packer for plain values: the same bytes as the
+    general way (encode, encode_pieces), whoever holds it."""
+
+    def setUp(self) -> None:
+        self.encoder = codec.Encoder()
 
     @given(values)
-    def test_the_shared_packer_writes_the_general_bytes(self, value: object) -> None:
+    def test_the_kept_packer_writes_the_general_bytes(self, value: object) -> None:
         """Any value (extension values too): encode and the joined pieces are
-        packb's bytes, with the shared packer free and with it taken."""
+        packb's bytes, with the kept packer free and with it taken."""
         expected = _general(value)
-        self.assertEqual(codec.encode(value), expected)
-        self.assertEqual(b"".join(codec.encode_pieces(value)), expected)
-        with codec._shared_lock:  # another thread's, or an encode within an encode
-            self.assertEqual(codec.encode(value), expected)
-            self.assertEqual(b"".join(codec.encode_pieces(value)), expected)
+        self.assertEqual(self.encoder.encode(value), expected)
+        self.assertEqual(b"".join(self.encoder.encode_pieces(value)), expected)
+        with self.encoder._lock:  # another thread's, or an encode within an encode
+            self.assertEqual(self.encoder.encode(value), expected)
+            self.assertEqual(b"".join(self.encoder.encode_pieces(value)), expected)
 
     def test_a_failed_encode_leaves_nothing_behind(self) -> None:
         """An unencodable value raises the same EncodeError either way, and
         the payload encoded next holds none of its bytes."""
         for value in ([1, "half", {1, 2}], ["x" * 100, 2**64], [b"y", object()]):
-            with self.assertRaises(EncodeError) as shared:
+            with self.assertRaises(EncodeError) as kept:
+                self.encoder.encode(value)
+            with self.assertRaises(EncodeError) as general:
                 codec.encode(value)
-            with codec._shared_lock, self.assertRaises(EncodeError) as general:
-                codec.encode(value)
-            self.assertEqual(str(shared.exception), str(general.exception))
-            self.assertRaises(EncodeError, codec.encode_pieces, value)
-            self.assertEqual(codec.encode([1]), b"\x91\x01")
+            self.assertEqual(str(kept.exception), str(general.exception))
+            self.assertRaises(EncodeError, self.encoder.encode_pieces, value)
+            self.assertEqual(self.encoder.encode([1]), b"\x91\x01")
 
     def test_a_large_extension_value_is_still_spliced(self) -> None:
         """A value holding large extension data takes the general way: its data
         is a piece of its own."""
         data = b"d" * codec.SPLICE_FROM
-        pieces = codec.encode_pieces([1, 2, Encoded("numpy.ndarray", data)])
+        pieces = self.encoder.encode_pieces([1, 2, Encoded("numpy.ndarray", data)])
         self.assertEqual(len(pieces), 3)
         self.assertIs(pieces[1], data)
 
     def test_threads_encoding_at_once_each_get_their_bytes(self) -> None:
-        """Eight threads encode at once (the shared packer taken by one, the
-        others the general way): every payload is its own bytes."""
+        """Eight threads encode at once with one Encoder (its packer taken by
+        one, the others the general way): every payload is its own bytes."""
         import sys
         import threading
 
-        # (Every third holds an extension value: the shared packer calls
+        # (Every third holds an extension value: the kept packer calls
         # Python code there, where another thread may run.)
         payloads = [[i, "x" * (i % 50), {"k": [i, float(i), b"b" * (i % 7)]},
                      Encoded("numpy.ndarray", b"a" * i) if i % 3 == 0 else None]
@@ -113,7 +116,7 @@ class SharedPackerTests(SynchronousTestCase):
         def encode_all(offset: int) -> None:
             for i in range(len(payloads)):
                 value = payloads[(i + offset) % len(payloads)]
-                if codec.encode(value) != _general(value):
+                if self.encoder.encode(value) != _general(value):
                     wrong.append(i)
 
         threads = [threading.Thread(target=encode_all, args=(k * 250,)) for k in range(8)]
@@ -125,15 +128,14 @@ class SharedPackerTests(SynchronousTestCase):
             t.join()
         self.assertEqual(wrong, [])
 
-
-class SharedPackerMemoryTests(SynchronousTestCase):
     def test_a_large_payload_leaves_no_large_buffer_behind(self) -> None:
-        """A payload over KEEP_AFTER replaces the shared packer (a Packer keeps
-        the largest buffer it grew to); a small one keeps it; bytes as packb's."""
-        before = codec._shared[0]
-        self.assertEqual(codec.encode(["x" * 100]), msgpack.packb(["x" * 100]))
-        self.assertIs(codec._shared[0], before)
+        """A payload over KEEP_AFTER gets the Encoder a new packer (a Packer
+        keeps the largest buffer it grew to); a small one keeps it; bytes as
+        packb's."""
+        before = self.encoder._packer
+        self.assertEqual(self.encoder.encode(["x" * 100]), msgpack.packb(["x" * 100]))
+        self.assertIs(self.encoder._packer, before)
         big = ["x" * codec.KEEP_AFTER]
-        self.assertEqual(codec.encode(big), msgpack.packb(big))
-        self.assertIsNot(codec._shared[0], before)
-        self.assertEqual(codec.encode_pieces(["y"]), [msgpack.packb(["y"])])
+        self.assertEqual(self.encoder.encode(big), msgpack.packb(big))
+        self.assertIsNot(self.encoder._packer, before)
+        self.assertEqual(self.encoder.encode_pieces(["y"]), [msgpack.packb(["y"])])
