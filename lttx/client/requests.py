@@ -295,6 +295,7 @@ class RequestConnection:
                     timeout: float, opening: bool = False) -> list[Any]:
         """Send ``data``, then read frames until the reply to ``request_id``
         (``opening``: or an error of no request, the daemon's refusal)."""
+        start = time.monotonic()  # (a reply in pieces: the time-out is the call's, not a read's)
         try:
             sent = sock.send(data)
             if sent < len(data):
@@ -327,7 +328,7 @@ class RequestConnection:
                     return message
             decoder.feed(chunk)  # (anything else: read as frames below)
         self._leftover = True  # (until the loop below has taken every frame)
-        deadline = 0.0
+        deadline = start + timeout
         while True:
             try:
                 frame = decoder.next_frame()
@@ -335,13 +336,11 @@ class RequestConnection:
                 self._drop()
                 raise BadRequest(f"undecodable frame from the daemon: {e}") from None
             if frame is None:
-                if deadline:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise _TimedOut()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _TimedOut()
+                if left < timeout:
                     self._set_timeout(sock, left)  # (restored by the next call)
-                else:
-                    deadline = time.monotonic() + timeout
                 decoder.feed(self._recv(sock))
                 continue
             message = self._decode(frame)

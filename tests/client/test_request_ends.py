@@ -9,10 +9,12 @@ acknowledged bytes and with the TCP state checked before each send.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import struct
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -20,7 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from lttx.client import requests as requests_module
 from lttx.client.requests import NOT_TAKEN, OPEN_AFTER, RequestConnection
-from lttx.errors import BadRequest, ConnectionLost, WrongTypeError
+from lttx.errors import BadRequest, ConnectionLost, TimeoutError, WrongTypeError
 from lttx.wire import codec
 
 from ..common import frame
@@ -130,6 +132,25 @@ class RequestEndTests(TestCase):
         daemon.thread.join(10)
         self.assertEqual([r[2:] for r in read], [["incr", ["n", 1]]])
         self.assertFalse(connection.is_open)
+
+    def test_a_reply_in_pieces_keeps_to_the_calls_time_out(self) -> None:
+        """The reply's first half comes after half the time-out, the rest only
+        after 1.3 time-outs: the call times out (its time-out counts from the
+        send, not from each read)."""
+        def in_pieces(conn: socket.socket) -> None:
+            request = _read_frame(conn)
+            reply = frame([codec.REPLY, request[1], "late"])
+            time.sleep(0.5)
+            conn.sendall(reply[:5])
+            time.sleep(0.8)
+            with contextlib.suppress(OSError):  # (the client may have closed it)
+                conn.sendall(reply[5:])
+
+        connection, daemon = self.opened(in_pieces)
+        connection._owner.timeout = 1.0
+        with self.assertRaises(TimeoutError):
+            connection.call("get", ("v",))
+        daemon.thread.join(10)
 
     def test_the_acknowledged_count_is_what_is_used(self) -> None:
         """On Linux the count replaces the check before each send: with the
