@@ -327,8 +327,9 @@ class Client(VariableCommands):
         pushes of a burst are written from this thread, so a tick leaves at
         once; the rest of a longer burst, and a stream of pushes, are handed
         to the reactor thread together, in batches: a loop of pushes costs
-        one thread hop per batch, not per push (:mod:`lttx.client.pacing`).  Either way they keep
-        their order with this thread's other pushes and calls.
+        one thread hop per batch, not per push (:mod:`lttx.client.pacing`).
+        Either way they keep their order with this thread's other pushes and
+        calls.
 
         Memory is bounded: while the connection cannot take more (the
         daemon reads slower than this thread pushes, or the client
@@ -350,18 +351,11 @@ class Client(VariableCommands):
                 raise _too_large(frame, limit)
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
-            if self._push_frames or self._hand_over_pending:
-                self._queue_push(frame)  # behind the queued ones (their order)
-                return
-            if not self._pacing.direct():
+            # Behind the queued ones (their order, no clock read), or as pacing says.
+            if self._push_frames or self._hand_over_pending or not self._pacing.direct():
                 self._queue_push(frame)
                 return
-        sent = self._push_direct(PREFIX.pack(len(frame)) + frame)
-        with self._push_lock:
-            if sent:
-                self._requests.pushes += 1  # counted once sent (see call)
-            else:
-                self._queue_push(frame)
+        self._send_or_queue([frame])
 
     def push_many(self, items: Iterable[tuple[Any, Any]], channel: str) -> None:
         """
@@ -396,18 +390,21 @@ class Client(VariableCommands):
             if self._push_bytes > self.push_buffer:
                 self._wait_for_room()
             if self._push_frames or self._hand_over_pending:
-                self._queue_pushes(frames)
+                for frame in frames:
+                    self._queue_push(frame)
                 return
+        self._send_or_queue(frames)
+
+    def _send_or_queue(self, frames: list[bytes]) -> None:
+        """Outside the push lock: send pushes from this thread, or queue them
+        if the connection cannot take them from here now."""
         sent = self._push_direct(b"".join([PREFIX.pack(len(f)) + f for f in frames]))
         with self._push_lock:
             if sent:
-                self._requests.pushes += len(frames)
+                self._requests.pushes += len(frames)  # counted once sent (see call)
             else:
-                self._queue_pushes(frames)
-
-    def _queue_pushes(self, frames: list[bytes]) -> None:
-        for frame in frames:
-            self._queue_push(frame)
+                for frame in frames:
+                    self._queue_push(frame)
 
     def _queue_push(self, frame: bytes) -> None:
         """Holding the push lock: queue a push for the reactor thread."""

@@ -269,11 +269,9 @@ class RequestConnection:
         except _Lost as e:
             # (Read before the socket is closed.)  The daemon gone before it
             # had the request: the main way waits for the reconnection, as
-            # any call during an outage.
-            # Only after the daemon's orderly end: a reset can come from a
-            # daemon that read the request with its ACK still delayed (a
-            # request/reply stream acknowledges with the reply), and Linux
-            # does not read the ACK of a reset.
+            # any call during an outage.  Known only after its orderly end: a
+            # daemon that read the request may not have acknowledged it yet
+            # (the ACK rides on the reply), and Linux ignores a reset's ACK.
             unread = not e.sent or (not e.reset and self._unread(sock))
             self._drop()
             if self._closed:
@@ -339,8 +337,7 @@ class RequestConnection:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise _TimedOut()
-                if left < timeout:
-                    self._set_timeout(sock, left)  # (restored by the next call)
+                self._set_timeout(sock, left)  # (restored by the next call)
                 decoder.feed(self._recv(sock))
                 continue
             message = self._decode(frame)
